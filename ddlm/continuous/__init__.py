@@ -1,0 +1,1 @@
+"""Gaussian (continuous-state) diffusion companion: SDEs, score matching, samplers, likelihood."""
