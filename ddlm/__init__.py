@@ -1,3 +1,15 @@
-"""ddlm: discrete diffusion language models (score entropy / SEDD family)."""
+"""ddlm: discrete diffusion language models (score entropy / SEDD family).
+
+Forward processes (``Uniform``, ``Absorbing``), noise schedules (``LogLinear``, ``Geometric``),
+score-entropy losses (``ddlm.losses``), reverse samplers (``ddlm.sampling``), likelihood
+bounds (``ddlm.likelihood``) and exact oracles (``SequenceOracle``).
+"""
+
+from . import likelihood, losses, sampling
+from .oracle import SequenceOracle
+from .processes import Absorbing, Graph, Uniform
+from .schedules import Geometric, LogLinear
 
 __version__ = "0.1.0"
+
+__all__ = ["Absorbing", "Geometric", "Graph", "LogLinear", "SequenceOracle", "Uniform", "likelihood", "losses", "sampling"]

@@ -1,0 +1,145 @@
+"""Score-entropy losses (SEDD): explicit, denoising and implicit score entropy, and DWDSE.
+
+Per position with current token x, log-scores ``log s [..., S]``, ratios ``r [..., S]`` and
+weights ``w [..., S]``::
+
+    SE = sum_{y != x} w_y (s_y - r_y log s_y + K(r_y)),   K(a) = a (log a - 1)
+
+Every term is evaluated as ``r (expm1(v) - v)`` with ``v = log s - log r`` (and ``s`` where
+``r = 0``), which is exact and >= 0 and avoids the cancellation of O(r log r) terms at small
+sigma_bar, where ratios reach 1/sigma_bar. Losses are computed in at least float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .processes import Graph
+from .score import ScoreFn, evaluate_score
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def _bregman(log_s: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """s - r log s + K(r), elementwise, stable at large r; equals s where r = 0."""
+    positive = ratio > 0
+    log_r = torch.log(torch.where(positive, ratio, torch.ones_like(ratio)))
+    v = log_s - log_r
+    return torch.where(positive, ratio * (torch.expm1(v) - v), torch.exp(log_s))
+
+
+def _check_log_score(log_score: torch.Tensor, x: torch.Tensor, num_states: int | None = None) -> None:
+    if not isinstance(log_score, torch.Tensor) or not log_score.is_floating_point():
+        raise TypeError("log_score must be a floating tensor [..., S]")
+    if tuple(log_score.shape[:-1]) != tuple(x.shape):
+        raise ValueError(f"log_score [..., S] of shape {list(log_score.shape)} does not match tokens of shape {list(x.shape)}")
+    if num_states is not None and log_score.shape[-1] != num_states:
+        raise ValueError(f"log_score has {log_score.shape[-1]} states on its last axis, the graph has {num_states}")
+
+
+def score_entropy(log_score: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Score entropy per position, [...].
+
+    log_score, ratio, weight: [..., S]; x: Long[...] current tokens. ``weight=None`` weighs every
+    y != x by 1. The y = x term is always excluded.
+    """
+    _check_log_score(log_score, x)
+    if ratio.shape != log_score.shape:
+        raise ValueError(f"ratio must have the shape of log_score {list(log_score.shape)}, got {list(ratio.shape)}")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= log_score.shape[-1]):
+        raise ValueError(f"x holds ids outside [0, {log_score.shape[-1]})")
+    dtype = _compute_dtype(log_score, ratio)
+    if weight is None:
+        weight = torch.ones_like(log_score, dtype=dtype)
+    elif weight.shape != log_score.shape:
+        raise ValueError(f"weight must have the shape of log_score {list(log_score.shape)}, got {list(weight.shape)}")
+    weight = weight.to(dtype).scatter(-1, x.unsqueeze(-1), 0.0)
+    terms = _bregman(log_score.to(dtype), ratio.to(dtype))
+    return torch.where(weight > 0, weight * terms, torch.zeros_like(terms)).sum(-1)
+
+
+def dse(log_score: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, sigma_bar, graph: Graph) -> torch.Tensor:
+    """Denoising score entropy per position, [...], with the bound's weights w_y = Q[y, x_t].
+
+    log_score: [..., S]; x_t, x0: Long[...]; sigma_bar broadcasts against x_t. Not multiplied by
+    sigma(t). Uses the per-position constants of ``graph.dse_coefficients`` (one pass over S, no
+    [..., S] ratio tensor).
+    """
+    _check_log_score(log_score, x_t, graph.num_states)
+    if x0.shape != x_t.shape:
+        raise ValueError(f"x0 of shape {list(x0.shape)} must match x_t of shape {list(x_t.shape)}")
+    w, a, b = graph.dse_coefficients(x_t, x0, sigma_bar)
+    dtype = _compute_dtype(log_score, w)
+    w, a, b = w.to(dtype), a.to(dtype), b.to(dtype)
+    log_s = log_score.to(dtype)
+
+    special = x0 != x_t  # y = x0 carries ratio b
+    states = torch.arange(graph.num_states, device=x_t.device)
+    excluded = (states == x_t.unsqueeze(-1)) | ((states == x0.unsqueeze(-1)) & special.unsqueeze(-1))
+    sum_exp = torch.exp(log_s.masked_fill(excluded, float("-inf"))).sum(-1)
+    sum_log = log_s.masked_fill(excluded, 0.0).sum(-1)
+    count = (graph.num_states - 1) - special.to(dtype)
+    k_a = torch.xlogy(a, a) - a
+    rest = sum_exp + torch.where(a != 0, count * k_a - a * sum_log, torch.zeros_like(a))
+    x0_term = _bregman(log_s.gather(-1, x0.unsqueeze(-1)).squeeze(-1), b)
+    total = rest + torch.where(special, x0_term, torch.zeros_like(x0_term))
+    return torch.where(w > 0, w * total, torch.zeros_like(total))
+
+
+def dwdse(score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """sigma(t) * sum_i DSE_i per sequence at given times, one draw of x_t each: [B] nats.
+
+    x0: Long[B, L] clean tokens; t: [B] times in (0, 1]. An unbiased estimate of the integrand
+    of the likelihood bound at t.
+    """
+    graph.check_clean(x0)
+    if x0.dim() != 2:
+        raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")
+    if t.shape != x0.shape[:1]:
+        raise ValueError(f"t must have shape [B] = [{x0.shape[0]}], got {list(t.shape)}")
+    sigma_bar = noise.total(t)
+    x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=generator)
+    log_score = evaluate_score(score_fn, x_t, sigma_bar, graph.num_states)
+    return noise.rate(t) * dse(log_score, x_t, x0, sigma_bar[:, None], graph).sum(-1)
+
+
+def dwdse_loss(score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t_min: float = 1e-3, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The DWDSE training loss: one Monte Carlo draw of t ~ U[t_min, 1] per sequence, [B] nats per token."""
+    if not 0 <= t_min < 1:
+        raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
+    t = t_min + (1 - t_min) * torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=x0.device)
+    return dwdse(score_fn, graph, noise, x0, t, generator=generator) / x0.shape[-1]
+
+
+def implicit_score_entropy(score_fn: ScoreFn, x: torch.Tensor, sigma_bar: torch.Tensor, graph: Graph, batch_size: int = 1024) -> torch.Tensor:
+    """Implicit score entropy per sequence, [B]: needs samples of p_t but no ratios.
+
+    ISE(x) = sum_i sum_{y != x_i} [Q[y, x_i] s(x)_{i,y} - Q[x_i, y] log s(x^{i<-y})_{i, x_i}],
+    where x^{i<-y} is x with position i set to y. Its expectation under x ~ p_t differs from
+    that of SE (weights Q[y, x], true marginal ratios) by a constant. Cost: one score_fn call on
+    x plus one on every neighbour with Q[x_i, y] > 0 (L (S - 1) for Uniform, the unmasked
+    positions for Absorbing), in chunks of ``batch_size`` sequences: meant for small S and L.
+
+    x: Long[B, L] samples of p_t; sigma_bar: [B].
+    """
+    graph.check_tokens(x)
+    log_s = evaluate_score(score_fn, x, sigma_bar, graph.num_states)
+    dtype = _compute_dtype(log_s)
+    positive = (graph.rate_into(x).to(dtype) * torch.exp(log_s.to(dtype))).sum((-2, -1))
+
+    out_rates = graph.rate_from(x)  # [B, L, S]
+    seq, pos, new = torch.nonzero(out_rates > 0, as_tuple=True)
+    negative = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
+    for start in range(0, seq.numel(), batch_size):
+        b, i, y = seq[start : start + batch_size], pos[start : start + batch_size], new[start : start + batch_size]
+        neighbours = x[b].clone()
+        neighbours[torch.arange(b.numel(), device=x.device), i] = y
+        log_n = evaluate_score(score_fn, neighbours, sigma_bar[b], graph.num_states).to(dtype)
+        back = log_n[torch.arange(b.numel(), device=x.device), i, x[b, i]]  # log s(x^{i<-y})_{i, x_i}
+        negative.index_add_(0, b, out_rates[b, i, y].to(dtype) * back)
+    return positive - negative
