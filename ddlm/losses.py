@@ -68,27 +68,29 @@ def dse(log_score: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, sigma_bar,
 
     log_score: [..., S]; x_t, x0: Long[...]; sigma_bar broadcasts against x_t. Not multiplied by
     sigma(t). Uses the per-position constants of ``graph.dse_coefficients`` (one pass over S, no
-    [..., S] ratio tensor).
+    [..., S] ratio tensor); returned in log_score's dtype (at least float32).
     """
     _check_log_score(log_score, x_t, graph.num_states)
     if x0.shape != x_t.shape:
         raise ValueError(f"x0 of shape {list(x0.shape)} must match x_t of shape {list(x_t.shape)}")
+    if isinstance(sigma_bar, torch.Tensor):
+        sigma_bar = sigma_bar.double()
+    # Per-position scalars are float64 (cheap: no S axis); only the sums over S run in `dtype`.
     w, a, b = graph.dse_coefficients(x_t, x0, sigma_bar)
-    dtype = _compute_dtype(log_score, w)
-    w, a, b = w.to(dtype), a.to(dtype), b.to(dtype)
+    dtype = _compute_dtype(log_score)
     log_s = log_score.to(dtype)
 
     special = x0 != x_t  # y = x0 carries ratio b
     states = torch.arange(graph.num_states, device=x_t.device)
     excluded = (states == x_t.unsqueeze(-1)) | ((states == x0.unsqueeze(-1)) & special.unsqueeze(-1))
-    sum_exp = torch.exp(log_s.masked_fill(excluded, float("-inf"))).sum(-1)
-    sum_log = log_s.masked_fill(excluded, 0.0).sum(-1)
-    count = (graph.num_states - 1) - special.to(dtype)
+    sum_exp = torch.exp(log_s.masked_fill(excluded, float("-inf"))).sum(-1).double()
+    sum_log = log_s.masked_fill(excluded, 0.0).sum(-1).double()
+    count = (graph.num_states - 1) - special.double()
     k_a = torch.xlogy(a, a) - a
     rest = sum_exp + torch.where(a != 0, count * k_a - a * sum_log, torch.zeros_like(a))
-    x0_term = _bregman(log_s.gather(-1, x0.unsqueeze(-1)).squeeze(-1), b)
+    x0_term = _bregman(log_s.gather(-1, x0.unsqueeze(-1)).squeeze(-1).double(), b)
     total = rest + torch.where(special, x0_term, torch.zeros_like(x0_term))
-    return torch.where(w > 0, w * total, torch.zeros_like(total))
+    return torch.where(w > 0, w * total, torch.zeros_like(total)).to(dtype)
 
 
 def dwdse(score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
