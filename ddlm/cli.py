@@ -27,7 +27,7 @@ def demo(args: argparse.Namespace) -> None:
             print(f"  {predictor:>11} ({args.steps} steps): TV {oracle.total_variation(x):.4f}  [{time.perf_counter() - start:.1f} s]")
         x0 = oracle.sample(3, generator)
         bound = nll_bound(oracle.score_fn, graph, LogLinear(), x0, num_t=args.num_t, generator=generator, batch_size=3 * args.num_t)
-        print(f"  likelihood bound (exact ratios, {args.num_t} stratified t = u^2, default base):")
+        print(f"  likelihood bound (exact ratios, LogLinear, {args.num_t} stratified t = u^2, default base):")
         for i in range(3):
             true_nll = -oracle.log_prob(x0[i]).item()
             print(f"    {x0[i].tolist()}: bound {bound.bound[i]:.3f} +- {bound.stderr[i]:.3f} nats"

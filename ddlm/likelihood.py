@@ -140,6 +140,8 @@ def nll_bound(
     a probability vector [S]: that per-token distribution, exact KL; a callable
     ``log p_base(x_T Long[n, L]) -> [n]``: a sequence-level base, KL by ``num_t`` Monte Carlo draws.
     batch_size: sequences per score_fn call (default B).
+    The integral starts at sigma_bar(0): for schedules with sigma_bar(0) > 0 (Geometric) the
+    sliver between clean data and sigma_bar(0) is omitted, as in SEDD.
     """
     graph.check_clean(x0)
     if x0.dim() != 2:

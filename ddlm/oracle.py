@@ -71,16 +71,21 @@ class SequenceOracle:
     # ----------------------------------------------------------------- noised marginals
     def marginal(self, sigma_bar: float) -> torch.Tensor:
         """p_t over all S^L noised sequences at total noise sigma_bar, [S] * L, float64."""
-        rows = self.graph.transition(torch.arange(self.graph.num_tokens), float(sigma_bar))  # [N, S]
-        p = self.probs
+        sigma = torch.tensor([float(sigma_bar)], dtype=torch.float64)
+        return self._marginals(sigma)[0].reshape([self.graph.num_states] * self.length)
+
+    def _marginals(self, sigma_bar: torch.Tensor) -> torch.Tensor:
+        """p_t for each of sigma_bar [U], flattened over noised sequences: [U, S^L]."""
+        n = self.graph.num_tokens
+        rows = self.graph.transition(torch.arange(n).expand(len(sigma_bar), n), sigma_bar[:, None])  # [U, N, S]
+        p = self.probs.expand(len(sigma_bar), *self.probs.shape)
         for _ in range(self.length):  # contract each clean axis with the per-token kernel
-            p = torch.tensordot(p, rows, dims=([0], [0]))
-        return p
+            p = torch.einsum("ua...,uas->u...s", p, rows)
+        return p.reshape(len(sigma_bar), -1)
 
     def _log_marginals(self, sigma_bar: torch.Tensor):
         values, inverse = torch.unique(sigma_bar.detach().cpu().to(torch.float64), return_inverse=True)
-        table = torch.stack([torch.log(self.marginal(v)).reshape(-1) for v in values.tolist()])
-        return table.to(sigma_bar.device), inverse.to(sigma_bar.device)
+        return torch.log(self._marginals(values)).to(sigma_bar.device), inverse.to(sigma_bar.device)
 
     def log_marginal(self, x: torch.Tensor, sigma_bar: float | torch.Tensor) -> torch.Tensor:
         """log p_t(x) for noised sequences Long[B, L]; sigma_bar a float or [B]."""
