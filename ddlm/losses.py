@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .dse_backends import RowDSE, bregman, dse_from_row_sums, excluded_states, resolve_impl
 from .processes import Graph
 from .score import ScoreFn, evaluate_score
 
@@ -23,14 +24,6 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     for tensor in tensors:
         dtype = torch.promote_types(dtype, tensor.dtype)
     return dtype
-
-
-def _bregman(log_s: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    """s - r log s + K(r), elementwise, stable at large r; equals s where r = 0."""
-    positive = ratio > 0
-    log_r = torch.log(torch.where(positive, ratio, torch.ones_like(ratio)))
-    v = log_s - log_r
-    return torch.where(positive, ratio * (torch.expm1(v) - v), torch.exp(log_s))
 
 
 def _check_log_score(log_score: torch.Tensor, x: torch.Tensor, num_states: int | None = None) -> None:
@@ -59,38 +52,53 @@ def score_entropy(log_score: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor,
     elif weight.shape != log_score.shape:
         raise ValueError(f"weight must have the shape of log_score {list(log_score.shape)}, got {list(weight.shape)}")
     weight = weight.to(dtype).scatter(-1, x.unsqueeze(-1), 0.0)
-    terms = _bregman(log_score.to(dtype), ratio.to(dtype))
+    terms = bregman(log_score.to(dtype), ratio.to(dtype))
     return torch.where(weight > 0, weight * terms, torch.zeros_like(terms)).sum(-1)
 
 
-def dse(log_score: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, sigma_bar, graph: Graph) -> torch.Tensor:
+def dse(
+    log_score: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma_bar,
+    graph: Graph,
+    *,
+    shift: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
     """Denoising score entropy per position, [...], with the bound's weights w_y = Q[y, x_t].
 
     log_score: [..., S]; x_t, x0: Long[...]; sigma_bar broadcasts against x_t. Not multiplied by
-    sigma(t). Uses the per-position constants of ``graph.dse_coefficients`` (one pass over S, no
-    [..., S] ratio tensor); returned in log_score's dtype (at least float32).
+    sigma(t). Returned in log_score's dtype (at least float32).
+    shift: optional [...] offset added to every log-score of a position (SEDD's scale-by-sigma
+    term), applied inside the backends so the shifted tensor is never stored.
+    impl: "eager" (whole-tensor reference), "torch" (row chunks, no [..., S] temporaries beyond
+    the gradient), "triton" (fused kernel) or "auto" (the DDLM_DSE_IMPL environment variable if
+    set, else Triton on CUDA and "torch" elsewhere). See ``ddlm.dse_backends``.
     """
     _check_log_score(log_score, x_t, graph.num_states)
     if x0.shape != x_t.shape:
         raise ValueError(f"x0 of shape {list(x0.shape)} must match x_t of shape {list(x_t.shape)}")
+    if shift is not None and shift.shape != x_t.shape:
+        raise ValueError(f"shift must have the shape of x_t {list(x_t.shape)}, got {list(shift.shape)}")
     if isinstance(sigma_bar, torch.Tensor):
         sigma_bar = sigma_bar.double()
     # Per-position scalars are float64 (cheap: no S axis); only the sums over S run in `dtype`.
     w, a, b = graph.dse_coefficients(x_t, x0, sigma_bar)
     dtype = _compute_dtype(log_score)
-    log_s = log_score.to(dtype)
-
-    special = x0 != x_t  # y = x0 carries ratio b
-    states = torch.arange(graph.num_states, device=x_t.device)
-    excluded = (states == x_t.unsqueeze(-1)) | ((states == x0.unsqueeze(-1)) & special.unsqueeze(-1))
-    sum_exp = torch.exp(log_s.masked_fill(excluded, float("-inf"))).sum(-1).double()
-    sum_log = log_s.masked_fill(excluded, 0.0).sum(-1).double()
-    count = (graph.num_states - 1) - special.double()
-    k_a = torch.xlogy(a, a) - a
-    rest = sum_exp + torch.where(a != 0, count * k_a - a * sum_log, torch.zeros_like(a))
-    x0_term = _bregman(log_s.gather(-1, x0.unsqueeze(-1)).squeeze(-1).double(), b)
-    total = rest + torch.where(special, x0_term, torch.zeros_like(x0_term))
-    return torch.where(w > 0, w * total, torch.zeros_like(total)).to(dtype)
+    shift = torch.zeros_like(w) if shift is None else shift.double()
+    impl = resolve_impl(impl, log_score.device)
+    if impl == "eager":
+        log_s = log_score.to(dtype) + shift.unsqueeze(-1).to(dtype)
+        excluded = excluded_states(x_t, x0, graph.num_states)
+        sum_exp = torch.exp(log_s.masked_fill(excluded, float("-inf"))).sum(-1).double()
+        sum_log = log_s.masked_fill(excluded, 0.0).sum(-1).double()
+        log_s_x0 = log_s.gather(-1, x0.unsqueeze(-1)).squeeze(-1).double()
+        return dse_from_row_sums(sum_exp, sum_log, log_s_x0, x_t, x0, w, a, b, graph.num_states).to(dtype)
+    rows = (-1, graph.num_states)
+    flat = [t.reshape(-1) for t in (x_t, x0, shift, w.expand(x_t.shape), a.expand(x_t.shape), b.expand(x_t.shape))]
+    loss = RowDSE.apply(log_score.reshape(rows), *flat, impl)
+    return loss.reshape(x_t.shape).to(dtype)
 
 
 def dwdse(score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -127,7 +127,10 @@ class GaussianMixture:
         return (resp[..., None] * comp).sum(1).reshape(x.shape)
 
     def posterior_mean(self, x: Tensor, t, sde: GaussianSDE) -> Tensor:
-        """E[x0 | x_t = x], shaped like x (per component mu_k + alpha C_k (alpha^2 C_k + sigma^2)^-1 (x - alpha mu_k))."""
+        """E[x0 | x_t = x], shaped like x.
+
+        Per component: mu_k + alpha C_k (alpha^2 C_k + sigma^2 I)^-1 (x - alpha mu_k), weighted by p(k | x_t).
+        """
         y, var, _, resp, alpha, vecs = self._terms(x, t, sde)
         comp = self.means.to(x) + self._rotate_out(alpha * self._eigvals.to(x) * y / var, vecs)
         return (resp[..., None] * comp).sum(1).reshape(x.shape)

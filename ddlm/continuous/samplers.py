@@ -286,7 +286,7 @@ def annealed_langevin(
     steps_per_level: int = 100,
     step_lr: float = 2e-5,
     t_max: float = 1.0,
-    t_min: float = 0.0,
+    t_min: float = 0.01,
     denoise: bool = True,
     x_init: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -298,8 +298,9 @@ def annealed_langevin(
 
     At level i with noise sigma_i = sde.sigma(t_i) it runs ``steps_per_level`` Langevin steps of size
     a_i = step_lr sigma_i^2 / sigma_L^2. Meant for VE paths (alpha = 1), where uniform times give
-    geometric noise levels; VESDE(kernel="song") with t_min = 0 reproduces NCSN's sigma_1..sigma_L.
-    Stability on a Gaussian-like p_t needs step_lr < 2 sigma_L^2. ``denoise`` adds Tweedie's step at
+    geometric noise levels; VESDE(kernel="song") with t_min = 0 reproduces NCSN's sigma_1..sigma_L
+    (the exact VE kernel has sigma(0) = 0, hence the default t_min > 0). Stability on a
+    Gaussian-like p_t needs step_lr < 2 sigma_L^2. ``denoise`` adds Tweedie's step at
     the last level (NCSNv2). Returns [B, *event].
     """
     levels = check_positive_int(levels, "levels")

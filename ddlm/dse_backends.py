@@ -1,0 +1,147 @@
+"""Denoising score entropy from per-row sums, with interchangeable backends.
+
+For one position (row) with current token x, clean token x0 and log-scores s [V], DSE needs
+only two sums over the vocabulary and a few float64 scalars (``Graph.dse_coefficients``):
+
+    DSE = w [ sum_{y in R} e^{s_y} - a sum_{y in R} s_y + |R| K(a) ] + w [x0 != x] b (expm1(v) - v)
+
+with R = {y != x, y != x0}, v = s_x0 - log b and K(a) = a (log a - 1). The gradient is
+w (e^{s_y} - a) on R, w b expm1(v) at x0 (when x0 != x) and 0 at x.
+
+Backends compute the sums and the gradient rows:
+
+- ``eager``: whole-tensor PyTorch ops under autograd (the reference; several [N, V] temporaries);
+- ``torch``: chunks of rows inside a custom autograd function, so no [N, V] temporary exists
+  beyond the log-scores and their gradient; rows with w = 0 are skipped;
+- ``triton``: one kernel program per row, one pass over V (``ddlm.kernels.score_entropy``); runs
+  on CUDA, or on CPU under ``TRITON_INTERPRET=1``.
+
+The gradient is recomputed in backward (never stored from forward), so forward-only use (the
+likelihood bound) allocates nothing of size [N, V].
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+IMPLS = ("auto", "eager", "torch", "triton")
+CHUNK_ELEMENTS = 1 << 22  # rows per chunk of the torch backend: about 4M logits
+
+
+def bregman(log_s: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """s - r log s + K(r), elementwise, as r (expm1(v) - v) with v = log s - log r; s where r = 0."""
+    positive = ratio > 0
+    log_r = torch.log(torch.where(positive, ratio, torch.ones_like(ratio)))
+    v = log_s - log_r
+    return torch.where(positive, ratio * (torch.expm1(v) - v), torch.exp(log_s))
+
+
+def dse_from_row_sums(sum_exp, sum_log, log_s_x0, x_t, x0, w, a, b, num_states):
+    """DSE per row [N] (float64) from the sums over R and the log-score at x0, all [N]."""
+    special = x0 != x_t
+    count = (num_states - 1) - special.double()
+    k_a = torch.xlogy(a, a) - a
+    rest = sum_exp + torch.where(a != 0, count * k_a - a * sum_log, torch.zeros_like(a))
+    x0_term = bregman(log_s_x0, b)
+    total = rest + torch.where(special, x0_term, torch.zeros_like(x0_term))
+    return torch.where(w > 0, w * total, torch.zeros_like(total))
+
+
+def excluded_states(x_t: torch.Tensor, x0: torch.Tensor, num_states: int) -> torch.Tensor:
+    """Bool [..., V]: True at x_t and, where x0 != x_t, at x0 (the states outside R)."""
+    states = torch.arange(num_states, device=x_t.device)
+    return (states == x_t.unsqueeze(-1)) | ((states == x0.unsqueeze(-1)) & (x0 != x_t).unsqueeze(-1))
+
+
+def triton_available(device: torch.device) -> bool:
+    """True where the Triton kernels can run: CUDA tensors, or any tensor under TRITON_INTERPRET=1."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """The backend to use: ``auto`` reads DDLM_DSE_IMPL, else Triton on CUDA and the torch chunks elsewhere."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = os.environ.get("DDLM_DSE_IMPL", "auto")
+        if impl not in IMPLS:
+            raise ValueError(f"DDLM_DSE_IMPL must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and triton_available(device) else "torch"
+    if impl == "triton" and not triton_available(device):
+        raise RuntimeError(
+            f"impl='triton' needs Triton installed (pip install 'ddlm[triton]') and a CUDA tensor, or "
+            f"TRITON_INTERPRET=1 for the CPU interpreter; got a tensor on {device}"
+        )
+    return impl
+
+
+# --------------------------------------------------------------------------- torch chunks
+def _chunks(rows: torch.Tensor, num_states: int):
+    size = max(1, CHUNK_ELEMENTS // num_states)
+    return rows.split(size)
+
+
+def torch_row_sums(log_score, x_t, x0, shift, active):
+    """Sums of e^s and s over R for the active rows (others 0), each [N] in the compute dtype."""
+    dtype = torch.promote_types(log_score.dtype, torch.float32)
+    sum_exp = torch.zeros(log_score.shape[0], dtype=dtype, device=log_score.device)
+    sum_log = torch.zeros_like(sum_exp)
+    for rows in _chunks(active, log_score.shape[1]):
+        s = log_score[rows].to(dtype) + shift[rows, None].to(dtype)
+        excluded = excluded_states(x_t[rows], x0[rows], log_score.shape[1])
+        sum_exp[rows] = torch.exp(s.masked_fill(excluded, float("-inf"))).sum(1)
+        sum_log[rows] = s.masked_fill(excluded, 0.0).sum(1)
+    return sum_exp, sum_log
+
+
+def torch_row_grad(log_score, x_t, shift, scale, a, active):
+    """scale (e^s - a) on every y != x for the active rows, 0 elsewhere: [N, V] in log_score's dtype."""
+    dtype = torch.promote_types(log_score.dtype, torch.float32)
+    grad = torch.zeros_like(log_score)
+    for rows in _chunks(active, log_score.shape[1]):
+        s = log_score[rows].to(dtype) + shift[rows, None].to(dtype)
+        g = scale[rows, None].to(dtype) * (torch.exp(s) - a[rows, None].to(dtype))
+        grad[rows] = g.scatter_(1, x_t[rows, None], 0.0).to(grad.dtype)
+    return grad
+
+
+# --------------------------------------------------------------------------- autograd
+class RowDSE(torch.autograd.Function):
+    """DSE per row of log_score [N, V] through the ``torch`` or ``triton`` backend; float64 [N]."""
+
+    @staticmethod
+    def forward(ctx, log_score, x_t, x0, shift, w, a, b, impl):
+        active = torch.nonzero(w > 0).squeeze(1)
+        if impl == "triton":
+            from .kernels.score_entropy import triton_row_sums
+
+            sum_exp, sum_log = triton_row_sums(log_score, x_t, x0, shift, w)
+        else:
+            sum_exp, sum_log = torch_row_sums(log_score, x_t, x0, shift, active)
+        log_s_x0 = log_score.gather(1, x0[:, None]).squeeze(1).double() + shift
+        ctx.save_for_backward(log_score, x_t, x0, shift, w, a, b, log_s_x0, active)
+        ctx.impl = impl
+        return dse_from_row_sums(sum_exp.double(), sum_log.double(), log_s_x0, x_t, x0, w, a, b, log_score.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        log_score, x_t, x0, shift, w, a, b, log_s_x0, active = ctx.saved_tensors
+        scale = w * grad_loss.double()
+        if ctx.impl == "triton":
+            from .kernels.score_entropy import triton_row_grad
+
+            grad = triton_row_grad(log_score, x_t, shift, scale, a)
+        else:
+            grad = torch_row_grad(log_score, x_t, shift, scale, a, active)
+        # the x0 entry in float64: w b expm1(s_x0 - log b), free of the e^s - b cancellation
+        rows = torch.nonzero((x0 != x_t) & (w > 0)).squeeze(1)
+        v = log_s_x0[rows] - torch.log(b[rows])
+        grad[rows, x0[rows]] = (scale[rows] * b[rows] * torch.expm1(v)).to(grad.dtype)
+        return grad, None, None, None, None, None, None, None

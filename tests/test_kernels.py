@@ -1,0 +1,96 @@
+"""Fused score-entropy backends against a float64 reference (Triton under TRITON_INTERPRET=1 on CPU)."""
+
+import pytest
+import torch
+
+import ddlm
+from ddlm import dse_backends
+from ddlm.losses import dse
+
+triton = pytest.importorskip("triton")
+score_entropy_kernels = pytest.importorskip("ddlm.kernels.score_entropy")
+
+
+def problem(graph, rows, dtype, seed=0, with_shift=False):
+    """Random positions at moderate noise with log-scores near the conditional ratios."""
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.randint(graph.num_tokens, (rows,), generator=gen)
+    sigma = torch.rand(rows, generator=gen, dtype=torch.float64) * 2 + 1e-3
+    x_t = graph.sample_transition(x0, sigma, generator=gen)
+    ratio = graph.ratio(x_t, x0, sigma).clamp_min(1e-3)
+    log_s = (torch.log(ratio) + 0.5 * torch.randn(ratio.shape, generator=gen, dtype=torch.float64)).to(dtype)
+    shift = 0.3 * torch.randn(rows, generator=gen, dtype=torch.float64) if with_shift else None
+    return log_s, x_t, x0, sigma, shift
+
+
+def loss_and_grad(log_s, x_t, x0, sigma, graph, shift, impl):
+    log_s = log_s.detach().requires_grad_(True)
+    loss = dse(log_s, x_t, x0, sigma, graph, shift=shift, impl=impl)
+    weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype)  # a non-uniform upstream gradient
+    (loss * weights).sum().backward()
+    return loss.double(), log_s.grad.double()
+
+
+GRAPHS = [ddlm.Absorbing(300), ddlm.Uniform(301), ddlm.Absorbing(37)]
+
+
+@pytest.mark.parametrize("graph", GRAPHS, ids=repr)
+@pytest.mark.parametrize("with_shift", [False, True], ids=["plain", "shift"])
+def test_torch_chunks_equal_eager_in_float64(graph, with_shift, monkeypatch):
+    monkeypatch.setattr(dse_backends, "CHUNK_ELEMENTS", 5 * graph.num_states)  # several chunks, a ragged last one
+    log_s, x_t, x0, sigma, shift = problem(graph, 23, torch.float64, with_shift=with_shift)
+    loss, grad = loss_and_grad(log_s, x_t, x0, sigma, graph, shift, "torch")
+    ref_loss, ref_grad = loss_and_grad(log_s, x_t, x0, sigma, graph, shift, "eager")
+    assert torch.allclose(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(grad, ref_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("graph", GRAPHS, ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_triton_matches_float64_reference_and_is_no_worse_than_eager(graph, dtype, monkeypatch):
+    monkeypatch.setattr(score_entropy_kernels, "BLOCK", 64)  # several blocks per row, a ragged last one
+    log_s, x_t, x0, sigma, shift = problem(graph, 19, dtype, seed=1, with_shift=True)
+    ref_loss, ref_grad = loss_and_grad(log_s.double(), x_t, x0, sigma, graph, shift, "eager")
+    loss, grad = loss_and_grad(log_s, x_t, x0, sigma, graph, shift, "triton")
+    eager_loss, eager_grad = loss_and_grad(log_s, x_t, x0, sigma, graph, shift, "eager")
+
+    def rms_error(a, b):
+        return float(((a - b) ** 2).mean().sqrt() / (b**2).mean().sqrt().clamp_min(1e-30))
+
+    loss_tol = 1e-6
+    grad_tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]  # one rounding to dtype
+    assert rms_error(loss, ref_loss) < max(loss_tol, 1.5 * rms_error(eager_loss, ref_loss))
+    assert rms_error(grad, ref_grad) < max(grad_tol, 1.5 * rms_error(eager_grad, ref_grad))
+    assert grad.dtype == torch.float64 and bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.triton
+def test_triton_skips_rows_without_loss():
+    graph = ddlm.Absorbing(50)
+    x0 = torch.arange(10) % 50
+    x_t = x0.clone()
+    x_t[::2] = graph.mask_id
+    log_s = torch.randn(10, 51)
+    loss, grad = loss_and_grad(log_s, x_t, x0, 0.5, graph, None, "triton")
+    assert bool((loss[1::2] == 0).all()) and bool((grad[1::2] == 0).all())
+    assert bool((loss[::2] > 0).all())
+
+
+def test_impl_selection_and_errors(monkeypatch):
+    graph = ddlm.Uniform(5)
+    log_s, x_t, x0, sigma, _ = problem(graph, 4, torch.float32)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        dse(log_s, x_t, x0, sigma, graph, impl="cuda")
+    monkeypatch.setenv("DDLM_DSE_IMPL", "eager")
+    assert dse_backends.resolve_impl("auto", torch.device("cpu")) == "eager"
+    monkeypatch.setenv("DDLM_DSE_IMPL", "fast")
+    with pytest.raises(ValueError, match="DDLM_DSE_IMPL"):
+        dse(log_s, x_t, x0, sigma, graph)
+    monkeypatch.delenv("DDLM_DSE_IMPL")
+    assert dse_backends.resolve_impl("auto", torch.device("cpu")) == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        dse(log_s, x_t, x0, sigma, graph, impl="triton")
+    with pytest.raises(ValueError, match="shift must have the shape"):
+        dse(log_s, x_t, x0, sigma, graph, shift=torch.zeros(3))
