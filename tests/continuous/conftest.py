@@ -10,11 +10,15 @@ from ddlm.continuous import GaussianMixture
 
 
 @pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
+def float64_single_thread():
+    """float64 by default; one intra-op thread, since these small tensors gain nothing from more and
+    a busy machine makes waiting threads slow every op (both settings restored afterwards)."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
     yield
-    torch.set_default_dtype(previous)
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
