@@ -77,7 +77,11 @@ def odeint(
     ref = state[0]
     batch = ref.shape[0]
 
+    t_start, t_end = float(t_start), float(t_end)
+    low, high = min(t_start, t_end), max(t_start, t_end)
+
     def f(values, t: float):
+        t = min(max(t, low), high)  # stage times may overshoot the interval by rounding
         tb = torch.full((batch,), t, dtype=ref.dtype, device=ref.device)
         out = fn(values[0] if is_tensor else values, tb)
         out = (out,) if is_tensor else tuple(out)
@@ -85,7 +89,6 @@ def odeint(
             raise ValueError("fn must return the structure and shapes of y")
         return out
 
-    t_start, t_end = float(t_start), float(t_end)
     if method == "dopri5":
         state, nfe = _dopri5(f, state, t_start, t_end, rtol, atol, progress)
     else:
