@@ -49,6 +49,7 @@ DSM_WEIGHTINGS = ("sigma2", "likelihood", "none")
 
 def _times(t, x0: Tensor, t_min: float, generator) -> Tensor:
     """Given t validated to [B], or t ~ U[t_min, 1] per sample."""
+    check_batched(x0, "x0")
     if t is None:
         check_time_range(t_min, 1.0)
         return uniform_time(x0.shape[0], t_min, 1.0, generator, x0)

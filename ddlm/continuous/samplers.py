@@ -117,8 +117,8 @@ def sample_sde(
     ``langevin_dynamics``), then x <- x - [f x - g^2 score] h + g sqrt(h) z. ``denoise`` applies
     Tweedie's x0 estimate at t_min. Returns [B, *event].
     """
-    if corrector_steps != 0:
-        check_positive_int(corrector_steps, "corrector_steps")
+    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
+        raise ValueError(f"corrector_steps must be a non-negative int, got {corrector_steps!r}")
     if not snr > 0:
         raise ValueError(f"snr must be positive, got {snr}")
     grid = time_grid(steps, t_max, t_min, dtype=dtype, device=device)
@@ -194,8 +194,7 @@ def _posterior_step(score_fn, sde, x, t, s, eta, generator):
 def _sample_posterior(score_fn, sde, shape, steps, eta, t_max, x_init, generator, dtype, device, progress):
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    check_time_range(0.0, t_max)
-    grid = torch.linspace(t_max, 0.0, check_positive_int(steps, "steps") + 1, dtype=dtype or torch.get_default_dtype())
+    grid = time_grid(steps, t_max, 0.0, dtype=dtype)
     x = _start(sde, shape, x_init, generator, grid.dtype, device)
     grid = grid.to(dtype=x.dtype, device=x.device)
 

@@ -100,7 +100,7 @@ def test_plain_langevin_at_one_noise_level_misses_the_weights(mixture_1d):
     so the weights reflect the initial split (about 0.5), not 0.3."""
     sde = VESDE()
     gen = torch.Generator().manual_seed(4)
-    x = 3 * torch.randn(N, 1, generator=gen)
+    x = 3 * torch.randn(5000, 1, generator=gen)
     x = langevin_dynamics(mixture_1d.score_fn(sde), x, 0.0, steps=1000, step_size=0.01, generator=gen)[:, 0]
     assert abs((x < 0).double().mean().item() - 0.3) > 0.1
     for mode in (x[x < 0], x[x >= 0]):  # within a mode it does converge
@@ -228,6 +228,8 @@ def test_bad_inputs(mixture_1d):
         sample_ddpm(score, sde, (), steps=2)
     with pytest.raises(ValueError, match="x_init has shape"):
         sample_ddim(score, sde, (4, 1), x_init=torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="corrector_steps must be a non-negative int"):
+        sample_sde(score, sde, (4, 1), corrector_steps=-1)
     with pytest.raises(ValueError, match="eta must lie in"):
         sample_ddim(score, sde, (4, 1), eta=2.0)
     with pytest.raises(ValueError, match="give exactly one of step_size and snr"):
