@@ -16,8 +16,9 @@ Backends compute the sums and the gradient rows:
 - ``triton``: one kernel program per row, one pass over V (``ddlm.kernels.score_entropy``); runs
   on CUDA, or on CPU under ``TRITON_INTERPRET=1``.
 
-The gradient is recomputed in backward (never stored from forward), so forward-only use (the
-likelihood bound) allocates nothing of size [N, V].
+When a gradient is needed it is computed in the forward pass, in the same read of the
+log-scores (optionally in place, over the log-scores); forward-only use (the likelihood bound)
+writes nothing of size [N, V].
 """
 
 from __future__ import annotations
@@ -83,65 +84,68 @@ def resolve_impl(impl: str, device: torch.device) -> str:
 
 
 # --------------------------------------------------------------------------- torch chunks
-def _chunks(rows: torch.Tensor, num_states: int):
-    size = max(1, CHUNK_ELEMENTS // num_states)
-    return rows.split(size)
+def torch_rows(log_score, x_t, x0, shift, w, a, grad=None):
+    """Sums of e^s and s over R per row, each [N] in the compute dtype (0 where w = 0).
 
-
-def torch_row_sums(log_score, x_t, x0, shift, active):
-    """Sums of e^s and s over R for the active rows (others 0), each [N] in the compute dtype."""
+    If ``grad`` [N, V] is given (it may be log_score itself), its rows are overwritten with
+    w (e^s - a) at every y != x_t (0 at x_t and on rows with w = 0), in the same pass.
+    """
     dtype = torch.promote_types(log_score.dtype, torch.float32)
-    sum_exp = torch.zeros(log_score.shape[0], dtype=dtype, device=log_score.device)
+    n, v = log_score.shape
+    sum_exp = torch.zeros(n, dtype=dtype, device=log_score.device)
     sum_log = torch.zeros_like(sum_exp)
-    for rows in _chunks(active, log_score.shape[1]):
+    live = w > 0
+    if grad is not None:
+        grad[~live] = 0
+    for rows in torch.nonzero(live).squeeze(1).split(max(1, CHUNK_ELEMENTS // v)):
         s = log_score[rows].to(dtype) + shift[rows, None].to(dtype)
-        excluded = excluded_states(x_t[rows], x0[rows], log_score.shape[1])
-        sum_exp[rows] = torch.exp(s.masked_fill(excluded, float("-inf"))).sum(1)
-        sum_log[rows] = s.masked_fill(excluded, 0.0).sum(1)
+        e = torch.exp(s)
+        excluded = excluded_states(x_t[rows], x0[rows], v)
+        sum_exp[rows] = e.masked_fill(excluded, 0.0).sum(1)
+        sum_log[rows] = s.masked_fill_(excluded, 0.0).sum(1)
+        if grad is not None:
+            g = e.sub_(a[rows, None].to(dtype)).mul_(w[rows, None].to(dtype))
+            grad[rows] = g.scatter_(1, x_t[rows, None], 0.0).to(grad.dtype)
     return sum_exp, sum_log
-
-
-def torch_row_grad(log_score, x_t, shift, scale, a, active):
-    """scale (e^s - a) on every y != x for the active rows, 0 elsewhere: [N, V] in log_score's dtype."""
-    dtype = torch.promote_types(log_score.dtype, torch.float32)
-    grad = torch.zeros_like(log_score)
-    for rows in _chunks(active, log_score.shape[1]):
-        s = log_score[rows].to(dtype) + shift[rows, None].to(dtype)
-        g = scale[rows, None].to(dtype) * (torch.exp(s) - a[rows, None].to(dtype))
-        grad[rows] = g.scatter_(1, x_t[rows, None], 0.0).to(grad.dtype)
-    return grad
 
 
 # --------------------------------------------------------------------------- autograd
 class RowDSE(torch.autograd.Function):
-    """DSE per row of log_score [N, V] through the ``torch`` or ``triton`` backend; float64 [N]."""
+    """DSE per row of log_score [N, V] through the ``torch`` or ``triton`` backend; float64 [N].
+
+    When log_score needs a gradient it is computed in the forward pass (one read of the
+    log-scores) and scaled by the upstream gradient in backward, which therefore runs once. With
+    ``inplace`` it overwrites log_score, so the loss adds no [N, V] memory at all; the log-scores
+    are then destroyed (use it when nothing else reads them, as in training).
+    """
 
     @staticmethod
-    def forward(ctx, log_score, x_t, x0, shift, w, a, b, impl):
-        active = torch.nonzero(w > 0).squeeze(1)
+    def forward(ctx, log_score, x_t, x0, shift, w, a, b, impl, inplace):
+        log_score = log_score.detach()
+        log_s_x0 = log_score.gather(1, x0[:, None]).squeeze(1).double() + shift  # before any overwrite
+        grad = None
+        if ctx.needs_input_grad[0]:
+            grad = log_score if inplace else torch.empty_like(log_score)
         if impl == "triton":
-            from .kernels.score_entropy import triton_row_sums
+            from .kernels.score_entropy import triton_rows
 
-            sum_exp, sum_log = triton_row_sums(log_score, x_t, x0, shift, w)
+            sum_exp, sum_log = triton_rows(log_score, x_t, x0, shift, w, a, grad)
         else:
-            sum_exp, sum_log = torch_row_sums(log_score, x_t, x0, shift, active)
-        log_s_x0 = log_score.gather(1, x0[:, None]).squeeze(1).double() + shift
-        ctx.save_for_backward(log_score, x_t, x0, shift, w, a, b, log_s_x0, active)
-        ctx.impl = impl
+            sum_exp, sum_log = torch_rows(log_score, x_t, x0, shift, w, a, grad)
+        if grad is not None:
+            # the x0 entry in float64: w b expm1(s_x0 - log b), free of the e^s - b cancellation
+            rows = torch.nonzero((x0 != x_t) & (w > 0)).squeeze(1)
+            v = log_s_x0[rows] - torch.log(b[rows])
+            grad[rows, x0[rows]] = (w[rows] * b[rows] * torch.expm1(v)).to(grad.dtype)
+            ctx.save_for_backward(grad)
+        ctx.backward_done = False
         return dse_from_row_sums(sum_exp.double(), sum_log.double(), log_s_x0, x_t, x0, w, a, b, log_score.shape[1])
 
     @staticmethod
     def backward(ctx, grad_loss):
-        log_score, x_t, x0, shift, w, a, b, log_s_x0, active = ctx.saved_tensors
-        scale = w * grad_loss.double()
-        if ctx.impl == "triton":
-            from .kernels.score_entropy import triton_row_grad
-
-            grad = triton_row_grad(log_score, x_t, shift, scale, a)
-        else:
-            grad = torch_row_grad(log_score, x_t, shift, scale, a, active)
-        # the x0 entry in float64: w b expm1(s_x0 - log b), free of the e^s - b cancellation
-        rows = torch.nonzero((x0 != x_t) & (w > 0)).squeeze(1)
-        v = log_s_x0[rows] - torch.log(b[rows])
-        grad[rows, x0[rows]] = (scale[rows] * b[rows] * torch.expm1(v)).to(grad.dtype)
-        return grad, None, None, None, None, None, None, None
+        if ctx.backward_done:
+            raise RuntimeError("the fused score-entropy loss scales its stored gradient in place: backward can run once")
+        ctx.backward_done = True
+        (grad,) = ctx.saved_tensors
+        grad.mul_(grad_loss[:, None].to(grad.dtype))
+        return grad, None, None, None, None, None, None, None, None

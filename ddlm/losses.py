@@ -65,6 +65,7 @@ def dse(
     *,
     shift: torch.Tensor | None = None,
     impl: str = "auto",
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Denoising score entropy per position, [...], with the bound's weights w_y = Q[y, x_t].
 
@@ -75,6 +76,8 @@ def dse(
     impl: "eager" (whole-tensor reference), "torch" (row chunks, no [..., S] temporaries beyond
     the gradient), "triton" (fused kernel) or "auto" (the DDLM_DSE_IMPL environment variable if
     set, else Triton on CUDA and "torch" elsewhere). See ``ddlm.dse_backends``.
+    inplace: ("torch", "triton") write the gradient over log_score during forward, so the loss
+    adds no [..., S] memory; log_score is destroyed. Backward then runs once.
     """
     _check_log_score(log_score, x_t, graph.num_states)
     if x0.shape != x_t.shape:
@@ -97,7 +100,7 @@ def dse(
         return dse_from_row_sums(sum_exp, sum_log, log_s_x0, x_t, x0, w, a, b, graph.num_states).to(dtype)
     rows = (-1, graph.num_states)
     flat = [t.reshape(-1) for t in (x_t, x0, shift, w.expand(x_t.shape), a.expand(x_t.shape), b.expand(x_t.shape))]
-    loss = RowDSE.apply(log_score.reshape(rows), *flat, impl)
+    loss = RowDSE.apply(log_score.reshape(rows), *flat, impl, inplace)
     return loss.reshape(x_t.shape).to(dtype)
 
 

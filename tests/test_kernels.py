@@ -28,7 +28,7 @@ def loss_and_grad(log_s, x_t, x0, sigma, graph, shift, impl):
     loss = dse(log_s, x_t, x0, sigma, graph, shift=shift, impl=impl)
     weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype)  # a non-uniform upstream gradient
     (loss * weights).sum().backward()
-    return loss.double(), log_s.grad.double()
+    return loss.detach().double(), log_s.grad.double()
 
 
 GRAPHS = [ddlm.Absorbing(300), ddlm.Uniform(301), ddlm.Absorbing(37)]
@@ -94,3 +94,27 @@ def test_impl_selection_and_errors(monkeypatch):
         dse(log_s, x_t, x0, sigma, graph, impl="triton")
     with pytest.raises(ValueError, match="shift must have the shape"):
         dse(log_s, x_t, x0, sigma, graph, shift=torch.zeros(3))
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
+def test_inplace_gradient_overwrites_the_log_scores_and_matches(impl):
+    graph = ddlm.Uniform(41)
+    log_s, x_t, x0, sigma, shift = problem(graph, 13, torch.float32, seed=2, with_shift=True)
+    ref_loss, ref_grad = loss_and_grad(log_s, x_t, x0, sigma, graph, shift, impl)
+    leaf = log_s.clone().requires_grad_(True)
+    storage = leaf.detach()
+    loss = dse(leaf, x_t, x0, sigma, graph, shift=shift, impl=impl, inplace=True)
+    (loss * torch.linspace(0.5, 1.5, loss.numel())).sum().backward()
+    assert torch.allclose(loss.detach().double(), ref_loss, rtol=1e-6)
+    assert torch.allclose(leaf.grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
+    assert torch.equal(storage, leaf.grad)  # the gradient lives where the log-scores were
+
+
+def test_fused_backward_runs_once():
+    graph = ddlm.Absorbing(7)
+    log_s, x_t, x0, sigma, _ = problem(graph, 6, torch.float32)
+    leaf = log_s.clone().requires_grad_(True)
+    loss = dse(leaf, x_t, x0, sigma, graph, impl="torch").sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward can run once"):
+        loss.backward()

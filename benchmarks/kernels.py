@@ -1,0 +1,176 @@
+"""Score-entropy loss, forward + backward: time and peak extra memory against eager baselines.
+
+Absorbing graph (SEDD's default), log-scores [N, V] with half the positions masked, sigma_bar
+uniform in [0.01, 3]. Candidates:
+
+- ``sedd_eager``: the SEDD absorbing formula restated in eager PyTorch (boolean row indexing,
+  ``[:, :-1]`` slice, exp, gather) -- the baseline;
+- ``sedd_compiled``: ``torch.compile`` of the same function;
+- ``ddlm_eager``: ``ddlm.losses.dse(impl="eager")``;
+- ``ddlm_torch``: ``ddlm.losses.dse(impl="torch")``, row chunks in a custom autograd function;
+- ``ddlm_torch_inplace``: the same with ``inplace=True`` (the gradient overwrites the log-scores);
+- ``ddlm_triton`` / ``ddlm_triton_inplace``: the fused kernel (CUDA only).
+
+Times: all candidates in one process, interleaved, median of --repeats, reported as ratios to
+sedd_eager. Peak extra memory (bytes above the log-scores themselves): on CUDA from
+``torch.cuda.max_memory_allocated`` in the same process; on CPU from the peak resident set size
+(VmHWM) of a fresh subprocess per candidate (large CPU blocks are mmapped, so RSS follows live tensors).
+Writes benchmarks/results/kernels_<device>.md.
+
+    python benchmarks/kernels.py [--rows 8192 16384] [--vocab 50258] [--dtype float32]
+"""
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import ddlm
+from ddlm.losses import dse
+
+GRAPH_TOKENS = 50257
+
+
+def sedd_absorbing_loss(log_score, sigma, x_t, x0):
+    """SEDD's absorbing score entropy per position, as its code computes it (eager, whole tensors)."""
+    mask_id = log_score.shape[-1] - 1
+    rel = x_t == mask_id
+    esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), torch.exp(sigma) - 1)
+    ratio = 1 / esigm1.expand_as(x_t)[rel]
+    other = x0[rel]
+    neg = ratio * torch.gather(log_score[rel], -1, other[..., None]).squeeze(-1)
+    pos = log_score[rel][:, :-1].exp().sum(-1)
+    const = ratio * (ratio.log() - 1)
+    entropy = torch.zeros(*x_t.shape, device=log_score.device, dtype=log_score.dtype)
+    entropy[rel] += pos - neg + const
+    return entropy
+
+
+def make_problem(rows, vocab, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    graph = ddlm.Absorbing(vocab - 1)
+    x0 = torch.randint(vocab - 1, (rows,), generator=gen)
+    x_t = torch.where(torch.rand(rows, generator=gen) < 0.5, torch.full_like(x0, graph.mask_id), x0)
+    sigma = 0.01 + 3 * torch.rand(rows, generator=gen, dtype=torch.float64)
+    log_score = torch.randn(rows, vocab, generator=gen).mul_(0.5).sub_(6).to(dtype)  # no temporaries
+    return graph, log_score.to(device), x_t.to(device), x0.to(device), sigma.to(device)
+
+
+def candidates(device):
+    compiled = torch.compile(sedd_absorbing_loss)
+    out = {
+        "sedd_eager": lambda g, s, x_t, x0, sig: sedd_absorbing_loss(s, sig.to(s.dtype), x_t, x0),
+        "sedd_compiled": lambda g, s, x_t, x0, sig: compiled(s, sig.to(s.dtype), x_t, x0),
+        "ddlm_eager": lambda g, s, x_t, x0, sig: dse(s, x_t, x0, sig, g, impl="eager"),
+        "ddlm_torch": lambda g, s, x_t, x0, sig: dse(s, x_t, x0, sig, g, impl="torch"),
+        "ddlm_torch_inplace": lambda g, s, x_t, x0, sig: dse(s, x_t, x0, sig, g, impl="torch", inplace=True),
+    }
+    if device.type == "cuda":
+        out["ddlm_triton"] = lambda g, s, x_t, x0, sig: dse(s, x_t, x0, sig, g, impl="triton")
+        out["ddlm_triton_inplace"] = lambda g, s, x_t, x0, sig: dse(s, x_t, x0, sig, g, impl="triton", inplace=True)
+    return out
+
+
+def run_once(fn, graph, log_score, x_t, x0, sigma):
+    """Forward + backward; in-place candidates overwrite log_score, so pass a copy to reuse it."""
+    leaf = log_score.detach().requires_grad_(True)
+    loss = fn(graph, leaf, x_t, x0, sigma).sum()
+    loss.backward()
+    return leaf.grad
+
+
+def rss(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process, bytes (Linux). VmHWM, unlike ru_maxrss, does
+    not carry over the parent's peak into a subprocess."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def measure_cpu_memory(name, rows, vocab, dtype):
+    """Run one candidate in this (fresh) process; print peak RSS above the inputs, in bytes."""
+    device = torch.device("cpu")
+    problem = make_problem(rows, vocab, dtype, device)
+    fn = candidates(device)[name]
+    run_once(fn, *make_problem(64, vocab, dtype, device))  # warm-up (compilation) outside the peak
+    base = rss("VmRSS")
+    grad = run_once(fn, *problem)
+    peak = rss("VmHWM")
+    # the gradient [N, V] is the result every candidate must produce; report it separately
+    print(json.dumps({"peak_extra": peak - base, "grad_bytes": grad.numel() * grad.element_size()}))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, nargs="+", default=[8192, 16384])
+    parser.add_argument("--vocab", type=int, default=GRAPH_TOKENS + 1)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-of", nargs=2, metavar=("NAME", "ROWS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    if args.memory_of:
+        measure_cpu_memory(args.memory_of[0], int(args.memory_of[1]), args.vocab, dtype)
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    names = list(candidates(device))
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    lines = [
+        f"# Score entropy forward + backward, Absorbing, V = {args.vocab}, {args.dtype} log-scores",
+        f"Machine: {machine}; torch {torch.__version__}. Ratios are to sedd_eager (time: > 1 is slower; memory: peak bytes",
+        "above the inputs, the [N, V] gradient included).",
+        "",
+        "| N | candidate | time (s) | time / sedd_eager | peak extra memory (GB) | memory / sedd_eager |",
+        "|---|---|---|---|---|---|",
+    ]
+    fns = candidates(device)
+    for rows in args.rows:
+        problem = make_problem(rows, args.vocab, dtype, device)
+        for fn in fns.values():
+            run_once(fn, *make_problem(64, args.vocab, dtype, device))  # compile / warm up
+        times = {name: [] for name in names}
+        graph, log_score, rest = problem[0], problem[1], problem[2:]
+        for _ in range(args.repeats):
+            for name in names:
+                copy = log_score.clone()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                run_once(fns[name], graph, copy, *rest)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - start)
+        memory = {}
+        for name in names:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                copy = log_score.clone()
+                base = torch.cuda.memory_allocated()
+                run_once(fns[name], graph, copy, *rest)
+                memory[name] = torch.cuda.max_memory_allocated() - base
+            else:
+                out = subprocess.run([sys.executable, __file__, "--vocab", str(args.vocab), "--dtype", args.dtype,
+                                      "--memory-of", name, str(rows)], capture_output=True, text=True, check=True)
+                memory[name] = json.loads(out.stdout.strip().splitlines()[-1])["peak_extra"]
+        base_time, base_mem = statistics.median(times["sedd_eager"]), memory["sedd_eager"]
+        for name in names:
+            t = statistics.median(times[name])
+            line = f"| {rows} | {name} | {t:.3f} | {t / base_time:.2f} | {memory[name] / 1e9:.2f} | {memory[name] / base_mem:.2f} |"
+            lines.append(line)
+            print(line, flush=True)
+        del problem
+    out = pathlib.Path(__file__).parent / "results" / f"kernels_{device.type}.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
