@@ -149,3 +149,63 @@ class RowDSE(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         grad.mul_(grad_loss[:, None].to(grad.dtype))
         return grad, None, None, None, None, None, None, None, None
+
+
+def _rows_fn(impl):
+    if impl == "triton":
+        from .kernels.score_entropy import triton_rows
+
+        return triton_rows
+    return torch_rows
+
+
+class LinearDSE(torch.autograd.Function):
+    """DSE per row of ``hidden @ weight.T + bias`` without storing the [N, V] logits; float64 [N].
+
+    Rows are processed in chunks of ``chunk`` (only rows with w > 0): forward keeps the row sums,
+    backward recomputes each chunk's logits, writes the scaled gradient over them and turns it
+    into the gradients of hidden, weight and bias (accumulated in at least float32). Peak extra memory is
+    one chunk of logits plus a float32 copy of weight's gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, x_t, x0, shift, w, a, b, impl, chunk):
+        rows_fn = _rows_fn(impl)
+        live = torch.nonzero(w > 0).squeeze(1)
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        sum_exp = torch.zeros(hidden.shape[0], dtype=dtype, device=hidden.device)
+        sum_log = torch.zeros_like(sum_exp)
+        log_s_x0 = shift.clone()
+        for rows in live.split(chunk):
+            logits = torch.nn.functional.linear(hidden[rows], weight, bias)
+            sum_exp[rows], sum_log[rows] = (t.to(dtype) for t in rows_fn(logits, x_t[rows], x0[rows], shift[rows], w[rows], a[rows]))
+            log_s_x0[rows] += logits.gather(1, x0[rows, None]).squeeze(1).double()
+        ctx.save_for_backward(hidden, weight, bias, x_t, x0, shift, w, a, b, live, log_s_x0)
+        ctx.impl, ctx.chunk = impl, chunk
+        return dse_from_row_sums(sum_exp.double(), sum_log.double(), log_s_x0, x_t, x0, w, a, b, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, weight, bias, x_t, x0, shift, w, a, b, live, log_s_x0 = ctx.saved_tensors
+        rows_fn = _rows_fn(ctx.impl)
+        scale = w * grad_loss.double()
+        grad_hidden = torch.zeros_like(hidden)
+        acc = torch.promote_types(weight.dtype, torch.float32)  # float32 (or wider) accumulation
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
+        for rows in live.split(ctx.chunk):
+            logits = torch.nn.functional.linear(hidden[rows], weight, bias)
+            rows_fn(logits, x_t[rows], x0[rows], shift[rows], scale[rows], a[rows], logits)  # gradient over the logits
+            special = torch.nonzero(x0[rows] != x_t[rows]).squeeze(1)
+            r = rows[special]
+            logits[special, x0[r]] = (scale[r] * b[r] * torch.expm1(log_s_x0[r] - torch.log(b[r]))).to(logits.dtype)
+            grad_hidden[rows] = logits @ weight
+            grad_weight.addmm_(logits.t().to(acc), hidden[rows].to(acc))
+            if grad_bias is not None:
+                grad_bias += logits.to(acc).sum(0)
+        return (
+            grad_hidden,
+            grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(bias.dtype),
+            None, None, None, None, None, None, None, None,
+        )

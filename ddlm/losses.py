@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .dse_backends import RowDSE, bregman, dse_from_row_sums, excluded_states, resolve_impl
+from .dse_backends import LinearDSE, RowDSE, bregman, dse_from_row_sums, excluded_states, resolve_impl
 from .processes import Graph
 from .score import ScoreFn, evaluate_score
 
@@ -102,6 +102,49 @@ def dse(
     flat = [t.reshape(-1) for t in (x_t, x0, shift, w.expand(x_t.shape), a.expand(x_t.shape), b.expand(x_t.shape))]
     loss = RowDSE.apply(log_score.reshape(rows), *flat, impl, inplace)
     return loss.reshape(x_t.shape).to(dtype)
+
+
+def linear_dse(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma_bar,
+    graph: Graph,
+    *,
+    shift: torch.Tensor | None = None,
+    impl: str = "auto",
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """``dse`` of the log-scores ``hidden @ weight.T + bias`` (+ shift), never storing them whole.
+
+    hidden: [..., D]; weight: [S, D]; bias: [S] or None; other arguments as in ``dse``. The output
+    head and the loss are fused: logits exist one chunk of ``chunk_rows`` positions at a time
+    (default about 16M logits), in forward and again in backward. Returns [...] per position.
+    """
+    if hidden.shape[:-1] != x_t.shape:
+        raise ValueError(f"hidden [..., D] of shape {list(hidden.shape)} does not match tokens of shape {list(x_t.shape)}")
+    if weight.dim() != 2 or weight.shape != (graph.num_states, hidden.shape[-1]):
+        raise ValueError(f"weight must have shape [{graph.num_states}, {hidden.shape[-1]}] (states, hidden), got {list(weight.shape)}")
+    if bias is not None and bias.shape != (graph.num_states,):
+        raise ValueError(f"bias must have shape [{graph.num_states}], got {list(bias.shape)}")
+    if x0.shape != x_t.shape:
+        raise ValueError(f"x0 of shape {list(x0.shape)} must match x_t of shape {list(x_t.shape)}")
+    if shift is not None and shift.shape != x_t.shape:
+        raise ValueError(f"shift must have the shape of x_t {list(x_t.shape)}, got {list(shift.shape)}")
+    if isinstance(sigma_bar, torch.Tensor):
+        sigma_bar = sigma_bar.double()
+    w, a, b = graph.dse_coefficients(x_t, x0, sigma_bar)
+    shift = torch.zeros_like(w) if shift is None else shift.double()
+    impl = resolve_impl(impl, hidden.device)
+    if impl == "eager":
+        log_score = torch.nn.functional.linear(hidden, weight, bias)
+        return dse(log_score, x_t, x0, sigma_bar, graph, shift=shift, impl="eager")
+    chunk = chunk_rows or max(1, (1 << 24) // graph.num_states)
+    flat = [t.reshape(-1) for t in (x_t, x0, shift, w.expand(x_t.shape), a.expand(x_t.shape), b.expand(x_t.shape))]
+    loss = LinearDSE.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias, *flat, impl, chunk)
+    return loss.reshape(x_t.shape).to(torch.promote_types(hidden.dtype, torch.float32))
 
 
 def dwdse(score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -31,6 +31,12 @@ def loss_and_grad(log_s, x_t, x0, sigma, graph, shift, impl):
     return loss.detach().double(), log_s.grad.double()
 
 
+def rms_error(a, b):
+    """Root-mean-square error relative to the reference's RMS."""
+    a, b = a.detach(), b.detach()
+    return float(((a - b) ** 2).mean().sqrt() / (b**2).mean().sqrt().clamp_min(1e-30))
+
+
 GRAPHS = [ddlm.Absorbing(300), ddlm.Uniform(301), ddlm.Absorbing(37)]
 
 
@@ -54,9 +60,6 @@ def test_triton_matches_float64_reference_and_is_no_worse_than_eager(graph, dtyp
     ref_loss, ref_grad = loss_and_grad(log_s.double(), x_t, x0, sigma, graph, shift, "eager")
     loss, grad = loss_and_grad(log_s, x_t, x0, sigma, graph, shift, "triton")
     eager_loss, eager_grad = loss_and_grad(log_s, x_t, x0, sigma, graph, shift, "eager")
-
-    def rms_error(a, b):
-        return float(((a - b) ** 2).mean().sqrt() / (b**2).mean().sqrt().clamp_min(1e-30))
 
     loss_tol = 1e-6
     grad_tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]  # one rounding to dtype
@@ -118,3 +121,34 @@ def test_fused_backward_runs_once():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward can run once"):
         loss.backward()
+
+
+@pytest.mark.parametrize("graph", [ddlm.Absorbing(53), ddlm.Uniform(29)], ids=repr)
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_fused_linear_equals_eager_head_and_loss(graph, impl, with_bias):
+    gen = torch.Generator().manual_seed(4)
+    _, x_t, x0, sigma, shift = problem(graph, 23, torch.float64, seed=4, with_shift=True)
+    hidden = torch.randn(23, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = (0.3 * torch.randn(graph.num_states, 16, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    bias = (0.1 * torch.randn(graph.num_states, generator=gen, dtype=torch.float64)).requires_grad_(True) if with_bias else None
+    upstream = torch.linspace(0.5, 1.5, 23, dtype=torch.float64)
+    params = [hidden, weight] + ([bias] if with_bias else [])
+
+    eager = dse(torch.nn.functional.linear(hidden, weight, bias), x_t, x0, sigma, graph, shift=shift, impl="eager")
+    eager_grads = torch.autograd.grad((eager * upstream).sum(), params)
+    fused = ddlm.losses.linear_dse(hidden, weight, bias, x_t, x0, sigma, graph, shift=shift, impl=impl, chunk_rows=5)
+    fused_grads = torch.autograd.grad((fused * upstream).sum(), params)
+    tol = 1e-12 if impl == "torch" else 1e-6  # the Triton kernel computes in float32
+    assert rms_error(fused, eager) < tol
+    for got, want in zip(fused_grads, eager_grads):
+        assert rms_error(got, want) < tol
+
+
+def test_fused_linear_bad_shapes():
+    graph = ddlm.Uniform(5)
+    x = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"weight must have shape \[5, 4\]"):
+        ddlm.losses.linear_dse(torch.zeros(3, 4), torch.zeros(6, 4), None, x, x, 0.5, graph)
+    with pytest.raises(ValueError, match="does not match tokens"):
+        ddlm.losses.linear_dse(torch.zeros(2, 4), torch.zeros(5, 4), None, x, x, 0.5, graph)
