@@ -147,11 +147,13 @@ def linear_dse(
     return loss.reshape(x_t.shape).to(torch.promote_types(hidden.dtype, torch.float32))
 
 
-def dwdse(score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def dwdse(
+    score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None, *, impl: str = "auto"
+) -> torch.Tensor:
     """sigma(t) * sum_i DSE_i per sequence at given times, one draw of x_t each: [B] nats.
 
     x0: Long[B, L] clean tokens; t: [B] times in (0, 1]. An unbiased estimate of the integrand
-    of the likelihood bound at t.
+    of the likelihood bound at t. impl: the ``dse`` backend.
     """
     graph.check_clean(x0)
     if x0.dim() != 2:
@@ -161,15 +163,17 @@ def dwdse(score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t: torch.Ten
     sigma_bar = noise.total(t)
     x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=generator)
     log_score = evaluate_score(score_fn, x_t, sigma_bar, graph.num_states)
-    return noise.rate(t) * dse(log_score, x_t, x0, sigma_bar[:, None], graph).sum(-1)
+    return noise.rate(t) * dse(log_score, x_t, x0, sigma_bar[:, None], graph, impl=impl).sum(-1)
 
 
-def dwdse_loss(score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t_min: float = 1e-3, generator: torch.Generator | None = None) -> torch.Tensor:
+def dwdse_loss(
+    score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t_min: float = 1e-3, generator: torch.Generator | None = None, *, impl: str = "auto"
+) -> torch.Tensor:
     """The DWDSE training loss: one Monte Carlo draw of t ~ U[t_min, 1] per sequence, [B] nats per token."""
     if not 0 <= t_min < 1:
         raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
     t = t_min + (1 - t_min) * torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=x0.device)
-    return dwdse(score_fn, graph, noise, x0, t, generator=generator) / x0.shape[-1]
+    return dwdse(score_fn, graph, noise, x0, t, generator=generator, impl=impl) / x0.shape[-1]
 
 
 def implicit_score_entropy(score_fn: ScoreFn, x: torch.Tensor, sigma_bar: torch.Tensor, graph: Graph, batch_size: int = 1024) -> torch.Tensor:
