@@ -87,6 +87,10 @@ class Graph(ABC):
         """
 
     @abstractmethod
+    def rate_into_value(self, x: torch.Tensor) -> torch.Tensor:
+        """The common value of Q[y, x] over all y != x, [...] float64 (both processes have one)."""
+
+    @abstractmethod
     def rate_from(self, x: torch.Tensor) -> torch.Tensor:
         """Q[x, y] for every y != x and 0 at y = x, [..., S]: forward rates out of x."""
 
@@ -172,6 +176,9 @@ class Uniform(Graph):
         out = torch.full((*x.shape, self.num_states), 1.0 / self.num_tokens, dtype=torch.float64, device=x.device)
         return out.scatter_(-1, x.unsqueeze(-1), 0.0)
 
+    def rate_into_value(self, x):
+        return torch.full(x.shape, 1.0 / self.num_tokens, dtype=torch.float64, device=x.device)
+
     def rate_from(self, x):
         return self.rate_into(x)  # Q is symmetric
 
@@ -186,7 +193,7 @@ class Uniform(Graph):
         e = torch.expm1(sigma)
         same = x_t == x0
         rho = e / (e + self.num_tokens)  # p(other | x0) / p(x0 | x0)
-        w = torch.full_like(sigma, 1.0 / self.num_tokens)
+        w = self.rate_into_value(x_t).to(sigma.dtype)
         a = torch.where(same, rho, torch.ones_like(rho))
         b = torch.where(same, rho, 1 + self.num_tokens / e)
         return w, a, b
@@ -268,6 +275,9 @@ class Absorbing(Graph):
         out[..., self.mask_id] = 0.0
         return out
 
+    def rate_into_value(self, x):
+        return (x == self.mask_id).to(torch.float64)
+
     def rate_from(self, x):
         self.check_tokens(x)
         out = torch.zeros(*x.shape, self.num_states, dtype=torch.float64, device=x.device)
@@ -284,7 +294,7 @@ class Absorbing(Graph):
         self.check_tokens(x_t, "x_t")
         self.check_clean(x0)
         sigma = self.check_sigma(sigma_bar, x_t)
-        w = (x_t == self.mask_id).to(sigma.dtype)
+        w = self.rate_into_value(x_t).to(sigma.dtype)
         return w, torch.zeros_like(sigma), 1 / torch.expm1(sigma)
 
     def sample_transition(self, x, sigma_bar, generator=None):
