@@ -13,10 +13,12 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .dse_backends import triton_available
 from .processes import Graph
 from .score import ScoreFn, evaluate_score
 
 PREDICTORS = ("euler", "tau_leaping", "analytic")
+IMPLS = ("auto", "torch", "triton")
 
 
 def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -27,12 +29,9 @@ def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None 
     return (weights / races).argmax(-1)
 
 
-def _scores(score_fn: ScoreFn, graph: Graph, x: torch.Tensor, sigma_bar: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _ratios(log_score: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Ratios s [B, L, S] in dtype, with s = 1 at the current token."""
-    sigma = torch.full((x.shape[0],), float(sigma_bar), dtype=torch.float64, device=x.device)
-    log_score = evaluate_score(score_fn, x, sigma, graph.num_states)
-    score = torch.exp(log_score.to(dtype))
-    return score.scatter_(-1, x.unsqueeze(-1), 1.0)
+    return torch.exp(log_score.to(dtype)).scatter_(-1, x.unsqueeze(-1), 1.0)
 
 
 def euler_step(graph: Graph, x: torch.Tensor, score: torch.Tensor, sigma: torch.Tensor, dt: float, generator=None) -> torch.Tensor:
@@ -60,6 +59,28 @@ def analytic_step(graph: Graph, x: torch.Tensor, score: torch.Tensor, dsigma: to
     if clean_only and graph.mask_id is not None:
         probs[..., graph.mask_id] = 0
     return sample_categorical(probs, generator)
+
+
+def fused_step(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, predictor: str, coefficient: float, generator=None) -> torch.Tensor | None:
+    """The step through the fused Triton kernel (``ddlm.kernels.sampling``), or None where it has no fused form.
+
+    predictor: "euler" / "tau_leaping" (coefficient dt sigma(t)), "analytic" (coefficient dsigma;
+    Absorbing only) or "denoise" (Absorbing only). Uniform analytic steps need the mean of s over
+    the whole row first and stay on the PyTorch path.
+    """
+    if predictor in ("analytic", "denoise") and graph.mask_id is None:
+        return None
+    from .kernels.sampling import triton_reverse_step
+
+    rows = log_score.reshape(-1, log_score.shape[-1])
+    flat = x.reshape(-1)
+    kappa = torch.full(flat.shape, coefficient, dtype=torch.float64, device=x.device)
+    if predictor == "analytic":
+        kappa = torch.expm1(kappa)
+    mode = {"analytic": "euler"}.get(predictor, predictor)
+    exclude = graph.mask_id if predictor == "denoise" else -1
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return triton_reverse_step(rows, flat, graph.rate_into_value(flat), kappa, mode, seed, exclude).reshape(x.shape)
 
 
 def _check_args(graph: Graph, shape, steps, predictor, x_init, fixed):
@@ -100,6 +121,7 @@ def sample(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     progress: bool = True,
+    impl: str = "auto",
 ) -> torch.Tensor:
     """Draw sequences by simulating the reverse CTMC from t = 1 to t_min: Long[B, L].
 
@@ -108,12 +130,22 @@ def sample(
     last (prompting, infilling); the other positions start from the limit. ``denoise`` ends
     with an analytic step from sigma_bar(t_min) to 0 that never lands on the mask, so an
     Absorbing run returns only real tokens.
+    impl: "torch", "triton" (the fused kernels of ``ddlm.kernels.sampling``: one read of the
+    log-scores per step, float64 Gumbel races; Uniform analytic steps stay on torch) or "auto"
+    (Triton for CUDA tensors).
     """
     shape = _check_args(graph, shape, steps, predictor, x_init, fixed)
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if not 0 < t_min < 1:
         raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
     if device is None:
         device = x_init.device if x_init is not None else torch.device("cpu")
+    device = torch.device(device)
+    if impl == "auto":
+        impl = "triton" if device.type == "cuda" and triton_available(device) else "torch"
+    elif impl == "triton" and not triton_available(device):
+        raise RuntimeError(f"impl='triton' needs Triton and a CUDA device, or TRITON_INTERPRET=1; got {device}")
     x = graph.sample_limit(*shape, generator=generator, device=device)
     if x_init is not None:
         x = torch.where(fixed, x_init, x) if fixed is not None else x_init.clone()
@@ -126,8 +158,15 @@ def sample(
     rates = noise.rate(times).to(device)
     for k in tqdm(range(steps), desc=f"sampling ({predictor})", disable=not progress):
         x = clamp(x)
-        score = _scores(score_fn, graph, x, totals[k], dtype)
+        sigma_bar = torch.full((shape[0],), float(totals[k]), dtype=torch.float64, device=device)
+        log_score = evaluate_score(score_fn, x, sigma_bar, graph.num_states)
         dt = float(times[k] - times[k + 1])
+        coefficient = dt * float(rates[k]) if predictor != "analytic" else float(totals[k] - totals[k + 1])
+        fused = fused_step(graph, x, log_score, predictor, coefficient, generator) if impl == "triton" else None
+        if fused is not None:
+            x = fused
+            continue
+        score = _ratios(log_score, x, dtype)
         if predictor == "euler":
             x = euler_step(graph, x, score, rates[k].to(dtype), dt, generator)
         elif predictor == "tau_leaping":
@@ -136,6 +175,10 @@ def sample(
             x = analytic_step(graph, x, score, (totals[k] - totals[k + 1]).to(dtype), generator)
     if denoise:
         x = clamp(x)
-        score = _scores(score_fn, graph, x, totals[-1], dtype)
-        x = analytic_step(graph, x, score, totals[-1].to(dtype), generator, clean_only=True)
+        sigma_bar = torch.full((shape[0],), float(totals[-1]), dtype=torch.float64, device=device)
+        log_score = evaluate_score(score_fn, x, sigma_bar, graph.num_states)
+        fused = fused_step(graph, x, log_score, "denoise", 1.0, generator) if impl == "triton" else None
+        if fused is None:
+            fused = analytic_step(graph, x, _ratios(log_score, x, dtype), totals[-1].to(dtype), generator, clean_only=True)
+        x = fused
     return clamp(x)

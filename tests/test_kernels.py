@@ -189,3 +189,77 @@ def test_training_with_the_fused_loss_follows_the_eager_loss_curve(impl):
         curves[name] = torch.tensor(curve)
     assert curves["eager"][-5:].mean() < curves["eager"][:5].mean()  # it trains
     assert torch.allclose(curves[impl], curves["eager"], rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- fused sampling steps
+def exact_step_distribution(log_s, x, w, kappa, mode, exclude):
+    """The categorical distribution of one reverse step for one row, from the formulas of DESIGN §3."""
+    e = log_s.double().exp()
+    cand = torch.ones_like(e, dtype=torch.bool)
+    cand[x] = False
+    if exclude >= 0:
+        cand[exclude] = False
+    z = e[cand].sum()
+    p = torch.zeros_like(e)
+    if mode == "euler":
+        p[cand] = kappa * w * e[cand]
+        p[x] = max(0.0, 1 - kappa * w * z)
+    elif mode == "tau_leaping":
+        p[cand] = -torch.expm1(-kappa * w * z) * e[cand] / z
+        p[x] = torch.exp(-kappa * w * z)
+    else:
+        p[cand] = e[cand]
+    return p / p.sum()
+
+
+@pytest.mark.triton
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # log(0) = -inf in the interpreter's numpy
+@pytest.mark.parametrize(
+    "mode,kappa,w,x,exclude",
+    [("euler", 0.05, 1.0, 10, -1), ("euler", 0.3, 1.0, 10, -1), ("tau_leaping", 0.2, 1.0, 10, -1),
+     ("tau_leaping", 0.5, 0.1, 3, -1), ("denoise", 1.0, 1.0, 10, 10), ("euler", 0.3, 0.0, 4, -1)],
+)
+def test_fused_step_draws_from_the_exact_step_distribution(mode, kappa, w, x, exclude):
+    from ddlm.kernels.sampling import triton_reverse_step
+
+    num, vocab = 6000, 11
+    log_s = torch.randn(vocab, generator=torch.Generator().manual_seed(7)) - 1.5
+    rows = log_s.expand(num, vocab).contiguous()
+    x_rows = torch.full((num,), x)
+    full = lambda value: torch.full((num,), value, dtype=torch.float64)
+    out = triton_reverse_step(rows, x_rows, full(w), full(kappa), mode, seed=99, exclude=exclude)
+    p = exact_step_distribution(log_s, x, w, kappa, mode, exclude)
+    counts = torch.bincount(out, minlength=vocab).double()
+    assert counts[p == 0].sum() == 0
+    expected = p[p > 0] * num
+    chi2 = float(((counts[p > 0] - expected) ** 2 / expected).sum())
+    dof = int((p > 0).sum()) - 1
+    assert chi2 <= dof + 5 * (2 * max(dof, 1)) ** 0.5  # about p > 0.001
+    again = triton_reverse_step(rows, x_rows, full(w), full(kappa), mode, seed=99, exclude=exclude)
+    assert torch.equal(out, again)  # same seed, same draws
+
+
+@pytest.mark.triton
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("setup", ["absorbing-analytic", "uniform-euler"])
+def test_sampling_with_fused_steps_reproduces_a_known_distribution(setup):
+    graph, noise, predictor = {
+        "absorbing-analytic": (ddlm.Absorbing(3), ddlm.LogLinear(), "analytic"),
+        "uniform-euler": (ddlm.Uniform(3), ddlm.Geometric(), "euler"),
+    }[setup]
+    gen = torch.Generator().manual_seed(8)
+    oracle = ddlm.SequenceOracle.random(graph, 3, gen)
+    num = 2000
+    exact_tv = oracle.total_variation(oracle.sample(num, gen))
+    x = ddlm.sampling.sample(oracle.score_fn, graph, noise, (num, 3), 32, predictor, generator=gen, progress=False, impl="triton")
+    assert oracle.total_variation(x) <= exact_tv + 0.025
+
+
+def test_sampling_impl_errors(monkeypatch):
+    graph = ddlm.Absorbing(3)
+    oracle = ddlm.SequenceOracle.random(graph, 2, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ddlm.sampling.sample(oracle.score_fn, graph, ddlm.LogLinear(), (2, 2), 2, impl="cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        ddlm.sampling.sample(oracle.score_fn, graph, ddlm.LogLinear(), (2, 2), 2, impl="triton")
