@@ -15,9 +15,11 @@ Times: all candidates in one process, interleaved, median of --repeats, reported
 sedd_eager. Peak extra memory (bytes above the log-scores themselves): on CUDA from
 ``torch.cuda.max_memory_allocated`` in the same process; on CPU from the peak resident set size
 (VmHWM) of a fresh subprocess per candidate (large CPU blocks are mmapped, so RSS follows live tensors).
-Writes benchmarks/results/kernels_<device>.md.
+With ``--hidden D`` the output head is included: ``sedd_eager`` of ``hidden @ weight.T`` against
+``ddlm.losses.linear_dse`` (logits one chunk at a time). Writes
+benchmarks/results/kernels[_head]_<device>.md.
 
-    python benchmarks/kernels.py [--rows 8192 16384] [--vocab 50258] [--dtype float32]
+    python benchmarks/kernels.py [--rows 8192 16384] [--vocab 50258] [--dtype float32] [--hidden 768]
 """
 
 import argparse
@@ -32,7 +34,7 @@ import time
 import torch
 
 import ddlm
-from ddlm.losses import dse
+from ddlm.losses import dse, linear_dse
 
 GRAPH_TOKENS = 50257
 
@@ -52,17 +54,27 @@ def sedd_absorbing_loss(log_score, sigma, x_t, x0):
     return entropy
 
 
-def make_problem(rows, vocab, dtype, device, seed=0):
+def make_problem(rows, vocab, dtype, device, hidden=0, seed=0):
+    """(graph, inputs, x_t, x0, sigma): inputs are (log_score [N, V],) or, with hidden = D > 0,
+    (hidden [N, D], weight [V, D]) of an output head."""
     gen = torch.Generator().manual_seed(seed)
     graph = ddlm.Absorbing(vocab - 1)
     x0 = torch.randint(vocab - 1, (rows,), generator=gen)
     x_t = torch.where(torch.rand(rows, generator=gen) < 0.5, torch.full_like(x0, graph.mask_id), x0)
     sigma = 0.01 + 3 * torch.rand(rows, generator=gen, dtype=torch.float64)
-    log_score = torch.randn(rows, vocab, generator=gen).mul_(0.5).sub_(6).to(dtype)  # no temporaries
-    return graph, log_score.to(device), x_t.to(device), x0.to(device), sigma.to(device)
+    if hidden:
+        inputs = (torch.randn(rows, hidden, generator=gen).to(dtype), (torch.randn(vocab, hidden, generator=gen) / hidden**0.5).to(dtype))
+    else:
+        inputs = (torch.randn(rows, vocab, generator=gen).mul_(0.5).sub_(6).to(dtype),)  # no temporaries
+    return graph, tuple(t.to(device) for t in inputs), x_t.to(device), x0.to(device), sigma.to(device)
 
 
-def candidates(device):
+def candidates(device, head=False):
+    if head:  # output head + loss: logits = hidden @ weight.T
+        return {
+            "sedd_eager": lambda g, h, w, x_t, x0, sig: sedd_absorbing_loss(h @ w.t(), sig.to(h.dtype), x_t, x0),
+            "ddlm_linear_dse": lambda g, h, w, x_t, x0, sig: linear_dse(h, w, None, x_t, x0, sig, g),
+        }
     compiled = torch.compile(sedd_absorbing_loss)
     out = {
         "sedd_eager": lambda g, s, x_t, x0, sig: sedd_absorbing_loss(s, sig.to(s.dtype), x_t, x0),
@@ -77,12 +89,11 @@ def candidates(device):
     return out
 
 
-def run_once(fn, graph, log_score, x_t, x0, sigma):
-    """Forward + backward; in-place candidates overwrite log_score, so pass a copy to reuse it."""
-    leaf = log_score.detach().requires_grad_(True)
-    loss = fn(graph, leaf, x_t, x0, sigma).sum()
-    loss.backward()
-    return leaf.grad
+def run_once(fn, graph, inputs, x_t, x0, sigma):
+    """Forward + backward; in-place candidates overwrite their input, so pass copies to reuse it."""
+    leaves = [t.detach().requires_grad_(True) for t in inputs]
+    fn(graph, *leaves, x_t, x0, sigma).sum().backward()
+    return leaves[0].grad
 
 
 def rss(field: str) -> int:
@@ -93,17 +104,15 @@ def rss(field: str) -> int:
     return int(line.split()[1]) * 1024
 
 
-def measure_cpu_memory(name, rows, vocab, dtype):
+def measure_cpu_memory(name, rows, vocab, dtype, hidden):
     """Run one candidate in this (fresh) process; print peak RSS above the inputs, in bytes."""
     device = torch.device("cpu")
-    problem = make_problem(rows, vocab, dtype, device)
-    fn = candidates(device)[name]
-    run_once(fn, *make_problem(64, vocab, dtype, device))  # warm-up (compilation) outside the peak
+    problem = make_problem(rows, vocab, dtype, device, hidden)
+    fn = candidates(device, bool(hidden))[name]
+    run_once(fn, *make_problem(64, vocab, dtype, device, hidden))  # warm-up (compilation) outside the peak
     base = rss("VmRSS")
-    grad = run_once(fn, *problem)
-    peak = rss("VmHWM")
-    # the gradient [N, V] is the result every candidate must produce; report it separately
-    print(json.dumps({"peak_extra": peak - base, "grad_bytes": grad.numel() * grad.element_size()}))
+    run_once(fn, *problem)
+    print(json.dumps({"peak_extra": rss("VmHWM") - base}))
 
 
 def main():
@@ -112,33 +121,36 @@ def main():
     parser.add_argument("--vocab", type=int, default=GRAPH_TOKENS + 1)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=0, help="D > 0: benchmark the output head [D -> V] + loss instead")
     parser.add_argument("--memory-of", nargs=2, metavar=("NAME", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     if args.memory_of:
-        measure_cpu_memory(args.memory_of[0], int(args.memory_of[1]), args.vocab, dtype)
+        measure_cpu_memory(args.memory_of[0], int(args.memory_of[1]), args.vocab, dtype, args.hidden)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    names = list(candidates(device))
+    head = bool(args.hidden)
+    names = list(candidates(device, head))
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     lines = [
-        f"# Score entropy forward + backward, Absorbing, V = {args.vocab}, {args.dtype} log-scores",
+        f"# Score entropy forward + backward, Absorbing, V = {args.vocab}, {args.dtype}"
+        + (f", output head from D = {args.hidden} included" if head else " log-scores"),
         f"Machine: {machine}; torch {torch.__version__}. Ratios are to sedd_eager (time: > 1 is slower; memory: peak bytes",
         "above the inputs, the [N, V] gradient included).",
         "",
         "| N | candidate | time (s) | time / sedd_eager | peak extra memory (GB) | memory / sedd_eager |",
         "|---|---|---|---|---|---|",
     ]
-    fns = candidates(device)
+    fns = candidates(device, head)
     for rows in args.rows:
-        problem = make_problem(rows, args.vocab, dtype, device)
+        problem = make_problem(rows, args.vocab, dtype, device, args.hidden)
         for fn in fns.values():
-            run_once(fn, *make_problem(64, args.vocab, dtype, device))  # compile / warm up
+            run_once(fn, *make_problem(64, args.vocab, dtype, device, args.hidden))  # compile / warm up
         times = {name: [] for name in names}
-        graph, log_score, rest = problem[0], problem[1], problem[2:]
+        graph, inputs, rest = problem[0], problem[1], problem[2:]
         for _ in range(args.repeats):
             for name in names:
-                copy = log_score.clone()
+                copy = tuple(t.clone() for t in inputs)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
@@ -151,13 +163,13 @@ def main():
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-                copy = log_score.clone()
+                copy = tuple(t.clone() for t in inputs)
                 base = torch.cuda.memory_allocated()
                 run_once(fns[name], graph, copy, *rest)
                 memory[name] = torch.cuda.max_memory_allocated() - base
             else:
-                out = subprocess.run([sys.executable, __file__, "--vocab", str(args.vocab), "--dtype", args.dtype,
-                                      "--memory-of", name, str(rows)], capture_output=True, text=True, check=True)
+                out = subprocess.run([sys.executable, __file__, "--vocab", str(args.vocab), "--dtype", args.dtype, "--hidden",
+                                      str(args.hidden), "--memory-of", name, str(rows)], capture_output=True, text=True, check=True)
                 memory[name] = json.loads(out.stdout.strip().splitlines()[-1])["peak_extra"]
         base_time, base_mem = statistics.median(times["sedd_eager"]), memory["sedd_eager"]
         for name in names:
@@ -166,7 +178,7 @@ def main():
             lines.append(line)
             print(line, flush=True)
         del problem
-    out = pathlib.Path(__file__).parent / "results" / f"kernels_{device.type}.md"
+    out = pathlib.Path(__file__).parent / "results" / f"kernels{'_head' if head else ''}_{device.type}.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
