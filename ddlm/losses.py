@@ -35,6 +35,19 @@ def _check_log_score(log_score: torch.Tensor, x: torch.Tensor, num_states: int |
         raise ValueError(f"log_score has {log_score.shape[-1]} states on its last axis, the graph has {num_states}")
 
 
+def _position_scalars(x_t, x0, sigma_bar, graph: Graph, shift):
+    """Checked float64 per-position (w, a, b, shift), each shaped like x_t (cheap: no S axis)."""
+    if x0.shape != x_t.shape:
+        raise ValueError(f"x0 of shape {list(x0.shape)} must match x_t of shape {list(x_t.shape)}")
+    if shift is not None and shift.shape != x_t.shape:
+        raise ValueError(f"shift must have the shape of x_t {list(x_t.shape)}, got {list(shift.shape)}")
+    if isinstance(sigma_bar, torch.Tensor):
+        sigma_bar = sigma_bar.double()
+    w, a, b = (t.expand(x_t.shape) for t in graph.dse_coefficients(x_t, x0, sigma_bar))
+    shift = torch.zeros_like(w) if shift is None else shift.double()
+    return w, a, b, shift
+
+
 def score_entropy(log_score: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Score entropy per position, [...].
 
@@ -80,16 +93,8 @@ def dse(
     adds no [..., S] memory; log_score is destroyed. Backward then runs once.
     """
     _check_log_score(log_score, x_t, graph.num_states)
-    if x0.shape != x_t.shape:
-        raise ValueError(f"x0 of shape {list(x0.shape)} must match x_t of shape {list(x_t.shape)}")
-    if shift is not None and shift.shape != x_t.shape:
-        raise ValueError(f"shift must have the shape of x_t {list(x_t.shape)}, got {list(shift.shape)}")
-    if isinstance(sigma_bar, torch.Tensor):
-        sigma_bar = sigma_bar.double()
-    # Per-position scalars are float64 (cheap: no S axis); only the sums over S run in `dtype`.
-    w, a, b = graph.dse_coefficients(x_t, x0, sigma_bar)
+    w, a, b, shift = _position_scalars(x_t, x0, sigma_bar, graph, shift)
     dtype = _compute_dtype(log_score)
-    shift = torch.zeros_like(w) if shift is None else shift.double()
     impl = resolve_impl(impl, log_score.device)
     if impl == "eager":
         log_s = log_score.to(dtype) + shift.unsqueeze(-1).to(dtype)
@@ -99,7 +104,7 @@ def dse(
         log_s_x0 = log_s.gather(-1, x0.unsqueeze(-1)).squeeze(-1).double()
         return dse_from_row_sums(sum_exp, sum_log, log_s_x0, x_t, x0, w, a, b, graph.num_states).to(dtype)
     rows = (-1, graph.num_states)
-    flat = [t.reshape(-1) for t in (x_t, x0, shift, w.expand(x_t.shape), a.expand(x_t.shape), b.expand(x_t.shape))]
+    flat = [t.reshape(-1) for t in (x_t, x0, shift, w, a, b)]
     loss = RowDSE.apply(log_score.reshape(rows), *flat, impl, inplace)
     return loss.reshape(x_t.shape).to(dtype)
 
@@ -129,20 +134,13 @@ def linear_dse(
         raise ValueError(f"weight must have shape [{graph.num_states}, {hidden.shape[-1]}] (states, hidden), got {list(weight.shape)}")
     if bias is not None and bias.shape != (graph.num_states,):
         raise ValueError(f"bias must have shape [{graph.num_states}], got {list(bias.shape)}")
-    if x0.shape != x_t.shape:
-        raise ValueError(f"x0 of shape {list(x0.shape)} must match x_t of shape {list(x_t.shape)}")
-    if shift is not None and shift.shape != x_t.shape:
-        raise ValueError(f"shift must have the shape of x_t {list(x_t.shape)}, got {list(shift.shape)}")
-    if isinstance(sigma_bar, torch.Tensor):
-        sigma_bar = sigma_bar.double()
-    w, a, b = graph.dse_coefficients(x_t, x0, sigma_bar)
-    shift = torch.zeros_like(w) if shift is None else shift.double()
+    w, a, b, shift = _position_scalars(x_t, x0, sigma_bar, graph, shift)
     impl = resolve_impl(impl, hidden.device)
     if impl == "eager":
         log_score = torch.nn.functional.linear(hidden, weight, bias)
         return dse(log_score, x_t, x0, sigma_bar, graph, shift=shift, impl="eager")
     chunk = chunk_rows or max(1, (1 << 24) // graph.num_states)
-    flat = [t.reshape(-1) for t in (x_t, x0, shift, w.expand(x_t.shape), a.expand(x_t.shape), b.expand(x_t.shape))]
+    flat = [t.reshape(-1) for t in (x_t, x0, shift, w, a, b)]
     loss = LinearDSE.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias, *flat, impl, chunk)
     return loss.reshape(x_t.shape).to(torch.promote_types(hidden.dtype, torch.float32))
 
