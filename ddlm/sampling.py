@@ -8,6 +8,7 @@ t_k to t_{k+1} in parallel. Probabilities and categorical draws (exponential rac
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -61,26 +62,35 @@ def analytic_step(graph: Graph, x: torch.Tensor, score: torch.Tensor, dsigma: to
     return sample_categorical(probs, generator)
 
 
-def fused_step(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, predictor: str, coefficient: float, generator=None) -> torch.Tensor | None:
-    """The step through the fused Triton kernel (``ddlm.kernels.sampling``), or None where it has no fused form.
+def reverse_step(
+    graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str, dt: float, rate: float, dsigma: float,
+    impl: str = "torch", dtype: torch.dtype = torch.float64, generator=None,
+) -> torch.Tensor:
+    """One reverse step of x Long[B, L] given log_score [B, L, S]: Long[B, L].
 
-    predictor: "euler" / "tau_leaping" (coefficient dt sigma(t)), "analytic" (coefficient dsigma;
-    Absorbing only) or "denoise" (Absorbing only). Uniform analytic steps need the mean of s over
-    the whole row first and stay on the PyTorch path.
+    kind: "euler" / "tau_leaping" (time step dt at rate sigma(t) = rate), "analytic" (total noise
+    down by dsigma) or "denoise" (analytic down by dsigma to 0, never onto the mask). impl
+    "triton" uses the fused kernel where the step has one (every kind but Uniform analytic and
+    denoise, which need the row mean of s first).
     """
-    if predictor in ("analytic", "denoise") and graph.mask_id is None:
-        return None
-    from .kernels.sampling import triton_reverse_step
+    if impl == "triton" and (graph.mask_id is not None or kind in ("euler", "tau_leaping")):
+        from .kernels.sampling import triton_reverse_step
 
-    rows = log_score.reshape(-1, log_score.shape[-1])
-    flat = x.reshape(-1)
-    kappa = torch.full(flat.shape, coefficient, dtype=torch.float64, device=x.device)
-    if predictor == "analytic":
-        kappa = torch.expm1(kappa)
-    mode = {"analytic": "euler"}.get(predictor, predictor)
-    exclude = graph.mask_id if predictor == "denoise" else -1
-    seed = int(torch.randint(2**62, (1,), generator=generator))
-    return triton_reverse_step(rows, flat, graph.rate_into_value(flat), kappa, mode, seed, exclude).reshape(x.shape)
+        flat = x.reshape(-1)
+        coefficient = {"euler": dt * rate, "tau_leaping": dt * rate, "analytic": math.expm1(dsigma), "denoise": 1.0}[kind]
+        kappa = torch.full(flat.shape, coefficient, dtype=torch.float64, device=x.device)
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        exclude = graph.mask_id if kind == "denoise" else -1
+        mode = "euler" if kind == "analytic" else kind  # the absorbing analytic step has the Euler form
+        rows = log_score.reshape(-1, log_score.shape[-1])
+        return triton_reverse_step(rows, flat, graph.rate_into_value(flat), kappa, mode, seed, exclude).reshape(x.shape)
+    score = _ratios(log_score, x, dtype)
+    if kind == "euler":
+        return euler_step(graph, x, score, torch.tensor(rate, dtype=dtype, device=x.device), dt, generator)
+    if kind == "tau_leaping":
+        return tau_leaping_step(graph, x, score, torch.tensor(rate, dtype=dtype, device=x.device), dt, generator)
+    dsigma = torch.tensor(dsigma, dtype=dtype, device=x.device)
+    return analytic_step(graph, x, score, dsigma, generator, clean_only=kind == "denoise")
 
 
 def _check_args(graph: Graph, shape, steps, predictor, x_init, fixed):
@@ -154,31 +164,17 @@ def sample(
         return torch.where(fixed, x_init, x) if fixed is not None else x
 
     times = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
-    totals = noise.total(times).to(device)
-    rates = noise.rate(times).to(device)
+    totals, rates = noise.total(times), noise.rate(times)
+
+    def step(x: torch.Tensor, sigma_bar: float, kind: str, dt: float, rate: float, dsigma: float) -> torch.Tensor:
+        x = clamp(x)
+        sigma = torch.full((shape[0],), sigma_bar, dtype=torch.float64, device=device)
+        log_score = evaluate_score(score_fn, x, sigma, graph.num_states)
+        return reverse_step(graph, x, log_score, kind, dt, rate, dsigma, impl, dtype, generator)
+
     for k in tqdm(range(steps), desc=f"sampling ({predictor})", disable=not progress):
-        x = clamp(x)
-        sigma_bar = torch.full((shape[0],), float(totals[k]), dtype=torch.float64, device=device)
-        log_score = evaluate_score(score_fn, x, sigma_bar, graph.num_states)
-        dt = float(times[k] - times[k + 1])
-        coefficient = dt * float(rates[k]) if predictor != "analytic" else float(totals[k] - totals[k + 1])
-        fused = fused_step(graph, x, log_score, predictor, coefficient, generator) if impl == "triton" else None
-        if fused is not None:
-            x = fused
-            continue
-        score = _ratios(log_score, x, dtype)
-        if predictor == "euler":
-            x = euler_step(graph, x, score, rates[k].to(dtype), dt, generator)
-        elif predictor == "tau_leaping":
-            x = tau_leaping_step(graph, x, score, rates[k].to(dtype), dt, generator)
-        else:
-            x = analytic_step(graph, x, score, (totals[k] - totals[k + 1]).to(dtype), generator)
+        dsigma = float(totals[k] - totals[k + 1])
+        x = step(x, float(totals[k]), predictor, float(times[k] - times[k + 1]), float(rates[k]), dsigma)
     if denoise:
-        x = clamp(x)
-        sigma_bar = torch.full((shape[0],), float(totals[-1]), dtype=torch.float64, device=device)
-        log_score = evaluate_score(score_fn, x, sigma_bar, graph.num_states)
-        fused = fused_step(graph, x, log_score, "denoise", 1.0, generator) if impl == "triton" else None
-        if fused is None:
-            fused = analytic_step(graph, x, _ratios(log_score, x, dtype), totals[-1].to(dtype), generator, clean_only=True)
-        x = fused
+        x = step(x, float(totals[-1]), "denoise", 0.0, 0.0, float(totals[-1]))
     return clamp(x)
