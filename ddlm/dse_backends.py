@@ -28,7 +28,7 @@ import os
 import torch
 
 IMPLS = ("auto", "eager", "torch", "triton")
-CHUNK_ELEMENTS = 1 << 22  # rows per chunk of the torch backend: about 4M logits
+CHUNK_ELEMENTS = 1 << 22  # log-scores per chunk of the torch backend (CHUNK_ELEMENTS // V rows)
 
 
 def bregman(log_s: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -81,6 +81,18 @@ def resolve_impl(impl: str, device: torch.device) -> str:
             f"TRITON_INTERPRET=1 for the CPU interpreter; got a tensor on {device}"
         )
     return impl
+
+
+# --------------------------------------------------------------------------- eager
+def eager_dse(log_score, x_t, x0, shift, w, a, b):
+    """DSE per position [...] (float64) with whole-tensor ops under autograd; log_score [..., V]."""
+    dtype = torch.promote_types(log_score.dtype, torch.float32)
+    log_s = log_score.to(dtype) + shift.unsqueeze(-1).to(dtype)
+    excluded = excluded_states(x_t, x0, log_score.shape[-1])
+    sum_exp = torch.exp(log_s.masked_fill(excluded, float("-inf"))).sum(-1).double()
+    sum_log = log_s.masked_fill(excluded, 0.0).sum(-1).double()
+    log_s_x0 = log_s.gather(-1, x0.unsqueeze(-1)).squeeze(-1).double()
+    return dse_from_row_sums(sum_exp, sum_log, log_s_x0, x_t, x0, w, a, b, log_score.shape[-1])
 
 
 # --------------------------------------------------------------------------- torch chunks

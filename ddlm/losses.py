@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .dse_backends import LinearDSE, RowDSE, bregman, dse_from_row_sums, excluded_states, resolve_impl
+from .dse_backends import LinearDSE, RowDSE, bregman, eager_dse, resolve_impl
 from .processes import Graph
 from .score import ScoreFn, evaluate_score
 
@@ -97,12 +97,7 @@ def dse(
     dtype = _compute_dtype(log_score)
     impl = resolve_impl(impl, log_score.device)
     if impl == "eager":
-        log_s = log_score.to(dtype) + shift.unsqueeze(-1).to(dtype)
-        excluded = excluded_states(x_t, x0, graph.num_states)
-        sum_exp = torch.exp(log_s.masked_fill(excluded, float("-inf"))).sum(-1).double()
-        sum_log = log_s.masked_fill(excluded, 0.0).sum(-1).double()
-        log_s_x0 = log_s.gather(-1, x0.unsqueeze(-1)).squeeze(-1).double()
-        return dse_from_row_sums(sum_exp, sum_log, log_s_x0, x_t, x0, w, a, b, graph.num_states).to(dtype)
+        return eager_dse(log_score, x_t, x0, shift, w, a, b).to(dtype)
     rows = (-1, graph.num_states)
     flat = [t.reshape(-1) for t in (x_t, x0, shift, w, a, b)]
     loss = RowDSE.apply(log_score.reshape(rows), *flat, impl, inplace)
