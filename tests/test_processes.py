@@ -63,6 +63,9 @@ def test_rates_into_and_out_of_a_state(graph):
     x = torch.arange(graph.num_states)
     assert torch.equal(graph.rate_into(x), off.T)
     assert torch.equal(graph.rate_from(x), off)
+    others = ~torch.eye(graph.num_states, dtype=torch.bool)
+    common = graph.rate_into_value(x)[:, None].expand_as(off)
+    assert torch.equal(off.T[others], common[others])  # one value of Q[y, x] over all y != x
 
 
 @pytest.mark.parametrize("graph", GRAPHS, ids=repr)
