@@ -136,7 +136,7 @@ def main():
         f"# Score entropy forward + backward, Absorbing, V = {args.vocab}, {args.dtype}"
         + (f", output head from D = {args.hidden} included" if head else " log-scores"),
         f"Machine: {machine}; torch {torch.__version__}. Ratios are to sedd_eager (time: > 1 is slower; memory: peak bytes",
-        "above the inputs, the [N, V] gradient included).",
+        "above the inputs, gradients included).",
         "",
         "| N | candidate | time (s) | time / sedd_eager | peak extra memory (GB) | memory / sedd_eager |",
         "|---|---|---|---|---|---|",
