@@ -58,9 +58,6 @@ class Graph(ABC):
             raise ValueError(f"{name} must be >= 0 and not NaN, got min {sigma.min().item()}")
         return sigma.to(x.device).expand(x.shape)
 
-    def _states(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.arange(self.num_states, device=x.device)
-
     # ----------------------------------------------------------------- the chain
     @abstractmethod
     def rate_matrix(self) -> torch.Tensor:
