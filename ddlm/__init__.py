@@ -2,14 +2,16 @@
 
 Forward processes (``Uniform``, ``Absorbing``), noise schedules (``LogLinear``, ``Geometric``),
 score-entropy losses (``ddlm.losses``), reverse samplers (``ddlm.sampling``), likelihood
-bounds (``ddlm.likelihood``) and exact oracles (``SequenceOracle``).
+bounds (``ddlm.likelihood``), exact oracles (``SequenceOracle``) and the ratio network as a
+transformers model (``DDLMConfig``, ``DDLMForDiffusion``; registered with AutoConfig/AutoModel).
 """
 
 from . import likelihood, losses, sampling
+from .model import DDLMConfig, DDLMForDiffusion
 from .oracle import SequenceOracle
 from .processes import Absorbing, Graph, Uniform
 from .schedules import Geometric, LogLinear
 
 __version__ = "0.1.0"
 
-__all__ = ["Absorbing", "Geometric", "Graph", "LogLinear", "SequenceOracle", "Uniform", "likelihood", "losses", "sampling"]
+__all__ = ["Absorbing", "DDLMConfig", "DDLMForDiffusion", "Geometric", "Graph", "LogLinear", "SequenceOracle", "Uniform", "likelihood", "losses", "sampling"]

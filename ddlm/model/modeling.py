@@ -1,0 +1,222 @@
+"""``DDLMForDiffusion``: a DiT-style bidirectional transformer that outputs log-scores.
+
+Architecture (SEDD's DDiT): token embedding; sinusoidal embedding of sigma_bar -> MLP -> SiLU
+gives the conditioning vector c; each block is pre-LayerNorm attention and MLP with adaLN-Zero
+modulation (shift, scale, gate from c), rotary positions on q and k, and
+``scaled_dot_product_attention`` (flash kernels on GPU, plain math on CPU); a final
+adaLN-modulated LayerNorm and a linear head. The head's outputs become log-scores with log s = 0
+at the current token and, for absorbing models, the "scale by sigma" shift.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .configuration import DDLMConfig
+
+
+def timestep_embedding(sigma_bar: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal features of sigma_bar [B] -> [B, dim], [cos | sin] halves."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=sigma_bar.device, dtype=torch.float32) / half)
+    args = sigma_bar.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def rotary_tables(length: int, head_dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [L, head_dim] of rotate-half rotary embeddings (fp32)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, heads, L, d] by position: x cos + rotate_half(x) sin."""
+    first, second = x.chunk(2, dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [B, L, H] * (1 + scale) + shift, with shift/scale [B, H]."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm without bias, computed in fp32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), None, self.eps)
+
+
+class Modulation(nn.Linear):
+    """adaLN: the conditioning vector -> ``chunks`` vectors of size dim (zero-initialised)."""
+
+    def __init__(self, cond_dim: int, dim: int, chunks: int):
+        super().__init__(cond_dim, chunks * dim)
+        self.chunks = chunks
+
+    def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return super().forward(c).chunk(self.chunks, dim=-1)
+
+
+class TimeEmbedding(nn.Module):
+    """sigma_bar [B] -> sinusoidal features -> Linear -> SiLU -> Linear: [B, cond_dim]."""
+
+    def __init__(self, features: int, cond_dim: int):
+        super().__init__()
+        self.features = features
+        self.linear_1 = nn.Linear(features, cond_dim)
+        self.linear_2 = nn.Linear(cond_dim, cond_dim)
+
+    def forward(self, sigma_bar: torch.Tensor) -> torch.Tensor:
+        h = timestep_embedding(sigma_bar, self.features).to(self.linear_1.weight.dtype)
+        return self.linear_2(F.silu(self.linear_1(h)))
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head self-attention with packed q|k|v and rotary positions."""
+
+    def __init__(self, config: DDLMConfig):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(batch, length, hidden))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: DDLMConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.mlp_ratio * config.hidden_size)
+        self.fc2 = nn.Linear(config.mlp_ratio * config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class DDLMBlock(GradientCheckpointingLayer):
+    """x + gate * attn(modulate(LN(x))), then x + gate * mlp(modulate(LN(x))); x [B, L, H], c [B, cond]."""
+
+    def __init__(self, config: DDLMConfig):
+        super().__init__()
+        self.norm1 = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.attn = Attention(config)
+        self.norm2 = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.mlp = MLP(config)
+        self.modulation = Modulation(config.cond_dim, config.hidden_size, 6)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
+        h = modulate(self.norm1(x), shift_attn, scale_attn).to(x.dtype)
+        x = x + gate_attn[:, None] * self.dropout(self.attn(h, cos, sin))
+        h = modulate(self.norm2(x), shift_mlp, scale_mlp).to(x.dtype)
+        return x + gate_mlp[:, None] * self.dropout(self.mlp(h))
+
+
+class DDLMPreTrainedModel(PreTrainedModel):
+    config_class = DDLMConfig
+    base_model_prefix = "ddlm"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DDLMBlock"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range) linears and embeddings; adaLN-Zero: modulations start at zero."""
+        std = self.config.initializer_range
+        if isinstance(module, Modulation):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, LayerNorm):
+            init.ones_(module.weight)
+
+
+class DDLMForDiffusion(DDLMPreTrainedModel):
+    """The ratio network: ``model(x_t, sigma_bar)`` -> log-scores [B, L, S] (float32).
+
+    Usable directly as a ``score_fn``. The forward process and schedule it was trained for are
+    ``model.graph`` and ``model.noise`` (from the config).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
+
+    def __init__(self, config: DDLMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.num_states, config.hidden_size)
+        self.time_embed = TimeEmbedding(config.time_embed_dim, config.cond_dim)
+        self.layers = nn.ModuleList(DDLMBlock(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.final_modulation = Modulation(config.cond_dim, config.hidden_size, 2)
+        self.lm_head = nn.Linear(config.hidden_size, config.num_states)
+        self.graph = config.graph()
+        self.noise = config.noise()
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def forward(self, input_ids: torch.Tensor, sigma_bar: torch.Tensor | float) -> torch.Tensor:
+        """input_ids Long[B, L] in [0, S); sigma_bar: [B] or a scalar (total noise, not t) -> [B, L, S]."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        self.graph.check_tokens(input_ids, "input_ids")
+        batch, length = input_ids.shape
+        sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=torch.float32)
+        sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
+        c = F.silu(self.time_embed(sigma_bar))
+        cos, sin = rotary_tables(length, self.config.head_dim, self.config.rotary_base, input_ids.device)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, c, cos, sin)
+        shift, scale = self.final_modulation(c)
+        logits = self.lm_head(modulate(self.final_norm(x), shift, scale).to(x.dtype)).float()
+        if self.config.scale_by_sigma:
+            logits = logits - self.log_score_shift(sigma_bar)[:, None, None]
+        return logits.scatter(-1, input_ids[..., None], 0.0)
+
+    def log_score_shift(self, sigma_bar: torch.Tensor) -> torch.Tensor:
+        """The absorbing "scale by sigma" offset log(e^sigma_bar - 1) + log N per sequence, [B] float32."""
+        sigma_bar = sigma_bar.double().clamp_min(1e-30)
+        return (torch.log(torch.expm1(sigma_bar)) + math.log(self.config.vocab_size)).float()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` that refuses checkpoints with missing or unexpected weights."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = [f"{name.replace('_', ' ')}: {sorted(keys)}" for name in ("missing_keys", "unexpected_keys", "mismatched_keys")
+                    if (keys := info.get(name))]
+        if problems:
+            raise ValueError(f"checkpoint {args[0] if args else ''} does not match {cls.__name__}; " + "; ".join(problems))
+        return (model, info) if want_info else model
