@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+SEPARATOR = "=" * 40
+
 import torch
 
 
@@ -34,6 +36,71 @@ def demo(args: argparse.Namespace) -> None:
                   f" (integral {bound.integral[i]:.3f}, prior {bound.prior[i]:.4f}); true -log p = {true_nll:.3f}")
 
 
+def _pipeline(args: argparse.Namespace):
+    import transformers
+    from transformers import AutoTokenizer
+
+    from .pipeline import DiffusionPipeline
+
+    if args.quiet:
+        transformers.utils.logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+    return DiffusionPipeline.from_pretrained(args.model, tokenizer=tokenizer, device=args.device)
+
+
+def _sampling_options(args: argparse.Namespace) -> dict:
+    return dict(steps=args.steps, predictor=args.predictor, denoise=not args.no_denoise, batch_size=args.batch_size,
+                seed=args.seed, progress=not args.quiet)
+
+
+def sample_command(args: argparse.Namespace) -> None:
+    """Print unconditional samples of a model."""
+    texts = _pipeline(args).generate(args.num_samples, args.length, **_sampling_options(args))
+    print(f"\n{SEPARATOR}\n".join(texts))
+
+
+def infill_command(args: argparse.Namespace) -> None:
+    """Print completions of a template with {{n}} gaps."""
+    texts = _pipeline(args).infill(args.text, args.num_samples, **_sampling_options(args))
+    print(f"\n{SEPARATOR}\n".join(texts))
+
+
+def eval_command(args: argparse.Namespace) -> None:
+    """Print the likelihood bound of each text file, with error bars."""
+    pipe = _pipeline(args)
+    texts = []
+    for path in args.files:
+        with open(path, encoding="utf-8") as f:
+            texts.append(f.read())
+        if not texts[-1].strip():
+            raise ValueError(f"{path} is empty; nothing to score")
+    results = pipe.nll_bound(texts, args.num_t, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+    print(f"{'file':<30} {'tokens':>8} {'blocks':>6} {'bound (nats)':>18} {'nats/token':>16} {'ppl bound':>10} {'ppl ~95% interval':>20} {'bits/byte':>9}")
+    for path, r in zip(args.files, results):
+        low, high = r.ppl_interval
+        print(f"{str(path):<30} {r.num_tokens:>8} {r.num_blocks:>6} {r.bound:>10.2f} +- {r.stderr:<6.2f}"
+              f" {r.per_token:>7.4f} +- {r.stderr / r.num_tokens:<6.4f} {r.ppl:>10.3f} {f'[{low:.3f}, {high:.3f}]':>20} {r.bits_per_byte:>9.4f}")
+    print(f"({args.num_t} t per block; the bound includes the prior term; +- is one standard error)")
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a save_pretrained directory (model + tokenizer) or hub id")
+    p.add_argument("--tokenizer", help="tokenizer directory or hub id, if the model directory has none")
+    p.add_argument("--device", default=None, help="torch device (default cpu)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per model call batch (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    from .sampling import PREDICTORS
+
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--predictor", choices=PREDICTORS, default="analytic")
+    p.add_argument("--no-denoise", action="store_true", help="skip the final denoising step")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ddlm", description="Discrete diffusion language models (score entropy).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,5 +112,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-t", type=int, default=1024, help="t samples of the likelihood bound")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=demo)
+
+    p = commands.add_parser("sample", help="unconditional samples of a model")
+    _add_model_arguments(p)
+    _add_sampling_arguments(p)
+    p.add_argument("--length", type=int, default=None, help="tokens per sample (default the model's maximum)")
+    p.set_defaults(run=sample_command)
+
+    p = commands.add_parser("infill", help="fill the {{n}} gaps (n tokens each) of a text")
+    _add_model_arguments(p)
+    p.add_argument("text", help='for example "The cat{{4}} on the mat.{{8}}"')
+    _add_sampling_arguments(p)
+    p.set_defaults(run=infill_command)
+
+    p = commands.add_parser("eval", help="likelihood (perplexity) bound of text files, with error bars")
+    _add_model_arguments(p)
+    p.add_argument("files", nargs="+", help="UTF-8 text files; each is scored whole, in blocks of the model's length")
+    p.add_argument("--num-t", type=int, default=128, help="t samples per block")
+    p.set_defaults(run=eval_command)
+
     args = parser.parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        parser.exit(2, f"ddlm {args.command}: error: {error}\n")

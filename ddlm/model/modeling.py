@@ -10,7 +10,9 @@ at the current token and, for absorbing models, the "scale by sigma" shift.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [B, L, H] * (1 + scale) + shift, with shift/scale [B, H]."""
     return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def _check_local_checkpoint(path: str | os.PathLike) -> None:
+    """Clear errors for a local path that is missing or is not a ddlm model directory (hub ids pass)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        if path.startswith(("/", ".", "~")) or path.count("/") != 1:
+            raise FileNotFoundError(f"no model directory at {path}")
+        return  # a hub id
+    config = os.path.join(path, "config.json")
+    model_type = None
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    if model_type != DDLMConfig.model_type:
+        raise ValueError(f"{path} is not a ddlm model directory (expected a config.json with model_type 'ddlm'); "
+                         "convert an official SEDD checkpoint with `ddlm convert sedd PATH OUT`")
 
 
 class LayerNorm(nn.Module):
@@ -213,6 +232,8 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """``PreTrainedModel.from_pretrained`` that refuses checkpoints with missing or unexpected weights."""
+        if args and isinstance(args[0], (str, os.PathLike)):
+            _check_local_checkpoint(args[0])
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         problems = [f"{name.replace('_', ' ')}: {sorted(keys)}" for name in ("missing_keys", "unexpected_keys", "mismatched_keys")

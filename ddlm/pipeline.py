@@ -1,0 +1,274 @@
+"""``DiffusionPipeline``: generate, infill and score text with a ratio network and a tokenizer."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .likelihood import nll_bound
+from .model import DDLMForDiffusion
+from .processes import Graph
+from .sampling import sample
+from .score import ScoreFn
+
+GAP = re.compile(r"\{\{(\d+)\}\}")
+MASK_TEXT = "[MASK]"  # how a still-masked position reads when sampling ends without denoising
+
+Template = str | Sequence[str | int]
+
+
+@dataclass
+class TextBound:
+    """Likelihood bound of one text, in nats (blocks of at most the model's length, bounds summed)."""
+
+    num_tokens: int
+    num_bytes: int
+    num_blocks: int
+    integral: float
+    prior: float
+    stderr: float
+
+    @property
+    def bound(self) -> float:
+        """Upper bound on -log p(text), nats."""
+        return self.integral + self.prior
+
+    @property
+    def per_token(self) -> float:
+        return self.bound / self.num_tokens
+
+    @property
+    def ppl(self) -> float:
+        """Perplexity bound exp(bound / tokens)."""
+        return math.exp(self.per_token)
+
+    @property
+    def ppl_interval(self) -> tuple[float, float]:
+        """exp((bound -+ 2 stderr) / tokens): about a 95 % interval for the perplexity bound."""
+        return math.exp((self.bound - 2 * self.stderr) / self.num_tokens), math.exp((self.bound + 2 * self.stderr) / self.num_tokens)
+
+    @property
+    def bits_per_byte(self) -> float:
+        """The bound in bits per UTF-8 byte of the text (comparable across tokenizers)."""
+        return self.bound / math.log(2) / self.num_bytes
+
+
+class DiffusionPipeline:
+    """A score network plus a tokenizer: ``generate``, ``infill`` and ``nll_bound`` on strings.
+
+    model: a ``DDLMForDiffusion`` (graph, noise and maximum length come from its config) or any
+    ``score_fn(x_t Long[B, L], sigma_bar [B]) -> log-scores [B, L, S]`` with ``graph``, ``noise``
+    and ``max_length`` given. The tokenizer must have exactly the graph's N real tokens.
+    """
+
+    def __init__(self, model: ScoreFn, tokenizer, *, graph: Graph | None = None, noise=None, max_length: int | None = None, device=None):
+        config = getattr(model, "config", None)
+        self.graph = graph or getattr(model, "graph", None)
+        self.noise = noise or getattr(model, "noise", None)
+        self.max_length = max_length or getattr(config, "max_position_embeddings", None)
+        if self.graph is None or self.noise is None or self.max_length is None:
+            raise ValueError("a model without a DDLMConfig needs graph=, noise= and max_length=")
+        if len(tokenizer) != self.graph.num_tokens:
+            raise ValueError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model's {self.graph!r} has {self.graph.num_tokens} real tokens; "
+                "use the tokenizer the model was trained with")
+        if isinstance(model, torch.nn.Module):
+            model = model.to(device).eval() if device is not None else model.eval()
+            device = next(model.parameters()).device
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device or "cpu")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None) -> "DiffusionPipeline":
+        """Load a ``save_pretrained`` directory (or hub id): the model, and its tokenizer unless one is given."""
+        from transformers import AutoTokenizer
+
+        model = DDLMForDiffusion.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"{path} holds no tokenizer; pass tokenizer= (SEDD models use the GPT-2 tokenizer)") from error
+        return cls(model, tokenizer, device=device)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the model (safetensors + config) and the tokenizer into one directory."""
+        if not isinstance(self.model, DDLMForDiffusion):
+            raise TypeError("only a DDLMForDiffusion model can be saved")
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    @torch.inference_mode()
+    def score_fn(self, x_t: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
+        """The model's log-scores [B, L, S] without autograd."""
+        return self.model(x_t, sigma_bar)
+
+    def _generator(self, generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+        if generator is not None and seed is not None:
+            raise ValueError("pass generator= or seed=, not both")
+        return torch.Generator(self.device).manual_seed(seed) if seed is not None else generator
+
+    def sample(
+        self,
+        num_samples: int,
+        length: int,
+        steps: int = 128,
+        predictor: str = "analytic",
+        *,
+        x_init: torch.Tensor | None = None,
+        fixed: torch.Tensor | None = None,
+        denoise: bool = True,
+        batch_size: int | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        dtype: torch.dtype = torch.float64,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Token ids Long[num_samples, length]; x_init / fixed: Long/Bool[length] clamped positions (or None).
+
+        Batches of ``batch_size`` samples (default all) run ``ddlm.sampling.sample`` one after
+        another with the same generator.
+        """
+        if not isinstance(length, int) or not 1 <= length <= self.max_length:
+            raise ValueError(f"length must be an int in [1, {self.max_length}] (the model's maximum length), got {length!r}")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        generator = self._generator(generator, seed)
+        batch_size = batch_size or num_samples
+        batches = []
+        for start in tqdm(range(0, num_samples, batch_size), desc="batches", disable=not progress or batch_size >= num_samples):
+            n = min(batch_size, num_samples - start)
+            batches.append(sample(
+                self.score_fn, self.graph, self.noise, (n, length), steps, predictor, denoise, generator,
+                x_init=None if x_init is None else x_init.to(self.device).expand(n, length),
+                fixed=None if fixed is None else fixed.to(self.device).expand(n, length),
+                dtype=dtype, device=self.device, progress=progress))
+        return torch.cat(batches)
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """Text of token ids; mask ids (absorbing, undenoised) read as ``[MASK]``."""
+        ids = torch.as_tensor(ids).tolist()
+        pieces, run = [], []
+        for token in ids + [None]:
+            if token is not None and token < self.graph.num_tokens:
+                run.append(token)
+                continue
+            if run:
+                pieces.append(self.tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+                run = []
+            if token is not None:
+                pieces.append(MASK_TEXT)
+        return "".join(pieces)
+
+    def generate(self, num_samples: int = 1, length: int | None = None, steps: int = 128, predictor: str = "analytic", **kwargs) -> list[str]:
+        """Unconditional samples as text; length in tokens (default the model's maximum).
+
+        Keyword arguments as in ``sample`` (denoise, batch_size, generator, seed, dtype, progress).
+        """
+        ids = self.sample(num_samples, length or self.max_length, steps, predictor, **kwargs)
+        return [self.decode(row) for row in ids.cpu()]
+
+    def parse_template(self, template: Template) -> list[str | int]:
+        """Segments of a template: given text (str) and gaps (int, tokens to generate).
+
+        A string template marks gaps as ``{{n}}``; a list mixes strings and ints.
+        """
+        if isinstance(template, str):
+            parts = GAP.split(template)
+            segments = [int(part) if i % 2 else part for i, part in enumerate(parts)]
+        else:
+            segments = list(template)
+        for segment in segments:
+            if isinstance(segment, bool) or not isinstance(segment, (str, int)):
+                raise TypeError(f"template segments must be str (given text) or int (gap length), got {segment!r}")
+            if isinstance(segment, int) and segment < 1:
+                raise ValueError(f"a gap must have at least 1 token, got {segment}")
+        if not any(isinstance(segment, int) for segment in segments):
+            raise ValueError("the template has no gap: mark one as {{n}} (n tokens) or pass an int in a list")
+        return [segment for segment in segments if segment != ""]
+
+    def encode_template(self, template: Template) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str | None, int]]]:
+        """Token ids Long[L] (gaps hold 0), the given positions Bool[L], and the spans in order:
+        (given text, its token count) or (None, gap length)."""
+        spans, ids, given = [], [], []
+        for segment in self.parse_template(template):
+            given_text = isinstance(segment, str)
+            tokens = self.tokenizer(segment, add_special_tokens=False)["input_ids"] if given_text else [0] * segment
+            spans.append((segment if given_text else None, len(tokens)))
+            ids += tokens
+            given += [given_text] * len(tokens)
+        if len(ids) > self.max_length:
+            gaps = sum(n for text, n in spans if text is None)
+            raise ValueError(f"the template needs {len(ids)} tokens ({len(ids) - gaps} given, {gaps} in gaps) "
+                             f"but the model's maximum length is {self.max_length}")
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(given, dtype=torch.bool), spans
+
+    def infill(self, template: Template, num_samples: int = 1, steps: int = 128, predictor: str = "analytic", **kwargs) -> list[str]:
+        """Fill every gap of ``template`` with exactly its number of tokens; returns ``num_samples`` texts.
+
+        The given text comes back byte-identical (it is copied, not re-decoded); gap tokens are
+        sampled conditionally on it by clamping (exact for absorbing models, approximate for
+        uniform ones). Prefix prompting is ``["prompt", n]``, suffix prompting ``[n, "ending"]``.
+        Keyword arguments as in ``sample``.
+        """
+        ids, given, spans = self.encode_template(template)
+        samples = self.sample(num_samples, len(ids), steps, predictor, x_init=ids, fixed=given, **kwargs).cpu()
+        texts = []
+        for row in samples:
+            pieces, position = [], 0
+            for text, n in spans:
+                pieces.append(text if text is not None else self.decode(row[position:position + n]))
+                position += n
+            texts.append("".join(pieces))
+        return texts
+
+    def nll_bound(
+        self,
+        texts: Sequence[str],
+        num_t: int = 128,
+        *,
+        batch_size: int | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        progress: bool = True,
+        **bound_kwargs,
+    ) -> list[TextBound]:
+        """An upper bound on -log p(text) with its standard error, per text.
+
+        Texts are tokenised without special tokens and cut into blocks of the model's maximum
+        length (the last one shorter); blocks are bounded independently and their bounds summed.
+        num_t: times per block; batch_size: sequences per model call; other keyword arguments go
+        to ``ddlm.likelihood.nll_bound`` (t_sampling, t_power, base).
+        """
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings; wrap a single text in a list")
+        generator = self._generator(generator, seed)
+        blocks = []  # (text index, ids)
+        for index, text in enumerate(texts):
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"text {index} tokenises to nothing; nothing to score")
+            blocks += [(index, ids[i:i + self.max_length]) for i in range(0, len(ids), self.max_length)]
+        totals = [[0.0, 0.0, 0.0, 0, 0] for _ in texts]  # integral, prior, variance, tokens, blocks
+        by_length: dict[int, list[int]] = {}
+        for b, (_, ids) in enumerate(blocks):
+            by_length.setdefault(len(ids), []).append(b)
+        for length, members in tqdm(sorted(by_length.items()), desc="nll bound", disable=not progress):
+            x0 = torch.tensor([blocks[b][1] for b in members], device=self.device)
+            result = nll_bound(self.score_fn, self.graph, self.noise, x0, num_t, generator, batch_size=batch_size, **bound_kwargs)
+            for row, b in enumerate(members):
+                total = totals[blocks[b][0]]
+                total[0] += float(result.integral[row])
+                total[1] += float(result.prior[row])
+                total[2] += float(result.stderr[row]) ** 2
+                total[3] += length
+                total[4] += 1
+        return [TextBound(tokens, len(text.encode()), count, integral, prior, math.sqrt(variance))
+                for text, (integral, prior, variance, tokens, count) in zip(texts, totals)]
