@@ -162,9 +162,11 @@ class DDLMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Normal(0, initializer_range) linears and embeddings; adaLN-Zero: modulations start at zero."""
+        """Normal(0, initializer_range) linears and embeddings; adaLN-Zero: the modulations and an
+        untied output head start at zero (log-scores start at the scale-by-sigma prior)."""
         std = self.config.initializer_range
-        if isinstance(module, Modulation):
+        zero_head = module is getattr(self, "lm_head", None) and not self.config.tie_word_embeddings
+        if isinstance(module, Modulation) or zero_head:
             init.zeros_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, (nn.Linear, nn.Embedding)):
