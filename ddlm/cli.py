@@ -83,6 +83,23 @@ def eval_command(args: argparse.Namespace) -> None:
     print(f"({args.num_t} t per block; the bound includes the prior term; +- is one standard error)")
 
 
+def convert_command(args: argparse.Namespace) -> None:
+    """Import an official SEDD checkpoint as a ddlm model directory (with a tokenizer if given)."""
+    from transformers import AutoTokenizer
+
+    from .model.sedd import convert_sedd
+    from .pipeline import DiffusionPipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+    model = convert_sedd(args.source, args.out, ema=not args.no_ema, config=args.config)
+    if tokenizer is not None:
+        DiffusionPipeline(model, tokenizer).save_pretrained(args.out)  # checks the vocabulary matches
+    config = model.config
+    print(f"wrote {args.out}: {config.process} process over {config.vocab_size} tokens, {config.schedule} schedule, "
+          f"{config.num_hidden_layers} x {config.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
+          + ("" if tokenizer is not None else "; no tokenizer saved (pass --tokenizer, e.g. gpt2 for SEDD)"))
+
+
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a save_pretrained directory (model + tokenizer) or hub id")
     p.add_argument("--tokenizer", help="tokenizer directory or hub id, if the model directory has none")
@@ -130,6 +147,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", nargs="+", help="UTF-8 text files; each is scored whole, in blocks of the model's length")
     p.add_argument("--num-t", type=int, default=128, help="t samples per block")
     p.set_defaults(run=eval_command)
+
+    p = commands.add_parser("convert", help="import a checkpoint of another toolkit")
+    p.add_argument("format", choices=["sedd"], help="sedd: the official SEDD release (hub directory, run .pth or hub id)")
+    p.add_argument("source", help="a SEDD hub directory (config.json + weights), a run's checkpoint .pth, or a hub id")
+    p.add_argument("out", help="directory to write the ddlm model to")
+    p.add_argument("--tokenizer", help="tokenizer to save beside the model (SEDD: gpt2)")
+    p.add_argument("--no-ema", action="store_true", help="a .pth's raw weights instead of its EMA weights")
+    p.add_argument("--config", help="SEDD config (.yaml/.json) if not in the standard place")
+    p.set_defaults(run=convert_command)
 
     args = parser.parse_args(argv)
     try:

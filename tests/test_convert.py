@@ -391,3 +391,25 @@ def test_pickled_code_is_refused_and_never_run(tmp_path, kind):
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the payload is live: an unsafe load runs it
     assert marker.exists()
+
+
+def test_convert_command_writes_a_directory_the_pipeline_loads(tmp_path, capsys):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from ddlm.cli import main
+    from ddlm.pipeline import DiffusionPipeline
+
+    config = sedd_config("absorb-loglinear")
+    state = SEDDLayout(num_outputs(config), seed=2).state_dict()
+    source = write_hub_dir(tmp_path / "sedd", config, state, "safetensors")
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(TOKENS)}, unk_token="w0"))
+    PreTrainedTokenizerFast(tokenizer_object=words).save_pretrained(tmp_path / "tokenizer")
+    main(["convert", "sedd", str(source), str(tmp_path / "out"), "--tokenizer", str(tmp_path / "tokenizer")])
+    assert "absorbing process over 11 tokens, loglinear schedule, 2 x 32" in capsys.readouterr().out
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "out")
+    assert len(pipe.tokenizer) == TOKENS
+    assert_matches_reference(pipe.model, state, config)
+    with pytest.raises(SystemExit):
+        main(["convert", "sedd", str(tmp_path / "missing"), str(tmp_path / "out2")])
+    assert "no such file or directory" in capsys.readouterr().err
