@@ -100,6 +100,15 @@ def convert_command(args: argparse.Namespace) -> None:
           + ("" if tokenizer is not None else "; no tokenizer saved (pass --tokenizer, e.g. gpt2 for SEDD)"))
 
 
+def train_command(args: argparse.Namespace) -> None:
+    """Train per a recipe (under ``accelerate launch`` for several processes)."""
+    from .recipes import load_recipe
+    from .train import train
+
+    final = train(load_recipe(args.recipe, args.overrides), resume=args.resume, progress=not args.quiet)
+    print(f"exported {final}")
+
+
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a save_pretrained directory (model + tokenizer) or hub id")
     p.add_argument("--tokenizer", help="tokenizer directory or hub id, if the model directory has none")
@@ -148,6 +157,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-t", type=int, default=128, help="t samples per block")
     p.set_defaults(run=eval_command)
 
+    p = commands.add_parser("train", help="train per a recipe (also: accelerate launch -m ddlm train RECIPE)")
+    p.add_argument("recipe", help="a recipe name in recipes/ (quickstart, sedd-small-owt, ...) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides, e.g. train.steps=100")
+    p.add_argument("--resume", action="store_true", help="continue from the output directory's latest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=train_command)
+
     p = commands.add_parser("convert", help="import a checkpoint of another toolkit")
     p.add_argument("format", choices=["sedd"], help="sedd: the official SEDD release (hub directory, run .pth or hub id)")
     p.add_argument("source", help="a SEDD hub directory (config.json + weights), a run's checkpoint .pth, or a hub id")
@@ -160,5 +176,5 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:
         parser.exit(2, f"ddlm {args.command}: error: {error}\n")

@@ -1,0 +1,327 @@
+"""The training loop: one loop for CPU, DDP, FSDP and DeepSpeed as ``accelerate`` configures them.
+
+``ddlm train RECIPE`` (or ``accelerate launch -m ddlm train RECIPE``) runs ``train(recipe)``:
+AdamW with warm-up and decay, gradient accumulation and clipping, mixed precision, EMA weights,
+periodic likelihood-bound evaluation and samples, trackers and a tqdm bar with tokens/s.
+Checkpoints (model, optimizer, scheduler, EMA, RNG states; the data position is the step) are
+written to a temporary directory and renamed, then the ``latest`` pointer is replaced, so an
+interrupted write leaves the previous checkpoint valid; ``resume=True`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import build_datasets, load_documents
+from .likelihood import nll_bound
+from .losses import ar_loss, ar_nll, dwdse_loss
+from .model import DDLMForDiffusion
+from .recipes import Recipe
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+FINAL = "final"
+TOKENIZER = "tokenizer"
+METRICS = "metrics.jsonl"
+
+
+class EMA:
+    """Exponential moving average of parameters (float32 shadow copies), with SEDD's warm-up:
+    decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update."""
+
+    def __init__(self, parameters, decay: float):
+        self.parameters = list(parameters)
+        self.decay = decay
+        self.updates = 0
+        self.shadow = [p.detach().float().clone() for p in self.parameters]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for shadow, p in zip(self.shadow, self.parameters):
+            shadow.lerp_(p.detach().float(), 1 - decay)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Temporarily load the averaged weights into the parameters."""
+        saved = [p.detach().clone() for p in self.parameters]
+        with torch.no_grad():
+            for p, shadow in zip(self.parameters, self.shadow):
+                p.copy_(shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, value in zip(self.parameters, saved):
+                    p.copy_(value)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.updates = state["decay"], state["updates"]
+        self.shadow = [s.to(p.device) for s, p in zip(state["shadow"], self.parameters)]
+
+
+def lr_lambda(train) -> callable:
+    """Multiplier of the base learning rate at an optimizer step: linear warm-up, then the decay."""
+
+    def factor(step: int) -> float:
+        if step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        progress = min(1.0, (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps))
+        floor = train.min_lr_ratio
+        if train.decay == "linear":
+            return 1 - (1 - floor) * progress
+        if train.decay == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def step_generator(seed: int, step: int, rank: int, device) -> torch.Generator:
+    """The generator of one step on one process: a function of (seed, step, rank) only, so a resumed run
+    draws exactly what the uninterrupted run drew."""
+    state = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    torch.manual_seed(state)  # dropout
+    return torch.Generator(device).manual_seed(state)
+
+
+def objective_loss(model, objective: str, x0: torch.Tensor, t_min: float, generator) -> torch.Tensor:
+    """Scalar loss of a micro-batch, nats per token."""
+    if objective == "ar":
+        return ar_loss(model, x0)
+    base = model.module if hasattr(model, "module") else model
+    return dwdse_loss(model, base.graph, base.noise, x0, t_min, generator).mean()
+
+
+def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
+    """The recipe's tokenizer; a trained BPE is trained once (main process) and saved in the run directory."""
+    from transformers import AutoTokenizer
+
+    if recipe.tokenizer.name is not None:
+        return AutoTokenizer.from_pretrained(recipe.tokenizer.name)
+    saved = output_dir / TOKENIZER
+    if accelerator.is_main_process and not saved.is_dir():
+        from .tokenization import train_byte_bpe
+
+        tokenizer = train_byte_bpe(load_documents(recipe.data, "train"), recipe.tokenizer.train_vocab_size)
+        tokenizer.save_pretrained(saved)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(saved)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint directory the ``latest`` pointer names, or None."""
+    pointer = output_dir / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        return None
+    path = output_dir / CHECKPOINTS / pointer.read_text().strip()
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, tokens: int, keep: int) -> Path:
+    """Write ``checkpoints/step_N`` via a temporary directory, then move the ``latest`` pointer to it."""
+    root = output_dir / CHECKPOINTS
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "tokens": tokens}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _write_atomic(root / LATEST, final.name)
+        for old in sorted(root.glob("step_*"))[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+@torch.no_grad()
+def evaluate(model, recipe: Recipe, validation, accelerator) -> dict:
+    """Validation metrics in nats per token: the likelihood bound (diffusion) or the exact NLL (AR)."""
+    train = recipe.train
+    x0 = validation[: min(train.eval_blocks, len(validation))].to(accelerator.device)
+    model.eval()
+    if train.objective == "ar":
+        nll = ar_nll(model, x0).sum().item() / (x0.numel() - x0.shape[0])
+        metrics = {"eval/nll_per_token": nll, "eval/ppl": math.exp(nll)}
+    else:
+        generator = torch.Generator(accelerator.device).manual_seed(train.seed)
+        bound = nll_bound(model, model.graph, model.noise, x0, train.eval_num_t, generator)
+        per_token = bound.bound.sum().item() / x0.numel()
+        stderr = bound.stderr.square().sum().sqrt().item() / x0.numel()
+        metrics = {"eval/bound_per_token": per_token, "eval/bound_stderr": stderr, "eval/ppl_bound": math.exp(per_token)}
+    model.train()
+    return metrics
+
+
+def write_samples(model, tokenizer, recipe: Recipe, step: int, output_dir: Path, device) -> list[str]:
+    """Unconditional samples of the current (EMA) weights, written to ``samples/step_N.txt``."""
+    from .pipeline import DiffusionPipeline
+
+    train = recipe.train
+    pipe = DiffusionPipeline(model, tokenizer)
+    texts = pipe.generate(train.num_samples, min(recipe.data.block_size, 128), train.sample_steps,
+                          generator=torch.Generator(device).manual_seed(train.seed), progress=False)
+    model.train()
+    (output_dir / "samples").mkdir(exist_ok=True)
+    (output_dir / "samples" / f"step_{step:08d}.txt").write_text("\n\n=====\n\n".join(texts))
+    return texts
+
+
+def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train per the recipe; returns the exported ``final`` directory (model with EMA weights + tokenizer)."""
+    from accelerate import Accelerator
+
+    train_cfg = recipe.train
+    output_dir = Path(train_cfg.output_dir)
+    trackers = [t for t in train_cfg.trackers if t != "none"]
+    accelerator = Accelerator(mixed_precision=train_cfg.mixed_precision, log_with=trackers or None,
+                              project_dir=str(output_dir))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accumulation = train_cfg.accumulation_steps(world)
+    checkpoint = latest_checkpoint(output_dir) if output_dir.exists() else None
+    if checkpoint is not None and not resume:
+        raise FileExistsError(f"{output_dir} already holds checkpoints (latest: {checkpoint.name}); "
+                              "pass --resume to continue, or choose another train.output_dir")
+    if resume and checkpoint is None:
+        raise FileNotFoundError(f"nothing to resume: no checkpoint in {output_dir / CHECKPOINTS}")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    accelerator.wait_for_everyone()
+
+    tokenizer = load_tokenizer(recipe, output_dir, accelerator)
+    with accelerator.main_process_first():
+        train_blocks, validation = build_datasets(recipe.data, tokenizer, seed=train_cfg.seed)
+    config = recipe.model.config(len(tokenizer), recipe.data.block_size, train_cfg.objective)
+    torch.manual_seed(train_cfg.seed)
+    model = DDLMForDiffusion(config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    base = accelerator.unwrap_model(model)
+    ema = EMA(base.parameters(), train_cfg.ema) if train_cfg.ema > 0 else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    start, tokens = 0, 0
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        start, tokens = state["step"], state["tokens"]
+    if trackers:
+        accelerator.init_trackers(output_dir.name, config={k: str(v) for k, v in recipe.to_dict()["train"].items()})
+    tokens_per_step = train_cfg.global_batch_size * recipe.data.block_size
+    metrics_file = output_dir / METRICS
+    bar = tqdm(total=train_cfg.steps, initial=start, desc="training", disable=not (progress and accelerator.is_main_process))
+    batches = train_blocks.batches(start, train_cfg.global_batch_size, rank, world, train_cfg.seed)
+    clock, clock_tokens = time.perf_counter(), 0
+    for step in range(start + 1, train_cfg.steps + 1):
+        local = next(batches).to(accelerator.device)
+        generator = step_generator(train_cfg.seed, step, rank, accelerator.device)
+        loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+        for i, micro in enumerate(local.split(train_cfg.micro_batch_size)):
+            sync = contextlib.nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
+            with sync:
+                with accelerator.autocast():
+                    loss = objective_loss(model, train_cfg.objective, micro, train_cfg.t_min, generator)
+                accelerator.backward(loss / accumulation)
+            loss_sum += loss.detach().double()
+        loss_mean = accelerator.reduce(loss_sum / accumulation, reduction="mean").item()
+        sequences = int(accelerator.reduce(torch.tensor(local.shape[0], device=accelerator.device), reduction="sum"))
+        if not math.isfinite(loss_mean):
+            last = latest_checkpoint(output_dir)
+            raise FloatingPointError(f"the training loss is {loss_mean} at step {step}; stopped before updating the weights. "
+                                     f"The last good checkpoint is {last if last else 'none (no checkpoint was written yet)'}")
+        grad_norm = None
+        if train_cfg.clip_grad_norm is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update()
+        tokens += tokens_per_step
+        clock_tokens += tokens_per_step
+        bar.update(1)
+
+        record = {"step": step, "train/loss": loss_mean, "lr": scheduler.get_last_lr()[0], "tokens": tokens, "sequences": sequences}
+        if grad_norm is not None:
+            record["train/grad_norm"] = grad_norm
+        if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+            elapsed = time.perf_counter() - clock
+            record["tokens_per_s"] = clock_tokens / elapsed
+            clock, clock_tokens = time.perf_counter(), 0
+            bar.set_postfix(loss=f"{loss_mean:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
+        sample_now = train_cfg.objective == "diffusion" and (step % train_cfg.sample_every == 0 or step == train_cfg.steps)
+        if evaluate_now or sample_now:
+            if accelerator.is_main_process:
+                with ema.applied() if ema is not None else contextlib.nullcontext():
+                    if evaluate_now:
+                        record.update(evaluate(base, recipe, validation, accelerator))
+                    if sample_now:
+                        for text in write_samples(base, tokenizer, recipe, step, output_dir, accelerator.device):
+                            bar.write(f"[step {step}] {text[:200]!r}")
+            accelerator.wait_for_everyone()
+        accelerator.log(record, step=step)
+        if accelerator.is_main_process:
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if step % train_cfg.save_every == 0 or step == train_cfg.steps:
+            save_checkpoint(accelerator, output_dir, step, tokens, train_cfg.keep_checkpoints)
+    bar.close()
+    accelerator.end_training()
+    check_ranks_in_sync(accelerator, base, metrics_file)
+    return export(accelerator, base, ema, tokenizer, output_dir)
+
+
+def check_ranks_in_sync(accelerator, model, metrics_file: Path) -> None:
+    """Gather a fingerprint of every process's weights (per-parameter sums of squares), record them, and
+    raise if any process differs from the first."""
+    fingerprint = torch.stack([p.detach().double().square().sum() for p in model.parameters()])
+    gathered = accelerator.gather(fingerprint[None].to(accelerator.device)).cpu()
+    in_sync = bool((gathered == gathered[:1]).all())
+    if accelerator.is_main_process:
+        with metrics_file.open("a") as f:
+            f.write(json.dumps({"ranks_in_sync": in_sync, "weight_fingerprints": gathered.tolist()}) + "\n")
+    if not in_sync:
+        raise RuntimeError("the processes' weights diverged; see weight_fingerprints in " + str(metrics_file))
+
+
+def export(accelerator, model, ema: EMA | None, tokenizer, output_dir: Path) -> Path:
+    """Save the EMA weights and the tokenizer as a ``from_pretrained`` directory, ``output_dir/final``."""
+    final = output_dir / FINAL
+    if accelerator.is_main_process:
+        with ema.applied() if ema is not None else contextlib.nullcontext():
+            model.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+    accelerator.wait_for_everyone()
+    return final
