@@ -196,3 +196,55 @@ def implicit_score_entropy(score_fn: ScoreFn, x: torch.Tensor, sigma_bar: torch.
         back = log_n[torch.arange(b.numel(), device=x.device), i, x[b, i]]  # log s(x^{i<-y})_{i, x_i}
         negative.index_add_(0, b, out_rates[b, i, y].to(dtype) * back)
     return positive - negative
+
+
+# ---------------------------------------------------------------------------------------------
+# The autoregressive baseline: next-token cross-entropy on the same network (objective="ar").
+
+
+def _ar_log_probs(model, x0: torch.Tensor) -> torch.Tensor:
+    """Checked next-token log-probabilities [B, L, N] of ``model(x0)``."""
+    if not isinstance(x0, torch.Tensor) or x0.dtype.is_floating_point or x0.dtype.is_complex or x0.dtype == torch.bool:
+        raise TypeError("x0 must be an integer tensor of token ids, Long[B, L]")
+    if x0.dim() != 2:
+        raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")
+    if x0.shape[1] < 2:
+        raise ValueError(f"x0 must have length L >= 2 (position i predicts token i + 1), got L = {x0.shape[1]}")
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "objective", "ar") != "ar":
+        raise ValueError(f"the AR loss needs an autoregressive model (objective='ar'), got objective={config.objective!r}")
+    num_tokens = getattr(config, "vocab_size", None)
+    if num_tokens is not None and x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= num_tokens):
+        raise ValueError(f"x0 holds ids in [{int(x0.min())}, {int(x0.max())}], but the model has tokens 0..{num_tokens - 1}")
+    log_probs = model(x0)
+    if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 3 or tuple(log_probs.shape[:2]) != tuple(x0.shape):
+        got = list(log_probs.shape) if isinstance(log_probs, torch.Tensor) else type(log_probs).__name__
+        raise ValueError(f"model must return next-token log-probabilities [B, L, N] for x0 of shape {list(x0.shape)}, got {got}")
+    if num_tokens is None and x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= log_probs.shape[-1]):
+        raise ValueError(f"x0 holds ids outside [0, {log_probs.shape[-1]})")
+    return log_probs
+
+
+def ar_loss(model, x0: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy, nats per predicted token (a scalar to backpropagate).
+
+    model: an autoregressive ``DDLMForDiffusion`` (``objective="ar"``) or any callable
+    ``x0 -> log-probabilities [B, L, N]`` in which position i predicts token i + 1.
+    x0: Long[B, L], L >= 2. Positions 0..L-2 predict tokens 1..L-1: B (L - 1) predictions.
+    """
+    log_probs = _ar_log_probs(model, x0)
+    predicted = log_probs[:, :-1]
+    return torch.nn.functional.nll_loss(predicted.reshape(-1, predicted.shape[-1]).float(), x0[:, 1:].reshape(-1))
+
+
+def ar_nll(model, x0: torch.Tensor) -> torch.Tensor:
+    """Exact -log p(x0[1:] | x0[0]) per sequence, [B] float64 nats (summed over L - 1 tokens).
+
+    For exact autoregressive perplexities: ``exp(ar_nll(model, x0).sum() / (B * (L - 1)))``.
+    The model's float32 log-probabilities are summed in float64 under ``torch.no_grad``; put
+    the model in eval mode first (dropout). Arguments as in ``ar_loss``.
+    """
+    with torch.no_grad():
+        log_probs = _ar_log_probs(model, x0)
+        picked = log_probs[:, :-1].gather(-1, x0[:, 1:, None]).squeeze(-1)
+        return -picked.double().sum(-1)

@@ -8,6 +8,7 @@ from ..processes import Absorbing, Graph, Uniform
 from ..schedules import Geometric, LogLinear
 
 PROCESSES = ("absorbing", "uniform")
+OBJECTIVES = ("diffusion", "ar")
 SCHEDULES = ("loglinear", "geometric")
 
 # Network sizes; every other field keeps its default (SEDD's small and medium settings).
@@ -28,6 +29,11 @@ class DDLMConfig(PreTrainedConfig):
     (SEDD); None picks it for absorbing; uniform models cannot use it.
     max_position_embeddings: the longest sequence the model is meant for (rotary positions
     work at any length; pipelines refuse longer inputs).
+    objective: ``"diffusion"`` (the ratio network, bidirectional attention) or ``"ar"`` (an
+    autoregressive baseline on the same network: causal attention, next-token log-probabilities
+    over ``num_states = vocab_size`` outputs, no mask state). An AR model has no forward process
+    or schedule: ``process``, ``schedule``, ``eps``, ``sigma_min`` and ``sigma_max`` are ignored,
+    ``scale_by_sigma`` must be False (None resolves to False), and ``graph()`` / ``noise()`` raise.
     """
 
     model_type = "ddlm"
@@ -51,12 +57,20 @@ class DDLMConfig(PreTrainedConfig):
     scale_by_sigma: bool | None = None
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
+    objective: str = "diffusion"
 
     def __post_init__(self, **kwargs):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.process not in PROCESSES:
             raise ValueError(f"process must be one of {PROCESSES}, got {self.process!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.objective == "ar":
+            if self.scale_by_sigma:
+                raise ValueError("scale_by_sigma is a diffusion parametrisation; an autoregressive model (objective='ar') "
+                                 "cannot use it: leave it None or set it False")
+            self.scale_by_sigma = False
         if self.scale_by_sigma is None:
             self.scale_by_sigma = self.process == "absorbing"
         if self.scale_by_sigma and self.process != "absorbing":
@@ -78,8 +92,14 @@ class DDLMConfig(PreTrainedConfig):
 
     @property
     def num_states(self) -> int:
-        """S: network inputs and log-score outputs per position."""
+        """S: network inputs and outputs per position (log-scores, or next-token log-probs for AR)."""
+        if self.objective == "ar":
+            return self.vocab_size
         return self.vocab_size + (self.process == "absorbing")
+
+    @property
+    def is_autoregressive(self) -> bool:
+        return self.objective == "ar"
 
     @property
     def head_dim(self) -> int:
@@ -87,8 +107,15 @@ class DDLMConfig(PreTrainedConfig):
 
     def graph(self) -> Graph:
         """The forward process the model was trained for."""
+        self._require_diffusion()
         return Absorbing(self.vocab_size) if self.process == "absorbing" else Uniform(self.vocab_size)
 
     def noise(self) -> LogLinear | Geometric:
         """The noise schedule the model was trained with."""
+        self._require_diffusion()
         return LogLinear(self.eps) if self.schedule == "loglinear" else Geometric(self.sigma_min, self.sigma_max)
+
+    def _require_diffusion(self) -> None:
+        if self.objective == "ar":
+            raise ValueError("an autoregressive model has no forward process (objective='ar'): "
+                             "it has no graph() or noise schedule")

@@ -6,6 +6,13 @@ modulation (shift, scale, gate from c), rotary positions on q and k, and
 ``scaled_dot_product_attention`` (flash kernels on GPU, plain math on CPU); a final
 adaLN-modulated LayerNorm and a linear head. The head's outputs become log-scores with log s = 0
 at the current token and, for absorbing models, the "scale by sigma" shift.
+
+The autoregressive baseline (``config.objective == "ar"``) is the same network with causal
+attention and no mask state: the head's outputs go through ``log_softmax`` and position i gives
+log p(token i+1 | tokens 0..i). It keeps every module, the sigma_bar conditioning included
+(always fed sigma_bar = 0, so the time MLP and the adaLN modulations act as learned constant
+shifts, scales and gates), so the two objectives train networks with the same parameter count
+and the same per-token cost: a like-for-like baseline.
 """
 
 from __future__ import annotations
@@ -69,6 +76,15 @@ def _check_local_checkpoint(path: str | os.PathLike) -> None:
                          "convert an official SEDD checkpoint with `ddlm convert sedd PATH OUT`")
 
 
+def _check_ids(input_ids: torch.Tensor, num_states: int) -> None:
+    """Raise unless input_ids is an integer tensor of ids in [0, num_states)."""
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be an integer tensor of token ids, got dtype {input_ids.dtype}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= num_states):
+        raise ValueError(f"input_ids holds ids in [{int(input_ids.min())}, {int(input_ids.max())}], "
+                         f"but the model has tokens 0..{num_states - 1}")
+
+
 class LayerNorm(nn.Module):
     """LayerNorm without bias, computed in fp32."""
 
@@ -107,11 +123,13 @@ class TimeEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    """Bidirectional multi-head self-attention with packed q|k|v and rotary positions."""
+    """Multi-head self-attention with packed q|k|v and rotary positions; bidirectional for
+    diffusion models, causal for autoregressive ones."""
 
     def __init__(self, config: DDLMConfig):
         super().__init__()
         self.heads = config.num_attention_heads
+        self.causal = config.objective == "ar"
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
         self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
@@ -119,7 +137,7 @@ class Attention(nn.Module):
         batch, length, hidden = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.out(y.transpose(1, 2).reshape(batch, length, hidden))
 
 
@@ -182,6 +200,11 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
 
     Usable directly as a ``score_fn``. The forward process and schedule it was trained for are
     ``model.graph`` and ``model.noise`` (from the config).
+
+    With ``config.objective == "ar"`` it is the autoregressive baseline on the same network:
+    ``model(input_ids)`` -> next-token log-probabilities [B, L, N] (float32), position i
+    predicting token i + 1; ``model.graph`` and ``model.noise`` are None. Train it with
+    ``ddlm.losses.ar_loss`` and evaluate it exactly with ``ddlm.losses.ar_nll``.
     """
 
     _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
@@ -194,8 +217,9 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         self.final_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.final_modulation = Modulation(config.cond_dim, config.hidden_size, 2)
         self.lm_head = nn.Linear(config.hidden_size, config.num_states)
-        self.graph = config.graph()
-        self.noise = config.noise()
+        autoregressive = config.objective == "ar"
+        self.graph = None if autoregressive else config.graph()
+        self.noise = None if autoregressive else config.noise()
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -207,11 +231,26 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
-    def forward(self, input_ids: torch.Tensor, sigma_bar: torch.Tensor | float) -> torch.Tensor:
-        """input_ids Long[B, L] in [0, S); sigma_bar: [B] or a scalar (total noise, not t) -> [B, L, S]."""
+    def forward(self, input_ids: torch.Tensor, sigma_bar: torch.Tensor | float | None = None) -> torch.Tensor:
+        """input_ids Long[B, L] in [0, S); sigma_bar: [B] or a scalar (total noise, not t) -> [B, L, S].
+
+        Diffusion models need sigma_bar and return log-scores. Autoregressive models take no
+        sigma_bar (leave it None) and return next-token log-probabilities: ``out[b, i]`` is
+        log p(x_{i+1} | x_0..x_i), normalised over the N tokens; the last position predicts
+        the token after the sequence.
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
-        self.graph.check_tokens(input_ids, "input_ids")
+        autoregressive = self.config.objective == "ar"
+        if autoregressive:
+            if sigma_bar is not None:
+                raise ValueError("an autoregressive model (objective='ar') takes no sigma_bar; call model(input_ids)")
+            _check_ids(input_ids, self.config.num_states)
+            sigma_bar = 0.0  # the conditioning path is kept and fed a constant (see the module docstring)
+        else:
+            if sigma_bar is None:
+                raise ValueError("a diffusion model needs sigma_bar, the total noise of input_ids: call model(x_t, sigma_bar)")
+            self.graph.check_tokens(input_ids, "input_ids")
         batch, length = input_ids.shape
         sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=torch.float32)
         sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
@@ -222,6 +261,8 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
             x = layer(x, c, cos, sin)
         shift, scale = self.final_modulation(c)
         logits = self.lm_head(modulate(self.final_norm(x), shift, scale).to(x.dtype)).float()
+        if autoregressive:
+            return torch.log_softmax(logits, dim=-1)
         if self.config.scale_by_sigma:
             logits = logits - self.log_score_shift(sigma_bar)[:, None, None]
         return logits.scatter(-1, input_ids[..., None], 0.0)
