@@ -1,0 +1,207 @@
+"""Training: recipes, schedule, EMA, exact resume after a kill, NaN stop, interrupted checkpoint writes, two processes."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ddlm.recipes import RECIPES_DIR, TrainConfig, load_recipe, recipe_from_dict
+from ddlm.train import EMA, latest_checkpoint, lr_lambda, train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def tiny_recipe(tmp_path: Path, shared_data: Path, **train_overrides) -> dict:
+    corpus = tmp_path / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    train_section = dict(steps=12, global_batch_size=8, micro_batch_size=4, lr=2e-3, warmup_steps=3, decay="cosine",
+                         ema=0.99, log_every=2, eval_every=6, eval_blocks=4, eval_num_t=4, sample_every=12,
+                         num_samples=1, sample_steps=4, save_every=3, trackers=["none"], output_dir=str(tmp_path / "run"))
+    train_section.update(train_overrides)
+    return {"model": {"preset": "tiny", "dropout": 0.1},
+            "tokenizer": {"train_vocab_size": 300},
+            "data": {"source": str(corpus), "block_size": 32, "validation_fraction": 0.05, "cache_dir": str(tmp_path / "cache")},
+            "train": train_section}
+
+
+def write(tmp_path: Path, values: dict, name="recipe.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def losses(run: Path) -> dict[int, float]:
+    """Step -> training loss from metrics.jsonl (a later line for the same step wins)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in records if "step" in r}
+
+
+def test_shipped_recipes_validate():
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    assert {"quickstart", "sedd-small-owt", "sedd-medium-owt", "sedd-small-owt-uniform", "sedd-medium-owt-uniform", "ar-small-owt"} <= set(names)
+    for name in names:
+        recipe = load_recipe(name)
+        assert recipe.train.global_batch_size % recipe.train.micro_batch_size == 0
+    small = load_recipe("sedd-small-owt")
+    assert (small.model.preset, small.tokenizer.name, small.data.block_size, small.train.global_batch_size, small.train.lr) == ("small", "gpt2", 1024, 512, 3e-4)
+    assert load_recipe("sedd-small-owt-uniform").model.overrides["schedule"] == "geometric"
+    assert load_recipe("ar-small-owt").train.objective == "ar"
+
+
+def test_unknown_keys_and_bad_values_are_errors(tmp_path, shared_data):
+    values = tiny_recipe(tmp_path, shared_data)
+    for section, key in [("train", "learning_rate"), ("data", "path"), ("model", "width"), ("tokenizer", "vocab")]:
+        bad = json.loads(json.dumps(values))
+        bad[section][key] = 1
+        with pytest.raises(ValueError, match=f"unknown {section} keys \\['{key}'\\]"):
+            recipe_from_dict(bad)
+    with pytest.raises(ValueError, match="unknown recipe sections"):
+        recipe_from_dict({**values, "optim": {}})
+    with pytest.raises(ValueError, match="decay='sometimes'"):
+        TrainConfig(decay="sometimes")
+    with pytest.raises(ValueError, match="exactly one of name"):
+        recipe_from_dict({**values, "tokenizer": {"name": "gpt2", "train_vocab_size": 10}})
+    with pytest.raises(ValueError, match="not divisible by micro_batch_size 4 x 3 processes"):
+        TrainConfig(global_batch_size=8, micro_batch_size=4).accumulation_steps(3)
+    assert TrainConfig(global_batch_size=16, micro_batch_size=4).accumulation_steps(2) == 2
+    path = write(tmp_path, values)
+    assert load_recipe(str(path), ["train.lr=1e-4", "model.hidden_size=96"]).train.lr == 1e-4
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_recipe(str(path), ["lr=1e-4"])
+    with pytest.raises(FileNotFoundError, match="no recipe 'nonexistent'"):
+        load_recipe("nonexistent")
+
+
+def test_learning_rate_warms_up_then_decays():
+    config = TrainConfig(steps=110, warmup_steps=10, decay="cosine", min_lr_ratio=0.1)
+    factor = lr_lambda(config)
+    assert [factor(s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert factor(10) == pytest.approx(1.0) and factor(60) == pytest.approx(0.55) and factor(110) == pytest.approx(0.1)
+    linear = lr_lambda(TrainConfig(steps=110, warmup_steps=10, decay="linear", min_lr_ratio=0.0))
+    assert linear(60) == pytest.approx(0.5)
+
+
+def test_ema_follows_the_warmed_up_decay_and_applies_temporarily():
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([p], decay=0.9)
+    expected = torch.zeros(3)
+    for n in range(1, 6):
+        with torch.no_grad():
+            p.add_(1.0)
+        ema.update()
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * p.detach()
+    assert torch.allclose(ema.shadow[0], expected)
+    with ema.applied():
+        assert torch.allclose(p, expected)
+    assert torch.equal(p.detach(), torch.full((3,), 5.0))
+
+
+def test_a_killed_run_resumes_with_exactly_the_same_losses(tmp_path, shared_data):
+    steps = 40
+    straight = write(tmp_path, tiny_recipe(tmp_path, shared_data, steps=steps, save_every=4, eval_every=100,
+                                           output_dir=str(tmp_path / "straight"), trackers=["tensorboard"]), "straight.yaml")
+    killed = write(tmp_path, tiny_recipe(tmp_path, shared_data, steps=steps, save_every=4, eval_every=100,
+                                         output_dir=str(tmp_path / "killed")), "killed.yaml")
+    command = [sys.executable, "-m", "ddlm", "train", "--quiet"]
+    subprocess.run(command + [str(straight)], env=ENV, check=True, capture_output=True)
+    process = subprocess.Popen(command + [str(killed)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not (pointer.exists() and int(pointer.read_text().split("_")[1]) >= 8):
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = losses(tmp_path / "killed")
+    assert max(before) < steps, "the kill must land mid-way"
+    with pytest.raises(subprocess.CalledProcessError):  # refuses to overwrite without --resume
+        subprocess.run(command + [str(killed)], env=ENV, check=True, capture_output=True)
+    subprocess.run(command + [str(killed), "--resume"], env=ENV, check=True, capture_output=True)
+    resumed, reference = losses(tmp_path / "killed"), losses(tmp_path / "straight")
+    assert sorted(resumed) == list(range(1, steps + 1))
+    assert resumed == reference  # exactly, float for float
+    assert (tmp_path / "straight" / "final" / "model.safetensors").is_file()
+    assert any((tmp_path / "straight").rglob("events.out.tfevents*"))  # TensorBoard tracker
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, shared_data, monkeypatch):
+    import ddlm.train as training
+
+    real = training.objective_loss
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] > 2 * 5 else loss  # two micro-batches a step: step 6 is NaN
+
+    monkeypatch.setattr(training, "objective_loss", poisoned)
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, shared_data, save_every=2))
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 6.*step_00000004"):
+        train(recipe, progress=False)
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000004"
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path, shared_data, monkeypatch):
+    from accelerate import Accelerator
+
+    real_save = Accelerator.save_state
+    calls = {"n": 0}
+
+    def failing_save(self, output_dir=None, **kwargs):
+        calls["n"] += 1
+        real_save(self, output_dir, **kwargs)
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Accelerator, "save_state", failing_save)
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, shared_data))
+    with pytest.raises(OSError, match="No space left"):
+        train(recipe, progress=False)
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000003"
+    monkeypatch.setattr(Accelerator, "save_state", real_save)
+    final = train(recipe, resume=True, progress=False)
+    assert sorted(losses(tmp_path / "run")) == list(range(1, 13))
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000012"
+    from ddlm.pipeline import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(final)
+    assert len(pipe.generate(1, 8, steps=2, seed=0, progress=False)) == 1
+
+
+def test_resume_needs_a_checkpoint(tmp_path, shared_data):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(recipe_from_dict(tiny_recipe(tmp_path, shared_data)), resume=True, progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_keep_identical_weights_and_sum_their_batches(tmp_path, shared_data):
+    recipe = write(tmp_path, tiny_recipe(tmp_path, shared_data, steps=4, save_every=2, eval_every=4, global_batch_size=8, micro_batch_size=2))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "ddlm", "train", str(recipe), "--quiet"]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "step" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(r["sequences"] == 8 for r in steps)  # 2 ranks x 2 accumulation steps x 2 sequences
+    assert all(math.isfinite(r["train/loss"]) for r in steps)
+    fingerprints = torch.tensor(records[-1]["weight_fingerprints"])
+    assert fingerprints.shape[0] == 2 and torch.equal(fingerprints[0], fingerprints[1])
