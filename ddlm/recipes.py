@@ -129,12 +129,30 @@ class Recipe:
                 "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)}}
 
 
+def _coerce(section: str, name: str, value, annotation: str):
+    """Check a value against its field's type; numbers YAML reads as strings ("1e-4") become floats."""
+    if value is None or annotation in ("Any", "typing.Any"):
+        return value
+    kinds = {kind.strip() for kind in annotation.replace("<class '", "").replace("'>", "").split("|")}
+    if "float" in kinds and isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    expected = {"float": float, "int": int, "str": str, "bool": bool}
+    simple = [expected[kind] for kind in kinds if kind in expected]
+    if simple and len(simple) == len(kinds - {"None"}) and not any(
+            isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) for kind in simple):
+        raise ValueError(f"{section}.{name} must be {annotation}, got {value!r}")
+    return value
+
+
 def _build(cls, values: dict, section: str):
-    """``cls(**values)``, refusing keys that are not fields of ``cls``."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    if unknown := sorted(set(values) - names):
-        raise ValueError(f"unknown {section} keys {unknown}; valid keys: {sorted(names)}")
-    return cls(**values)
+    """``cls(**values)``, refusing keys that are not fields of ``cls`` and values of the wrong type."""
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(values) - set(fields)):
+        raise ValueError(f"unknown {section} keys {unknown}; valid keys: {sorted(fields)}")
+    return cls(**{name: _coerce(section, name, value, fields[name]) for name, value in values.items()})
 
 
 def recipe_from_dict(values: dict) -> Recipe:

@@ -218,7 +218,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
 
     tokenizer = load_tokenizer(recipe, output_dir, accelerator)
     with accelerator.main_process_first():
-        train_blocks, validation = build_datasets(recipe.data, tokenizer, seed=train_cfg.seed)
+        train_blocks, validation = build_datasets(recipe.data, tokenizer, seed=train_cfg.seed, progress=progress and accelerator.is_main_process)
     config = recipe.model.config(len(tokenizer), recipe.data.block_size, train_cfg.objective)
     torch.manual_seed(train_cfg.seed)
     model = DDLMForDiffusion(config)
@@ -298,9 +298,10 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
         if step % train_cfg.save_every == 0 or step == train_cfg.steps:
             save_checkpoint(accelerator, output_dir, step, tokens, train_cfg.keep_checkpoints)
     bar.close()
-    accelerator.end_training()
     check_ranks_in_sync(accelerator, base, metrics_file)
-    return export(accelerator, base, ema, tokenizer, output_dir)
+    final = export(accelerator, base, ema, tokenizer, output_dir)
+    accelerator.end_training()
+    return final
 
 
 def check_ranks_in_sync(accelerator, model, metrics_file: Path) -> None:

@@ -193,10 +193,11 @@ def _free_port() -> int:
 
 def test_two_processes_keep_identical_weights_and_sum_their_batches(tmp_path, shared_data):
     recipe = write(tmp_path, tiny_recipe(tmp_path, shared_data, steps=4, save_every=2, eval_every=4, global_batch_size=8, micro_batch_size=2))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--cpu", "--num_processes", "2",
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "ddlm", "train", str(recipe), "--quiet"]
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    env = {**ENV, "ACCELERATE_USE_CPU": "true"}  # the accelerator forced to CPU: gloo backend
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "step" in r]
