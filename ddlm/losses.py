@@ -232,9 +232,11 @@ def ar_loss(model, x0: torch.Tensor) -> torch.Tensor:
     ``x0 -> log-probabilities [B, L, N]`` in which position i predicts token i + 1.
     x0: Long[B, L], L >= 2. Positions 0..L-2 predict tokens 1..L-1: B (L - 1) predictions.
     """
-    log_probs = _ar_log_probs(model, x0)
-    predicted = log_probs[:, :-1]
-    return torch.nn.functional.nll_loss(predicted.reshape(-1, predicted.shape[-1]).float(), x0[:, 1:].reshape(-1))
+    log_probs = _ar_log_probs(model, x0).float()
+    # Score every position against the next token and ignore the last one: the same mean over the
+    # B (L - 1) predictions, without copying the non-contiguous slice log_probs[:, :-1] ([B, L, N]).
+    targets = torch.nn.functional.pad(x0[:, 1:], (0, 1), value=-100)
+    return torch.nn.functional.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
 def ar_nll(model, x0: torch.Tensor) -> torch.Tensor:

@@ -263,9 +263,11 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         logits = self.lm_head(modulate(self.final_norm(x), shift, scale).to(x.dtype)).float()
         if autoregressive:
             return torch.log_softmax(logits, dim=-1)
+        # In place: the head's output is fresh and autograd does not keep it, and on CPU every
+        # [B, L, S] temporary costs a page-faulted allocation as large as the whole pass.
         if self.config.scale_by_sigma:
-            logits = logits - self.log_score_shift(sigma_bar)[:, None, None]
-        return logits.scatter(-1, input_ids[..., None], 0.0)
+            logits = logits.sub_(self.log_score_shift(sigma_bar)[:, None, None])
+        return logits.scatter_(-1, input_ids[..., None], 0.0)
 
     def log_score_shift(self, sigma_bar: torch.Tensor) -> torch.Tensor:
         """The absorbing "scale by sigma" offset log(e^sigma_bar - 1) + log N per sequence, [B] float32."""
