@@ -194,6 +194,36 @@ def write_samples(model, tokenizer, recipe: Recipe, step: int, output_dir: Path,
     return texts
 
 
+def report(model, tokenizer, recipe: Recipe, validation, accelerator, metrics_file: Path) -> str:
+    """The end-of-training summary: held-out metrics before and after training, and for diffusion
+    models two samples and an infill of the middle third of a held-out block."""
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    untrained = next((r for r in records if r.get("step") == 0), {})
+    trained = evaluate(model, recipe, validation, accelerator)
+    lines = [f"held-out ({min(recipe.train.eval_blocks, len(validation))} blocks of {recipe.data.block_size} tokens), nats per token:"]
+    for key, value in trained.items():
+        before = f"untrained {untrained[key]:.4f} -> " if key in untrained else ""
+        lines.append(f"  {key}: {before}trained {value:.4f}")
+    if recipe.train.objective == "diffusion":
+        from .pipeline import DiffusionPipeline
+
+        pipe = DiffusionPipeline(model, tokenizer)
+        generator = torch.Generator(accelerator.device).manual_seed(recipe.train.seed)
+        length, steps = min(recipe.data.block_size, 128), recipe.train.sample_steps
+        for text in pipe.generate(2, length, steps, generator=generator, progress=False):
+            lines += ["sample:", text]
+        block = validation[0][:length].to(accelerator.device)
+        third = length // 3
+        fixed = torch.ones(length, dtype=torch.bool)
+        fixed[third:length - third] = False
+        filled = pipe.sample(1, length, steps, x_init=block, fixed=fixed, generator=generator, progress=False)[0]
+        lines += [f"infill of the middle {length - 2 * third} tokens of a held-out block (in [[ ]]):",
+                  pipe.decode(filled[:third]) + "[[" + pipe.decode(filled[third:length - third]) + "]]" + pipe.decode(filled[length - third:]),
+                  "original middle: [[" + pipe.decode(block[third:length - third]) + "]]"]
+        model.train()
+    return "\n".join(lines)
+
+
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Path:
     """Train per the recipe; returns the exported ``final`` directory (model with EMA weights + tokenizer)."""
     from accelerate import Accelerator
@@ -240,6 +270,10 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
         accelerator.init_trackers(output_dir.name, config={k: str(v) for k, v in recipe.to_dict()["train"].items()})
     tokens_per_step = train_cfg.global_batch_size * recipe.data.block_size
     metrics_file = output_dir / METRICS
+    if start == 0 and accelerator.is_main_process:  # the untrained model's held-out numbers, for comparison
+        with metrics_file.open("a") as f:
+            f.write(json.dumps({"step": 0, **evaluate(base, recipe, validation, accelerator)}) + "\n")
+    accelerator.wait_for_everyone()
     bar = tqdm(total=train_cfg.steps, initial=start, desc="training", disable=not (progress and accelerator.is_main_process))
     batches = train_blocks.batches(start, train_cfg.global_batch_size, rank, world, train_cfg.seed)
     clock, clock_tokens = time.perf_counter(), 0
@@ -300,6 +334,9 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
     bar.close()
     check_ranks_in_sync(accelerator, base, metrics_file)
     final = export(accelerator, base, ema, tokenizer, output_dir)
+    if accelerator.is_main_process and progress:
+        with ema.applied() if ema is not None else contextlib.nullcontext():
+            print(report(base, tokenizer, recipe, validation, accelerator, metrics_file))
     accelerator.end_training()
     return final
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,7 +44,7 @@ def write(tmp_path: Path, values: dict, name="recipe.yaml") -> Path:
 def losses(run: Path) -> dict[int, float]:
     """Step -> training loss from metrics.jsonl (a later line for the same step wins)."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/loss"] for r in records if "step" in r}
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
 
 
 def test_shipped_recipes_validate():
@@ -153,7 +154,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert latest_checkpoint(tmp_path / "run").name == "step_00000004"
 
 
-def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path, shared_data, monkeypatch):
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path, shared_data, monkeypatch, capsys):
     from accelerate import Accelerator
 
     real_save = Accelerator.save_state
@@ -171,8 +172,11 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path,
         train(recipe, progress=False)
     assert latest_checkpoint(tmp_path / "run").name == "step_00000003"
     monkeypatch.setattr(Accelerator, "save_state", real_save)
-    final = train(recipe, resume=True, progress=False)
+    final = train(recipe, resume=True, progress=True)
     assert sorted(losses(tmp_path / "run")) == list(range(1, 13))
+    report = capsys.readouterr().out  # the end-of-run summary: held-out bound before/after, samples, an infill
+    assert re.search(r"eval/bound_per_token: untrained \d+\.\d{4} -> trained \d+\.\d{4}", report)
+    assert report.count("sample:") == 2 and "infill of the middle" in report
     assert latest_checkpoint(tmp_path / "run").name == "step_00000012"
     from ddlm.pipeline import DiffusionPipeline
 
@@ -200,7 +204,7 @@ def test_two_processes_keep_identical_weights_and_sum_their_batches(tmp_path, sh
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in records if "step" in r]
+    steps = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert all(r["sequences"] == 8 for r in steps)  # 2 ranks x 2 accumulation steps x 2 sequences
     assert all(math.isfinite(r["train/loss"]) for r in steps)
