@@ -260,14 +260,17 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         for layer in self.layers:
             x = layer(x, c, cos, sin)
         shift, scale = self.final_modulation(c)
-        logits = self.lm_head(modulate(self.final_norm(x), shift, scale).to(x.dtype)).float()
+        h = modulate(self.final_norm(x), shift, scale).to(x.dtype)
         if autoregressive:
-            return torch.log_softmax(logits, dim=-1)
-        # In place: the head's output is fresh and autograd does not keep it, and on CPU every
-        # [B, L, S] temporary costs a page-faulted allocation as large as the whole pass.
+            return torch.log_softmax(self.lm_head(h).float(), dim=-1)
+        # The head runs on [B L, H] rows so that its output is not a view, and the shift and the
+        # zero at the current token are then applied in place: autograd keeps neither the output
+        # nor a copy of it (in-place edits of a view would cost full-size copies in backward), and
+        # on CPU every [B, L, S] temporary costs a page-faulted allocation as large as the pass.
+        logits = self.lm_head(h.flatten(0, 1)).float()
         if self.config.scale_by_sigma:
-            logits = logits.sub_(self.log_score_shift(sigma_bar)[:, None, None])
-        return logits.scatter_(-1, input_ids[..., None], 0.0)
+            logits.sub_(self.log_score_shift(sigma_bar).repeat_interleave(length)[:, None])
+        return logits.scatter_(-1, input_ids.reshape(-1, 1), 0.0).view(batch, length, -1)
 
     def log_score_shift(self, sigma_bar: torch.Tensor) -> torch.Tensor:
         """The absorbing "scale by sigma" offset log(e^sigma_bar - 1) + log N per sequence, [B] float32."""
