@@ -100,24 +100,24 @@ def torch_rows(log_score, x_t, x0, shift, w, a, grad=None):
     """Sums of e^s and s over R per row, each [N] in the compute dtype (0 where w = 0).
 
     If ``grad`` [N, V] is given (it may be log_score itself), its rows are overwritten with
-    w (e^s - a) at every y != x_t (0 at x_t and on rows with w = 0), in the same pass.
+    w (e^s - a) at every y in R and 0 at x_t (0 on rows with w = 0); the x0 entry (where
+    x0 != x_t) is left for the caller, which writes it in float64.
     """
     dtype = torch.promote_types(log_score.dtype, torch.float32)
     n, v = log_score.shape
     sum_exp = torch.zeros(n, dtype=dtype, device=log_score.device)
     sum_log = torch.zeros_like(sum_exp)
-    live = w > 0
+    live = w != 0
     if grad is not None:
         grad[~live] = 0
     for rows in torch.nonzero(live).squeeze(1).split(max(1, CHUNK_ELEMENTS // v)):
         s = log_score[rows].to(dtype) + shift[rows, None].to(dtype)
         e = torch.exp(s)
-        excluded = excluded_states(x_t[rows], x0[rows], v)
-        sum_exp[rows] = e.masked_fill(excluded, 0.0).sum(1)
-        sum_log[rows] = s.masked_fill_(excluded, 0.0).sum(1)
+        outside = torch.stack([x_t[rows], x0[rows]], 1)  # x_t, and x0 (x_t again where x0 = x_t): the states not in R
+        sum_exp[rows] = e.scatter_(1, outside, 0.0).sum(1)
+        sum_log[rows] = s.scatter_(1, outside, 0.0).sum(1)
         if grad is not None:
-            g = e.sub_(a[rows, None].to(dtype)).mul_(w[rows, None].to(dtype))
-            grad[rows] = g.scatter_(1, x_t[rows, None], 0.0).to(grad.dtype)
+            grad[rows] = e.sub_(a[rows, None].to(dtype)).mul_(w[rows, None].to(dtype)).scatter_(1, x_t[rows, None], 0.0).to(grad.dtype)
     return sum_exp, sum_log
 
 

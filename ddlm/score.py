@@ -28,6 +28,7 @@ def evaluate_score(score_fn: ScoreFn, x_t: torch.Tensor, sigma_bar: torch.Tensor
         raise ValueError(f"score_fn must return log-scores of shape {list(expected)}, got {got}")
     if not log_score.is_floating_point():
         raise TypeError(f"score_fn must return floating log-scores, got dtype {log_score.dtype}")
-    if bool(torch.isnan(log_score).any()) or bool(torch.isposinf(log_score).any()):
+    largest = log_score.detach().amax() if log_score.numel() else log_score.new_zeros(())  # one pass; NaN propagates
+    if bool(torch.isnan(largest)) or bool(torch.isposinf(largest)):
         raise ValueError("score_fn returned NaN or +inf log-scores; the ratio network has diverged or is fed bad input")
     return log_score

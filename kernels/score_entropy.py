@@ -31,7 +31,7 @@ def _dse_rows_kernel(
     shift = tl.load(shift_ptr + row)
     w = tl.load(w_ptr + row)
     a = tl.load(a_ptr + row)
-    live_len = tl.where(w > 0, V, 0)  # rows without loss read nothing (and get zero gradient)
+    live_len = tl.where(w != 0, V, 0)  # rows without loss read nothing (and get zero gradient)
     if WRITE_GRAD:
         end = V
     else:
