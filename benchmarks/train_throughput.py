@@ -42,11 +42,6 @@ import statistics
 import sys
 import time
 
-# Running a script puts its folder first on sys.path, where benchmarks/kernels.py would shadow the
-# PyPI package `kernels` that transformers probes for on import: drop that entry.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
-
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -69,6 +69,8 @@ class DiffusionPipeline:
 
     def __init__(self, model: ScoreFn, tokenizer, *, graph: Graph | None = None, noise=None, max_length: int | None = None, device=None):
         config = getattr(model, "config", None)
+        if getattr(config, "objective", "diffusion") != "diffusion":
+            raise ValueError("an autoregressive model (objective='ar') has no reverse process; score it with ddlm.losses.ar_nll")
         self.graph = graph or getattr(model, "graph", None)
         self.noise = noise or getattr(model, "noise", None)
         self.max_length = max_length or getattr(config, "max_position_embeddings", None)

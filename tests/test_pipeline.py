@@ -140,5 +140,8 @@ def test_bad_input_gets_clear_errors(byte_tokenizer, word_tokenizer):
         pipe.nll_bound("a single string")
     with pytest.raises(ValueError, match="not both"):
         pipe.generate(1, 4, generator=torch.Generator(), seed=1)
+    ar = DDLMForDiffusion(DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), objective="ar"))
+    with pytest.raises(ValueError, match="autoregressive"):
+        DiffusionPipeline(ar, byte_tokenizer)
     with pytest.raises(ValueError, match="graph=, noise= and max_length="):
         DiffusionPipeline(lambda x, s: x, byte_tokenizer)

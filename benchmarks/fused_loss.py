@@ -19,7 +19,7 @@ With ``--hidden D`` the output head is included: ``sedd_eager`` of ``hidden @ we
 ``ddlm.losses.linear_dse`` (logits one chunk at a time). Writes
 benchmarks/results/kernels[_head]_<device>.md.
 
-    python benchmarks/kernels.py [--rows 8192 16384] [--vocab 50258] [--dtype float32] [--hidden 768]
+    python benchmarks/fused_loss.py [--rows 8192 16384] [--vocab 50258] [--dtype float32] [--hidden 768]
 """
 
 import argparse
