@@ -14,6 +14,10 @@ import torch
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class NonFiniteScoreError(ValueError):
+    """A score function returned NaN or +inf log-scores."""
+
+
 def evaluate_score(score_fn: ScoreFn, x_t: torch.Tensor, sigma_bar: torch.Tensor, num_states: int) -> torch.Tensor:
     """Call score_fn and check its output: shape [B, L, num_states], no NaN and no +inf.
 
@@ -30,5 +34,5 @@ def evaluate_score(score_fn: ScoreFn, x_t: torch.Tensor, sigma_bar: torch.Tensor
         raise TypeError(f"score_fn must return floating log-scores, got dtype {log_score.dtype}")
     largest = log_score.detach().amax() if log_score.numel() else log_score.new_zeros(())  # one pass; NaN propagates
     if bool(torch.isnan(largest)) or bool(torch.isposinf(largest)):
-        raise ValueError("score_fn returned NaN or +inf log-scores; the ratio network has diverged or is fed bad input")
+        raise NonFiniteScoreError("score_fn returned NaN or +inf log-scores; the ratio network has diverged or is fed bad input")
     return log_score

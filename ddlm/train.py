@@ -27,6 +27,7 @@ from .likelihood import nll_bound
 from .losses import ar_loss, ar_nll, dwdse_loss
 from .model import DDLMForDiffusion
 from .recipes import Recipe
+from .score import NonFiniteScoreError
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -242,6 +243,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
     if resume and checkpoint is None:
         raise FileNotFoundError(f"nothing to resume: no checkpoint in {output_dir / CHECKPOINTS}")
     if accelerator.is_main_process:
+        for partial in (output_dir / CHECKPOINTS).glob(".tmp_step_*"):  # writes that never completed
+            shutil.rmtree(partial)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     accelerator.wait_for_everyone()
@@ -284,8 +287,12 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
         for i, micro in enumerate(local.split(train_cfg.micro_batch_size)):
             sync = contextlib.nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
             with sync:
-                with accelerator.autocast():
-                    loss = objective_loss(model, train_cfg.objective, micro, train_cfg.t_min, generator)
+                try:
+                    with accelerator.autocast():
+                        loss = objective_loss(model, train_cfg.objective, micro, train_cfg.t_min, generator)
+                except NonFiniteScoreError:  # the network itself diverged: stop below, naming the step
+                    loss_sum += math.nan
+                    break
                 accelerator.backward(loss / accumulation)
             loss_sum += loss.detach().double()
         loss_mean = accelerator.reduce(loss_sum / accumulation, reduction="mean").item()

@@ -136,16 +136,21 @@ def test_a_killed_run_resumes_with_exactly_the_same_losses(tmp_path, shared_data
     assert any((tmp_path / "straight").rglob("events.out.tfevents*"))  # TensorBoard tracker
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, shared_data, monkeypatch):
+@pytest.mark.parametrize("failure", ["nan_loss", "nan_scores"])
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, shared_data, monkeypatch, failure):
     import ddlm.train as training
+    from ddlm.score import NonFiniteScoreError
 
     real = training.objective_loss
     calls = {"n": 0}
 
     def poisoned(*args):
         calls["n"] += 1
-        loss = real(*args)
-        return loss * float("nan") if calls["n"] > 2 * 5 else loss  # two micro-batches a step: step 6 is NaN
+        if calls["n"] <= 2 * 5:  # two micro-batches a step: step 6 fails
+            return real(*args)
+        if failure == "nan_scores":
+            raise NonFiniteScoreError("score_fn returned NaN or +inf log-scores")
+        return real(*args) * float("nan")
 
     monkeypatch.setattr(training, "objective_loss", poisoned)
     recipe = recipe_from_dict(tiny_recipe(tmp_path, shared_data, save_every=2))
@@ -171,6 +176,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path,
     with pytest.raises(OSError, match="No space left"):
         train(recipe, progress=False)
     assert latest_checkpoint(tmp_path / "run").name == "step_00000003"
+    assert (tmp_path / "run" / "checkpoints" / ".tmp_step_00000006").is_dir()  # the partial write, never pointed to
     monkeypatch.setattr(Accelerator, "save_state", real_save)
     final = train(recipe, resume=True, progress=True)
     assert sorted(losses(tmp_path / "run")) == list(range(1, 13))
@@ -178,6 +184,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path,
     assert re.search(r"eval/bound_per_token: untrained \d+\.\d{4} -> trained \d+\.\d{4}", report)
     assert report.count("sample:") == 2 and "infill of the middle" in report
     assert latest_checkpoint(tmp_path / "run").name == "step_00000012"
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp_*"))  # removed on resume
     from ddlm.pipeline import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(final)
