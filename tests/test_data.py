@@ -347,7 +347,8 @@ def test_python_docs_corpus(python_docs):
     assert corpus[: len(topics)] == [topics[name] for name in sorted(topics)]
     assert any(doc.startswith('The "assert" statement') for doc in corpus[: len(topics)])
     assert any(doc.startswith("JSON (JavaScript Object Notation)") for doc in corpus)
-    assert imported <= {"pydoc_data", "pydoc_data.topics"}
+    # reading a source file with a coding cookie loads its codec (encodings.*); no library module runs
+    assert {name for name in imported if not name.startswith("encodings.")} <= {"pydoc_data", "pydoc_data.topics"}
     assert "antigravity" not in sys.modules and "this" not in sys.modules
 
 
