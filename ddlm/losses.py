@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .dse_backends import LinearDSE, RowDSE, bregman, eager_dse, resolve_impl
-from .processes import Graph
+from .processes import Graph, check_token_ids
 from .score import ScoreFn, evaluate_score
 
 
@@ -57,8 +57,7 @@ def score_entropy(log_score: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor,
     _check_log_score(log_score, x)
     if ratio.shape != log_score.shape:
         raise ValueError(f"ratio must have the shape of log_score {list(log_score.shape)}, got {list(ratio.shape)}")
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= log_score.shape[-1]):
-        raise ValueError(f"x holds ids outside [0, {log_score.shape[-1]})")
+    check_token_ids(x, log_score.shape[-1], "x", "log_score has states")
     dtype = _compute_dtype(log_score, ratio)
     if weight is None:
         weight = torch.ones_like(log_score, dtype=dtype)
@@ -204,24 +203,21 @@ def implicit_score_entropy(score_fn: ScoreFn, x: torch.Tensor, sigma_bar: torch.
 
 def _ar_log_probs(model, x0: torch.Tensor) -> torch.Tensor:
     """Checked next-token log-probabilities [B, L, N] of ``model(x0)``."""
-    if not isinstance(x0, torch.Tensor) or x0.dtype.is_floating_point or x0.dtype.is_complex or x0.dtype == torch.bool:
-        raise TypeError("x0 must be an integer tensor of token ids, Long[B, L]")
+    config = getattr(model, "config", None)
+    num_tokens = getattr(config, "vocab_size", None)
+    check_token_ids(x0, num_tokens, "x0")  # without a config, the range is checked against the output below
     if x0.dim() != 2:
         raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")
     if x0.shape[1] < 2:
         raise ValueError(f"x0 must have length L >= 2 (position i predicts token i + 1), got L = {x0.shape[1]}")
-    config = getattr(model, "config", None)
     if config is not None and getattr(config, "objective", "ar") != "ar":
         raise ValueError(f"the AR loss needs an autoregressive model (objective='ar'), got objective={config.objective!r}")
-    num_tokens = getattr(config, "vocab_size", None)
-    if num_tokens is not None and x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= num_tokens):
-        raise ValueError(f"x0 holds ids in [{int(x0.min())}, {int(x0.max())}], but the model has tokens 0..{num_tokens - 1}")
     log_probs = model(x0)
     if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 3 or tuple(log_probs.shape[:2]) != tuple(x0.shape):
         got = list(log_probs.shape) if isinstance(log_probs, torch.Tensor) else type(log_probs).__name__
         raise ValueError(f"model must return next-token log-probabilities [B, L, N] for x0 of shape {list(x0.shape)}, got {got}")
-    if num_tokens is None and x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= log_probs.shape[-1]):
-        raise ValueError(f"x0 holds ids outside [0, {log_probs.shape[-1]})")
+    if num_tokens is None:
+        check_token_ids(x0, log_probs.shape[-1], "x0", "the model's output has entries")
     return log_probs
 
 

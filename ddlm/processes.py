@@ -15,6 +15,20 @@ from abc import ABC, abstractmethod
 import torch
 
 
+def check_token_ids(x: torch.Tensor, num_ids: int | None, name: str = "x", owner: str = "the model has tokens") -> torch.Tensor:
+    """Raise unless x is an integer tensor of ids in [0, num_ids) (any ids if num_ids is None); returns x.
+
+    owner completes the range error, e.g. "Absorbing(4) has states" -> "... but Absorbing(4) has states 0..4".
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a LongTensor of token ids, got {type(x).__name__}")
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of token ids, got dtype {x.dtype}")
+    if num_ids is not None and x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_ids):
+        raise ValueError(f"{name} holds ids in [{int(x.min())}, {int(x.max())}], but {owner} 0..{num_ids - 1}")
+    return x
+
+
 class Graph(ABC):
     """A forward CTMC over ``num_states`` states, applied independently to every token."""
 
@@ -25,16 +39,7 @@ class Graph(ABC):
     # ----------------------------------------------------------------- validation helpers
     def check_tokens(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         """Raise unless x is an integer tensor of ids in [0, num_states)."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a LongTensor of token ids, got {type(x).__name__}")
-        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise TypeError(f"{name} must be an integer tensor of token ids, got dtype {x.dtype}")
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_states):
-            raise ValueError(
-                f"{name} holds ids in [{int(x.min())}, {int(x.max())}], but {self!r} has "
-                f"states 0..{self.num_states - 1}"
-            )
-        return x
+        return check_token_ids(x, self.num_states, name, f"{self!r} has states")
 
     def check_clean(self, x0: torch.Tensor, name: str = "x0") -> torch.Tensor:
         """Raise unless x0 is valid clean data (overridden where some states are noise only)."""

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from ..processes import check_token_ids
 from .configuration import DDLMConfig
 
 
@@ -74,15 +75,6 @@ def _check_local_checkpoint(path: str | os.PathLike) -> None:
     if model_type != DDLMConfig.model_type:
         raise ValueError(f"{path} is not a ddlm model directory (expected a config.json with model_type 'ddlm'); "
                          "convert an official SEDD checkpoint with `ddlm convert sedd PATH OUT`")
-
-
-def _check_ids(input_ids: torch.Tensor, num_states: int) -> None:
-    """Raise unless input_ids is an integer tensor of ids in [0, num_states)."""
-    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must be an integer tensor of token ids, got dtype {input_ids.dtype}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= num_states):
-        raise ValueError(f"input_ids holds ids in [{int(input_ids.min())}, {int(input_ids.max())}], "
-                         f"but the model has tokens 0..{num_states - 1}")
 
 
 class LayerNorm(nn.Module):
@@ -245,7 +237,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         if autoregressive:
             if sigma_bar is not None:
                 raise ValueError("an autoregressive model (objective='ar') takes no sigma_bar; call model(input_ids)")
-            _check_ids(input_ids, self.config.num_states)
+            check_token_ids(input_ids, self.config.num_states, "input_ids")
             sigma_bar = 0.0  # the conditioning path is kept and fed a constant (see the module docstring)
         else:
             if sigma_bar is None:
