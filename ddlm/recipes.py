@@ -7,6 +7,8 @@ A recipe has four sections: ``model`` (a size preset plus any ``DDLMConfig`` fie
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,29 +131,32 @@ class Recipe:
                 "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)}}
 
 
-def _coerce(section: str, name: str, value, annotation: str):
-    """Check a value against its field's type; numbers YAML reads as strings ("1e-4") become floats."""
-    if value is None or annotation in ("Any", "typing.Any"):
+def _coerce(section: str, name: str, value, kind):
+    """Check a value against its field's type; numbers YAML reads as strings ("1e-4") become floats.
+
+    Only plain scalar types (and their unions with None) are checked; containers pass as given.
+    """
+    if value is None:
         return value
-    kinds = {kind.strip() for kind in annotation.replace("<class '", "").replace("'>", "").split("|")}
-    if "float" in kinds and isinstance(value, (str, int)) and not isinstance(value, bool):
+    options = set(typing.get_args(kind)) if isinstance(kind, types.UnionType) else {kind}
+    options.discard(type(None))
+    if float in options and isinstance(value, (str, int)) and not isinstance(value, bool):
         try:
             return float(value)
         except ValueError:
             pass
-    expected = {"float": float, "int": int, "str": str, "bool": bool}
-    simple = [expected[kind] for kind in kinds if kind in expected]
-    if simple and len(simple) == len(kinds - {"None"}) and not any(
-            isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) for kind in simple):
-        raise ValueError(f"{section}.{name} must be {annotation}, got {value!r}")
+    if options <= {float, int, str, bool} and not any(
+            isinstance(value, option) and (option is bool or not isinstance(value, bool)) for option in options):
+        raise ValueError(f"{section}.{name} must be {' or '.join(sorted(o.__name__ for o in options))}, got {value!r}")
     return value
 
 
 def _build(cls, values: dict, section: str):
     """``cls(**values)``, refusing keys that are not fields of ``cls`` and values of the wrong type."""
-    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-    if unknown := sorted(set(values) - set(fields)):
-        raise ValueError(f"unknown {section} keys {unknown}; valid keys: {sorted(fields)}")
+    fields = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(values) - names):
+        raise ValueError(f"unknown {section} keys {unknown}; valid keys: {sorted(names)}")
     return cls(**{name: _coerce(section, name, value, fields[name]) for name, value in values.items()})
 
 
