@@ -100,12 +100,11 @@ def step_generator(seed: int, step: int, rank: int, device) -> torch.Generator:
     return torch.Generator(device).manual_seed(state)
 
 
-def objective_loss(model, objective: str, x0: torch.Tensor, t_min: float, generator) -> torch.Tensor:
-    """Scalar loss of a micro-batch, nats per token."""
-    if objective == "ar":
+def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator) -> torch.Tensor:
+    """Scalar loss of a micro-batch, nats per token; graph and noise are the (unwrapped) model's."""
+    if train.objective == "ar":
         return ar_loss(model, x0)
-    base = model.module if hasattr(model, "module") else model
-    return dwdse_loss(model, base.graph, base.noise, x0, t_min, generator).mean()
+    return dwdse_loss(model, graph, noise, x0, train.t_min, generator).mean()
 
 
 def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
@@ -196,14 +195,15 @@ def write_samples(model, tokenizer, recipe: Recipe, step: int, output_dir: Path,
 
 
 def report(model, tokenizer, recipe: Recipe, validation, accelerator, metrics_file: Path) -> str:
-    """The end-of-training summary: held-out metrics before and after training, and for diffusion
-    models two samples and an infill of the middle third of a held-out block."""
+    """The end-of-training summary: held-out metrics before (step 0) and after training as recorded in
+    ``metrics.jsonl``, and for diffusion models two samples and an infill of the middle third of a
+    held-out block."""
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    untrained = next((r for r in records if r.get("step") == 0), {})
-    trained = evaluate(model, recipe, validation, accelerator)
+    evaluations = [r for r in records if any(key.startswith("eval/") for key in r)]  # step 0 first, the last step last
+    untrained, trained = evaluations[0], {key: value for key, value in evaluations[-1].items() if key.startswith("eval/")}
     lines = [f"held-out ({min(recipe.train.eval_blocks, len(validation))} blocks of {recipe.data.block_size} tokens), nats per token:"]
     for key, value in trained.items():
-        before = f"untrained {untrained[key]:.4f} -> " if key in untrained else ""
+        before = f"untrained {untrained[key]:.4f} -> " if untrained.get("step") == 0 else ""
         lines.append(f"  {key}: {before}trained {value:.4f}")
     if recipe.train.objective == "diffusion":
         from .pipeline import DiffusionPipeline
@@ -236,7 +236,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
                               project_dir=str(output_dir))
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = train_cfg.accumulation_steps(world)
-    checkpoint = latest_checkpoint(output_dir) if output_dir.exists() else None
+    checkpoint = latest_checkpoint(output_dir)
     if checkpoint is not None and not resume:
         raise FileExistsError(f"{output_dir} already holds checkpoints (latest: {checkpoint.name}); "
                               "pass --resume to continue, or choose another train.output_dir")
@@ -289,7 +289,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
             with sync:
                 try:
                     with accelerator.autocast():
-                        loss = objective_loss(model, train_cfg.objective, micro, train_cfg.t_min, generator)
+                        loss = objective_loss(model, micro, train_cfg, base.graph, base.noise, generator)
                 except NonFiniteScoreError:  # the network itself diverged: stop below, naming the step
                     loss_sum += math.nan
                     break
