@@ -258,7 +258,7 @@ class DiffusionPipeline:
             if not ids:
                 raise ValueError(f"text {index} tokenises to nothing; nothing to score")
             blocks += [(index, ids[i:i + self.max_length]) for i in range(0, len(ids), self.max_length)]
-        totals = [[0.0, 0.0, 0.0, 0, 0] for _ in texts]  # integral, prior, variance, tokens, blocks
+        parts = [[] for _ in texts]  # per text, per block: (integral, prior, stderr, tokens)
         by_length: dict[int, list[int]] = {}
         for b, (_, ids) in enumerate(blocks):
             by_length.setdefault(len(ids), []).append(b)
@@ -266,11 +266,10 @@ class DiffusionPipeline:
             x0 = torch.tensor([blocks[b][1] for b in members], device=self.device)
             result = nll_bound(self.score_fn, self.graph, self.noise, x0, num_t, generator, batch_size=batch_size, **bound_kwargs)
             for row, b in enumerate(members):
-                total = totals[blocks[b][0]]
-                total[0] += float(result.integral[row])
-                total[1] += float(result.prior[row])
-                total[2] += float(result.stderr[row]) ** 2
-                total[3] += length
-                total[4] += 1
-        return [TextBound(tokens, len(text.encode()), count, integral, prior, math.sqrt(variance))
-                for text, (integral, prior, variance, tokens, count) in zip(texts, totals)]
+                parts[blocks[b][0]].append((float(result.integral[row]), float(result.prior[row]), float(result.stderr[row]), length))
+        bounds = []
+        for text, text_parts in zip(texts, parts):
+            integral, prior, stderr, tokens = zip(*text_parts)
+            bounds.append(TextBound(sum(tokens), len(text.encode()), len(text_parts), sum(integral), sum(prior),
+                                    math.sqrt(sum(se**2 for se in stderr))))
+        return bounds
