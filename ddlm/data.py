@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import functools
 import glob
+import functools
 import hashlib
 import itertools
 import json
@@ -72,7 +73,14 @@ def python_docs_corpus() -> list[str]:
     """
     from pydoc_data.topics import topics
 
-    return [topics[name] for name in sorted(topics)] + _module_documents(Path(sysconfig.get_paths()["stdlib"]))
+    return [topics[name] for name in sorted(topics)] + list(_stdlib_documents())
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_documents() -> tuple[str, ...]:
+    """The standard library's module documents, parsed once per process: parsing takes seconds, and a
+    training run reads the corpus twice (to train its tokenizer, then to tokenise it)."""
+    return tuple(_module_documents(Path(sysconfig.get_paths()["stdlib"])))
 
 
 _SKIPPED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
