@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 from tqdm.auto import tqdm
 
 from .data import build_datasets, load_documents
@@ -36,9 +37,19 @@ TOKENIZER = "tokenizer"
 METRICS = "metrics.jsonl"
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a parameter: gathered from every rank (a collective) when FSDP2 shards it."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 class EMA:
     """Exponential moving average of parameters (float32 shadow copies), with SEDD's warm-up:
-    decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update."""
+    decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update.
+
+    The average is elementwise, so with FSDP2-sharded parameters (DTensors) each rank averages its own
+    shard. The state dict holds whole tensors on the CPU (``state_dict`` is a collective then), so a
+    checkpoint does not depend on the number of processes or the sharding it was written under.
+    """
 
     def __init__(self, parameters, decay: float):
         self.parameters = list(parameters)
@@ -68,11 +79,20 @@ class EMA:
                     p.copy_(value)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+        return {"decay": self.decay, "updates": self.updates, "shadow": [whole(s).cpu() for s in self.shadow]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.decay, self.updates = state["decay"], state["updates"]
-        self.shadow = [s.to(p.device) for s, p in zip(state["shadow"], self.parameters)]
+        if len(state["shadow"]) != len(self.parameters):
+            raise ValueError(f"the EMA state holds {len(state['shadow'])} tensors, the model has {len(self.parameters)} parameters")
+        shadow = []
+        for saved, p in zip(state["shadow"], self.parameters):
+            if saved.shape != p.shape:
+                raise ValueError(f"an EMA tensor of shape {list(saved.shape)} does not fit a parameter of shape {list(p.shape)}")
+            saved = saved.to(p.device, torch.float32)
+            if isinstance(p, DTensor):  # every rank holds the whole tensor: keep this rank's shard, no communication
+                saved = distribute_tensor(saved, p.device_mesh, p.placements, src_data_rank=None)
+            shadow.append(saved)
+        self.decay, self.updates, self.shadow = state["decay"], state["updates"], shadow
 
 
 def lr_lambda(train) -> callable:
@@ -180,8 +200,8 @@ def evaluate(model, recipe: Recipe, validation, accelerator) -> dict:
     return metrics
 
 
-def write_samples(model, tokenizer, recipe: Recipe, step: int, output_dir: Path, device) -> list[str]:
-    """Unconditional samples of the current (EMA) weights, written to ``samples/step_N.txt``."""
+def generate_samples(model, tokenizer, recipe: Recipe, device) -> list[str]:
+    """Unconditional samples of the current (EMA) weights, seeded by the recipe (identical on every rank)."""
     from .pipeline import DiffusionPipeline
 
     train = recipe.train
@@ -189,40 +209,63 @@ def write_samples(model, tokenizer, recipe: Recipe, step: int, output_dir: Path,
     texts = pipe.generate(train.num_samples, min(recipe.data.block_size, 128), train.sample_steps,
                           generator=torch.Generator(device).manual_seed(train.seed), progress=False)
     model.train()
-    (output_dir / "samples").mkdir(exist_ok=True)
-    (output_dir / "samples" / f"step_{step:08d}.txt").write_text("\n\n=====\n\n".join(texts))
     return texts
 
 
-def report(model, tokenizer, recipe: Recipe, validation, accelerator, metrics_file: Path) -> str:
+def write_samples(texts: list[str], step: int, output_dir: Path) -> None:
+    """Write samples to ``samples/step_N.txt``."""
+    (output_dir / "samples").mkdir(exist_ok=True)
+    (output_dir / "samples" / f"step_{step:08d}.txt").write_text("\n\n=====\n\n".join(texts))
+
+
+def showcase(model, tokenizer, recipe: Recipe, validation, device) -> list[str]:
+    """Report lines of a diffusion model: two samples and an infill of the middle third of a held-out block
+    (model calls only, so under FSDP every rank runs it)."""
+    from .pipeline import DiffusionPipeline
+
+    pipe = DiffusionPipeline(model, tokenizer)
+    generator = torch.Generator(device).manual_seed(recipe.train.seed)
+    length, steps = min(recipe.data.block_size, 128), recipe.train.sample_steps
+    lines = []
+    for text in pipe.generate(2, length, steps, generator=generator, progress=False):
+        lines += ["sample:", text]
+    block = validation[0][:length].to(device)
+    third = length // 3
+    fixed = torch.ones(length, dtype=torch.bool)
+    fixed[third:length - third] = False
+    filled = pipe.sample(1, length, steps, x_init=block, fixed=fixed, generator=generator, progress=False)[0]
+    lines += [f"infill of the middle {length - 2 * third} tokens of a held-out block (in [[ ]]):",
+              pipe.decode(filled[:third]) + "[[" + pipe.decode(filled[third:length - third]) + "]]" + pipe.decode(filled[length - third:]),
+              "original middle: [[" + pipe.decode(block[third:length - third]) + "]]"]
+    model.train()
+    return lines
+
+
+def report(recipe: Recipe, num_validation: int, metrics_file: Path, showcase_lines: list[str]) -> str:
     """The end-of-training summary: held-out metrics before (step 0) and after training as recorded in
-    ``metrics.jsonl``, and for diffusion models two samples and an infill of the middle third of a
-    held-out block."""
+    ``metrics.jsonl``, then the showcase lines."""
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     evaluations = [r for r in records if any(key.startswith("eval/") for key in r)]  # step 0 first, the last step last
     untrained, trained = evaluations[0], {key: value for key, value in evaluations[-1].items() if key.startswith("eval/")}
-    lines = [f"held-out ({min(recipe.train.eval_blocks, len(validation))} blocks of {recipe.data.block_size} tokens), nats per token:"]
+    lines = [f"held-out ({min(recipe.train.eval_blocks, num_validation)} blocks of {recipe.data.block_size} tokens), nats per token:"]
     for key, value in trained.items():
         before = f"untrained {untrained[key]:.4f} -> " if untrained.get("step") == 0 else ""
         lines.append(f"  {key}: {before}trained {value:.4f}")
-    if recipe.train.objective == "diffusion":
-        from .pipeline import DiffusionPipeline
+    return "\n".join(lines + showcase_lines)
 
-        pipe = DiffusionPipeline(model, tokenizer)
-        generator = torch.Generator(accelerator.device).manual_seed(recipe.train.seed)
-        length, steps = min(recipe.data.block_size, 128), recipe.train.sample_steps
-        for text in pipe.generate(2, length, steps, generator=generator, progress=False):
-            lines += ["sample:", text]
-        block = validation[0][:length].to(accelerator.device)
-        third = length // 3
-        fixed = torch.ones(length, dtype=torch.bool)
-        fixed[third:length - third] = False
-        filled = pipe.sample(1, length, steps, x_init=block, fixed=fixed, generator=generator, progress=False)[0]
-        lines += [f"infill of the middle {length - 2 * third} tokens of a held-out block (in [[ ]]):",
-                  pipe.decode(filled[:third]) + "[[" + pipe.decode(filled[third:length - third]) + "]]" + pipe.decode(filled[length - third:]),
-                  "original middle: [[" + pipe.decode(block[third:length - third]) + "]]"]
-        model.train()
-    return "\n".join(lines)
+
+def check_sharding(accelerator, ema: bool) -> None:
+    """Refuse the distributed set-ups whose parameters the EMA cannot average elementwise."""
+    from accelerate.utils import DistributedType
+
+    if not ema:
+        return
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ValueError("EMA weights under FSDP need FSDP2 (fsdp_version: 2 in the accelerate config), "
+                         "whose parameters are DTensors; or set train.ema=0")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.deepspeed_config["zero_optimization"].get("stage", 0) == 3:
+        raise ValueError("EMA weights are not supported under DeepSpeed ZeRO-3 (partitioned parameters); "
+                         "use ZeRO-1/2 or FSDP2, or set train.ema=0")
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Path:
@@ -259,7 +302,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    base = accelerator.unwrap_model(model)
+    base = accelerator.unwrap_model(model)  # under FSDP2 the same module, its parameters sharded
+    check_sharding(accelerator, train_cfg.ema > 0)
     ema = EMA(base.parameters(), train_cfg.ema) if train_cfg.ema > 0 else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
@@ -273,10 +317,13 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
         accelerator.init_trackers(output_dir.name, config={k: str(v) for k, v in recipe.to_dict()["train"].items()})
     tokens_per_step = train_cfg.global_batch_size * recipe.data.block_size
     metrics_file = output_dir / METRICS
-    if start == 0 and accelerator.is_main_process:  # the untrained model's held-out numbers, for comparison
-        with metrics_file.open("a") as f:
-            f.write(json.dumps({"step": 0, **evaluate(base, recipe, validation, accelerator)}) + "\n")
-    accelerator.wait_for_everyone()
+    # Every rank runs each evaluation and sample with the same seed (a sharded model needs all ranks in a
+    # forward); the main process writes the results.
+    if start == 0:  # the untrained model's held-out numbers, for comparison
+        untrained = evaluate(base, recipe, validation, accelerator)
+        if accelerator.is_main_process:
+            with metrics_file.open("a") as f:
+                f.write(json.dumps({"step": 0, **untrained}) + "\n")
     bar = tqdm(total=train_cfg.steps, initial=start, desc="training", disable=not (progress and accelerator.is_main_process))
     batches = train_blocks.batches(start, train_cfg.global_batch_size, rank, world, train_cfg.seed)
     clock, clock_tokens = time.perf_counter(), 0
@@ -324,14 +371,15 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
         evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
         sample_now = train_cfg.objective == "diffusion" and (step % train_cfg.sample_every == 0 or step == train_cfg.steps)
         if evaluate_now or sample_now:
-            if accelerator.is_main_process:
-                with ema.applied() if ema is not None else contextlib.nullcontext():
-                    if evaluate_now:
-                        record.update(evaluate(base, recipe, validation, accelerator))
-                    if sample_now:
-                        for text in write_samples(base, tokenizer, recipe, step, output_dir, accelerator.device):
+            with ema.applied() if ema is not None else contextlib.nullcontext():
+                if evaluate_now:
+                    record.update(evaluate(base, recipe, validation, accelerator))
+                if sample_now:
+                    texts = generate_samples(base, tokenizer, recipe, accelerator.device)
+                    if accelerator.is_main_process:
+                        write_samples(texts, step, output_dir)
+                        for text in texts:
                             bar.write(f"[step {step}] {text[:200]!r}")
-            accelerator.wait_for_everyone()
         accelerator.log(record, step=step)
         if accelerator.is_main_process:
             with metrics_file.open("a") as f:
@@ -340,10 +388,14 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
             save_checkpoint(accelerator, output_dir, step, tokens, train_cfg.keep_checkpoints)
     bar.close()
     check_ranks_in_sync(accelerator, base, metrics_file)
-    final = export(accelerator, base, ema, tokenizer, output_dir)
-    if accelerator.is_main_process and progress:
-        with ema.applied() if ema is not None else contextlib.nullcontext():
-            print(report(base, tokenizer, recipe, validation, accelerator, metrics_file))
+    final = export(accelerator, model, ema, tokenizer, output_dir)
+    if progress:
+        lines = []
+        if train_cfg.objective == "diffusion":
+            with ema.applied() if ema is not None else contextlib.nullcontext():
+                lines = showcase(base, tokenizer, recipe, validation, accelerator.device)
+        if accelerator.is_main_process:
+            print(report(recipe, len(validation), metrics_file, lines))
     accelerator.end_training()
     return final
 
@@ -351,7 +403,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
 def check_ranks_in_sync(accelerator, model, metrics_file: Path) -> None:
     """Gather a fingerprint of every process's weights (per-parameter sums of squares), record them, and
     raise if any process differs from the first."""
-    fingerprint = torch.stack([p.detach().double().square().sum() for p in model.parameters()])
+    fingerprint = torch.stack([whole(p.detach()).double().square().sum() for p in model.parameters()])
     gathered = accelerator.gather(fingerprint[None].to(accelerator.device)).cpu()
     in_sync = bool((gathered == gathered[:1]).all())
     if accelerator.is_main_process:
@@ -362,11 +414,17 @@ def check_ranks_in_sync(accelerator, model, metrics_file: Path) -> None:
 
 
 def export(accelerator, model, ema: EMA | None, tokenizer, output_dir: Path) -> Path:
-    """Save the EMA weights and the tokenizer as a ``from_pretrained`` directory, ``output_dir/final``."""
+    """Save the EMA weights and the tokenizer as a ``from_pretrained`` directory, ``output_dir/final``.
+
+    model: the prepared model. Its whole state dict is gathered on every rank (a collective under FSDP
+    and DeepSpeed ZeRO-3) while the EMA weights are loaded, and the main process writes it.
+    """
     final = output_dir / FINAL
+    with ema.applied() if ema is not None else contextlib.nullcontext():
+        state = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(model).save_pretrained(final, state_dict=state)
     if accelerator.is_main_process:
-        with ema.applied() if ema is not None else contextlib.nullcontext():
-            model.save_pretrained(final)
         tokenizer.save_pretrained(final)
     accelerator.wait_for_everyone()
     return final

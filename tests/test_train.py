@@ -217,3 +217,30 @@ def test_two_processes_keep_identical_weights_and_sum_their_batches(tmp_path, sh
     assert all(math.isfinite(r["train/loss"]) for r in steps)
     fingerprints = torch.tensor(records[-1]["weight_fingerprints"])
     assert fingerprints.shape[0] == 2 and torch.equal(fingerprints[0], fingerprints[1])
+
+
+def test_ema_and_export_under_fsdp2_sharding_match_an_unsharded_replica(tmp_path):
+    """Two CPU processes shard the model with FSDP2: the EMA checkpoint holds whole tensors equal to a
+    replica's, loads back into the shards, and the export is the replica's EMA model (tests/fsdp_worker.py)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+               str(Path(__file__).with_name("fsdp_worker.py")), str(tmp_path)]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert (tmp_path / "ok").is_file()
+
+
+def test_ema_refuses_parameters_it_cannot_average_elementwise():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from ddlm.train import check_sharding
+
+    fsdp1 = SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False)
+    zero3 = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, deepspeed_config={"zero_optimization": {"stage": 3}})
+    for accelerator, message in [(fsdp1, "need FSDP2"), (zero3, "ZeRO-3")]:
+        with pytest.raises(ValueError, match=message):
+            check_sharding(accelerator, ema=True)
+        check_sharding(accelerator, ema=False)
+    check_sharding(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True), ema=True)
+    check_sharding(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, deepspeed_config={"zero_optimization": {"stage": 2}}), ema=True)
