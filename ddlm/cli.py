@@ -66,21 +66,47 @@ def infill_command(args: argparse.Namespace) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> None:
-    """Print the likelihood bound of each text file, with error bars."""
-    pipe = _pipeline(args)
+    """Print -log p of each text file: a diffusion model's bound with error bars, an AR model's exact value."""
+    import sys
+
+    import transformers
+
+    from .evaluation import load_model, score_texts
+
+    if args.quiet:
+        transformers.utils.logging.disable_progress_bar()
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    model, tokenizer = load_model(args.model, tokenizer=tokenizer, device=args.device)
     texts = []
     for path in args.files:
         with open(path, encoding="utf-8") as f:
             texts.append(f.read())
         if not texts[-1].strip():
             raise ValueError(f"{path} is empty; nothing to score")
-    results = pipe.nll_bound(texts, args.num_t, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
-    print(f"{'file':<30} {'tokens':>8} {'blocks':>6} {'bound (nats)':>18} {'nats/token':>16} {'ppl bound':>10} {'ppl ~95% interval':>20} {'bits/byte':>9}")
+    results = score_texts(model, tokenizer, texts, args.num_t, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
+                          t_sampling=args.t_sampling, t_power=args.t_power)
+    block = model.config.max_position_embeddings
+    for path, r in zip(args.files, results):
+        if r.num_tokens < block:
+            print(f"ddlm eval: warning: {path} has {r.num_tokens} tokens, fewer than one block of {block}; "
+                  "scored as one shorter block", file=sys.stderr)
+    kind = "AR, exact" if model.config.objective == "ar" else f"{model.config.process} diffusion, bound"
+    print(f"model: {args.model} ({kind}); blocks of {block} tokens")
+    print(f"{'file':<30} {'tokens':>8} {'blocks':>6} {'t/block':>7} {'integral':>10} {'prior':>8} {'-log p (nats)':>20}"
+          f" {'nats/token':>16} {'ppl':>10} {'ppl ~95% interval':>20} {'bits/byte':>9}")
     for path, r in zip(args.files, results):
         low, high = r.ppl_interval
-        print(f"{str(path):<30} {r.num_tokens:>8} {r.num_blocks:>6} {r.bound:>10.2f} +- {r.stderr:<6.2f}"
-              f" {r.per_token:>7.4f} +- {r.stderr / r.num_tokens:<6.4f} {r.ppl:>10.3f} {f'[{low:.3f}, {high:.3f}]':>20} {r.bits_per_byte:>9.4f}")
-    print(f"({args.num_t} t per block; the bound includes the prior term; +- is one standard error)")
+        print(f"{str(path):<30} {r.num_tokens:>8} {r.num_blocks:>6} {r.num_t if not r.exact else 'exact':>7} {r.integral:>10.2f}"
+              f" {r.prior:>8.2f} {r.bound:>11.2f} +- {r.stderr:<6.2f} {r.per_token:>7.4f} +- {r.stderr / r.num_tokens:<6.4f}"
+              f" {r.ppl:>10.3f} {f'[{low:.3f}, {high:.3f}]':>20} {r.bits_per_byte:>9.4f}")
+    if model.config.objective == "ar":
+        print("(exact chain-rule -log p; each block's first token is conditioned on EOS)")
+    else:
+        print(f"(upper bound = integral + prior; {args.num_t} t per block, {args.t_sampling} u, t = u^{args.t_power:g}; +- is one standard error)")
 
 
 def convert_command(args: argparse.Namespace) -> None:
@@ -151,10 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     _add_sampling_arguments(p)
     p.set_defaults(run=infill_command)
 
-    p = commands.add_parser("eval", help="likelihood (perplexity) bound of text files, with error bars")
+    from .likelihood import T_SAMPLING
+
+    p = commands.add_parser("eval", help="perplexity of text files: a diffusion model's bound with error bars, an AR model's exact value")
     _add_model_arguments(p)
     p.add_argument("files", nargs="+", help="UTF-8 text files; each is scored whole, in blocks of the model's length")
-    p.add_argument("--num-t", type=int, default=128, help="t samples per block")
+    p.add_argument("--num-t", type=int, default=128, help="t samples per block (diffusion models)")
+    p.add_argument("--t-sampling", choices=T_SAMPLING, default="stratified", help="how u in (0, 1] is drawn for the t integral")
+    p.add_argument("--t-power", type=float, default=2.0, help="t = u^power (1: t uniform)")
     p.set_defaults(run=eval_command)
 
     p = commands.add_parser("train", help="train per a recipe (also: accelerate launch -m ddlm train RECIPE)")

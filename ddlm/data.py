@@ -213,7 +213,8 @@ def _column_texts(dataset, field: str, name: str) -> Iterator[str]:
 # ----------------------------------------------------------------------------- packing
 
 
-def _eos_id(tokenizer) -> int:
+def eos_id(tokenizer) -> int:
+    """The EOS token that separates documents (an AR model's context for the first token of a block)."""
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise ValueError("the tokenizer has no eos_token_id (documents are joined with EOS)")
@@ -242,7 +243,7 @@ def _pack(documents: Iterable[str], tokenizer, block_size: int, progress: bool =
     """Packed blocks in corpus order, Int32[k, block_size] per tokenised batch of documents; the final remainder is dropped."""
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    eos = _eos_id(tokenizer)
+    eos = eos_id(tokenizer)
     carry = np.empty(0, dtype=np.int32)
     for batch in _batched(tqdm(documents, desc="tokenising", unit="doc", disable=not progress)):
         ids = _tokenize(tokenizer, batch)
@@ -376,7 +377,7 @@ class StreamingBlocks:
     """
 
     def __init__(self, documents: Callable[[], Iterable[str]], tokenizer, block_size: int, *, skip_blocks: int = 0):
-        _eos_id(tokenizer)
+        eos_id(tokenizer)
         self.documents = documents
         self.tokenizer = tokenizer
         self.block_size = block_size
@@ -424,7 +425,7 @@ def build_datasets(config: DataConfig, tokenizer, *, seed: int = 0, progress: bo
     Streaming, train is a ``StreamingBlocks`` and validation the first ``STREAM_VALIDATION_BLOCKS``
     blocks of the validation split, or of the stream (then excluded from training).
     """
-    _eos_id(tokenizer)
+    eos_id(tokenizer)
     block_size = config.block_size
     if config.streaming:
         if config.validation_split is not None:
@@ -453,7 +454,7 @@ def _first_blocks(documents: Iterable[str], tokenizer, block_size: int) -> Token
 def _cache_key(config: DataConfig, tokenizer, split: str) -> str:
     """Hex digest of what the blocks depend on: source (files' sizes and mtimes), field, tokenizer, EOS, block size."""
     source, hub_split = _split_source(config, split)
-    key = {"version": _CACHE_VERSION, "source": source, "split": hub_split, "text_field": config.text_field, "eos": _eos_id(tokenizer), "block_size": config.block_size}
+    key = {"version": _CACHE_VERSION, "source": source, "split": hub_split, "text_field": config.text_field, "eos": eos_id(tokenizer), "block_size": config.block_size}
     if source == PYTHON_DOCS:
         key["python"] = [sys.version, sysconfig.get_paths()["stdlib"]]
     elif _is_local(source):

@@ -201,15 +201,15 @@ def implicit_score_entropy(score_fn: ScoreFn, x: torch.Tensor, sigma_bar: torch.
 # The autoregressive baseline: next-token cross-entropy on the same network (objective="ar").
 
 
-def _ar_log_probs(model, x0: torch.Tensor) -> torch.Tensor:
+def _ar_log_probs(model, x0: torch.Tensor, min_length: int = 2) -> torch.Tensor:
     """Checked next-token log-probabilities [B, L, N] of ``model(x0)``."""
     config = getattr(model, "config", None)
     num_tokens = getattr(config, "vocab_size", None)
     check_token_ids(x0, num_tokens, "x0")  # without a config, the range is checked against the output below
     if x0.dim() != 2:
         raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")
-    if x0.shape[1] < 2:
-        raise ValueError(f"x0 must have length L >= 2 (position i predicts token i + 1), got L = {x0.shape[1]}")
+    if x0.shape[1] < min_length:
+        raise ValueError(f"x0 must have length L >= {min_length} (position i predicts token i + 1), got L = {x0.shape[1]}")
     if config is not None and getattr(config, "objective", "ar") != "ar":
         raise ValueError(f"the AR loss needs an autoregressive model (objective='ar'), got objective={config.objective!r}")
     log_probs = model(x0)
@@ -235,14 +235,25 @@ def ar_loss(model, x0: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
-def ar_nll(model, x0: torch.Tensor) -> torch.Tensor:
-    """Exact -log p(x0[1:] | x0[0]) per sequence, [B] float64 nats (summed over L - 1 tokens).
+def ar_nll(model, x0: torch.Tensor, context: int | None = None) -> torch.Tensor:
+    """Exact -log p(x0) per sequence by the chain rule, [B] float64 nats.
 
-    For exact autoregressive perplexities: ``exp(ar_nll(model, x0).sum() / (B * (L - 1)))``.
+    context None: the first token is given and the L - 1 others are scored, -log p(x0[1:] | x0[0]).
+    context a token id (e.g. the EOS that separates documents): the model reads
+    [context, x0[:-1]] and all L tokens are scored, -log p(x0 | context), so a block costs what a
+    diffusion model's bound on the same block covers. Perplexity: exp(sum / scored tokens).
     The model's float32 log-probabilities are summed in float64 under ``torch.no_grad``; put
     the model in eval mode first (dropout). Arguments as in ``ar_loss``.
     """
     with torch.no_grad():
-        log_probs = _ar_log_probs(model, x0)
-        picked = log_probs[:, :-1].gather(-1, x0[:, 1:, None]).squeeze(-1)
+        if context is None:
+            log_probs = _ar_log_probs(model, x0)
+            picked = log_probs[:, :-1].gather(-1, x0[:, 1:, None]).squeeze(-1)
+        else:
+            if x0.dim() != 2:
+                raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")
+            inputs = torch.cat([torch.full_like(x0[:, :1], context), x0[:, :-1]], 1)
+            log_probs = _ar_log_probs(model, inputs, min_length=1)
+            check_token_ids(x0, log_probs.shape[-1], "x0", "the model's output has entries")
+            picked = log_probs.gather(-1, x0[..., None]).squeeze(-1)
         return -picked.double().sum(-1)

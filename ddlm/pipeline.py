@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from .evaluation import TextBound, text_blocks
 from .likelihood import nll_bound
 from .model import DDLMForDiffusion
 from .processes import Graph
@@ -21,42 +21,6 @@ GAP = re.compile(r"\{\{(\d+)\}\}")
 MASK_TEXT = "[MASK]"  # how a still-masked position reads when sampling ends without denoising
 
 Template = str | Sequence[str | int]
-
-
-@dataclass
-class TextBound:
-    """Likelihood bound of one text, in nats (blocks of at most the model's length, bounds summed)."""
-
-    num_tokens: int
-    num_bytes: int
-    num_blocks: int
-    integral: float
-    prior: float
-    stderr: float
-
-    @property
-    def bound(self) -> float:
-        """Upper bound on -log p(text), nats."""
-        return self.integral + self.prior
-
-    @property
-    def per_token(self) -> float:
-        return self.bound / self.num_tokens
-
-    @property
-    def ppl(self) -> float:
-        """Perplexity bound exp(bound / tokens)."""
-        return math.exp(self.per_token)
-
-    @property
-    def ppl_interval(self) -> tuple[float, float]:
-        """exp((bound -+ 2 stderr) / tokens): about a 95 % interval for the perplexity bound."""
-        return math.exp((self.bound - 2 * self.stderr) / self.num_tokens), math.exp((self.bound + 2 * self.stderr) / self.num_tokens)
-
-    @property
-    def bits_per_byte(self) -> float:
-        """The bound in bits per UTF-8 byte of the text (comparable across tokenizers)."""
-        return self.bound / math.log(2) / self.num_bytes
 
 
 class DiffusionPipeline:
@@ -70,7 +34,7 @@ class DiffusionPipeline:
     def __init__(self, model: ScoreFn, tokenizer, *, graph: Graph | None = None, noise=None, max_length: int | None = None, device=None):
         config = getattr(model, "config", None)
         if getattr(config, "objective", "diffusion") != "diffusion":
-            raise ValueError("an autoregressive model (objective='ar') has no reverse process; score it with ddlm.losses.ar_nll")
+            raise ValueError("an autoregressive model (objective='ar') has no reverse process; score it with ddlm.evaluation.score_texts")
         self.graph = graph or getattr(model, "graph", None)
         self.noise = noise or getattr(model, "noise", None)
         self.max_length = max_length or getattr(config, "max_position_embeddings", None)
@@ -249,15 +213,8 @@ class DiffusionPipeline:
         num_t: times per block; batch_size: sequences per model call; other keyword arguments go
         to ``ddlm.likelihood.nll_bound`` (t_sampling, t_power, base).
         """
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings; wrap a single text in a list")
         generator = self._generator(generator, seed)
-        blocks = []  # (text index, ids)
-        for index, text in enumerate(texts):
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise ValueError(f"text {index} tokenises to nothing; nothing to score")
-            blocks += [(index, ids[i:i + self.max_length]) for i in range(0, len(ids), self.max_length)]
+        blocks = [(index, ids) for index, text_ids in enumerate(text_blocks(self.tokenizer, texts, self.max_length)) for ids in text_ids]
         parts = [[] for _ in texts]  # per text, per block: (integral, prior, stderr, tokens)
         by_length: dict[int, list[int]] = {}
         for b, (_, ids) in enumerate(blocks):
@@ -271,5 +228,5 @@ class DiffusionPipeline:
         for text, text_parts in zip(texts, parts):
             integral, prior, stderr, tokens = zip(*text_parts)
             bounds.append(TextBound(sum(tokens), len(text.encode()), len(text_parts), sum(integral), sum(prior),
-                                    math.sqrt(sum(se**2 for se in stderr))))
+                                    math.sqrt(sum(se**2 for se in stderr)), num_t))
         return bounds

@@ -23,7 +23,7 @@ import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 from tqdm.auto import tqdm
 
-from .data import build_datasets, load_documents
+from .data import build_datasets, eos_id, load_documents
 from .likelihood import nll_bound
 from .losses import ar_loss, ar_nll, dwdse_loss
 from .model import DDLMForDiffusion
@@ -182,13 +182,14 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, tokens: int, keep:
 
 
 @torch.no_grad()
-def evaluate(model, recipe: Recipe, validation, accelerator) -> dict:
-    """Validation metrics in nats per token: the likelihood bound (diffusion) or the exact NLL (AR)."""
+def evaluate(model, recipe: Recipe, validation, accelerator, context: int | None = None) -> dict:
+    """Validation metrics in nats per token: the likelihood bound (diffusion) or the exact NLL (AR, every
+    token of a block scored, the first conditioned on the ``context`` token as ``ddlm eval`` does)."""
     train = recipe.train
     x0 = validation[: min(train.eval_blocks, len(validation))].to(accelerator.device)
     model.eval()
     if train.objective == "ar":
-        nll = ar_nll(model, x0).sum().item() / (x0.numel() - x0.shape[0])
+        nll = ar_nll(model, x0, context=context).sum().item() / x0.numel()
         metrics = {"eval/nll_per_token": nll, "eval/ppl": math.exp(nll)}
     else:
         generator = torch.Generator(accelerator.device).manual_seed(train.seed)
@@ -317,10 +318,11 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
         accelerator.init_trackers(output_dir.name, config={k: str(v) for k, v in recipe.to_dict()["train"].items()})
     tokens_per_step = train_cfg.global_batch_size * recipe.data.block_size
     metrics_file = output_dir / METRICS
+    context = eos_id(tokenizer) if train_cfg.objective == "ar" else None
     # Every rank runs each evaluation and sample with the same seed (a sharded model needs all ranks in a
     # forward); the main process writes the results.
     if start == 0:  # the untrained model's held-out numbers, for comparison
-        untrained = evaluate(base, recipe, validation, accelerator)
+        untrained = evaluate(base, recipe, validation, accelerator, context)
         if accelerator.is_main_process:
             with metrics_file.open("a") as f:
                 f.write(json.dumps({"step": 0, **untrained}) + "\n")
@@ -373,7 +375,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
         if evaluate_now or sample_now:
             with ema.applied() if ema is not None else contextlib.nullcontext():
                 if evaluate_now:
-                    record.update(evaluate(base, recipe, validation, accelerator))
+                    record.update(evaluate(base, recipe, validation, accelerator, context))
                 if sample_now:
                     texts = generate_samples(base, tokenizer, recipe, accelerator.device)
                     if accelerator.is_main_process:

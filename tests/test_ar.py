@@ -94,6 +94,20 @@ def test_ar_loss_is_the_cross_entropy_of_the_head_logits_and_matches_ar_nll():
     assert torch.allclose(nll, by_hand, atol=1e-4)
 
 
+def test_ar_nll_with_a_context_token_scores_every_token_of_the_block():
+    model = randomised(tiny())
+    x, context = tokens(batch=3, length=7), 5
+    nll = ar_nll(model, x, context=context)
+    with torch.no_grad():  # -sum_i log p(x[i] | context, x[:i]) over all L tokens, by the cross-entropy of the logits
+        inputs = torch.cat([torch.full((3, 1), context), x[:, :-1]], 1)
+        by_hand = F.cross_entropy(model(inputs).double().reshape(-1, VOCAB), x.reshape(-1), reduction="none").reshape(3, 7).sum(1)
+    assert nll.shape == (3,) and torch.allclose(nll, by_hand, atol=1e-5)
+    # the same as scoring [context, x] with the context given
+    assert torch.allclose(nll, ar_nll(model, torch.cat([torch.full((3, 1), context), x], 1)), atol=1e-5)
+    assert torch.allclose(ar_nll(model, x[:, :1], context=context), by_hand.new_tensor(
+        [-float(model(torch.tensor([[context]]))[0, 0, x[b, 0]]) for b in range(3)]), atol=1e-5)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models train fastest on one thread; two OpenMP threads on a shared 2-core machine can be 10x slower."""

@@ -4,7 +4,9 @@ import math
 import re
 
 import pytest
+import torch
 
+import ddlm
 from ddlm import DDLMConfig, DDLMForDiffusion
 from ddlm.cli import SEPARATOR, main
 from ddlm.pipeline import DiffusionPipeline
@@ -38,14 +40,103 @@ def test_infill_prints_the_template_with_its_gaps_filled(model_dir, capsys):
     assert len(texts) == 2 and all(t.startswith("Now is the winter") and " of our" in t for t in texts)
 
 
+def table_row(out: str) -> list[str]:
+    """The first file's row of ``ddlm eval``'s table (after the model line and the header)."""
+    return out.splitlines()[2].split()
+
+
 def test_eval_prints_a_bound_per_file_with_error_bars(model_dir, shared_data, tmp_path, capsys):
     text = (shared_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:300]
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")
     main(["eval", str(model_dir), str(tmp_path / "a.txt"), "--num-t", "32", "--quiet"])
-    row = capsys.readouterr().out.splitlines()[1].split()
-    tokens, bound, stderr, ppl = int(row[1]), float(row[3]), float(row[5]), float(row[9])
+    row = table_row(capsys.readouterr().out)
+    tokens, num_t, integral, prior, bound, stderr, ppl = int(row[1]), int(row[3]), float(row[4]), float(row[5]), float(row[6]), float(row[8]), float(row[12])
+    assert num_t == 32 and bound == pytest.approx(integral + prior, abs=0.02)
     assert abs(bound - tokens * math.log(300)) < 3 * stderr + 1e-3 * tokens
     assert ppl == pytest.approx(math.exp(bound / tokens), rel=1e-3)
+
+
+class OracleModel(torch.nn.Module):
+    """Exact ratios of a SequenceOracle behind a DDLMConfig, as ``ddlm eval`` loads models."""
+
+    def __init__(self, oracle):
+        super().__init__()
+        self.oracle = oracle
+        self.config = DDLMConfig(vocab_size=oracle.graph.num_tokens, process="absorbing", schedule="loglinear",
+                                 max_position_embeddings=oracle.length)
+        self.graph, self.noise = self.config.graph(), self.config.noise()
+        self.device_anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t, sigma_bar):
+        return self.oracle.score_fn(x_t, sigma_bar)
+
+
+def test_eval_on_exact_ratios_gives_the_core_bound_and_the_true_likelihood(tmp_path, monkeypatch, capsys):
+    """With an exact-ratio oracle as the model, the command's numbers are the core nll_bound's, and the
+    bound is -log p within its error bars."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    import ddlm.evaluation
+    from ddlm import SequenceOracle
+    from ddlm.likelihood import nll_bound
+
+    words = ["a", "b", "c", "d"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    oracle = SequenceOracle.random(ddlm.Absorbing(4), 3, torch.Generator().manual_seed(11))
+    model = OracleModel(oracle)
+    monkeypatch.setattr(ddlm.evaluation, "load_model", lambda path, **kwargs: (model, tokenizer))
+    x0 = oracle.sample(2, torch.Generator().manual_seed(3))  # two blocks of one file
+    (tmp_path / "t.txt").write_text(" ".join(words[i] for i in x0.flatten().tolist()))
+    main(["eval", "oracle", str(tmp_path / "t.txt"), "--num-t", "256", "--seed", "5", "--quiet"])
+    row = table_row(capsys.readouterr().out)
+    core = nll_bound(oracle.score_fn, model.graph, model.noise, x0, 256, torch.Generator().manual_seed(5))
+    assert (int(row[1]), int(row[2]), int(row[3])) == (6, 2, 256)
+    assert float(row[4]) == pytest.approx(float(core.integral.sum()), abs=0.006)
+    assert float(row[5]) == pytest.approx(float(core.prior.sum()), abs=0.006)
+    assert float(row[8]) == pytest.approx(float(core.stderr.square().sum().sqrt()), abs=0.006)
+    true_nll = -float(oracle.log_prob(x0).sum())
+    assert abs(float(row[6]) - true_nll) < 3 * float(row[8]) + 0.01
+
+
+def test_eval_gives_an_ar_model_its_exact_perplexity(byte_tokenizer, shared_data, tmp_path, capsys):
+    """The AR row is the cross-entropy of the model's logits over every token of every block, the first
+    conditioned on EOS, computed here directly."""
+    torch.manual_seed(0)
+    config = DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=32, objective="ar")
+    model = DDLMForDiffusion(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(tmp_path / "ar")
+    byte_tokenizer.save_pretrained(tmp_path / "ar")
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:400]
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    main(["eval", str(tmp_path / "ar"), str(tmp_path / "a.txt"), "--quiet"])
+    out = capsys.readouterr().out
+    row = table_row(out)
+    ids = torch.tensor(byte_tokenizer(text, add_special_tokens=False)["input_ids"])
+    total, captured = 0.0, {}
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: captured.__setitem__("logits", out))
+    with torch.no_grad():
+        for block in ids.split(32):
+            model(torch.cat([torch.tensor([byte_tokenizer.eos_token_id]), block[:-1]])[None])
+            total += float(torch.nn.functional.cross_entropy(captured["logits"][0].double(), block, reduction="sum"))
+    handle.remove()
+    assert "AR, exact" in out and row[3] == "exact" and float(row[8]) == 0
+    assert int(row[1]) == ids.numel() and int(row[2]) == math.ceil(ids.numel() / 32)
+    assert float(row[6]) == pytest.approx(total, abs=0.006)
+    assert float(row[12]) == pytest.approx(math.exp(total / ids.numel()), rel=1e-4)
+
+
+def test_eval_scores_a_file_shorter_than_a_block_and_says_so(model_dir, tmp_path, capsys):
+    (tmp_path / "short.txt").write_text("To be, or not", encoding="utf-8")
+    main(["eval", str(model_dir), str(tmp_path / "short.txt"), "--num-t", "8", "--quiet"])
+    captured = capsys.readouterr()
+    assert "fewer than one block of 32; scored as one shorter block" in captured.err
+    assert int(table_row(captured.out)[2]) == 1
 
 
 def test_bad_paths_exit_with_a_message(model_dir, tmp_path, capsys):
