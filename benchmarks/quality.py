@@ -1,0 +1,297 @@
+"""Diffusion vs autoregressive at equal size and token budget, on real text, with error bars.
+
+Trains three models of the same network (128 x 4 blocks) on the first 90 % of WikiText-2 (validation
+release, ../shared/data) with the same byte-level BPE (1024 tokens), batch, schedule and number of
+training tokens: absorbing diffusion (log-linear), uniform diffusion (geometric) and the AR baseline.
+Then it measures
+
+- the held-out perplexity (the last 10 %) and zero-shot on PTB: the diffusion bound with its
+  standard error, the AR model's exact value, under one blocking rule (``ddlm.evaluation``);
+- the held-out curve over training tokens (from each run's metrics.jsonl);
+- the t-integral estimators: standard error at equal model calls, i.i.d. vs stratified, t uniform vs
+  t = u^2, and the calls each needs to match i.i.d. uniform t;
+- sample quality per predictor and number of steps: generative perplexity under the AR model,
+  unigram entropy, distinct-n, with the held-out text and the AR model's samples as references.
+
+It writes benchmarks/results/quality.md, quality_training.png and quality_sampling.png, and replaces
+the README's results section with the table. An interrupted run continues where it stopped (trained
+models are reused, an interrupted training resumes from its checkpoint).
+
+    python benchmarks/quality.py            # about 45 min on a 2-core CPU
+    python benchmarks/quality.py --quick    # a smoke run of the whole pipeline (minutes; results not written)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from ddlm.evaluation import load_model, score_texts, text_blocks
+from ddlm.likelihood import nll_bound
+from ddlm.pipeline import DiffusionPipeline
+from ddlm.recipes import recipe_from_dict
+from ddlm.sample_quality import ar_sample, distinct_n, generative_perplexity, unigram_entropy
+from ddlm.tokenization import train_byte_bpe
+from ddlm.train import FINAL, latest_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+README_START, README_END = "<!-- quality-results:start -->", "<!-- quality-results:end -->"
+MODELS = {  # name -> (objective, process, schedule)
+    "absorbing": ("diffusion", "absorbing", "loglinear"),
+    "uniform": ("diffusion", "uniform", "geometric"),
+    "ar": ("ar", "absorbing", "loglinear"),
+}
+PREDICTORS = ("euler", "tau_leaping", "analytic")
+T_METHODS = {  # label -> (t_sampling, t_power)
+    "i.i.d. u, t = u (uniform t)": ("iid", 1.0),
+    "i.i.d. u, t = u^2": ("iid", 2.0),
+    "stratified u, t = u": ("stratified", 1.0),
+    "stratified u, t = u^2 (default)": ("stratified", 2.0),
+}
+
+
+def split_articles(text: str, fraction: float) -> tuple[list[str], str]:
+    """WikiText articles (headed ' = Title = ') before the article boundary nearest ``fraction`` of the
+    characters, as training documents; the rest as one held-out text."""
+    starts = [m.start() for m in re.finditer(r"^ = [^=].* = $", text, re.M)] + [len(text)]
+    cut = min(starts, key=lambda s: abs(s - fraction * len(text)))
+    train_docs = [text[a:b] for a, b in zip(starts, starts[1:]) if b <= cut]
+    return train_docs, text[cut:]
+
+
+def recipe(name: str, work: Path, args) -> dict:
+    objective, process, schedule = MODELS[name]
+    return {
+        "model": {"preset": "tiny", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "cond_dim": 64,
+                  "process": process, "schedule": schedule, "dropout": 0.1},
+        "tokenizer": {"name": str(work / "tokenizer")},
+        "data": {"source": str(work / "train.jsonl"), "validation_split": str(work / "heldout.txt"), "block_size": args.block_size,
+                 "cache_dir": str(work / "cache")},
+        "train": {"objective": objective, "steps": args.steps, "global_batch_size": 32, "micro_batch_size": 32, "lr": 1e-3,
+                  "warmup_steps": max(1, args.steps // 15), "decay": "cosine", "ema": 0.999, "log_every": 25,
+                  "eval_every": max(1, args.steps // 10), "eval_blocks": args.eval_blocks, "eval_num_t": 16,
+                  "sample_every": args.steps, "num_samples": 1, "sample_steps": 32, "save_every": max(1, args.steps // 4),
+                  "trackers": ["tensorboard"], "output_dir": str(work / name), "seed": 0},
+    }
+
+
+def train_all(work: Path, args) -> dict[str, dict]:
+    """Train (or reuse, or resume) each model; returns name -> {seconds, tokens, curve}."""
+    runs = {}
+    for name in MODELS:
+        run = work / name
+        if not (run / FINAL / "config.json").is_file():
+            start = time.perf_counter()
+            resume = latest_checkpoint(run) is not None
+            train(recipe_from_dict(recipe(name, work, args)), resume=resume, progress=not args.quiet)
+            (run / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - start, "resumed": resume}))
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        key = "eval/nll_per_token" if MODELS[name][0] == "ar" else "eval/bound_per_token"
+        curve = [(r.get("tokens", 0), r[key]) for r in records if key in r]
+        last = max(r["tokens"] for r in records if "tokens" in r)
+        runs[name] = {"seconds": json.loads((run / "seconds.json").read_text())["seconds"], "tokens": last, "curve": curve}
+    return runs
+
+
+def perplexity_table(models, tokenizer, texts: dict[str, str], args) -> dict:
+    """name -> text name -> TextBound."""
+    return {name: dict(zip(texts, score_texts(model, tokenizer, list(texts.values()), args.num_t, batch_size=256, seed=0,
+                                             progress=not args.quiet)))
+            for name, model in models.items()}
+
+
+def t_estimators(model, blocks: torch.Tensor, args) -> dict:
+    """Empirical and reported standard errors of the bound per block for each t estimator, at num_t calls."""
+    out = {}
+    for label, (method, power) in T_METHODS.items():
+        generator = torch.Generator().manual_seed(1)
+        estimates, reported = [], []
+        for _ in range(args.repeats):
+            r = nll_bound(model, model.graph, model.noise, blocks, args.variance_num_t, generator, t_sampling=method, t_power=power, batch_size=256)
+            estimates.append(r.bound)
+            reported.append(r.stderr)
+        estimates, reported = torch.stack(estimates), torch.stack(reported)  # [repeats, blocks]
+        out[label] = {"empirical_se": float(estimates.var(0).mean().sqrt()), "reported_se": float(reported.square().mean().sqrt()),
+                      "mean_bound": float(estimates.mean() / blocks.shape[1])}
+    base = out[next(iter(T_METHODS))]["empirical_se"]
+    for row in out.values():
+        row["calls_to_match"] = args.variance_num_t * (row["empirical_se"] / base) ** 2
+    return out
+
+
+def sample_sweep(models, tokenizer, heldout_blocks: torch.Tensor, args) -> dict:
+    """(model, predictor, steps) -> metrics of samples; plus the references 'held-out text' and 'AR samples'."""
+    reference, eos = models["ar"], tokenizer.eos_token_id
+
+    def metrics(ids):
+        return {"gen_ppl": generative_perplexity(reference, ids, eos, batch_size=64), "entropy": unigram_entropy(ids),
+                "distinct_2": distinct_n(ids, 2), "distinct_4": distinct_n(ids, 4)}
+
+    n, length = args.num_samples, args.block_size
+    out = {"held-out text": metrics(heldout_blocks[:n]),
+           "AR samples": metrics(ar_sample(reference, n, length, eos, generator=torch.Generator().manual_seed(0)))}
+    for name in ("absorbing", "uniform"):
+        pipe = DiffusionPipeline(models[name], tokenizer)
+        for predictor in PREDICTORS:
+            for steps in args.sample_steps:
+                ids = pipe.sample(n, length, steps, predictor, seed=0, progress=False)
+                out[f"{name}|{predictor}|{steps}"] = metrics(ids)
+    return out
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def write_plots(runs, sweep, args, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, run in runs.items():
+        tokens, nats = zip(*run["curve"])
+        label = f"{name} ({'exact' if name == 'ar' else 'bound'})"
+        ax.plot([t / 1e6 for t in tokens], [math.exp(v) for v in nats], marker="o", label=label)
+    ax.set(xlabel="training tokens (millions)", ylabel="held-out perplexity (bound for diffusion)", yscale="log",
+           title=f"WikiText-2 held-out, {args.eval_blocks} blocks of {args.block_size}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "quality_training.png", dpi=120)
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    for col, name in enumerate(("absorbing", "uniform")):
+        for row, key in enumerate(("gen_ppl", "entropy")):
+            ax = axes[row, col]
+            for predictor in PREDICTORS:
+                ax.plot(args.sample_steps, [sweep[f"{name}|{predictor}|{s}"][key] for s in args.sample_steps], marker="o", label=predictor)
+            for ref, style in (("held-out text", "--"), ("AR samples", ":")):
+                ax.axhline(sweep[ref][key], color="grey", linestyle=style, label=ref)
+            ax.set(xscale="log", title=f"{name} diffusion", ylabel="generative perplexity (AR)" if key == "gen_ppl" else "unigram entropy (nats)")
+            if key == "gen_ppl":
+                ax.set_yscale("log")
+            ax.set_xticks(args.sample_steps, [str(s) for s in args.sample_steps])
+            ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("sampling steps")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "quality_sampling.png", dpi=120)
+
+
+def markdown(runs, table, estimators, sweep, params, args) -> str:
+    ar = table["ar"]
+    lines = [
+        f"Three models of {params / 1e6:.2f}M parameters (128 × 4 blocks, 4 heads; byte-level BPE of 1024 tokens trained on the training text), "
+        f"each trained on {runs['ar']['tokens'] / 1e6:.2f}M tokens ({args.steps} steps × 32 × {args.block_size}) of the first 90 % of "
+        f"`wikitext2.valid.txt`; held-out: the last 10 % ({ar['held-out'].num_tokens} tokens); zero-shot: `ptb.valid.txt` "
+        f"({ar['ptb'].num_tokens} tokens). Machine: {machine()}. Command: `python benchmarks/quality.py`.",
+        "",
+        "| model | train time | held-out ppl | ± 2 SE | × AR | PTB ppl (zero-shot) | × AR | held-out bits/byte |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, results in table.items():
+        held, ptb = results["held-out"], results["ptb"]
+        kind = "exact" if held.exact else f"bound, {held.num_t} t/block"
+        low, high = held.ppl_interval
+        lines.append(f"| {name} ({kind}) | {runs[name]['seconds'] / 60:.1f} min | {held.ppl:.2f} | [{low:.2f}, {high:.2f}] | "
+                     f"{held.ppl / ar['held-out'].ppl:.3f} | {ptb.ppl:.1f} | {ptb.ppl / ar['ptb'].ppl:.3f} | {held.bits_per_byte:.4f} |")
+    lines += ["", "![held-out perplexity over training tokens](benchmarks/results/quality_training.png)", "",
+              f"**t-integral estimators** (absorbing model, {args.variance_blocks} held-out blocks, {args.variance_num_t} model calls per block, "
+              f"{args.repeats} repeats): the empirical standard error of a block's bound, the standard error the estimator reports, "
+              "and the calls per block each needs to reach the i.i.d.-uniform-t standard error (SE² ∝ 1/calls).", "",
+              "| estimator | bound (nats/token) | empirical SE (nats/block) | reported SE | calls to match i.i.d. uniform t | × |",
+              "|---|---|---|---|---|---|"]
+    for label, row in estimators.items():
+        lines.append(f"| {label} | {row['mean_bound']:.4f} | {row['empirical_se']:.3f} | {row['reported_se']:.3f} | "
+                     f"{row['calls_to_match']:.1f} | {row['calls_to_match'] / args.variance_num_t:.2f} |")
+    lines += ["", f"**Sample quality** ({args.num_samples} samples of {args.block_size} tokens per setting; generative perplexity "
+              "under the AR model above; unigram entropy per sample; distinct-n over all samples):", "",
+              "| samples | predictor | steps | gen. ppl | entropy (nats) | distinct-2 | distinct-4 |", "|---|---|---|---|---|---|---|"]
+    for key, m in sweep.items():
+        name, predictor, steps = (key.split("|") + ["", ""])[:3]
+        lines.append(f"| {name} | {predictor} | {steps} | {m['gen_ppl']:.1f} | {m['entropy']:.3f} | {m['distinct_2']:.3f} | {m['distinct_4']:.3f} |")
+    lines += ["", "![generative perplexity and entropy over sampling steps](benchmarks/results/quality_sampling.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    if README_START not in content or README_END not in content:
+        raise ValueError(f"README.md has no {README_START} ... {README_END} section")
+    head, rest = content.split(README_START, 1)
+    readme.write_text(head + README_START + "\n" + text + README_END + rest.split(README_END, 1)[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "quality", help="runs, tokenizer and split text")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps of each model (32 x block_size tokens each)")
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--eval-blocks", type=int, default=64, help="held-out blocks of the training curves")
+    parser.add_argument("--num-t", type=int, default=32, help="t per block for the perplexity table")
+    parser.add_argument("--variance-blocks", type=int, default=16)
+    parser.add_argument("--variance-num-t", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=16)
+    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--sample-steps", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="tiny settings in a separate work dir (runs/quality-quick); results/ and README untouched")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.work, args.steps, args.eval_blocks, args.num_t = args.work.with_name("quality-quick"), 20, 4, 4
+        args.variance_blocks, args.variance_num_t, args.repeats, args.num_samples, args.sample_steps = 2, 4, 2, 4, [4, 8]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    train_docs, heldout = split_articles((DATA / "wikitext2.valid.txt").read_text(encoding="utf-8"), 0.9)
+    (work / "train.jsonl").write_text("".join(json.dumps({"text": doc}) + "\n" for doc in train_docs))
+    (work / "heldout.txt").write_text(heldout, encoding="utf-8")
+    if not (work / "tokenizer" / "tokenizer.json").is_file():
+        train_byte_bpe(train_docs, 1024).save_pretrained(work / "tokenizer")
+
+    runs = train_all(work, args)
+    models, tokenizer = {}, None
+    for name in MODELS:
+        models[name], tokenizer = load_model(work / name / FINAL)
+    params = sum(p.numel() for p in models["ar"].parameters())
+    texts = {"held-out": heldout, "ptb": (DATA / "ptb.valid.txt").read_text(encoding="utf-8")}
+    print("perplexities ...", flush=True)
+    table = perplexity_table(models, tokenizer, texts, args)
+    blocks = torch.tensor([b for b in text_blocks(tokenizer, [heldout], args.block_size)[0] if len(b) == args.block_size])
+    print("t estimators ...", flush=True)
+    estimators = t_estimators(models["absorbing"], blocks[:args.variance_blocks], args)
+    print("sample quality ...", flush=True)
+    sweep = sample_sweep(models, tokenizer, blocks, args)
+    report = markdown(runs, table, estimators, sweep, params, args)
+    print(report)
+    (work / "quality.md").write_text(report)
+    write_plots(runs, sweep, args, work)
+    if not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "quality.md").write_text(report)
+        (RESULTS / "quality.json").write_text(json.dumps({"runs": runs, "estimators": estimators, "samples": sweep, "perplexity": {
+            name: {text: vars(r) for text, r in results.items()} for name, results in table.items()}}, indent=1))
+        write_plots(runs, sweep, args, RESULTS)
+        update_readme(report)
+
+
+if __name__ == "__main__":
+    main()
