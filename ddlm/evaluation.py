@@ -109,16 +109,16 @@ def ar_text_nll(model: DDLMForDiffusion, tokenizer, texts: Sequence[str], *, bat
             for text, blocks, total in zip(texts, per_text, totals)]
 
 
-def load_model(path: str | os.PathLike, *, tokenizer=None, device=None):
+def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None):
     """A ``save_pretrained`` directory (or hub id) -> (model in eval mode, tokenizer), diffusion or AR."""
     from transformers import AutoTokenizer
 
-    model = DDLMForDiffusion.from_pretrained(path).to(device or "cpu").eval()
+    model = DDLMForDiffusion.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {})).to(device or "cpu").eval()
     if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as error:
-            raise ValueError(f"{path} holds no tokenizer; pass one (SEDD models use the GPT-2 tokenizer)") from error
+            raise ValueError(f"{path} holds no tokenizer; pass tokenizer= (SEDD models use the GPT-2 tokenizer)") from error
     check_vocabulary(model, tokenizer)
     return model, tokenizer
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .evaluation import TextBound, text_blocks
+from .evaluation import TextBound, load_model, text_blocks
 from .likelihood import nll_bound
 from .model import DDLMForDiffusion
 from .processes import Graph
@@ -54,14 +54,7 @@ class DiffusionPipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None) -> "DiffusionPipeline":
         """Load a ``save_pretrained`` directory (or hub id): the model, and its tokenizer unless one is given."""
-        from transformers import AutoTokenizer
-
-        model = DDLMForDiffusion.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
-        if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(path)
-            except (OSError, ValueError) as error:
-                raise ValueError(f"{path} holds no tokenizer; pass tokenizer= (SEDD models use the GPT-2 tokenizer)") from error
+        model, tokenizer = load_model(path, tokenizer=tokenizer, device=device, dtype=dtype)
         return cls(model, tokenizer, device=device)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
