@@ -37,7 +37,7 @@ from ddlm.evaluation import load_model, score_texts, text_blocks
 from ddlm.likelihood import nll_bound
 from ddlm.pipeline import DiffusionPipeline
 from ddlm.recipes import recipe_from_dict
-from ddlm.sample_quality import ar_sample, distinct_n, generative_perplexity, unigram_entropy
+from ddlm.sample_quality import ar_sample, sample_metrics
 from ddlm.tokenization import train_byte_bpe
 from ddlm.train import FINAL, latest_checkpoint, train
 
@@ -133,8 +133,7 @@ def sample_sweep(models, tokenizer, heldout_blocks: torch.Tensor, args) -> dict:
     reference, eos = models["ar"], tokenizer.eos_token_id
 
     def metrics(ids):
-        return {"gen_ppl": generative_perplexity(reference, ids, eos, batch_size=64), "entropy": unigram_entropy(ids),
-                "distinct_2": distinct_n(ids, 2), "distinct_4": distinct_n(ids, 4)}
+        return sample_metrics(reference, ids, eos, batch_size=64)
 
     n, length = args.num_samples, args.block_size
     out = {"held-out text": metrics(heldout_blocks[:n]),

@@ -36,16 +36,23 @@ def demo(args: argparse.Namespace) -> None:
                   f" (integral {bound.integral[i]:.3f}, prior {bound.prior[i]:.4f}); true -log p = {true_nll:.3f}")
 
 
-def _pipeline(args: argparse.Namespace):
+def _load(args: argparse.Namespace):
+    """(model, tokenizer) of the command's model argument, honouring --tokenizer, --device and --quiet."""
     import transformers
     from transformers import AutoTokenizer
 
-    from .pipeline import DiffusionPipeline
+    from .evaluation import load_model
 
     if args.quiet:
         transformers.utils.logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
-    return DiffusionPipeline.from_pretrained(args.model, tokenizer=tokenizer, device=args.device)
+    return load_model(args.model, tokenizer=tokenizer, device=args.device)
+
+
+def _pipeline(args: argparse.Namespace):
+    from .pipeline import DiffusionPipeline
+
+    return DiffusionPipeline(*_load(args))
 
 
 def _sampling_options(args: argparse.Namespace) -> dict:
@@ -69,18 +76,9 @@ def eval_command(args: argparse.Namespace) -> None:
     """Print -log p of each text file: a diffusion model's bound with error bars, an AR model's exact value."""
     import sys
 
-    import transformers
+    from .evaluation import score_texts
 
-    from .evaluation import load_model, score_texts
-
-    if args.quiet:
-        transformers.utils.logging.disable_progress_bar()
-    tokenizer = None
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    model, tokenizer = load_model(args.model, tokenizer=tokenizer, device=args.device)
+    model, tokenizer = _load(args)
     texts = []
     for path in args.files:
         with open(path, encoding="utf-8") as f:
@@ -107,6 +105,32 @@ def eval_command(args: argparse.Namespace) -> None:
         print("(exact chain-rule -log p; each block's first token is conditioned on EOS)")
     else:
         print(f"(upper bound = integral + prior; {args.num_t} t per block, {args.t_sampling} u, t = u^{args.t_power:g}; +- is one standard error)")
+
+
+def quality_command(args: argparse.Namespace) -> None:
+    """Print sample-quality metrics of a diffusion model per predictor and number of steps."""
+    from .evaluation import load_model
+    from .pipeline import DiffusionPipeline
+    from .sample_quality import sample_metrics
+
+    model, tokenizer = _load(args)
+    reference, reference_tokenizer = load_model(args.reference, device=args.device)
+    if reference.config.objective != "ar":
+        raise ValueError(f"{args.reference} is not an autoregressive model (objective='ar'); the reference must be one")
+    if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"{args.reference} has a different tokenizer from {args.model}; generative perplexity "
+                         "scores the samples' token ids, so both models need the same tokenizer")
+    pipe = DiffusionPipeline(model, tokenizer)
+    length = args.length or pipe.max_length
+    eos = tokenizer.eos_token_id
+    print(f"{args.num_samples} samples of {length} tokens; generative perplexity under {args.reference}")
+    print(f"{'predictor':>12} {'steps':>6} {'gen. ppl':>10} {'entropy':>8} {'distinct-2':>10} {'distinct-4':>10}")
+    for predictor in args.predictors:
+        for steps in args.steps:
+            ids = pipe.sample(args.num_samples, length, steps, predictor, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+            m = sample_metrics(reference, ids, eos, args.batch_size)
+            print(f"{predictor:>12} {steps:>6} {m['gen_ppl']:>10.2f} {m['entropy']:>8.4f} {m['distinct_2']:>10.4f} {m['distinct_4']:>10.4f}")
+    print("(entropy: mean unigram entropy of a sample, nats; distinct-n over all samples; the same seed for every row)")
 
 
 def convert_command(args: argparse.Namespace) -> None:
@@ -178,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(run=infill_command)
 
     from .likelihood import T_SAMPLING
+    from .sampling import PREDICTORS
 
     p = commands.add_parser("eval", help="perplexity of text files: a diffusion model's bound with error bars, an AR model's exact value")
     _add_model_arguments(p)
@@ -186,6 +211,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--t-sampling", choices=T_SAMPLING, default="stratified", help="how u in (0, 1] is drawn for the t integral")
     p.add_argument("--t-power", type=float, default=2.0, help="t = u^power (1: t uniform)")
     p.set_defaults(run=eval_command)
+
+    p = commands.add_parser("quality", help="sample quality per predictor and steps: generative perplexity under an AR model, entropy, distinct-n")
+    _add_model_arguments(p)
+    p.add_argument("--reference", required=True, help="an AR model (objective 'ar') with the same tokenizer, e.g. trained by ddlm train")
+    p.add_argument("--predictors", nargs="+", choices=PREDICTORS, default=list(PREDICTORS))
+    p.add_argument("--steps", type=int, nargs="+", default=[16, 64, 256])
+    p.add_argument("--num-samples", type=int, default=32)
+    p.add_argument("--length", type=int, default=None, help="tokens per sample (default the model's maximum)")
+    p.set_defaults(run=quality_command)
 
     p = commands.add_parser("train", help="train per a recipe (also: accelerate launch -m ddlm train RECIPE)")
     p.add_argument("recipe", help="a recipe name in recipes/ (quickstart, sedd-small-owt, ...) or a YAML file")

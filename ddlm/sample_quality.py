@@ -46,6 +46,12 @@ def distinct_n(samples: torch.Tensor, n: int) -> float:
     return torch.unique(grams, dim=0).shape[0] / grams.shape[0]
 
 
+def sample_metrics(reference, samples: torch.Tensor, context: int, batch_size: int | None = None) -> dict[str, float]:
+    """All four metrics of samples Long[B, L]: gen_ppl (under ``reference``), entropy, distinct_2, distinct_4."""
+    return {"gen_ppl": generative_perplexity(reference, samples, context, batch_size), "entropy": unigram_entropy(samples),
+            "distinct_2": distinct_n(samples, 2), "distinct_4": distinct_n(samples, min(4, samples.shape[1]))}
+
+
 @torch.no_grad()
 def ar_sample(model, num_samples: int, length: int, context: int, *, temperature: float = 1.0,
               generator: torch.Generator | None = None, device=None) -> torch.Tensor:

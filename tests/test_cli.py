@@ -101,20 +101,27 @@ def test_eval_on_exact_ratios_gives_the_core_bound_and_the_true_likelihood(tmp_p
     assert abs(float(row[6]) - true_nll) < 3 * float(row[8]) + 0.01
 
 
-def test_eval_gives_an_ar_model_its_exact_perplexity(byte_tokenizer, shared_data, tmp_path, capsys):
-    """The AR row is the cross-entropy of the model's logits over every token of every block, the first
-    conditioned on EOS, computed here directly."""
+@pytest.fixture(scope="module")
+def ar_dir(tmp_path_factory, byte_tokenizer):
+    """A saved AR model with random weights and the same tokenizer as model_dir."""
+    path = tmp_path_factory.mktemp("ar")
     torch.manual_seed(0)
-    config = DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=32, objective="ar")
-    model = DDLMForDiffusion(config).eval()
+    model = DDLMForDiffusion(DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=32, objective="ar"))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2)
-    model.save_pretrained(tmp_path / "ar")
-    byte_tokenizer.save_pretrained(tmp_path / "ar")
+    model.save_pretrained(path)
+    byte_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_eval_gives_an_ar_model_its_exact_perplexity(ar_dir, byte_tokenizer, shared_data, tmp_path, capsys):
+    """The AR row is the cross-entropy of the model's logits over every token of every block, the first
+    conditioned on EOS, computed here directly."""
+    model = DDLMForDiffusion.from_pretrained(ar_dir).eval()
     text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:400]
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")
-    main(["eval", str(tmp_path / "ar"), str(tmp_path / "a.txt"), "--quiet"])
+    main(["eval", str(ar_dir), str(tmp_path / "a.txt"), "--quiet"])
     out = capsys.readouterr().out
     row = table_row(out)
     ids = torch.tensor(byte_tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -129,6 +136,34 @@ def test_eval_gives_an_ar_model_its_exact_perplexity(byte_tokenizer, shared_data
     assert int(row[1]) == ids.numel() and int(row[2]) == math.ceil(ids.numel() / 32)
     assert float(row[6]) == pytest.approx(total, abs=0.006)
     assert float(row[12]) == pytest.approx(math.exp(total / ids.numel()), rel=1e-4)
+
+
+def test_quality_prints_the_metrics_of_the_samples_each_setting_draws(model_dir, ar_dir, capsys):
+    from ddlm.sample_quality import sample_metrics
+
+    main(["quality", str(model_dir), "--reference", str(ar_dir), "--predictors", "euler", "analytic", "--steps", "2", "4",
+          "--num-samples", "3", "--length", "8", "--seed", "7", "--quiet"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:-1]]
+    assert [(r[0], int(r[1])) for r in rows] == [("euler", 2), ("euler", 4), ("analytic", 2), ("analytic", 4)]
+    pipe = DiffusionPipeline.from_pretrained(model_dir)
+    reference = DDLMForDiffusion.from_pretrained(ar_dir).eval()
+    ids = pipe.sample(3, 8, 4, "analytic", seed=7, progress=False)  # the same seed draws the same samples
+    expected = sample_metrics(reference, ids, pipe.tokenizer.eos_token_id)
+    assert [float(v) for v in rows[3][2:]] == pytest.approx(
+        [expected[k] for k in ("gen_ppl", "entropy", "distinct_2", "distinct_4")], abs=0.006)
+
+
+def test_quality_needs_an_ar_reference_with_the_same_tokenizer(model_dir, ar_dir, shared_data, tmp_path, capsys):
+    from ddlm.tokenization import train_byte_bpe
+
+    other = tmp_path / "other"  # the same AR model with a tokenizer of the same size trained on other text
+    DDLMForDiffusion.from_pretrained(ar_dir).save_pretrained(other)
+    text = (shared_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:100_000]
+    train_byte_bpe([text], 300).save_pretrained(other)
+    for reference, message in [(model_dir, "not an autoregressive model"), (other, "different tokenizer")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["quality", str(model_dir), "--reference", str(reference), "--steps", "2", "--num-samples", "2", "--quiet"])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_eval_scores_a_file_shorter_than_a_block_and_says_so(model_dir, tmp_path, capsys):
