@@ -47,9 +47,11 @@ def distinct_n(samples: torch.Tensor, n: int) -> float:
 
 
 def sample_metrics(reference, samples: torch.Tensor, context: int, batch_size: int | None = None) -> dict[str, float]:
-    """All four metrics of samples Long[B, L]: gen_ppl (under ``reference``), entropy, distinct_2, distinct_4."""
+    """All four metrics of samples Long[B, L]: gen_ppl (under ``reference``), entropy, distinct_2, distinct_4
+    (n capped at L for shorter samples)."""
+    length = samples.shape[-1]
     return {"gen_ppl": generative_perplexity(reference, samples, context, batch_size), "entropy": unigram_entropy(samples),
-            "distinct_2": distinct_n(samples, 2), "distinct_4": distinct_n(samples, min(4, samples.shape[1]))}
+            "distinct_2": distinct_n(samples, min(2, length)), "distinct_4": distinct_n(samples, min(4, length))}
 
 
 @torch.no_grad()
