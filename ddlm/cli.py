@@ -36,8 +36,9 @@ def demo(args: argparse.Namespace) -> None:
                   f" (integral {bound.integral[i]:.3f}, prior {bound.prior[i]:.4f}); true -log p = {true_nll:.3f}")
 
 
-def _load(args: argparse.Namespace):
-    """(model, tokenizer) of the command's model argument, honouring --tokenizer, --device and --quiet."""
+def _load(args: argparse.Namespace, path: str | None = None):
+    """(model, tokenizer) of ``path`` (default the command's model argument), honouring --tokenizer, --device
+    and --quiet."""
     import transformers
     from transformers import AutoTokenizer
 
@@ -46,7 +47,7 @@ def _load(args: argparse.Namespace):
     if args.quiet:
         transformers.utils.logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
-    return load_model(args.model, tokenizer=tokenizer, device=args.device)
+    return load_model(path or args.model, tokenizer=tokenizer, device=args.device)
 
 
 def _pipeline(args: argparse.Namespace):
@@ -73,38 +74,46 @@ def infill_command(args: argparse.Namespace) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> None:
-    """Print -log p of each text file: a diffusion model's bound with error bars, an AR model's exact value."""
+    """Print -log p of each text file under each model in one table: a diffusion model's bound with error
+    bars, an AR model's exact value, and each perplexity's ratio to the first model's."""
     import sys
 
     from .evaluation import score_texts
 
-    model, tokenizer = _load(args)
     texts = []
     for path in args.files:
         with open(path, encoding="utf-8") as f:
             texts.append(f.read())
         if not texts[-1].strip():
             raise ValueError(f"{path} is empty; nothing to score")
-    results = score_texts(model, tokenizer, texts, args.num_t, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
-                          t_sampling=args.t_sampling, t_power=args.t_power)
-    block = model.config.max_position_embeddings
-    for path, r in zip(args.files, results):
-        if r.num_tokens < block:
-            print(f"ddlm eval: warning: {path} has {r.num_tokens} tokens, fewer than one block of {block}; "
-                  "scored as one shorter block", file=sys.stderr)
-    kind = "AR, exact" if model.config.objective == "ar" else f"{model.config.process} diffusion, bound"
-    print(f"model: {args.model} ({kind}); blocks of {block} tokens")
-    print(f"{'file':<30} {'tokens':>8} {'blocks':>6} {'t/block':>7} {'integral':>10} {'prior':>8} {'-log p (nats)':>20}"
-          f" {'nats/token':>16} {'ppl':>10} {'ppl ~95% interval':>20} {'bits/byte':>9}")
-    for path, r in zip(args.files, results):
-        low, high = r.ppl_interval
-        print(f"{str(path):<30} {r.num_tokens:>8} {r.num_blocks:>6} {r.num_t if not r.exact else 'exact':>7} {r.integral:>10.2f}"
-              f" {r.prior:>8.2f} {r.bound:>11.2f} +- {r.stderr:<6.2f} {r.per_token:>7.4f} +- {r.stderr / r.num_tokens:<6.4f}"
-              f" {r.ppl:>10.3f} {f'[{low:.3f}, {high:.3f}]':>20} {r.bits_per_byte:>9.4f}")
-    if model.config.objective == "ar":
-        print("(exact chain-rule -log p; each block's first token is conditioned on EOS)")
-    else:
-        print(f"(upper bound = integral + prior; {args.num_t} t per block, {args.t_sampling} u, t = u^{args.t_power:g}; +- is one standard error)")
+    models, per_model, kinds = [args.model] + args.compare, [], set()
+    for index, name in enumerate(models, 1):
+        model, tokenizer = _load(args, name)
+        results = score_texts(model, tokenizer, texts, args.num_t, batch_size=args.batch_size, seed=args.seed,
+                              progress=not args.quiet, t_sampling=args.t_sampling, t_power=args.t_power)
+        block = model.config.max_position_embeddings
+        for path, r in zip(args.files, results):
+            if r.num_tokens < block:
+                print(f"ddlm eval: warning: {path} has {r.num_tokens} tokens, fewer than model #{index}'s block of {block}; "
+                      "scored as one shorter block", file=sys.stderr)
+        kinds.add(model.config.objective)
+        kind = "AR, exact" if model.config.objective == "ar" else f"{model.config.process} diffusion, bound"
+        print(f"#{index}: {name} ({kind}); blocks of {block} tokens")
+        per_model.append(results)
+    print(f"{'model':<5} {'file':<30} {'tokens':>8} {'blocks':>6} {'t/block':>7} {'integral':>10} {'prior':>8} {'-log p (nats)':>20}"
+          f" {'nats/token':>16} {'ppl':>10} {'ppl ~95% interval':>20} {'ppl / #1':>8} {'bits/byte':>9}")
+    for f, path in enumerate(args.files):
+        for index, results in enumerate(per_model, 1):
+            r = results[f]
+            low, high = r.ppl_interval
+            print(f"{f'#{index}':<5} {str(path):<30} {r.num_tokens:>8} {r.num_blocks:>6} {r.num_t if not r.exact else 'exact':>7}"
+                  f" {r.integral:>10.2f} {r.prior:>8.2f} {r.bound:>11.2f} +- {r.stderr:<6.2f} {r.per_token:>7.4f} +- {r.stderr / r.num_tokens:<6.4f}"
+                  f" {r.ppl:>10.3f} {f'[{low:.3f}, {high:.3f}]':>20} {r.ppl / per_model[0][f].ppl:>8.3f} {r.bits_per_byte:>9.4f}")
+    if "ar" in kinds:
+        print("(AR: exact chain-rule -log p; each block's first token is conditioned on EOS)")
+    if "diffusion" in kinds:
+        print(f"(diffusion: upper bound = integral + prior; {args.num_t} t per block, {args.t_sampling} u, t = u^{args.t_power:g}; "
+              "+- is one standard error)")
 
 
 def quality_command(args: argparse.Namespace) -> None:
@@ -207,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser("eval", help="perplexity of text files: a diffusion model's bound with error bars, an AR model's exact value")
     _add_model_arguments(p)
     p.add_argument("files", nargs="+", help="UTF-8 text files; each is scored whole, in blocks of the model's length")
+    p.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
+                   help="more models (diffusion or AR) to score the same files in the same table, with ppl ratios to MODEL")
     p.add_argument("--num-t", type=int, default=128, help="t samples per block (diffusion models)")
     p.add_argument("--t-sampling", choices=T_SAMPLING, default="stratified", help="how u in (0, 1] is drawn for the t integral")
     p.add_argument("--t-power", type=float, default=2.0, help="t = u^power (1: t uniform)")

@@ -40,9 +40,10 @@ def test_infill_prints_the_template_with_its_gaps_filled(model_dir, capsys):
     assert len(texts) == 2 and all(t.startswith("Now is the winter") and " of our" in t for t in texts)
 
 
-def table_row(out: str) -> list[str]:
-    """The first file's row of ``ddlm eval``'s table (after the model line and the header)."""
-    return out.splitlines()[2].split()
+def table_row(out: str, line: int = 2) -> list[str]:
+    """A row of ``ddlm eval``'s table without its model column (by default the first: after the model line
+    and the header)."""
+    return out.splitlines()[line].split()[1:]
 
 
 def test_eval_prints_a_bound_per_file_with_error_bars(model_dir, shared_data, tmp_path, capsys):
@@ -138,6 +139,23 @@ def test_eval_gives_an_ar_model_its_exact_perplexity(ar_dir, byte_tokenizer, sha
     assert float(row[12]) == pytest.approx(math.exp(total / ids.numel()), rel=1e-4)
 
 
+def test_eval_compares_models_on_the_same_files_in_one_table(model_dir, ar_dir, shared_data, tmp_path, capsys):
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    for name, start in [("a.txt", 0), ("b.txt", 5000)]:
+        (tmp_path / name).write_text(text[start:start + 300], encoding="utf-8")
+    files = [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    main(["eval", str(model_dir), *files, "--compare", str(ar_dir), "--num-t", "8", "--quiet"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("#1: ") and "absorbing diffusion, bound" in lines[0] and "AR, exact" in lines[1]
+    rows = [line.split() for line in lines[3:7]]
+    assert [(r[0], r[1]) for r in rows] == [("#1", files[0]), ("#2", files[0]), ("#1", files[1]), ("#2", files[1])]
+    for first, second in [(rows[0], rows[1]), (rows[2], rows[3])]:
+        assert first[2] == second[2] and first[3] == second[3]  # the same tokens and blocks under one tokenizer
+        assert float(first[16]) == 1.0 and float(second[16]) == pytest.approx(float(second[13]) / float(first[13]), abs=2e-3)
+    assert "(AR: exact" in out and "(diffusion: upper bound" in out
+
+
 def test_quality_prints_the_metrics_of_the_samples_each_setting_draws(model_dir, ar_dir, capsys):
     from ddlm.sample_quality import sample_metrics
 
@@ -170,13 +188,15 @@ def test_eval_scores_a_file_shorter_than_a_block_and_says_so(model_dir, tmp_path
     (tmp_path / "short.txt").write_text("To be, or not", encoding="utf-8")
     main(["eval", str(model_dir), str(tmp_path / "short.txt"), "--num-t", "8", "--quiet"])
     captured = capsys.readouterr()
-    assert "fewer than one block of 32; scored as one shorter block" in captured.err
+    assert "has 9 tokens, fewer than model #1's block of 32; scored as one shorter block" in captured.err
     assert int(table_row(captured.out)[2]) == 1
 
 
 def test_bad_paths_exit_with_a_message(model_dir, tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("  \n")
-    for argv, message in [(["eval", str(tmp_path / "missing"), "x.txt"], "no model directory"),
+    (tmp_path / "text.txt").write_text("Some text to score.")
+    for argv, message in [(["eval", str(tmp_path / "missing"), str(tmp_path / "text.txt")], "no model directory"),
+                          (["eval", str(model_dir), str(tmp_path / "text.txt"), "--compare", str(tmp_path / "missing")], "no model directory"),
                           (["eval", str(model_dir), str(tmp_path / "empty.txt")], "is empty"),
                           (["eval", str(model_dir), str(tmp_path / "nofile.txt")], "No such file"),
                           (["sample", str(tmp_path)], "not a ddlm model directory")]:
