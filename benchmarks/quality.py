@@ -131,19 +131,15 @@ def t_estimators(model, blocks: torch.Tensor, args) -> dict:
 def sample_sweep(models, tokenizer, heldout_blocks: torch.Tensor, args) -> dict:
     """(model, predictor, steps) -> metrics of samples; plus the references 'held-out text' and 'AR samples'."""
     reference, eos = models["ar"], tokenizer.eos_token_id
-
-    def metrics(ids):
-        return sample_metrics(reference, ids, eos, batch_size=64)
-
     n, length = args.num_samples, args.block_size
-    out = {"held-out text": metrics(heldout_blocks[:n]),
-           "AR samples": metrics(ar_sample(reference, n, length, eos, generator=torch.Generator().manual_seed(0)))}
+    out = {"held-out text": sample_metrics(reference, heldout_blocks[:n], eos, batch_size=64),
+           "AR samples": sample_metrics(reference, ar_sample(reference, n, length, eos, generator=torch.Generator().manual_seed(0)), eos, batch_size=64)}
     for name in ("absorbing", "uniform"):
         pipe = DiffusionPipeline(models[name], tokenizer)
         for predictor in PREDICTORS:
             for steps in args.sample_steps:
                 ids = pipe.sample(n, length, steps, predictor, seed=0, progress=False)
-                out[f"{name}|{predictor}|{steps}"] = metrics(ids)
+                out[f"{name}|{predictor}|{steps}"] = sample_metrics(reference, ids, eos, batch_size=64)
     return out
 
 

@@ -78,6 +78,16 @@ def text_blocks(tokenizer, texts: Sequence[str], block_size: int) -> list[list[l
     return blocks
 
 
+def blocks_by_length(per_text: list[list[list[int]]]) -> dict[int, list[tuple[int, list[int]]]]:
+    """The blocks of ``text_blocks`` grouped by length (so each group is one tensor), each block with its
+    text's index; in text order, then block order, within a group."""
+    groups: dict[int, list[tuple[int, list[int]]]] = {}
+    for index, blocks in enumerate(per_text):
+        for ids in blocks:
+            groups.setdefault(len(ids), []).append((index, ids))
+    return groups
+
+
 def check_vocabulary(model: DDLMForDiffusion, tokenizer) -> None:
     """The tokenizer must be the one the model was trained with: exactly its real tokens."""
     if len(tokenizer) != model.config.vocab_size:
@@ -93,12 +103,8 @@ def ar_text_nll(model: DDLMForDiffusion, tokenizer, texts: Sequence[str], *, bat
     device = next(model.parameters()).device
     context = eos_id(tokenizer)
     per_text = text_blocks(tokenizer, texts, model.config.max_position_embeddings)
-    by_length: dict[int, list[tuple[int, list[int]]]] = {}
-    for index, blocks in enumerate(per_text):
-        for ids in blocks:
-            by_length.setdefault(len(ids), []).append((index, ids))
     totals = [0.0] * len(texts)
-    for length, members in tqdm(sorted(by_length.items()), desc="ar nll", disable=not progress):
+    for length, members in tqdm(sorted(blocks_by_length(per_text).items()), desc="ar nll", disable=not progress):
         step = batch_size or len(members)
         for start in range(0, len(members), step):
             chunk = members[start:start + step]

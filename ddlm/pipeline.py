@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .evaluation import TextBound, load_model, text_blocks
+from .evaluation import TextBound, blocks_by_length, load_model, text_blocks
 from .likelihood import nll_bound
 from .model import DDLMForDiffusion
 from .processes import Graph
@@ -207,16 +207,13 @@ class DiffusionPipeline:
         to ``ddlm.likelihood.nll_bound`` (t_sampling, t_power, base).
         """
         generator = self._generator(generator, seed)
-        blocks = [(index, ids) for index, text_ids in enumerate(text_blocks(self.tokenizer, texts, self.max_length)) for ids in text_ids]
+        groups = blocks_by_length(text_blocks(self.tokenizer, texts, self.max_length))
         parts = [[] for _ in texts]  # per text, per block: (integral, prior, stderr, tokens)
-        by_length: dict[int, list[int]] = {}
-        for b, (_, ids) in enumerate(blocks):
-            by_length.setdefault(len(ids), []).append(b)
-        for length, members in tqdm(sorted(by_length.items()), desc="nll bound", disable=not progress):
-            x0 = torch.tensor([blocks[b][1] for b in members], device=self.device)
+        for length, members in tqdm(sorted(groups.items()), desc="nll bound", disable=not progress):
+            x0 = torch.tensor([ids for _, ids in members], device=self.device)
             result = nll_bound(self.score_fn, self.graph, self.noise, x0, num_t, generator, batch_size=batch_size, **bound_kwargs)
-            for row, b in enumerate(members):
-                parts[blocks[b][0]].append((float(result.integral[row]), float(result.prior[row]), float(result.stderr[row]), length))
+            for row, (index, _) in enumerate(members):
+                parts[index].append((float(result.integral[row]), float(result.prior[row]), float(result.stderr[row]), length))
         bounds = []
         for text, text_parts in zip(texts, parts):
             integral, prior, stderr, tokens = zip(*text_parts)
