@@ -9,22 +9,13 @@ from transformers import AutoModel
 
 from ddlm import DDLMConfig, DDLMForDiffusion
 from ddlm.losses import ar_loss, ar_nll
+from helpers import randomised
 
 VOCAB = 37
 
 
 def tiny(objective="ar", **overrides):
     return DDLMConfig.from_preset("tiny", vocab_size=VOCAB, objective=objective, dropout=0.0, **overrides)
-
-
-def randomised(config, seed=0):
-    """Every parameter random (adaLN-Zero gates and the zero head too), so outputs depend on all of them."""
-    torch.manual_seed(seed)
-    model = DDLMForDiffusion(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model
 
 
 def tokens(batch=3, length=11, seed=1):

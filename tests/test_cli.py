@@ -6,10 +6,10 @@ import re
 import pytest
 import torch
 
-import ddlm
 from ddlm import DDLMConfig, DDLMForDiffusion
 from ddlm.cli import SEPARATOR, main
 from ddlm.pipeline import DiffusionPipeline
+from helpers import randomised
 
 
 def test_demo_prints_sampler_tv_and_bounds_against_exact_answers(capsys):
@@ -106,12 +106,7 @@ def test_eval_on_exact_ratios_gives_the_core_bound_and_the_true_likelihood(tmp_p
 def ar_dir(tmp_path_factory, byte_tokenizer):
     """A saved AR model with random weights and the same tokenizer as model_dir."""
     path = tmp_path_factory.mktemp("ar")
-    torch.manual_seed(0)
-    model = DDLMForDiffusion(DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=32, objective="ar"))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    model.save_pretrained(path)
+    randomised(DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=32, objective="ar")).save_pretrained(path)
     byte_tokenizer.save_pretrained(path)
     return path
 

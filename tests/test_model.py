@@ -10,20 +10,11 @@ from transformers import AutoConfig, AutoModel
 
 import ddlm
 from ddlm import DDLMConfig, DDLMForDiffusion
+from helpers import randomised
 
 
 def tiny(process="absorbing", **overrides):
     return DDLMConfig.from_preset("tiny", vocab_size=37, process=process, dropout=0.0, **overrides)
-
-
-def randomised(config, seed=0):
-    """A model whose every parameter (adaLN-Zero and head included) is random, so outputs depend on all of them."""
-    torch.manual_seed(seed)
-    model = DDLMForDiffusion(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model
 
 
 def inputs(config, batch=3, length=9, seed=1):

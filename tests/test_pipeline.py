@@ -11,6 +11,7 @@ from ddlm import Absorbing, DDLMConfig, DDLMForDiffusion, LogLinear, SequenceOra
 from ddlm.likelihood import nll_bound
 from ddlm.pipeline import DiffusionPipeline
 from ddlm.sampling import sample
+from helpers import randomised
 
 WORDS = ["a", "b", "c", "d"]
 
@@ -30,13 +31,8 @@ def oracle_pipe(word_tokenizer):
 
 
 def tiny_pipe(tokenizer, process, seed=0):
-    torch.manual_seed(seed)
     config = DDLMConfig.from_preset("tiny", vocab_size=len(tokenizer), process=process, max_position_embeddings=64)
-    model = DDLMForDiffusion(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-    return DiffusionPipeline(model, tokenizer)
+    return DiffusionPipeline(randomised(config, seed, std=0.1), tokenizer)
 
 
 def test_generate_is_the_core_sampler_and_reproduces_the_oracle(oracle_pipe, word_tokenizer):
