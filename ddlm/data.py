@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import functools
 import glob
-import functools
 import hashlib
 import itertools
 import json
