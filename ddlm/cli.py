@@ -164,7 +164,8 @@ def train_command(args: argparse.Namespace) -> None:
     from .recipes import load_recipe
     from .train import train
 
-    final = train(load_recipe(args.recipe, args.overrides), resume=args.resume, progress=not args.quiet)
+    named = {item.partition("=")[0] for item in args.overrides}  # what a resume may change: what the user named
+    final = train(load_recipe(args.recipe, args.overrides), resume=args.resume, progress=not args.quiet, allow_changes=named)
     print(f"exported {final}")
 
 
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser("train", help="train per a recipe (also: accelerate launch -m ddlm train RECIPE)")
     p.add_argument("recipe", help="a recipe name in recipes/ (quickstart, sedd-small-owt, ...) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides, e.g. train.steps=100")
-    p.add_argument("--resume", action="store_true", help="continue from the output directory's latest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the output directory's newest intact checkpoint; "
+                   "recipe values named as overrides may change (steps, learning-rate schedule, intervals)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=train_command)
 

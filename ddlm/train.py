@@ -3,43 +3,40 @@
 ``ddlm train RECIPE`` (or ``accelerate launch -m ddlm train RECIPE``) runs ``train(recipe)``:
 AdamW with warm-up and decay, gradient accumulation and clipping, mixed precision, EMA weights,
 periodic likelihood-bound evaluation and samples, trackers and a tqdm bar with tokens/s.
-Checkpoints (model, optimizer, scheduler, EMA, RNG states; the data position is the step) are
-written to a temporary directory and renamed, then the ``latest`` pointer is replaced, so an
-interrupted write leaves the previous checkpoint valid; ``resume=True`` continues exactly.
+Checkpoints (model, optimizer, scheduler, EMA and gradient-scaler states as safetensors + JSON; the
+data position and every random draw are functions of the step) are written by ``ddlm.checkpoints``:
+a locked run directory, whole-or-nothing checkpoints with a verified manifest, no pickle anywhere.
+``resume=True`` continues exactly from the newest intact checkpoint, refusing recipe changes that
+would make another run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
+from .checkpoints import (CorruptCheckpoint, latest_checkpoint, like, load_checkpoint, prepare_run_directory,
+                          recipe_changes, run_lock, save_checkpoint, whole, write_atomic)
 from .data import build_datasets, eos_id, load_documents
 from .likelihood import nll_bound
 from .losses import ar_loss, ar_nll, dwdse_loss
-from .model import DDLMForDiffusion
+from .model import DDLMConfig, DDLMForDiffusion
 from .recipes import Recipe
 from .score import NonFiniteScoreError
 
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 FINAL = "final"
 TOKENIZER = "tokenizer"
 METRICS = "metrics.jsonl"
-
-
-def whole(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor behind a parameter: gathered from every rank (a collective) when FSDP2 shards it."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+RESUMES = "resumes.jsonl"
 
 
 class EMA:
@@ -84,15 +81,8 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         if len(state["shadow"]) != len(self.parameters):
             raise ValueError(f"the EMA state holds {len(state['shadow'])} tensors, the model has {len(self.parameters)} parameters")
-        shadow = []
-        for saved, p in zip(state["shadow"], self.parameters):
-            if saved.shape != p.shape:
-                raise ValueError(f"an EMA tensor of shape {list(saved.shape)} does not fit a parameter of shape {list(p.shape)}")
-            saved = saved.to(p.device, torch.float32)
-            if isinstance(p, DTensor):  # every rank holds the whole tensor: keep this rank's shard, no communication
-                saved = distribute_tensor(saved, p.device_mesh, p.placements, src_data_rank=None)
-            shadow.append(saved)
-        self.decay, self.updates, self.shadow = state["decay"], state["updates"], shadow
+        self.shadow = [like(saved, shadow, f"EMA tensor {i}") for i, (saved, shadow) in enumerate(zip(state["shadow"], self.shadow))]
+        self.decay, self.updates = state["decay"], state["updates"]
 
 
 def lr_lambda(train) -> callable:
@@ -141,44 +131,6 @@ def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
         tokenizer.save_pretrained(saved)
     accelerator.wait_for_everyone()
     return AutoTokenizer.from_pretrained(saved)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The checkpoint directory the ``latest`` pointer names, or None."""
-    pointer = output_dir / CHECKPOINTS / LATEST
-    if not pointer.is_file():
-        return None
-    path = output_dir / CHECKPOINTS / pointer.read_text().strip()
-    if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
-    return path
-
-
-def save_checkpoint(accelerator, output_dir: Path, step: int, tokens: int, keep: int) -> Path:
-    """Write ``checkpoints/step_N`` via a temporary directory, then move the ``latest`` pointer to it."""
-    root = output_dir / CHECKPOINTS
-    final = root / f"step_{step:08d}"
-    tmp = root / f".tmp_step_{step:08d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "tokens": tokens}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _write_atomic(root / LATEST, final.name)
-        for old in sorted(root.glob("step_*"))[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
 
 
 @torch.no_grad()
@@ -269,8 +221,59 @@ def check_sharding(accelerator, ema: bool) -> None:
                          "use ZeRO-1/2 or FSDP2, or set train.ema=0")
 
 
-def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train per the recipe; returns the exported ``final`` directory (model with EMA weights + tokenizer)."""
+def model_fields(config: DDLMConfig) -> dict:
+    """The ``DDLMConfig`` fields of a config (what a checkpoint records of the model's shape)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(DDLMConfig)}
+
+
+def training_state(base, optimizer, scheduler, ema: EMA | None, scaler) -> dict:
+    """What a checkpoint stores besides the step: the model, optimizer, scheduler, EMA and gradient-scaler
+    states (FSDP2 shards are gathered into whole tensors when it is written)."""
+    state = {"model": base.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def load_training_state(state: dict, base, optimizer, scheduler, ema: EMA | None, scaler, train_cfg) -> None:
+    """Load a checkpoint's ``training_state`` into this run's objects (each rank keeps its FSDP2 shards),
+    then set the learning rate and weight decay of the current recipe (a resume may change them)."""
+    try:
+        current = base.state_dict()
+        if missing := sorted(current.keys() - state["model"].keys()):
+            raise CorruptCheckpoint(f"the checkpoint's model lacks {missing[:5]}")
+        if unexpected := sorted(state["model"].keys() - current.keys()):
+            raise CorruptCheckpoint(f"the checkpoint's model has parameters this model has not: {unexpected[:5]}")
+        base.load_state_dict({name: like(state["model"][name], value, name) for name, value in current.items()})
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for index, values in state["optimizer"]["state"].items():
+            for key, value in values.items():  # moments of FSDP2-sharded parameters: keep this rank's shard
+                if isinstance(params[index], DTensor) and isinstance(value, torch.Tensor) and value.dim():
+                    values[key] = like(value, params[index], f"optimizer state {key} of parameter {index}")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+    except (KeyError, IndexError, TypeError) as error:
+        raise CorruptCheckpoint(f"the checkpoint's training state does not fit this run ({type(error).__name__}: {error})") from None
+    factor = lr_lambda(train_cfg)
+    scheduler.base_lrs = [train_cfg.lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group.update(initial_lr=train_cfg.lr, lr=train_cfg.lr * factor(scheduler.last_epoch), weight_decay=train_cfg.weight_decay)
+
+
+def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, allow_changes=()) -> Path:
+    """Train per the recipe; returns the exported ``final`` directory (model with EMA weights + tokenizer).
+
+    The run directory ``train.output_dir`` is locked for the whole run (a second run into it fails at
+    once). resume: continue from its newest intact checkpoint. allow_changes: the recipe keys
+    (``"train.steps"``, ...) that may differ from the checkpoint's recipe on resume — the CLI passes
+    the overrides on its command line; ``ddlm.checkpoints.RESUMABLE_CHANGES`` lists which can.
+    """
     from accelerate import Accelerator
 
     train_cfg = recipe.train
@@ -278,42 +281,49 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
     trackers = [t for t in train_cfg.trackers if t != "none"]
     accelerator = Accelerator(mixed_precision=train_cfg.mixed_precision, log_with=trackers or None,
                               project_dir=str(output_dir))
+    with run_lock(output_dir) if accelerator.is_main_process else contextlib.nullcontext():
+        return _train(recipe, accelerator, resume, progress, set(allow_changes), trackers)
+
+
+def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_changes: set[str], trackers: list[str]) -> Path:
+    train_cfg = recipe.train
+    output_dir = Path(train_cfg.output_dir)
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = train_cfg.accumulation_steps(world)
-    checkpoint = latest_checkpoint(output_dir)
-    if checkpoint is not None and not resume:
-        raise FileExistsError(f"{output_dir} already holds checkpoints (latest: {checkpoint.name}); "
-                              "pass --resume to continue, or choose another train.output_dir")
-    if resume and checkpoint is None:
-        raise FileNotFoundError(f"nothing to resume: no checkpoint in {output_dir / CHECKPOINTS}")
     if accelerator.is_main_process:
-        for partial in (output_dir / CHECKPOINTS).glob(".tmp_step_*"):  # writes that never completed
-            shutil.rmtree(partial)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        prepare_run_directory(output_dir, resume)
     accelerator.wait_for_everyone()
+    checkpoint = latest_checkpoint(output_dir) if resume else None  # the main process verified it, or moved it aside
+    saved, meta = load_checkpoint(checkpoint) if checkpoint is not None else (None, None)
 
     tokenizer = load_tokenizer(recipe, output_dir, accelerator)
+    config = recipe.model.config(len(tokenizer), recipe.data.block_size, train_cfg.objective)
+    changes = {}
+    if meta is not None:
+        comparable = lambda recipe_dict, model: json.loads(json.dumps({**recipe_dict, "model": model}))  # noqa: E731
+        changes = recipe_changes(comparable(meta["recipe"], meta["model"]), comparable(recipe.to_dict(), model_fields(config)), allow_changes)
+    if accelerator.is_main_process:
+        write_atomic(output_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+        if meta is not None:
+            with (output_dir / RESUMES).open("a") as f:
+                f.write(json.dumps({"step": meta["step"], "checkpoint": checkpoint.name, "changes": changes}) + "\n")
     with accelerator.main_process_first():
         train_blocks, validation = build_datasets(recipe.data, tokenizer, seed=train_cfg.seed, progress=progress and accelerator.is_main_process)
-    config = recipe.model.config(len(tokenizer), recipe.data.block_size, train_cfg.objective)
     torch.manual_seed(train_cfg.seed)
     model = DDLMForDiffusion(config)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
+    # Stepped by the loop once per optimizer step (accelerate's prepared scheduler steps once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
     base = accelerator.unwrap_model(model)  # under FSDP2 the same module, its parameters sharded
     check_sharding(accelerator, train_cfg.ema > 0)
     ema = EMA(base.parameters(), train_cfg.ema) if train_cfg.ema > 0 else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
 
     start, tokens = 0, 0
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        start, tokens = state["step"], state["tokens"]
+    if saved is not None:
+        load_training_state(saved, base, optimizer, scheduler, ema, accelerator.scaler, train_cfg)
+        start, tokens = meta["step"], meta["tokens"]
     if trackers:
         accelerator.init_trackers(output_dir.name, config={k: str(v) for k, v in recipe.to_dict()["train"].items()})
     tokens_per_step = train_cfg.global_batch_size * recipe.data.block_size
@@ -387,7 +397,10 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Pat
             with metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         if step % train_cfg.save_every == 0 or step == train_cfg.steps:
-            save_checkpoint(accelerator, output_dir, step, tokens, train_cfg.keep_checkpoints)
+            meta = {"step": step, "tokens": tokens, "recipe": recipe.to_dict(), "model": model_fields(config)}
+            save_checkpoint(output_dir, step, training_state(base, optimizer, scheduler, ema, accelerator.scaler), meta,
+                            write=accelerator.is_main_process, keep=train_cfg.keep_checkpoints)
+            accelerator.wait_for_everyone()
     bar.close()
     check_ranks_in_sync(accelerator, base, metrics_file)
     final = export(accelerator, model, ema, tokenizer, output_dir)
