@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import PreTrainedConfig
 
 from ..processes import Absorbing, Graph, Uniform
@@ -60,12 +62,7 @@ class DDLMConfig(PreTrainedConfig):
     objective: str = "diffusion"
 
     def __post_init__(self, **kwargs):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.process not in PROCESSES:
-            raise ValueError(f"process must be one of {PROCESSES}, got {self.process!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        self._validate()
         if self.objective == "ar":
             if self.scale_by_sigma:
                 raise ValueError("scale_by_sigma is a diffusion parametrisation; an autoregressive model (objective='ar') "
@@ -75,13 +72,40 @@ class DDLMConfig(PreTrainedConfig):
             self.scale_by_sigma = self.process == "absorbing"
         if self.scale_by_sigma and self.process != "absorbing":
             raise ValueError("scale_by_sigma is the absorbing parametrisation; set it False for a uniform process")
-        if self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
-        if self.hidden_size % self.num_attention_heads or (self.hidden_size // self.num_attention_heads) % 2:
-            raise ValueError(f"hidden_size {self.hidden_size} must split into {self.num_attention_heads} heads of even size")
+        super().__post_init__(**kwargs)
+
+    def _validate(self) -> None:
+        """ValueError naming the first field of the wrong kind or out of range (before anything uses them)."""
+        for name, choices in (("objective", OBJECTIVES), ("process", PROCESSES), ("schedule", SCHEDULES)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        minimum = {"vocab_size": 2, "hidden_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1, "cond_dim": 1,
+                   "time_embed_dim": 2, "mlp_ratio": 1, "max_position_embeddings": 1}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        for name in ("eps", "sigma_min", "sigma_max", "dropout", "rotary_base", "layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        ranges = {"eps": (0 < self.eps < 1, "in (0, 1)"), "sigma_min": (0 < self.sigma_min < self.sigma_max, "in (0, sigma_max)"),
+                  "dropout": (0 <= self.dropout < 1, "in [0, 1)"), "rotary_base": (self.rotary_base > 1, "> 1"),
+                  "layer_norm_eps": (self.layer_norm_eps > 0, "> 0"), "initializer_range": (self.initializer_range >= 0, ">= 0")}
+        for name, (ok, need) in ranges.items():
+            if not ok:
+                extra = f" (sigma_max={self.sigma_max!r})" if name == "sigma_min" else ""
+                raise ValueError(f"{name} must be {need}, got {getattr(self, name)!r}{extra}")
+        for name in ("scale_by_sigma", "tie_word_embeddings"):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (value is None and name == "scale_by_sigma")):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+        if self.hidden_size % self.num_attention_heads or self.head_dim % 2:
+            raise ValueError(f"hidden_size {self.hidden_size} must split into num_attention_heads={self.num_attention_heads} "
+                             "heads of even size")
         if self.time_embed_dim % 2:
             raise ValueError(f"time_embed_dim must be even, got {self.time_embed_dim}")
-        super().__post_init__(**kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "DDLMConfig":
