@@ -23,10 +23,12 @@ import os
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import logging as transformers_logging
 
 from ..processes import check_token_ids
 from .configuration import DDLMConfig
@@ -68,13 +70,26 @@ def _check_local_checkpoint(path: str | os.PathLike) -> None:
             raise FileNotFoundError(f"no model directory at {path}")
         return  # a hub id
     config = os.path.join(path, "config.json")
-    model_type = None
-    if os.path.isfile(config):
-        with open(config, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-    if model_type != DDLMConfig.model_type:
+    values = _read_config(config) if os.path.isfile(config) else {}
+    if values.get("model_type") != DDLMConfig.model_type:
         raise ValueError(f"{path} is not a ddlm model directory (expected a config.json with model_type 'ddlm'); "
                          "convert an official SEDD checkpoint with `ddlm convert sedd PATH OUT`")
+    try:
+        DDLMConfig.from_dict(values)
+    except (TypeError, ValueError, AttributeError) as error:  # a field of the wrong kind or out of range
+        raise ValueError(f"{config}: {error}") from None
+
+
+def _read_config(path: str) -> dict:
+    """The JSON object in a config.json, or a ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object of config fields, got {type(values).__name__}")
+    return values
 
 
 class LayerNorm(nn.Module):
@@ -275,9 +290,22 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         if args and isinstance(args[0], (str, os.PathLike)):
             _check_local_checkpoint(args[0])
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        problems = [f"{name.replace('_', ' ')}: {sorted(keys)}" for name in ("missing_keys", "unexpected_keys", "mismatched_keys")
-                    if (keys := info.get(name))]
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # shape mismatches are reported below, as errors
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()  # its load report would repeat the error raised below
+        try:
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            where = args[0] if args else "the checkpoint"
+            if args and os.path.isfile(weights := os.path.join(os.fspath(args[0]), "model.safetensors")):
+                where = weights
+            raise ValueError(f"{where} is not a readable safetensors file (corrupt or truncated?): {error}") from None
+        finally:
+            transformers_logging.set_verbosity(verbosity)
+        problems = [f"{name.replace('_', ' ')}: {sorted(keys)}" for name in ("missing_keys", "unexpected_keys") if (keys := info.get(name))]
+        if mismatched := info.get("mismatched_keys"):
+            problems.append("shapes differ from config.json's: " + ", ".join(
+                f"{key} (checkpoint {list(saved)}, config {list(wanted)})" for key, saved, wanted in sorted(mismatched)))
         if problems:
             raise ValueError(f"checkpoint {args[0] if args else ''} does not match {cls.__name__}; " + "; ".join(problems))
         return (model, info) if want_info else model
