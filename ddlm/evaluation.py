@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .data import eos_id
 from .losses import ar_nll
 from .model import DDLMForDiffusion
+from .sampling import check_count
 
 
 @dataclass
@@ -117,22 +118,37 @@ def ar_text_nll(model: DDLMForDiffusion, tokenizer, texts: Sequence[str], *, bat
 
 def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None):
     """A ``save_pretrained`` directory (or hub id) -> (model in eval mode, tokenizer), diffusion or AR."""
-    from transformers import AutoTokenizer
-
     model = DDLMForDiffusion.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {})).to(device or "cpu").eval()
     if tokenizer is None:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{path} holds no tokenizer; pass tokenizer= (SEDD models use the GPT-2 tokenizer)") from error
+        tokenizer = _load_tokenizer(path)
     check_vocabulary(model, tokenizer)
     return model, tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+
+
+def _load_tokenizer(path: str | os.PathLike):
+    """The tokenizer saved beside a model, or a ValueError naming the directory and its tokenizer files."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:  # missing or corrupt tokenizer files
+        files = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(path, name))]
+        if not os.path.isdir(path) or not files:
+            raise ValueError(f"{path} holds no tokenizer (no {' or '.join(TOKENIZER_FILES[:2])}); pass tokenizer= "
+                             "(ddlm CLI: --tokenizer; SEDD models use the GPT-2 tokenizer)") from error
+        raise ValueError(f"cannot load the tokenizer saved in {path} ({', '.join(files)}): "
+                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
 
 
 def score_texts(model: DDLMForDiffusion, tokenizer, texts: Sequence[str], num_t: int = 128, *, batch_size: int | None = None,
                 seed: int | None = None, progress: bool = True, **bound_kwargs) -> list[TextBound]:
     """-log p(text) per text: the likelihood bound of a diffusion model (``num_t`` t per block, ``bound_kwargs``
     to ``ddlm.likelihood.nll_bound``) or the exact value of an AR model."""
+    check_count("num_t", num_t)
+    check_count("batch_size", batch_size, allow_none=True)
     if model.config.objective == "ar":
         return ar_text_nll(model, tokenizer, texts, batch_size=batch_size, progress=progress)
     from .pipeline import DiffusionPipeline

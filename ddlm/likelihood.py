@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .losses import dwdse
 from .processes import Graph
+from .sampling import check_count
 from .score import ScoreFn
 
 T_SAMPLING = ("stratified", "antithetic", "iid")
@@ -63,8 +64,8 @@ def sample_times(batch: int, num_t: int, method: str = "stratified", power: floa
     if isinstance(num_t, bool) or not isinstance(num_t, int) or num_t < 2 or (method != "iid" and num_t % 2):
         need = "an int >= 2" if method == "iid" else "an even int >= 2"
         raise ValueError(f"num_t must be {need} for t_sampling={method!r}, got {num_t!r}")
-    if not power >= 1:
-        raise ValueError(f"t_power must be >= 1, got {power}")
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 1 <= power < math.inf:
+        raise ValueError(f"t_power must be a finite number >= 1, got {power!r}")
     u = 1 - torch.rand(batch, num_t, generator=generator, dtype=torch.float64, device=device)  # (0, 1]
     if method == "stratified":
         strata = num_t // 2
@@ -143,6 +144,7 @@ def nll_bound(
     The integral starts at sigma_bar(0): for schedules with sigma_bar(0) > 0 (Geometric) the
     sliver between clean data and sigma_bar(0) is omitted, as in SEDD.
     """
+    check_count("batch_size", batch_size, allow_none=True)
     graph.check_clean(x0)
     if x0.dim() != 2:
         raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")

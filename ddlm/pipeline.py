@@ -14,13 +14,22 @@ from .evaluation import TextBound, blocks_by_length, load_model, text_blocks
 from .likelihood import nll_bound
 from .model import DDLMForDiffusion
 from .processes import Graph
-from .sampling import sample
+from .sampling import check_count, sample
 from .score import ScoreFn
 
-GAP = re.compile(r"\{\{(\d+)\}\}")
+GAP = re.compile(r"\{\{\s*([-+]?[\d.]+)\s*\}\}")  # {{n}}; signs and points are caught to be refused
 MASK_TEXT = "[MASK]"  # how a still-masked position reads when sampling ends without denoising
 
 Template = str | Sequence[str | int]
+
+
+def _gap_length(text: str) -> int:
+    """The token count of a ``{{n}}`` gap; a ValueError for anything but a plain int (too long ones are refused later)."""
+    if not text.isdecimal():
+        raise ValueError(f"a gap {{{{{text}}}}} must hold a positive int number of tokens")
+    if len(text.lstrip("0")) > 1000:  # int() refuses over 4300 digits; no model is this long
+        raise ValueError(f"a gap of a {len(text.lstrip('0'))}-digit number of tokens exceeds any model's maximum length")
+    return int(text)
 
 
 class DiffusionPipeline:
@@ -95,10 +104,12 @@ class DiffusionPipeline:
         Batches of ``batch_size`` samples (default all) run ``ddlm.sampling.sample`` one after
         another with the same generator.
         """
-        if not isinstance(length, int) or not 1 <= length <= self.max_length:
-            raise ValueError(f"length must be an int in [1, {self.max_length}] (the model's maximum length), got {length!r}")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        check_count("num_samples", num_samples)
+        check_count("length", length)
+        if length > self.max_length:
+            raise ValueError(f"length {length} exceeds the model's maximum length {self.max_length}")
+        check_count("steps", steps)
+        check_count("batch_size", batch_size, allow_none=True)
         generator = self._generator(generator, seed)
         batch_size = batch_size or num_samples
         batches = []
@@ -131,7 +142,7 @@ class DiffusionPipeline:
 
         Keyword arguments as in ``sample`` (denoise, batch_size, generator, seed, dtype, progress).
         """
-        ids = self.sample(num_samples, length or self.max_length, steps, predictor, **kwargs)
+        ids = self.sample(num_samples, self.max_length if length is None else length, steps, predictor, **kwargs)
         return [self.decode(row) for row in ids.cpu()]
 
     def parse_template(self, template: Template) -> list[str | int]:
@@ -141,16 +152,23 @@ class DiffusionPipeline:
         """
         if isinstance(template, str):
             parts = GAP.split(template)
-            segments = [int(part) if i % 2 else part for i, part in enumerate(parts)]
-        else:
+            segments = [_gap_length(part) if i % 2 else part for i, part in enumerate(parts)]
+        elif isinstance(template, Sequence):
             segments = list(template)
+        else:
+            raise TypeError(f"a template is a str with {{{{n}}}} gaps or a list of str and int, got {type(template).__name__}")
         for segment in segments:
             if isinstance(segment, bool) or not isinstance(segment, (str, int)):
                 raise TypeError(f"template segments must be str (given text) or int (gap length), got {segment!r}")
             if isinstance(segment, int) and segment < 1:
                 raise ValueError(f"a gap must have at least 1 token, got {segment}")
-        if not any(isinstance(segment, int) for segment in segments):
+            if isinstance(segment, int) and segment > self.max_length:
+                raise ValueError(f"a gap of {segment} tokens exceeds the model's maximum length {self.max_length}")
+        gaps = sum(segment for segment in segments if isinstance(segment, int))
+        if not gaps:
             raise ValueError("the template has no gap: mark one as {{n}} (n tokens) or pass an int in a list")
+        if gaps > self.max_length:
+            raise ValueError(f"the template's gaps need {gaps} tokens but the model's maximum length is {self.max_length}")
         return [segment for segment in segments if segment != ""]
 
     def encode_template(self, template: Template) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str | None, int]]]:
@@ -206,6 +224,8 @@ class DiffusionPipeline:
         num_t: times per block; batch_size: sequences per model call; other keyword arguments go
         to ``ddlm.likelihood.nll_bound`` (t_sampling, t_power, base).
         """
+        check_count("num_t", num_t)
+        check_count("batch_size", batch_size, allow_none=True)
         generator = self._generator(generator, seed)
         groups = blocks_by_length(text_blocks(self.tokenizer, texts, self.max_length))
         parts = [[] for _ in texts]  # per text, per block: (integral, prior, stderr, tokens)

@@ -22,6 +22,14 @@ PREDICTORS = ("euler", "tau_leaping", "analytic")
 IMPLS = ("auto", "torch", "triton")
 
 
+def check_count(name: str, value, allow_none: bool = False) -> None:
+    """ValueError naming ``name`` unless ``value`` is a positive int (or None where allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1{' or None' if allow_none else ''}, got {value!r}")
+
+
 def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One draw per row from unnormalised non-negative weights [..., S] -> Long[...] (exponential race)."""
     if bool((weights.sum(-1) <= 0).any()):
@@ -96,11 +104,12 @@ def reverse_step(
 def _check_args(graph: Graph, shape, steps, predictor, x_init, fixed):
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    check_count("steps", steps)
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise ValueError(f"shape must be (batch, length) of positive ints, got {shape!r}")
     shape = tuple(shape)
-    if len(shape) != 2 or not all(isinstance(n, int) and n > 0 for n in shape):
-        raise ValueError(f"shape must be (batch, length) of positive ints, got {shape}")
+    if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise ValueError(f"shape must be (batch, length) of positive ints, got {shape!r}")
     if x_init is not None:
         graph.check_tokens(x_init, "x_init")
         if tuple(x_init.shape) != shape:

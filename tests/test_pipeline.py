@@ -126,7 +126,9 @@ def test_bad_input_gets_clear_errors(byte_tokenizer, word_tokenizer):
         pipe.infill(["x", 0])
     with pytest.raises(TypeError, match="segments"):
         pipe.infill(["x", 2.5])
-    with pytest.raises(ValueError, match=r"needs \d+ tokens \(\d+ given, 70 in gaps\) but the model's maximum length is 64"):
+    with pytest.raises(ValueError, match=r"needs \d+ tokens \(\d+ given, 60 in gaps\) but the model's maximum length is 64"):
+        pipe.infill("A template too long for the model once its gaps are counted:{{60}}")
+    with pytest.raises(ValueError, match="a gap of 70 tokens exceeds the model's maximum length 64"):
         pipe.infill("A gap too long:{{70}}")
     with pytest.raises(ValueError, match="maximum length"):
         pipe.generate(1, 65)
