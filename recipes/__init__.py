@@ -1,0 +1,1 @@
+"""The built-in training recipes (``*.yaml``), installed as ``ddlm.builtin_recipes``; see ``ddlm.recipes``."""
