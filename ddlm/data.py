@@ -58,6 +58,26 @@ class DataConfig:
     block_size: int = 1024
     cache_dir: str | None = None
 
+    def __post_init__(self):
+        def text(value, optional: bool = False) -> bool:
+            return (optional and value is None) or (isinstance(value, str) and bool(value.strip()))
+
+        fraction = self.validation_fraction
+        checks = {
+            "source": (text(self.source), "a non-empty corpus name, path or glob"),
+            "text_field": (text(self.text_field), "a non-empty column name"),
+            "split": (text(self.split), "a non-empty split name"),
+            "validation_split": (text(self.validation_split, optional=True), "null or a non-empty split name or path"),
+            "validation_fraction": (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1,
+                                    "a number in (0, 1)"),
+            "streaming": (isinstance(self.streaming, bool), "true or false"),
+            "block_size": (isinstance(self.block_size, int) and not isinstance(self.block_size, bool) and self.block_size >= 2,
+                           "an int >= 2"),
+            "cache_dir": (text(self.cache_dir, optional=True), "null or a non-empty path"),
+        }
+        if bad := [f"{name}={getattr(self, name)!r} (must be {need})" for name, (ok, need) in checks.items() if not ok]:
+            raise ValueError("invalid data settings: " + ", ".join(bad))
+
 
 # ----------------------------------------------------------------------------- python-docs
 

@@ -7,10 +7,10 @@ A recipe has four sections: ``model`` (a size preset plus any ``DDLMConfig`` fie
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,40 @@ import yaml
 from .data import DataConfig
 from .model import PRESETS, DDLMConfig
 
-# The built-in recipes: the top-level recipes/ folder, installed as the package ddlm.builtin_recipes
-# (pyproject.toml maps it); found through the import system, so a wheel and an editable install agree.
-RECIPES_DIR = Path(resources.files("ddlm.builtin_recipes"))
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 OBJECTIVES = ("diffusion", "ar")
 DECAYS = ("constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+MIN_BPE_VOCAB = 257  # a byte-level BPE: 256 bytes and EOS
+PLACEHOLDER_VOCAB = 50257  # vocab_size while validating a recipe's model section (the tokenizer sets the real one)
+SCALAR_KINDS = {"int": int, "float": float, "str": str, "bool": bool, "bool | None": bool | None}  # DDLMConfig's annotations
+
+
+def tracker_names() -> tuple[str, ...]:
+    """The trackers ``train.trackers`` may name: accelerate's (``accelerate.utils.LoggerType``) and ``none``."""
+    from accelerate.utils import LoggerType
+
+    return tuple(t.value for t in LoggerType) + ("none",)
+
+
+def _is_int(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (bools and inf / nan are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _refuse(section: str, checks: dict[str, tuple[bool, str]], values) -> None:
+    """ValueError listing every failed check as ``name=value (must be ...)``."""
+    bad = [f"{name}={getattr(values, name)!r} (must be {need})" for name, (ok, need) in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"invalid {section} settings: " + ", ".join(bad))
 
 
 @dataclass
@@ -55,6 +83,11 @@ class TokenizerRecipe:
     def __post_init__(self):
         if (self.name is None) == (self.train_vocab_size is None):
             raise ValueError("tokenizer: give exactly one of name (hub id or path) and train_vocab_size")
+        _refuse("tokenizer", {
+            "name": (self.name is None or _is_text(self.name), "a non-empty hub id or path"),
+            "train_vocab_size": (self.train_vocab_size is None or _is_int(self.train_vocab_size, MIN_BPE_VOCAB),
+                                 f"an int >= {MIN_BPE_VOCAB}: a byte-level BPE has 256 bytes and EOS"),
+        }, self)
 
 
 @dataclass
@@ -89,28 +122,36 @@ class TrainConfig:
     output_dir: str = "runs/default"
 
     def __post_init__(self):
-        self.betas = tuple(self.betas)
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        if isinstance(self.trackers, str):
+            self.trackers = [self.trackers]
+        trackers = tracker_names()
+        betas_ok = isinstance(self.betas, tuple) and len(self.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in self.betas)
+        trackers_ok = isinstance(self.trackers, list) and all(isinstance(t, str) and t in trackers for t in self.trackers)
         checks = {
-            "objective": self.objective in OBJECTIVES,
-            "decay": self.decay in DECAYS,
-            "mixed_precision": self.mixed_precision in MIXED_PRECISION,
-            "steps": self.steps >= 1,
-            "global_batch_size": self.global_batch_size >= 1,
-            "micro_batch_size": self.micro_batch_size >= 1,
-            "lr": self.lr > 0,
-            "warmup_steps": self.warmup_steps >= 0,
-            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
-            "ema": 0 <= self.ema < 1,
-            "t_min": 0 <= self.t_min < 1,
-            "keep_checkpoints": self.keep_checkpoints >= 1,
+            "objective": (self.objective in OBJECTIVES, f"one of {OBJECTIVES}"),
+            "decay": (self.decay in DECAYS, f"one of {DECAYS}"),
+            "mixed_precision": (self.mixed_precision in MIXED_PRECISION, f"one of {MIXED_PRECISION}"),
+            "lr": (_is_number(self.lr) and self.lr > 0, "a finite number > 0"),
+            "betas": (betas_ok, "two numbers in [0, 1)"),
+            "weight_decay": (_is_number(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
+            "warmup_steps": (_is_int(self.warmup_steps, 0), "an int >= 0"),
+            "min_lr_ratio": (_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
+            "clip_grad_norm": (self.clip_grad_norm is None or (_is_number(self.clip_grad_norm) and self.clip_grad_norm > 0),
+                               "a finite number > 0, or null for no clipping"),
+            "ema": (_is_number(self.ema) and 0 <= self.ema < 1, "a number in [0, 1)"),
+            "t_min": (_is_number(self.t_min) and 0 <= self.t_min < 1, "a number in [0, 1)"),
+            "seed": (_is_int(self.seed, 0) and self.seed < 2**63, "an int in [0, 2^63)"),
+            "eval_num_t": (_is_int(self.eval_num_t, 2) and self.eval_num_t % 2 == 0, "an even int >= 2 (stratified t)"),
+            "trackers": (trackers_ok, f"a list of tracker names from {trackers}"),
+            "output_dir": (_is_text(self.output_dir), "a non-empty path"),
         }
-        for name in ("log_every", "eval_every", "sample_every", "save_every"):
-            checks[name] = getattr(self, name) >= 1
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            choices = {"objective": OBJECTIVES, "decay": DECAYS, "mixed_precision": MIXED_PRECISION}
-            raise ValueError("invalid train settings: " + ", ".join(
-                f"{name}={getattr(self, name)!r}" + (f" (choose from {choices[name]})" if name in choices else "") for name in bad))
+        for name in ("steps", "global_batch_size", "micro_batch_size", "log_every", "eval_every", "eval_blocks",
+                     "sample_every", "num_samples", "sample_steps", "save_every", "keep_checkpoints"):
+            checks[name] = (_is_int(getattr(self, name), 1), "an int >= 1")
+        _refuse("train", checks, self)
+        self.accumulation_steps(1)
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per process per optimizer step; the global batch must split evenly."""
@@ -137,11 +178,14 @@ class Recipe:
 def _coerce(section: str, name: str, value, kind):
     """Check a value against its field's type; numbers YAML reads as strings ("1e-4") become floats.
 
-    Only plain scalar types (and their unions with None) are checked; containers pass as given.
+    Only plain scalar types (and their unions with None) are checked; containers pass as given (their
+    dataclass checks them). None (an empty YAML value) is refused unless the field allows it.
     """
-    if value is None:
-        return value
     options = set(typing.get_args(kind)) if isinstance(kind, types.UnionType) else {kind}
+    if value is None:
+        if type(None) not in options:
+            raise ValueError(f"{section}.{name} needs a value (got none: write {section}.{name}=VALUE)")
+        return value
     options.discard(type(None))
     if float in options and isinstance(value, (str, int)) and not isinstance(value, bool):
         try:
@@ -158,28 +202,49 @@ def _build(cls, values: dict, section: str):
     """``cls(**values)``, refusing keys that are not fields of ``cls`` and values of the wrong type."""
     fields = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    if unknown := sorted(set(values) - names):
+    if unknown := sorted(set(values) - names, key=str):
         raise ValueError(f"unknown {section} keys {unknown}; valid keys: {sorted(names)}")
     return cls(**{name: _coerce(section, name, value, fields[name]) for name, value in values.items()})
 
 
+def _section(values: dict, name: str) -> dict:
+    """A recipe section as a dict (absent or empty: {}); a ValueError if it is not a mapping."""
+    section = values.get(name)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ValueError(f"recipe section {name!r} must be a mapping of keys to values, got {section!r}")
+    return dict(section)
+
+
 def recipe_from_dict(values: dict) -> Recipe:
-    """Validate a recipe mapping (as read from YAML)."""
-    if unknown := sorted(set(values) - {"model", "tokenizer", "data", "train"}):
+    """Validate a recipe mapping (as read from YAML): every value's kind and range, and the sections against each
+    other (the model section by building its ``DDLMConfig``), before anything is tokenised, trained or written."""
+    if not isinstance(values, dict):
+        raise ValueError(f"a recipe must be a mapping of sections, got {type(values).__name__}")
+    if unknown := sorted(set(values) - {"model", "tokenizer", "data", "train"}, key=str):
         raise ValueError(f"unknown recipe sections {unknown}; valid: ['data', 'model', 'tokenizer', 'train']")
-    model = dict(values.get("model") or {})
+    sections = {name: _section(values, name) for name in ("model", "tokenizer", "data", "train")}
+    model = sections["model"]
     preset = model.pop("preset", "tiny")
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    config_fields = {f.name for f in dataclasses.fields(DDLMConfig)} - {"vocab_size"}
-    if unknown := sorted(set(model) - config_fields):
+    kinds = {name: SCALAR_KINDS[str(kind)] for name, kind in DDLMConfig.__annotations__.items()}
+    config_fields = set(kinds) - {"vocab_size"}
+    if unknown := sorted(set(model) - config_fields, key=str):
         raise ValueError(f"unknown model keys {unknown}; valid keys: preset and the DDLMConfig fields {sorted(config_fields)}")
-    return Recipe(
+    model = {name: _coerce("model", name, value, kinds[name]) for name, value in model.items()}
+    recipe = Recipe(
         model=ModelRecipe(preset, model),
-        tokenizer=_build(TokenizerRecipe, dict(values.get("tokenizer") or {}), "tokenizer"),
-        data=_build(DataConfig, dict(values.get("data") or {}), "data"),
-        train=_build(TrainConfig, dict(values.get("train") or {}), "train"),
+        tokenizer=_build(TokenizerRecipe, sections["tokenizer"], "tokenizer"),
+        data=_build(DataConfig, sections["data"], "data"),
+        train=_build(TrainConfig, sections["train"], "train"),
     )
+    try:
+        recipe.model.config(recipe.tokenizer.train_vocab_size or PLACEHOLDER_VOCAB, recipe.data.block_size, recipe.train.objective)
+    except ValueError as error:
+        raise ValueError(f"recipe model section: {error}") from None
+    return recipe
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
@@ -193,7 +258,10 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         values.setdefault(section, {})
         if not isinstance(values[section], dict):
             raise ValueError(f"recipe section {section!r} is not a mapping")
-        values[section][name] = yaml.safe_load(raw)
+        try:
+            values[section][name] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(error)})") from None
     return values
 
 
@@ -205,7 +273,19 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     if not path.is_file():
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no recipe {name_or_path!r}: not a file, and not one of {known}")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ValueError(f"recipe {path} is not UTF-8 text ({error})") from None
+    except yaml.YAMLError as error:  # syntax errors, and tags such as !!python/object that safe_load refuses
+        raise ValueError(f"recipe {path} is not valid YAML: {_yaml_problem(error)}") from None
     if not isinstance(values, dict):
         raise ValueError(f"recipe {path} must be a mapping of sections")
     return recipe_from_dict(apply_overrides(values, list(overrides)))
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: its problem and the line (1-based) it was found on."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
