@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,20 @@ def _read_config(path: str) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a JSON object of config fields, got {type(values).__name__}")
     return values
+
+
+def pickle_refused(what: str, error: Exception) -> ValueError:
+    """The one-line error for a pickle that ``torch.load(weights_only=True)`` refused, naming the file (``what``)."""
+    reason = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "")
+    return ValueError(f"refused {what}: it is not a plain tensor checkpoint (it holds pickled objects other than tensors "
+                      "and containers, possibly code, which ddlm never unpickles)" + (f"; {reason}" if reason else ""))
+
+
+def _pickled_weights(path) -> str:
+    """The pickled weight files (``pytorch_model*.bin``) of a local model directory, for error messages."""
+    path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "the checkpoint"
+    names = sorted(n for n in os.listdir(path) if n.startswith("pytorch_model") and n.endswith(".bin")) if os.path.isdir(path) else []
+    return ", ".join(os.path.join(path, name) for name in names) or f"the pytorch_model.bin weights of {path}"
 
 
 class LayerNorm(nn.Module):
@@ -289,6 +304,14 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         """``PreTrainedModel.from_pretrained`` that refuses checkpoints with missing or unexpected weights."""
         if args and isinstance(args[0], (str, os.PathLike)):
             _check_local_checkpoint(args[0])
+        # Pickled weights (pytorch_model*.bin) are read only with torch.load(weights_only=True), which refuses
+        # anything but tensors and containers; beside safetensors weights they are not read at all.
+        if kwargs.get("weights_only", True) is not True:
+            raise ValueError("weights_only=False is refused: ddlm never unpickles weights that may hold code")
+        kwargs["weights_only"] = True
+        if args and isinstance(args[0], (str, os.PathLike)) and any(
+                os.path.isfile(os.path.join(args[0], name)) for name in ("model.safetensors", "model.safetensors.index.json")):
+            kwargs.setdefault("use_safetensors", True)
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("ignore_mismatched_sizes", True)  # shape mismatches are reported below, as errors
         verbosity = transformers_logging.get_verbosity()
@@ -300,6 +323,8 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
             if args and os.path.isfile(weights := os.path.join(os.fspath(args[0]), "model.safetensors")):
                 where = weights
             raise ValueError(f"{where} is not a readable safetensors file (corrupt or truncated?): {error}") from None
+        except pickle.UnpicklingError as error:
+            raise pickle_refused(_pickled_weights(args[0] if args else None), error) from None
         finally:
             transformers_logging.set_verbosity(verbosity)
         problems = [f"{name.replace('_', ' ')}: {sorted(keys)}" for name in ("missing_keys", "unexpected_keys") if (keys := info.get(name))]

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .configuration import DDLMConfig
-from .modeling import DDLMForDiffusion
+from .modeling import DDLMForDiffusion, pickle_refused
 
 SEDD_TIME_FEATURES = 256  # SEDD's sinusoidal sigma embedding size (fixed in its code)
 SEDD_MLP_RATIO = 4
@@ -264,8 +264,7 @@ def _safe_torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ValueError(f"refused {path}: it is not a plain tensor checkpoint (it holds pickled objects "
-                         f"other than tensors and containers, possibly code): {error}") from None
+        raise pickle_refused(str(path), error) from None
 
 
 def _tensor_dict(state, where: str) -> dict[str, torch.Tensor]:
