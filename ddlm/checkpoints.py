@@ -248,6 +248,8 @@ def verify(checkpoint: Path) -> dict:
         files = manifest["files"]
         if set(files) != {STATE_TENSORS, STATE_JSON} or manifest.get("format") != FORMAT:
             raise ValueError(f"it lists {sorted(files)} in format {manifest.get('format')!r}")
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{checkpoint / MANIFEST} is missing (the checkpoint is incomplete)") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CorruptCheckpoint(f"{checkpoint / MANIFEST} is not a ddlm checkpoint manifest ({error})") from None
     for name, expected in files.items():
@@ -286,11 +288,18 @@ def _pointer_problem(output_dir: Path, newest: Path | None) -> str | None:
     return None
 
 
+def _legacy(checkpoint: Path) -> bool:
+    """A checkpoint of ddlm 0.1 (accelerate's ``save_state``, pickled states): recognised, never loaded."""
+    return (checkpoint / "trainer_state.json").is_file() and not (checkpoint / MANIFEST).exists()
+
+
 def choose_resume_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint whose files match its manifest (main process only: it moves the damaged
-    ones it passes to ``checkpoints/corrupt_step_N`` and warns, naming each)."""
-    candidates = complete_checkpoints(output_dir)
-    if problem := _pointer_problem(output_dir, candidates[-1] if candidates else None):
+    """The newest checkpoint whose files match its manifest (main process only: it moves every damaged
+    or incomplete ``step_N`` directory it passes to ``checkpoints/corrupt_step_N`` and warns, naming each)."""
+    root = output_dir / CHECKPOINTS
+    candidates = sorted((p for p in root.glob("step_*") if STEP_DIR.fullmatch(p.name) and not _legacy(p)), key=step_of)
+    complete = complete_checkpoints(output_dir)
+    if problem := _pointer_problem(output_dir, complete[-1] if complete else None):
         log.warning("ddlm: %s; resuming from the newest complete checkpoint instead", problem)
     for checkpoint in reversed(candidates):
         try:
@@ -328,7 +337,7 @@ def prepare_run_directory(output_dir: Path, resume: bool) -> Path | None:
                 os.replace(path, aside / path.name)
             log.warning("ddlm: %s held files of a run that wrote no checkpoint; moved them to %s", output_dir, aside)
         return None
-    legacy = [p for p in root.glob("step_*") if (p / "trainer_state.json").is_file() and not (p / MANIFEST).is_file()]
+    legacy = [p for p in root.glob("step_*") if _legacy(p)]
     checkpoint = choose_resume_checkpoint(output_dir)
     if checkpoint is None:
         hint = (f"; {', '.join(p.name for p in legacy)} use the format of ddlm before 0.2 (pickled through accelerate), "

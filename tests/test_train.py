@@ -160,24 +160,25 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path, shared_data, monkeypatch, capsys):
-    from accelerate import Accelerator
+    import ddlm.checkpoints as checkpoints
 
-    real_save = Accelerator.save_state
+    real_save = checkpoints.save_file
     calls = {"n": 0}
 
-    def failing_save(self, output_dir=None, **kwargs):
+    def failing_save(tensors, path, *args, **kwargs):
         calls["n"] += 1
-        real_save(self, output_dir, **kwargs)
         if calls["n"] == 2:
+            Path(path).write_bytes(b"partial")
             raise OSError(28, "No space left on device")
+        real_save(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(Accelerator, "save_state", failing_save)
+    monkeypatch.setattr(checkpoints, "save_file", failing_save)
     recipe = recipe_from_dict(tiny_recipe(tmp_path, shared_data))
     with pytest.raises(OSError, match="No space left"):
         train(recipe, progress=False)
     assert latest_checkpoint(tmp_path / "run").name == "step_00000003"
     assert (tmp_path / "run" / "checkpoints" / ".tmp_step_00000006").is_dir()  # the partial write, never pointed to
-    monkeypatch.setattr(Accelerator, "save_state", real_save)
+    monkeypatch.undo()
     final = train(recipe, resume=True, progress=True)
     assert sorted(losses(tmp_path / "run")) == list(range(1, 13))
     report = capsys.readouterr().out  # the end-of-run summary: held-out bound before/after, samples, an infill
@@ -214,6 +215,8 @@ def test_two_processes_keep_identical_weights_and_sum_their_batches(tmp_path, sh
     steps = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert all(r["sequences"] == 8 for r in steps)  # 2 ranks x 2 accumulation steps x 2 sequences
+    factor = lr_lambda(load_recipe(str(recipe)).train)  # one scheduler step per optimizer step, not one per process
+    assert [r["lr"] for r in steps] == pytest.approx([2e-3 * factor(s) for s in range(1, 5)])
     assert all(math.isfinite(r["train/loss"]) for r in steps)
     fingerprints = torch.tensor(records[-1]["weight_fingerprints"])
     assert fingerprints.shape[0] == 2 and torch.equal(fingerprints[0], fingerprints[1])
