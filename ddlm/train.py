@@ -221,6 +221,28 @@ def check_sharding(accelerator, ema: bool) -> None:
                          "use ZeRO-1/2 or FSDP2, or set train.ema=0")
 
 
+def set_aside_later_metrics(metrics_file: Path, step: int) -> None:
+    """On a resume from ``step``: move the records of later steps (the interrupted run's, which this run
+    writes again) and any unreadable line (a write cut by a kill) to ``metrics.after-<step>-<time>.jsonl``,
+    so ``metrics.jsonl`` holds one record per step."""
+    if not metrics_file.is_file():
+        return
+
+    def earlier(line: str) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step
+
+    lines = metrics_file.read_text().splitlines(keepends=True)
+    later = [line for line in lines if not earlier(line)]
+    if later:
+        aside = metrics_file.with_name(f"metrics.after-{step}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+        aside.write_text("".join(later))
+        write_atomic(metrics_file, "".join(line for line in lines if earlier(line)))
+
+
 def model_fields(config: DDLMConfig) -> dict:
     """The ``DDLMConfig`` fields of a config (what a checkpoint records of the model's shape)."""
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(DDLMConfig)}
@@ -305,6 +327,7 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     if accelerator.is_main_process:
         write_atomic(output_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
         if meta is not None:
+            set_aside_later_metrics(output_dir / METRICS, meta["step"])
             with (output_dir / RESUMES).open("a") as f:
                 f.write(json.dumps({"step": meta["step"], "checkpoint": checkpoint.name, "changes": changes}) + "\n")
     with accelerator.main_process_first():

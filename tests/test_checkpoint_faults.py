@@ -67,8 +67,14 @@ def assert_same_tensors(a: Path, b: Path) -> None:
 
 
 def assert_resumed_like_reference(run: Path, workspace) -> None:
-    """The resumed run's newest checkpoint (model, optimizer, EMA, ...) and export equal the reference's."""
+    """The resumed run's newest checkpoint (model, optimizer, EMA, ...) and export equal the reference's,
+    and its metrics.jsonl holds the reference's training records, one per step."""
     reference = workspace[0] / "reference"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
+    assert [r["train/loss"] for r in steps] == [r["train/loss"] for r in expected if "train/loss" in r]
     name = f"step_{STEPS:08d}"
     assert_same_tensors(run / "checkpoints" / name / "state.safetensors", reference / "checkpoints" / name / "state.safetensors")
     assert_same_tensors(run / "final" / "model.safetensors", reference / "final" / "model.safetensors")
@@ -477,3 +483,35 @@ def test_the_cli_reports_a_busy_directory_and_a_refused_change_in_one_line(works
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ddlm train: error: cannot resume: ") and "train.seed 0 -> 3" in lines[0]
+
+
+def test_the_cli_reports_a_short_write_in_one_line_and_the_run_resumes(workspace, tmp_path, shared_data):
+    """A child process whose file-size limit is lowered during its second checkpoint write: exit 2, one
+    line naming the file; then ``--resume`` completes exactly."""
+    run = tmp_path / "run"
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(recipe_values(workspace[0], shared_data, run)))
+    script = textwrap.dedent(f"""
+        import resource, signal
+        import ddlm.checkpoints as checkpoints
+        from ddlm.cli import main
+        real, calls = checkpoints.save_file, [0]
+        def save_file(tensors, path, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 2:
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+            return real(tensors, path, *args, **kwargs)
+        checkpoints.save_file = save_file
+        main(["train", {str(recipe)!r}, "--quiet"])
+        """)
+    result = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ddlm train: error: could not write "), lines
+    assert "File too large" in result.stderr
+    assert latest_checkpoint(run).name == "step_00000002"
+    resumed = subprocess.run([sys.executable, "-m", "ddlm", "train", str(recipe), "--resume", "--quiet"], env=ENV,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_resumed_like_reference(run, workspace)
