@@ -4,7 +4,7 @@
 # torch==2.13.0 and then the wheel into a fresh virtual environment outside the checkout, and, from
 # a temporary directory outside the checkout, trains the quickstart recipe for 2 steps and samples
 # from the exported model. Any failure fails the script. Run it alone with `bash .ci/wheel_smoke.sh`
-# (needs python3 with venv and pip, and git; about 2-4 minutes on 2 cores, most of it installing).
+# (needs python3 with venv and pip, and git; 5-7 minutes on a shared 2-core machine, most of it installing).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-python3}"
