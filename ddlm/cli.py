@@ -3,11 +3,83 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 SEPARATOR = "=" * 40
 
 import torch
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (counts and sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def at_least_two(text: str) -> int:
+    """argparse type: an int >= 2."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
+    return value
+
+
+def even_count(text: str) -> int:
+    """argparse type: an even int >= 2 (stratified t samples come in pairs)."""
+    value = positive_int(text)
+    if value % 2:
+        raise argparse.ArgumentTypeError(f"expected an even positive integer (t samples come in pairs), got {text!r}")
+    return value
+
+
+def random_seed(text: str) -> int:
+    """argparse type: a random seed, an int in [0, 2^63)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2^63), got {text!r}")
+    return value
+
+
+DEMO_MAX_SEQUENCES = 10**6  # the demo's oracle enumerates every one of the N^L sequences
+
+
+def t_power(text: str) -> float:
+    """argparse type: a finite number >= 1 (the likelihood bound's t = u^power)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 1 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 1 (t = u^power), got {text!r}")
+    return value
+
+
+def torch_device(text: str) -> str:
+    """argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps, xpu)."""
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (use cpu, cuda, cuda:N or mps)") from None
+    if parsed.type == "cpu":
+        return text
+    if parsed.type not in ("cuda", "mps", "xpu"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r} (use cpu, cuda, cuda:N or mps)")
+    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type)
+    if not backend.is_available():
+        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine (torch sees no {parsed.type} device)")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if parsed.index is not None and parsed.index >= count:
+        raise argparse.ArgumentTypeError(f"device {text!r} does not exist: this machine has {count} {parsed.type} device(s)")
+    return text
 
 
 def demo(args: argparse.Namespace) -> None:
@@ -16,6 +88,9 @@ def demo(args: argparse.Namespace) -> None:
     from .likelihood import nll_bound
     from .sampling import PREDICTORS, sample
 
+    if args.tokens ** args.length > DEMO_MAX_SEQUENCES:
+        raise ValueError(f"--tokens {args.tokens} and --length {args.length} make {args.tokens}^{args.length} sequences; "
+                         f"the exact oracle enumerates them all, so keep N^L <= {DEMO_MAX_SEQUENCES:,}")
     generator = torch.Generator().manual_seed(args.seed)
     setups = {"absorbing": (Absorbing(args.tokens), LogLinear()), "uniform": (Uniform(args.tokens), Geometric())}
     for name, (graph, noise) in setups.items():
@@ -40,13 +115,12 @@ def _load(args: argparse.Namespace, path: str | None = None):
     """(model, tokenizer) of ``path`` (default the command's model argument), honouring --tokenizer, --device
     and --quiet."""
     import transformers
-    from transformers import AutoTokenizer
 
-    from .evaluation import load_model
+    from .evaluation import _load_tokenizer, load_model
 
     if args.quiet:
         transformers.utils.logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+    tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
     return load_model(path or args.model, tokenizer=tokenizer, device=args.device)
 
 
@@ -80,10 +154,15 @@ def eval_command(args: argparse.Namespace) -> None:
 
     from .evaluation import score_texts
 
+    if args.t_sampling != "iid" and args.num_t % 2:
+        raise ValueError(f"--num-t must be even for --t-sampling {args.t_sampling} (t samples come in pairs), got {args.num_t}")
     texts = []
     for path in args.files:
-        with open(path, encoding="utf-8") as f:
-            texts.append(f.read())
+        try:
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text ({error})") from None
         if not texts[-1].strip():
             raise ValueError(f"{path} is empty; nothing to score")
     models, per_model, kinds = [args.model] + args.compare, [], set()
@@ -130,7 +209,9 @@ def quality_command(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.reference} has a different tokenizer from {args.model}; generative perplexity "
                          "scores the samples' token ids, so both models need the same tokenizer")
     pipe = DiffusionPipeline(model, tokenizer)
-    length = args.length or pipe.max_length
+    length = pipe.max_length if args.length is None else args.length
+    if length > pipe.max_length:
+        raise ValueError(f"--length {length} exceeds the model's maximum length {pipe.max_length}")
     eos = tokenizer.eos_token_id
     print(f"{args.num_samples} samples of {length} tokens; generative perplexity under {args.reference}")
     print(f"{'predictor':>12} {'steps':>6} {'gen. ppl':>10} {'entropy':>8} {'distinct-2':>10} {'distinct-4':>10}")
@@ -172,17 +253,17 @@ def train_command(args: argparse.Namespace) -> None:
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a save_pretrained directory (model + tokenizer) or hub id")
     p.add_argument("--tokenizer", help="tokenizer directory or hub id, if the model directory has none")
-    p.add_argument("--device", default=None, help="torch device (default cpu)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per model call batch (default all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=torch_device, default=None, help="torch device (default cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="sequences per model call batch (default all)")
+    p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     from .sampling import PREDICTORS
 
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--num-samples", type=positive_int, default=1)
+    p.add_argument("--steps", type=positive_int, default=128)
     p.add_argument("--predictor", choices=PREDICTORS, default="analytic")
     p.add_argument("--no-denoise", action="store_true", help="skip the final denoising step")
 
@@ -191,18 +272,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ddlm", description="Discrete diffusion language models (score entropy).")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("demo", help="samplers and likelihood bound against an exact oracle (CPU, seconds)")
-    p.add_argument("--tokens", type=int, default=3, help="real tokens N of the toy distribution")
-    p.add_argument("--length", type=int, default=3, help="sequence length L")
-    p.add_argument("--samples", type=int, default=20_000, help="samples per predictor")
-    p.add_argument("--steps", type=int, default=128, help="sampling steps")
-    p.add_argument("--num-t", type=int, default=1024, help="t samples of the likelihood bound")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens", type=at_least_two, default=3, help="real tokens N of the toy distribution")
+    p.add_argument("--length", type=positive_int, default=3, help="sequence length L")
+    p.add_argument("--samples", type=positive_int, default=20_000, help="samples per predictor")
+    p.add_argument("--steps", type=positive_int, default=128, help="sampling steps")
+    p.add_argument("--num-t", type=even_count, default=1024, help="t samples of the likelihood bound (even)")
+    p.add_argument("--seed", type=random_seed, default=0)
     p.set_defaults(run=demo)
 
     p = commands.add_parser("sample", help="unconditional samples of a model")
     _add_model_arguments(p)
     _add_sampling_arguments(p)
-    p.add_argument("--length", type=int, default=None, help="tokens per sample (default the model's maximum)")
+    p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default the model's maximum)")
     p.set_defaults(run=sample_command)
 
     p = commands.add_parser("infill", help="fill the {{n}} gaps (n tokens each) of a text")
@@ -219,18 +300,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", nargs="+", help="UTF-8 text files; each is scored whole, in blocks of the model's length")
     p.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
                    help="more models (diffusion or AR) to score the same files in the same table, with ppl ratios to MODEL")
-    p.add_argument("--num-t", type=int, default=128, help="t samples per block (diffusion models)")
+    p.add_argument("--num-t", type=positive_int, default=128, help="t samples per block (diffusion models; even unless --t-sampling iid)")
     p.add_argument("--t-sampling", choices=T_SAMPLING, default="stratified", help="how u in (0, 1] is drawn for the t integral")
-    p.add_argument("--t-power", type=float, default=2.0, help="t = u^power (1: t uniform)")
+    p.add_argument("--t-power", type=t_power, default=2.0, help="t = u^power, a finite number >= 1 (1: t uniform)")
     p.set_defaults(run=eval_command)
 
     p = commands.add_parser("quality", help="sample quality per predictor and steps: generative perplexity under an AR model, entropy, distinct-n")
     _add_model_arguments(p)
     p.add_argument("--reference", required=True, help="an AR model (objective 'ar') with the same tokenizer, e.g. trained by ddlm train")
     p.add_argument("--predictors", nargs="+", choices=PREDICTORS, default=list(PREDICTORS))
-    p.add_argument("--steps", type=int, nargs="+", default=[16, 64, 256])
-    p.add_argument("--num-samples", type=int, default=32)
-    p.add_argument("--length", type=int, default=None, help="tokens per sample (default the model's maximum)")
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[16, 64, 256])
+    p.add_argument("--num-samples", type=positive_int, default=32)
+    p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default the model's maximum)")
     p.set_defaults(run=quality_command)
 
     p = commands.add_parser("train", help="train per a recipe (also: accelerate launch -m ddlm train RECIPE)")
