@@ -116,11 +116,11 @@ def _load(args: argparse.Namespace, path: str | None = None):
     and --quiet."""
     import transformers
 
-    from .evaluation import _load_tokenizer, load_model
+    from .evaluation import load_model, load_tokenizer
 
     if args.quiet:
         transformers.utils.logging.disable_progress_bar()
-    tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     return load_model(path or args.model, tokenizer=tokenizer, device=args.device)
 
 
@@ -225,12 +225,11 @@ def quality_command(args: argparse.Namespace) -> None:
 
 def convert_command(args: argparse.Namespace) -> None:
     """Import an official SEDD checkpoint as a ddlm model directory (with a tokenizer if given)."""
-    from transformers import AutoTokenizer
-
+    from .evaluation import load_tokenizer
     from .model.sedd import convert_sedd
     from .pipeline import DiffusionPipeline
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     model = convert_sedd(args.source, args.out, ema=not args.no_ema, config=args.config)
     if tokenizer is not None:
         DiffusionPipeline(model, tokenizer).save_pretrained(args.out)  # checks the vocabulary matches

@@ -120,7 +120,7 @@ def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: t
     """A ``save_pretrained`` directory (or hub id) -> (model in eval mode, tokenizer), diffusion or AR."""
     model = DDLMForDiffusion.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {})).to(device or "cpu").eval()
     if tokenizer is None:
-        tokenizer = _load_tokenizer(path)
+        tokenizer = load_tokenizer(path)
     check_vocabulary(model, tokenizer)
     return model, tokenizer
 
@@ -128,13 +128,15 @@ def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: t
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
 
 
-def _load_tokenizer(path: str | os.PathLike):
+def load_tokenizer(path: str | os.PathLike):
     """The tokenizer saved beside a model, or a ValueError naming the directory and its tokenizer files."""
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:  # missing or corrupt tokenizer files
+        if not os.path.isdir(path) and isinstance(error, OSError):
+            raise  # a hub id: transformers says what is missing (or that the hub cannot be reached)
         files = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(path, name))]
         if not os.path.isdir(path) or not files:
             raise ValueError(f"{path} holds no tokenizer (no {' or '.join(TOKENIZER_FILES[:2])}); pass tokenizer= "
