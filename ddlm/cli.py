@@ -334,4 +334,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.run(args)
     except (ValueError, OSError, FloatingPointError) as error:
-        parser.exit(2, f"ddlm {args.command}: error: {error}\n")
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())  # one line, always
+        parser.exit(2, f"ddlm {args.command}: error: {message or type(error).__name__}\n")

@@ -648,8 +648,9 @@ def test_cli_infill_template(capsys, model_dir, template, needle):
 
 
 @pytest.mark.parametrize("name, change", [(name, change) for name, change, _ in MODEL_DIRS
-                                          if name in ("config-not-json", "config-list", "hidden-size-string", "weights-truncated-data",
-                                                      "weights-random", "tokenizer-missing", "tokenizer-json-list", "vocab-differs-from-weights")])
+                                          if name in ("config-not-json", "config-list", "config-missing", "hidden-size-string", "dtype-unknown",
+                                                      "weights-truncated-data", "weights-random", "weights-missing", "tokenizer-missing",
+                                                      "tokenizer-json-list", "vocab-differs-from-weights", "layers-differ-from-weights")])
 def test_cli_corrupt_model_directory(capsys, model_dir, tmp_path, name, change):
     path = corrupt(model_dir, tmp_path, change)
     cli_error(capsys, ["sample", str(path), "--steps", "1", "--quiet"], str(path))
