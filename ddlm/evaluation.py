@@ -99,6 +99,7 @@ def check_vocabulary(model: DDLMForDiffusion, tokenizer) -> None:
 @torch.no_grad()
 def ar_text_nll(model: DDLMForDiffusion, tokenizer, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = True) -> list[TextBound]:
     """Exact -log p(text) of an autoregressive model (objective='ar'), blocks as in ``text_blocks``."""
+    check_count("batch_size", batch_size, allow_none=True)
     check_vocabulary(model, tokenizer)
     model.eval()
     device = next(model.parameters()).device

@@ -46,6 +46,7 @@ class DiffusionPipeline:
             raise ValueError("an autoregressive model (objective='ar') has no reverse process; score it with ddlm.evaluation.score_texts")
         self.graph = graph or getattr(model, "graph", None)
         self.noise = noise or getattr(model, "noise", None)
+        check_count("max_length", max_length, allow_none=True)
         self.max_length = max_length or getattr(config, "max_position_embeddings", None)
         if self.graph is None or self.noise is None or self.max_length is None:
             raise ValueError("a model without a DDLMConfig needs graph=, noise= and max_length=")

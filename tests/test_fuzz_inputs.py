@@ -21,7 +21,7 @@ import yaml
 
 from ddlm import Absorbing, DDLMConfig, DDLMForDiffusion, LogLinear, Uniform
 from ddlm.cli import main
-from ddlm.evaluation import load_model, score_texts
+from ddlm.evaluation import ar_text_nll, load_model, score_texts
 from ddlm.likelihood import nll_bound
 from ddlm.pipeline import DiffusionPipeline
 from ddlm.recipes import load_recipe, recipe_from_dict
@@ -236,6 +236,35 @@ def test_score_texts_counts(pipe, name, value):
     args = {"num_t": 4, "batch_size": None, name: value}
     with pytest.raises(ValueError, match=rf"{name} must be an int >= 1"):
         score_texts(pipe.model, pipe.tokenizer, ["some text"], progress=False, **args)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "8"], ids=repr)
+def test_pipeline_max_length(pipe, value):
+    with pytest.raises(ValueError, match=r"max_length must be an int >= 1 or None"):
+        DiffusionPipeline(pipe.model, pipe.tokenizer, max_length=value)
+
+
+@pytest.fixture(scope="module")
+def ar_model():
+    return DDLMForDiffusion(DDLMConfig.from_preset("tiny", vocab_size=VOCAB, max_position_embeddings=MAX_LEN, num_hidden_layers=1,
+                                                   objective="ar")).eval()
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "4"], ids=repr)
+def test_ar_scoring_batch_size(ar_model, tokenizer, value):
+    """An AR model's exact -log p used to come out 0 (perplexity 1) for a negative batch size."""
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1 or None"):
+        ar_text_nll(ar_model, tokenizer, ["some text"], batch_size=value, progress=False)
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1 or None"):
+        score_texts(ar_model, tokenizer, ["some text"], batch_size=value, progress=False)
+
+
+def test_ar_scoring_is_the_same_for_every_batch_size(ar_model, tokenizer):
+    texts = [TEXT[:40], TEXT[5:30]]
+    whole = ar_text_nll(ar_model, tokenizer, texts, progress=False)
+    ones = ar_text_nll(ar_model, tokenizer, texts, batch_size=1, progress=False)
+    assert [r.integral for r in whole] == pytest.approx([r.integral for r in ones], rel=1e-5)
+    assert all(r.integral > 0 for r in whole)
 
 
 # ----------------------------------------------------------------------------- DDLMConfig
