@@ -1,20 +1,35 @@
-"""Denoising score entropy from per-row sums, with interchangeable backends.
+"""Denoising score entropy per row, with interchangeable backends.
 
-For one position (row) with current token x, clean token x0 and log-scores s [V], DSE needs
-only two sums over the vocabulary and a few float64 scalars (``Graph.dse_coefficients``):
+For one position (row) with current token x, clean token x0 and log-scores s [V] (plus the
+optional per-row ``shift``), DSE reduces to a few float64 scalars (``Graph.dse_coefficients``)
+and one sum over R = {y != x, y != x0} of non-negative terms:
 
-    DSE = w [ sum_{y in R} e^{s_y} - a sum_{y in R} s_y + |R| K(a) ] + w [x0 != x] b (expm1(v) - v)
+    DSE = w [ sum_{y in R} B_y ] + w [x0 != x] b phi(s_x0 - log b),    phi(u) = expm1(u) - u >= 0
+    B_y = a phi(u_y), u_y = s_y - log a   (a > 0: Uniform)
+    B_y = e^{s_y}                         (a = 0: Absorbing, where every y in R has ratio 0)
 
-with R = {y != x, y != x0}, v = s_x0 - log b and K(a) = a (log a - 1). The gradient is
-w (e^{s_y} - a) on R, w b expm1(v) at x0 (when x0 != x) and 0 at x.
+This is s_y - a s_y + K(a) with K(a) = a (log a - 1) rewritten so that no two large terms
+cancel: each B_y is computed to about 2e-7 relative (float32; 1e-15 in float64) from u_y, and the
+row is a sum of non-negative terms, so the loss is >= 0 and keeps that relative accuracy at the
+optimum (s = r, where every term is O(a v^2)) as well as far from it. The gradient is
+w a expm1(u_y) on R (w e^{s_y} where a = 0), w b expm1(s_x0 - log b) at x0 (float64) and 0 at x.
 
-Backends compute the sums and the gradient rows:
+How u is formed: with c = log a - shift (float64 per row; log a := 0 where a = 0) split into
+hi = float(c) and lo = float(c - hi) in the compute dtype, u = (log_score - hi) - lo. Near the
+optimum the first subtraction is exact (Sterbenz), so u carries one rounding and its small value
+survives. phi(u) for |u| < 1 is the Taylor polynomial u^2 sum_{k<=K} u^k / (k + 2)! (K = 9 in
+float32, 16 in float64; truncation below 1e-8 resp. 1e-16), else expm1(u) - u; far from the
+optimum (|u| >> 1) the rounding of u itself limits each term to about |u| * 6e-8 relative, as it
+limits e^s. Terms with u > 80 (a e^u representable but e^u not) are computed from e^{u + log a}.
+
+Backends compute the row sum of B and the gradient rows:
 
 - ``eager``: whole-tensor PyTorch ops under autograd (the reference; several [N, V] temporaries);
 - ``torch``: chunks of rows inside a custom autograd function, so no [N, V] temporary exists
   beyond the log-scores and their gradient; rows with w = 0 are skipped;
 - ``triton``: one kernel program per row, one pass over V (``ddlm.kernels.score_entropy``); runs
-  on CUDA, or on CPU under ``TRITON_INTERPRET=1``.
+  on CUDA, or on CPU under ``TRITON_INTERPRET=1``. It has no expm1 (the interpreter lacks
+  libdevice), so it uses exp(u) - 1 for |u| >= 1 and the polynomial below.
 
 When a gradient is needed it is computed in the forward pass, in the same read of the
 log-scores (optionally in place, over the log-scores); forward-only use (the likelihood bound)
@@ -23,12 +38,37 @@ writes nothing of size [N, V].
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
 IMPLS = ("auto", "eager", "torch", "triton")
 CHUNK_ELEMENTS = 1 << 22  # log-scores per chunk of the torch backend (CHUNK_ELEMENTS // V rows)
+SMALL_U = 1.0  # |u| below this: phi and expm1 from the Taylor polynomial
+BIG_U = 80.0  # u above this: a e^u from e^{u + log a} (e^u would overflow in float32)
+
+
+def taylor_degree(dtype: torch.dtype) -> int:
+    """K of the polynomial P(u) = sum_{k <= K} u^k / (k + 2)! (phi(u) = u^2 P(u)) for |u| < SMALL_U."""
+    return 16 if dtype == torch.float64 else 9
+
+
+def phi_polynomial(u: torch.Tensor, degree: int) -> torch.Tensor:
+    """P(u) = sum_{k=0}^{degree} u^k / (k + 2)!, by Horner (a new tensor)."""
+    p = u * (1 / math.factorial(degree + 2)) + 1 / math.factorial(degree + 1)
+    for k in range(degree - 2, -1, -1):
+        p.mul_(u).add_(1 / math.factorial(k + 2))
+    return p
+
+
+def split_offset(a: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype):
+    """(hi, lo, log_a) [N] in dtype: c = log a - shift = hi + lo to float64 precision; log a := 0 where a = 0."""
+    log_a = torch.log(torch.where(a > 0, a, torch.ones_like(a)))
+    c = log_a - shift
+    hi = c.to(dtype)
+    lo = (c - hi.double()).to(dtype)
+    return hi, lo, log_a.to(dtype)
 
 
 def bregman(log_s: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -39,14 +79,11 @@ def bregman(log_s: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, ratio * (torch.expm1(v) - v), torch.exp(log_s))
 
 
-def dse_from_row_sums(sum_exp, sum_log, log_s_x0, x_t, x0, w, a, b, num_states):
-    """DSE per row [N] (float64) from the sums over R and the log-score at x0, all [N]."""
+def dse_from_row_sum(sum_b, log_s_x0, x_t, x0, w, b):
+    """DSE per row [N] (float64) from the sum of B over R and the (float64) log-score at x0, all [N]."""
     special = x0 != x_t
-    count = (num_states - 1) - special.double()
-    k_a = torch.xlogy(a, a) - a
-    rest = sum_exp + torch.where(a != 0, count * k_a - a * sum_log, torch.zeros_like(a))
     x0_term = bregman(log_s_x0, b)
-    total = rest + torch.where(special, x0_term, torch.zeros_like(x0_term))
+    total = sum_b + torch.where(special, x0_term, torch.zeros_like(x0_term))
     return torch.where(w > 0, w * total, torch.zeros_like(total))
 
 
@@ -87,41 +124,100 @@ def resolve_impl(impl: str, device: torch.device) -> str:
 def eager_dse(log_score, x_t, x0, shift, w, a, b):
     """DSE per position [...] (float64) with whole-tensor ops under autograd; log_score [..., V]."""
     dtype = torch.promote_types(log_score.dtype, torch.float32)
-    log_s = log_score.to(dtype) + shift.unsqueeze(-1).to(dtype)
+    hi, lo, log_a = (t.unsqueeze(-1) for t in split_offset(a, shift, dtype))
+    u = (log_score.to(dtype) - hi) - lo
     excluded = excluded_states(x_t, x0, log_score.shape[-1])
-    sum_exp = torch.exp(log_s.masked_fill(excluded, float("-inf"))).sum(-1).double()
-    sum_log = log_s.masked_fill(excluded, 0.0).sum(-1).double()
-    log_s_x0 = log_s.gather(-1, x0.unsqueeze(-1)).squeeze(-1).double()
-    return dse_from_row_sums(sum_exp, sum_log, log_s_x0, x_t, x0, w, a, b, log_score.shape[-1])
+    positive = (a > 0).unsqueeze(-1)
+    a_ = a.to(dtype).unsqueeze(-1)
+    # a > 0: a phi(u), with every branch finite where it is not selected (autograd-safe)
+    u_pos = torch.where(excluded | ~positive, torch.zeros_like(u), u)
+    small = u_pos.abs() < SMALL_U
+    clipped = u_pos.clamp(-SMALL_U, SMALL_U)
+    moderate = u_pos.clamp(max=BIG_U)
+    phi = torch.where(small, clipped * clipped * phi_polynomial(clipped, taylor_degree(dtype)), torch.expm1(moderate) - moderate)
+    large = u_pos.clamp(min=BIG_U)
+    huge = torch.exp(large + log_a) - a_ * (1 + large)  # a phi(u) where u > BIG_U
+    b_pos = torch.where(u_pos > BIG_U, huge, a_ * phi)
+    # a = 0: e^s
+    b_zero = torch.exp(torch.where(excluded | positive, torch.full_like(u, float("-inf")), u))
+    sum_b = (b_pos + b_zero).sum(-1).double()
+    log_s_x0 = log_score.gather(-1, x0.unsqueeze(-1)).squeeze(-1).double() + shift
+    return dse_from_row_sum(sum_b, log_s_x0, x_t, x0, w, b)
 
 
 # --------------------------------------------------------------------------- torch chunks
+def _chunk_terms(s, hi, lo, a, outside, grad_scale):
+    """Sum of B over R per row [n] (float64) for a chunk of rows with a > 0, and the gradient rows.
+
+    s [n, V] is a fresh copy of the log-scores (overwritten); hi, lo, a [n] in its dtype; outside
+    [n, 2] the states not in R. Returns (sums, grad) with grad = grad_scale a expm1(u) (0 outside
+    R) or None when grad_scale is None.
+    """
+    u = s.sub_(hi[:, None]).sub_(lo[:, None]).scatter_(1, outside, 0.0)
+    em = torch.expm1(u)
+    phi = em - u
+    poly = phi_polynomial(u, taylor_degree(u.dtype)).mul_(u).mul_(u)
+    torch.where(u.abs() < SMALL_U, poly, phi, out=phi)
+    sums = phi.sum(1).double()
+    grad = None if grad_scale is None else em.mul_(grad_scale[:, None])
+    return sums, grad
+
+
 def torch_rows(log_score, x_t, x0, shift, w, a, grad=None):
-    """Sums of e^s and s over R per row, each [N] in the compute dtype (0 where w = 0).
+    """Sum of B over R per row, [N] float64 (0 where w = 0); see the module docstring.
 
     If ``grad`` [N, V] is given (it may be log_score itself), its rows are overwritten with
-    w (e^s - a) at every y in R and 0 at x_t (0 on rows with w = 0); the x0 entry (where
-    x0 != x_t) is left for the caller, which writes it in float64.
+    w a expm1(u) (w e^s where a = 0) at every y in R and 0 at x_t (0 on rows with w = 0); the
+    x0 entry (where x0 != x_t) is left for the caller, which writes it in float64.
     """
     dtype = torch.promote_types(log_score.dtype, torch.float32)
     n, v = log_score.shape
-    sum_exp = torch.zeros(n, dtype=dtype, device=log_score.device)
-    sum_log = torch.zeros_like(sum_exp)
+    sum_b = torch.zeros(n, dtype=torch.float64, device=log_score.device)
     live = w != 0
     if grad is not None:
         grad[~live] = 0
-    for rows in torch.nonzero(live).squeeze(1).split(max(1, CHUNK_ELEMENTS // v)):
-        s = log_score[rows].to(dtype) + shift[rows, None].to(dtype)
-        e = torch.exp(s)
-        outside = torch.stack([x_t[rows], x0[rows]], 1)  # x_t, and x0 (x_t again where x0 = x_t): the states not in R
-        sum_exp[rows] = e.scatter_(1, outside, 0.0).sum(1)
-        sum_log[rows] = s.scatter_(1, outside, 0.0).sum(1)
-        if grad is not None:
-            grad[rows] = e.sub_(a[rows, None].to(dtype)).mul_(w[rows, None].to(dtype)).scatter_(1, x_t[rows, None], 0.0).to(grad.dtype)
-    return sum_exp, sum_log
+    hi, lo, _ = split_offset(a, shift, dtype)
+    scale = (w * a).to(dtype)
+    for positive in (True, False):
+        group = torch.nonzero(live & ((a > 0) == positive)).squeeze(1)
+        for rows in group.split(max(1, CHUNK_ELEMENTS // v)):
+            outside = torch.stack([x_t[rows], x0[rows]], 1)  # x_t, and x0 (x_t again where x0 = x_t): the states not in R
+            s = log_score[rows].to(dtype)
+            if positive:
+                sums, g = _chunk_terms(s, hi[rows], lo[rows], a[rows].to(dtype), outside, None if grad is None else scale[rows])
+                sum_b[rows] = a[rows] * sums
+                over = torch.nonzero(~torch.isfinite(sums)).squeeze(1)
+                if over.numel():  # u > 88 somewhere: e^u overflows in float32, a e^u may not; redo those rows in float64
+                    r = rows[over]
+                    g64 = None if grad is None else (w[r] * a[r])
+                    sums64, g_over = _chunk_terms(log_score[r].double(), *split_offset(a[r], shift[r], torch.float64)[:2],
+                                                  a[r], outside[over], g64)
+                    sum_b[r] = a[r] * sums64
+                    if g is not None:
+                        g[over] = g_over.to(dtype)
+            else:  # a = 0: B = e^s
+                g = torch.exp(s.sub_(hi[rows, None]).sub_(lo[rows, None]).scatter_(1, outside, float("-inf")))
+                sum_b[rows] = g.sum(1).double()
+                g.mul_(w[rows, None].to(dtype))
+            if grad is not None:
+                grad[rows] = g.to(grad.dtype)
+    return sum_b
 
 
 # --------------------------------------------------------------------------- autograd
+def _rows_fn(impl):
+    if impl == "triton":
+        from .kernels.score_entropy import triton_rows
+
+        return triton_rows
+    return torch_rows
+
+
+def _x0_gradient(log_s_x0, w, b):
+    """w b expm1(s_x0 - log b) in float64: the gradient at x0, free of the e^s - b cancellation."""
+    return w * b * torch.expm1(log_s_x0 - torch.log(b))
+
+
 class RowDSE(torch.autograd.Function):
     """DSE per row of log_score [N, V] through the ``torch`` or ``triton`` backend; float64 [N].
 
@@ -138,20 +234,13 @@ class RowDSE(torch.autograd.Function):
         grad = None
         if ctx.needs_input_grad[0]:
             grad = log_score if inplace else torch.empty_like(log_score)
-        if impl == "triton":
-            from .kernels.score_entropy import triton_rows
-
-            sum_exp, sum_log = triton_rows(log_score, x_t, x0, shift, w, a, grad)
-        else:
-            sum_exp, sum_log = torch_rows(log_score, x_t, x0, shift, w, a, grad)
+        sum_b = _rows_fn(impl)(log_score, x_t, x0, shift, w, a, grad)
         if grad is not None:
-            # the x0 entry in float64: w b expm1(s_x0 - log b), free of the e^s - b cancellation
             rows = torch.nonzero((x0 != x_t) & (w > 0)).squeeze(1)
-            v = log_s_x0[rows] - torch.log(b[rows])
-            grad[rows, x0[rows]] = (w[rows] * b[rows] * torch.expm1(v)).to(grad.dtype)
+            grad[rows, x0[rows]] = _x0_gradient(log_s_x0[rows], w[rows], b[rows]).to(grad.dtype)
             ctx.save_for_backward(grad)
         ctx.backward_done = False
-        return dse_from_row_sums(sum_exp.double(), sum_log.double(), log_s_x0, x_t, x0, w, a, b, log_score.shape[1])
+        return dse_from_row_sum(sum_b, log_s_x0, x_t, x0, w, b)
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -161,14 +250,6 @@ class RowDSE(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         grad.mul_(grad_loss[:, None].to(grad.dtype))
         return grad, None, None, None, None, None, None, None, None
-
-
-def _rows_fn(impl):
-    if impl == "triton":
-        from .kernels.score_entropy import triton_rows
-
-        return triton_rows
-    return torch_rows
 
 
 class LinearDSE(torch.autograd.Function):
@@ -184,17 +265,15 @@ class LinearDSE(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, x_t, x0, shift, w, a, b, impl, chunk):
         rows_fn = _rows_fn(impl)
         live = torch.nonzero(w > 0).squeeze(1)
-        dtype = torch.promote_types(hidden.dtype, torch.float32)
-        sum_exp = torch.zeros(hidden.shape[0], dtype=dtype, device=hidden.device)
-        sum_log = torch.zeros_like(sum_exp)
+        sum_b = torch.zeros(hidden.shape[0], dtype=torch.float64, device=hidden.device)
         log_s_x0 = shift.clone()
         for rows in live.split(chunk):
             logits = torch.nn.functional.linear(hidden[rows], weight, bias)
-            sum_exp[rows], sum_log[rows] = (t.to(dtype) for t in rows_fn(logits, x_t[rows], x0[rows], shift[rows], w[rows], a[rows]))
+            sum_b[rows] = rows_fn(logits, x_t[rows], x0[rows], shift[rows], w[rows], a[rows])
             log_s_x0[rows] += logits.gather(1, x0[rows, None]).squeeze(1).double()
         ctx.save_for_backward(hidden, weight, bias, x_t, x0, shift, w, a, b, live, log_s_x0)
         ctx.impl, ctx.chunk = impl, chunk
-        return dse_from_row_sums(sum_exp.double(), sum_log.double(), log_s_x0, x_t, x0, w, a, b, weight.shape[0])
+        return dse_from_row_sum(sum_b, log_s_x0, x_t, x0, w, b)
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -210,7 +289,7 @@ class LinearDSE(torch.autograd.Function):
             rows_fn(logits, x_t[rows], x0[rows], shift[rows], scale[rows], a[rows], logits)  # gradient over the logits
             special = torch.nonzero(x0[rows] != x_t[rows]).squeeze(1)
             r = rows[special]
-            logits[special, x0[r]] = (scale[r] * b[r] * torch.expm1(log_s_x0[r] - torch.log(b[r]))).to(logits.dtype)
+            logits[special, x0[r]] = _x0_gradient(log_s_x0[r], scale[r], b[r]).to(logits.dtype)
             grad_hidden[rows] = logits @ weight
             grad_weight.addmm_(logits.t().to(acc), hidden[rows].to(acc))
             if grad_bias is not None:
