@@ -191,6 +191,48 @@ def test_training_with_the_fused_loss_follows_the_eager_loss_curve(impl):
     assert torch.allclose(curves[impl], curves["eager"], rtol=1e-4)
 
 
+
+@pytest.mark.triton
+@pytest.mark.parametrize("graph", [ddlm.Uniform(5), ddlm.Uniform(37), ddlm.Uniform(1000), ddlm.Absorbing(37), ddlm.Absorbing(1000)], ids=repr)
+@pytest.mark.parametrize("with_shift", [False, True], ids=["plain", "shift"])
+def test_triton_is_exact_and_nonnegative_in_float32_near_the_optimum(graph, with_shift, monkeypatch):
+    from test_losses import check_near_optimum, near_optimum
+
+    monkeypatch.setattr(score_entropy_kernels, "BLOCK", 256)  # several blocks per row where V = 1000
+    log_s, x_t, x0, sigma, shift = near_optimum(graph, 12, with_shift, rows_per_case=4)
+    leaf = log_s.clone().requires_grad_(True)
+    loss = dse(leaf, x_t, x0, sigma, graph, shift=shift, impl="triton")
+    loss.sum().backward()
+    check_near_optimum(loss, leaf.grad, log_s, x_t, x0, sigma, graph, shift)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("graph", [ddlm.Uniform(37), ddlm.Absorbing(37)], ids=repr)
+def test_triton_fused_head_is_exact_in_float32_near_the_optimum(graph):
+    from test_losses import check_near_optimum, near_optimum
+
+    log_s, x_t, x0, sigma, shift = near_optimum(graph, 13, True, rows_per_case=4)
+    hidden = log_s.clone().requires_grad_(True)
+    loss = ddlm.losses.linear_dse(hidden, torch.eye(graph.num_states), None, x_t, x0, sigma, graph, shift=shift, impl="triton", chunk_rows=30)
+    loss.sum().backward()
+    check_near_optimum(loss, hidden.grad, log_s, x_t, x0, sigma, graph, shift)
+
+
+@pytest.mark.triton
+def test_triton_terms_at_overflow_edges():
+    from test_losses import independent_dse
+
+    graph = ddlm.Uniform(7)
+    x0, x_t = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 2, 2, 5])
+    sigma = torch.tensor([1e-30, 1e-4, 3.0, 1e-30], dtype=torch.float64)  # a ~ 1e-31: a e^u finite where e^u is not
+    log_s = torch.tensor([[0.0, 20, -20, 5, 0, 1, 30]] * 4)
+    ref, ref_grad, _, _ = independent_dse(log_s, x_t, x0, sigma, graph)
+    loss, grad = loss_and_grad(log_s, x_t, x0, sigma, graph, None, "triton")
+    assert torch.allclose(loss, ref, rtol=1e-5)
+    upstream = torch.linspace(0.5, 1.5, 4, dtype=torch.float64)[:, None]
+    assert torch.allclose(grad, upstream * ref_grad, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------- fused sampling steps
 def exact_step_distribution(log_s, x, w, kappa, mode, exclude):
     """The categorical distribution of one reverse step for one row, from the formulas of DESIGN §3."""
@@ -273,12 +315,12 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 se = {"s_ptr": "*S", "s_stride": "i64", "g_ptr": "*S", "g_stride": "i64", "x_ptr": "*i64", "x0_ptr": "*i64",
-      "shift_ptr": "*fp32", "w_ptr": "*fp32", "a_ptr": "*fp32", "sum_exp_ptr": "*fp32", "sum_log_ptr": "*fp32",
-      "V": "i32", "WRITE_GRAD": "constexpr", "BLOCK": "constexpr"}
+      "hi_ptr": "*fp32", "lo_ptr": "*fp32", "a_ptr": "*fp32", "log_a_ptr": "*fp32", "w_ptr": "*fp32", "sum_ptr": "*fp32",
+      "V": "i32", "WRITE_GRAD": "constexpr", "BLOCK": "constexpr", "SMALL_U": "constexpr", "BIG_U": "constexpr"}
 step = {"s_ptr": "*S", "s_stride": "i64", "x_ptr": "*i64", "w_ptr": "*fp64", "kappa_ptr": "*fp64", "out_ptr": "*i64",
         "N": "i32", "V": "i32", "exclude": "i32", "seed": "i64", "MODE": "constexpr", "BLOCK_ROWS": "constexpr",
         "BLOCK_V": "constexpr"}
-cases = [("score_entropy", "_dse_rows_kernel", se, {"WRITE_GRAD": g, "BLOCK": 4096}) for g in (True, False)]
+cases = [("score_entropy", "_dse_rows_kernel", se, {"WRITE_GRAD": g, "BLOCK": 4096, "SMALL_U": 1.0, "BIG_U": 80.0}) for g in (True, False)]
 cases += [("sampling", "_reverse_step_kernel", step, {"MODE": m, "BLOCK_ROWS": r, "BLOCK_V": v})
           for m, r, v in [(0, 1, 4096), (1, 64, 64), (2, 1, 4096)]]
 for module, name, signature, constexprs in cases:

@@ -231,3 +231,106 @@ def test_fused_losses_pass_negative_upstream_gradients_through():
             reference = grads
         else:
             assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, reference))
+
+
+# --------------------------------------------------------------------------- float32 near the optimum
+def independent_dse(log_s, x_t, x0, sigma, graph, shift=None):
+    """DSE and its gradient in float64 from DESIGN §3: sum_{y != x_t} w_y r_y (expm1(v) - v), v = log s - log r.
+
+    Also returns a bound on this reference's own float64 error (the rounding of v, which matters
+    where v ~ 1e-11), so that rows exactly at the float32 optimum can be compared.
+    """
+    ratio, weight = graph.ratio(x_t, x0, sigma), graph.rate_into(x_t)
+    log_s = log_s.double() + (0.0 if shift is None else shift.unsqueeze(-1))
+    positive = ratio > 0
+    log_r = torch.log(torch.where(positive, ratio, torch.ones_like(ratio)))
+    v = log_s - log_r
+    series = v * v * (0.5 + v * (1 / 6 + v * (1 / 24 + v * (1 / 120 + v / 720))))
+    phi = torch.where(v.abs() < 1e-3, series, torch.expm1(v) - v)
+    terms = torch.where(positive, ratio * phi, torch.exp(log_s))
+    slope = torch.where(positive, ratio * torch.expm1(v), torch.exp(log_s))  # d term / d log s
+    live = weight > 0
+    loss = torch.where(live, weight * terms, 0.0).sum(-1)
+    grad = torch.where(live, weight * slope, 0.0)
+    rounding = 4e-16 * (1 + log_r.abs() + log_s.abs().nan_to_num(posinf=0.0, neginf=0.0))
+    grad_slack = torch.where(live & positive, weight * ratio * torch.exp(v) * rounding, 0.0)
+    slack = torch.where(live & positive, weight * slope.abs() * rounding, 0.0).sum(-1)
+    return loss, grad, slack, grad_slack
+
+
+def near_optimum(graph, seed, with_shift, rows_per_case=12):
+    """float32 log-scores log r + delta: delta 0, N(0, 1e-4), N(0, 1e-3), N(0, 1e-2) (near the optimum) and
+    N(0, 2) (far from it), at sigma_bar from 1e-4 to 10; half the positions unchanged (x_t = x0)."""
+    gen = torch.Generator().manual_seed(seed)
+    cases = [(sigma, std) for sigma in [1e-4, 1e-2, 0.3, 2.0, 10.0] for std in [0.0, 1e-4, 1e-3, 1e-2, 2.0]]
+    n = rows_per_case * len(cases)
+    sigma = torch.tensor([c[0] for c in cases], dtype=torch.float64).repeat_interleave(rows_per_case)
+    std = torch.tensor([c[1] for c in cases], dtype=torch.float64).repeat_interleave(rows_per_case)
+    x0 = torch.randint(graph.num_tokens, (n,), generator=gen)
+    x_t = torch.where(torch.arange(n) % 2 == 0, graph.sample_limit(n, generator=gen), x0)
+    ratio = graph.ratio(x_t, x0, sigma)
+    shift = 3 * torch.randn(n, generator=gen, dtype=torch.float64) if with_shift else None
+    log_s = torch.log(ratio) + std[:, None] * torch.randn(ratio.shape, generator=gen, dtype=torch.float64)
+    log_s = torch.where(ratio > 0, log_s, -30 + log_s.nan_to_num(neginf=0.0))  # ratio 0 (Absorbing): finite, small s
+    if shift is not None:
+        log_s = log_s - shift[:, None]
+    return log_s.float(), x_t, x0, sigma, shift
+
+
+def check_near_optimum(loss, grad, log_s, x_t, x0, sigma, graph, shift):
+    """float32 rows within 1e-4 relative of the float64 values (exact zeros exactly), none negative; gradient to 1e-5."""
+    ref, ref_grad, slack, grad_slack = independent_dse(log_s, x_t, x0, sigma, graph, shift)
+    loss = loss.detach().double()
+    assert bool((loss >= 0).all())
+    assert bool((loss[ref == 0] == 0).all())
+    rel = (loss - ref).abs() / (ref + slack)
+    assert float(rel[ref > 0].max()) <= 1e-4, float(rel[ref > 0].max())
+    assert bool(((grad.double() - ref_grad).abs() <= 1e-5 * ref_grad.abs() + grad_slack).all())
+
+
+NEAR_GRAPHS = [ddlm.Uniform(5), ddlm.Uniform(37), ddlm.Uniform(1000), ddlm.Absorbing(5), ddlm.Absorbing(37), ddlm.Absorbing(1000)]
+
+
+@pytest.mark.parametrize("graph", NEAR_GRAPHS, ids=repr)
+@pytest.mark.parametrize("impl", ["eager", "torch"])
+@pytest.mark.parametrize("with_shift", [False, True], ids=["plain", "shift"])
+def test_dse_is_exact_and_nonnegative_in_float32_near_the_optimum(graph, impl, with_shift):
+    log_s, x_t, x0, sigma, shift = near_optimum(graph, 10, with_shift)
+    leaf = log_s.clone().requires_grad_(True)
+    loss = dse(leaf, x_t, x0, sigma, graph, shift=shift, impl=impl)
+    assert loss.dtype == torch.float32
+    loss.sum().backward()
+    check_near_optimum(loss, leaf.grad, log_s, x_t, x0, sigma, graph, shift)
+    # the float64 path is itself stable: it agrees with the independent formula to its own rounding
+    ref, _, slack, _ = independent_dse(log_s, x_t, x0, sigma, graph, shift)
+    double = dse(log_s.double(), x_t, x0, sigma, graph, shift=shift, impl=impl)
+    assert bool(((double - ref).abs() <= 1e-12 * ref + 2 * slack).all())
+    rel_to_double = (loss.detach().double() - double).abs() / double
+    assert float(rel_to_double[double > 0].max()) <= 1e-5
+
+
+@pytest.mark.parametrize("graph", [ddlm.Uniform(37), ddlm.Absorbing(37)], ids=repr)
+def test_fused_head_is_exact_in_float32_near_the_optimum(graph):
+    from ddlm.losses import linear_dse
+
+    log_s, x_t, x0, sigma, shift = near_optimum(graph, 11, True)
+    hidden = log_s.clone().requires_grad_(True)
+    identity = torch.eye(graph.num_states)  # logits = hidden @ I^T = hidden, exactly
+    loss = linear_dse(hidden, identity, None, x_t, x0, sigma, graph, shift=shift, impl="torch", chunk_rows=50)
+    loss.sum().backward()
+    check_near_optimum(loss, hidden.grad, log_s, x_t, x0, sigma, graph, shift)
+
+
+def test_dse_terms_far_from_the_optimum_and_at_overflow_edges():
+    graph = ddlm.Uniform(7)
+    x0 = torch.tensor([0, 1, 2, 3])
+    x_t = torch.tensor([0, 2, 2, 5])
+    sigma = torch.tensor([1e-30, 1e-4, 3.0, 1e-30], dtype=torch.float64)  # a ~ 1e-31: a e^u finite where e^u is not
+    log_s = torch.tensor([[0.0, 20, -20, 5, 0, 1, 30]] * 4, dtype=torch.float32)
+    ref, ref_grad, _, _ = independent_dse(log_s, x_t, x0, sigma, graph)
+    for impl in ["eager", "torch"]:
+        leaf = log_s.clone().requires_grad_(True)
+        loss = dse(leaf, x_t, x0, sigma, graph, impl=impl)
+        loss.sum().backward()
+        assert torch.allclose(loss.double(), ref, rtol=1e-5), impl
+        assert torch.allclose(leaf.grad.double(), ref_grad, rtol=1e-5), impl
