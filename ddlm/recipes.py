@@ -11,6 +11,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import yaml
 from .data import DataConfig
 from .model import PRESETS, DDLMConfig
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# The built-in recipes: the top-level recipes/ folder, installed as the package ddlm.builtin_recipes
+# (pyproject.toml maps it); found through the import system, so a wheel and an editable install agree.
+RECIPES_DIR = Path(resources.files("ddlm.builtin_recipes"))
 OBJECTIVES = ("diffusion", "ar")
 DECAYS = ("constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
