@@ -130,12 +130,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """The tokenizer saved beside a model, or a ValueError naming the directory and its tokenizer files."""
+    """A tokenizer directory or hub id (never running code it names), or a ValueError naming the directory
+    and its tokenizer files."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:  # missing or corrupt tokenizer files
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as error:  # missing or corrupt files; the tokenizers library raises bare Exceptions for some
         if not os.path.isdir(path) and isinstance(error, OSError):
             raise  # a hub id: transformers says what is missing (or that the hub cannot be reached)
         files = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(path, name))]

@@ -16,6 +16,8 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -119,18 +121,21 @@ def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator) -> t
 
 def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
     """The recipe's tokenizer; a trained BPE is trained once (main process) and saved in the run directory."""
-    from transformers import AutoTokenizer
+    from .evaluation import load_tokenizer as load_saved
 
     if recipe.tokenizer.name is not None:
-        return AutoTokenizer.from_pretrained(recipe.tokenizer.name)
+        return load_saved(recipe.tokenizer.name)
     saved = output_dir / TOKENIZER
     if accelerator.is_main_process and not saved.is_dir():
         from .tokenization import train_byte_bpe
 
         tokenizer = train_byte_bpe(load_documents(recipe.data, "train"), recipe.tokenizer.train_vocab_size)
-        tokenizer.save_pretrained(saved)
+        partial = saved.with_name(f".{TOKENIZER}.tmp")  # renamed once whole: a kill never leaves half a tokenizer
+        shutil.rmtree(partial, ignore_errors=True)
+        tokenizer.save_pretrained(partial)
+        os.replace(partial, saved)
     accelerator.wait_for_everyone()
-    return AutoTokenizer.from_pretrained(saved)
+    return load_saved(saved)
 
 
 @torch.no_grad()
