@@ -8,6 +8,15 @@ weights ``w [..., S]``::
 Every term is evaluated as ``r (expm1(v) - v)`` with ``v = log s - log r`` (and ``s`` where
 ``r = 0``), which is exact and >= 0 and avoids the cancellation of O(r log r) terms at small
 sigma_bar, where ratios reach 1/sigma_bar. Losses are computed in at least float32.
+
+``dse`` and ``linear_dse`` (every backend) keep that form per term: a row is a sum of
+non-negative terms ``a phi(u)`` with ``phi(u) = expm1(u) - u`` and ``u = log s - log a`` formed
+from a float64 split of ``log a - shift`` (``e^s`` where a = 0), plus the float64 x0 term. In
+float32 each row is >= 0, exactly 0 only where the float64 value is, and within about 1e-6
+relative of float64 near the optimum (s ~ r, terms ~ a v^2 / 2) as far from it (about
+|v| * 6e-8 relative for large |v|, the rounding of the float32 log-score); the gradient
+``w (s - r)`` is formed as ``w a expm1(u)`` and keeps the same relative accuracy. See
+``ddlm.dse_backends``.
 """
 
 from __future__ import annotations
