@@ -134,19 +134,20 @@ def eager_dse(log_score, x_t, x0, shift, w, a, b):
     u = (log_score.to(dtype) - hi) - lo
     excluded = excluded_states(x_t, x0, log_score.shape[-1])
     positive = (a > 0).unsqueeze(-1)
-    a_ = a.to(dtype).unsqueeze(-1)
-    # a > 0: a phi(u), with every branch finite where it is not selected (autograd-safe)
-    u_pos = torch.where(excluded | ~positive, torch.zeros_like(u), u)
-    small = u_pos.abs() < SMALL_U
-    clipped = u_pos.clamp(-SMALL_U, SMALL_U)
-    moderate = u_pos.clamp(max=BIG_U)
-    phi = torch.where(small, clipped * clipped * phi_polynomial(clipped, taylor_degree(dtype)), torch.expm1(moderate) - moderate)
-    large = u_pos.clamp(min=BIG_U)
-    huge = torch.exp(large + log_a) - a_ * (1 + large)  # a phi(u) where u > BIG_U
-    b_pos = torch.where(u_pos > BIG_U, huge, a_ * phi)
-    # a = 0: e^s
-    b_zero = torch.exp(torch.where(excluded | positive, torch.full_like(u, float("-inf")), u))
-    sum_b = (b_pos + b_zero).sum(-1).double()
+    sum_b = torch.zeros(u.shape[:-1], dtype=dtype, device=u.device)
+    if bool(positive.any()):  # a > 0: a phi(u), every branch finite where it is not selected (autograd-safe)
+        a_ = a.to(dtype).unsqueeze(-1)
+        u_pos = torch.where(excluded | ~positive, torch.zeros_like(u), u)
+        small = u_pos.abs() < SMALL_U
+        clipped = u_pos.clamp(-SMALL_U, SMALL_U)
+        moderate = u_pos.clamp(max=BIG_U)
+        phi = torch.where(small, clipped * clipped * phi_polynomial(clipped, taylor_degree(dtype)), torch.expm1(moderate) - moderate)
+        large = u_pos.clamp(min=BIG_U)
+        huge = torch.exp(large + log_a) - a_ * (1 + large)  # a phi(u) where u > BIG_U
+        sum_b = sum_b + torch.where(u_pos > BIG_U, huge, a_ * phi).sum(-1)
+    if not bool(positive.all()):  # a = 0: e^s
+        sum_b = sum_b + torch.exp(torch.where(excluded | positive, torch.full_like(u, float("-inf")), u)).sum(-1)
+    sum_b = sum_b.double()
     log_s_x0 = log_score.gather(-1, x0.unsqueeze(-1)).squeeze(-1).double() + shift
     return dse_from_row_sum(sum_b, log_s_x0, x_t, x0, w, b)
 
