@@ -15,7 +15,7 @@ from .likelihood import nll_bound
 from .model import DDLMForDiffusion
 from .processes import Graph
 from .sampling import check_count, sample
-from .score import ScoreFn
+from .score import ScoreFn, accepts_positions, row_index
 
 GAP = re.compile(r"\{\{\s*([-+]?[\d.]+)\s*\}\}")  # {{n}}; signs and points are caught to be refused
 MASK_TEXT = "[MASK]"  # how a still-masked position reads when sampling ends without denoising
@@ -75,9 +75,17 @@ class DiffusionPipeline:
         self.tokenizer.save_pretrained(path)
 
     @torch.inference_mode()
-    def score_fn(self, x_t: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
-        """The model's log-scores [B, L, S] without autograd."""
-        return self.model(x_t, sigma_bar)
+    def score_fn(self, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's log-scores [B, L, S] without autograd; with ``positions`` only those rows, [R, S]
+        (the row-restricted protocol of ``ddlm.score``: a model that accepts positions runs its head
+        on those rows only, any other model's full output is gathered)."""
+        if positions is None:
+            return self.model(x_t, sigma_bar)
+        if accepts_positions(self.model):
+            return self.model(x_t, sigma_bar, positions=positions)
+        return self.model(x_t, sigma_bar).flatten(0, 1)[row_index(positions, x_t.shape)]
+
+    score_fn.accepts_positions = True
 
     def _generator(self, generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
         if generator is not None and seed is not None:

@@ -32,6 +32,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging as transformers_logging
 
 from ..processes import check_token_ids
+from ..score import row_index
 from .configuration import DDLMConfig
 
 
@@ -253,13 +254,25 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
-    def forward(self, input_ids: torch.Tensor, sigma_bar: torch.Tensor | float | None = None) -> torch.Tensor:
+    @property
+    def accepts_positions(self) -> bool:
+        """Diffusion models take ``positions=`` (the row-restricted score protocol of ``ddlm.score``)."""
+        return self.config.objective != "ar"
+
+    def forward(
+        self, input_ids: torch.Tensor, sigma_bar: torch.Tensor | float | None = None, positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """input_ids Long[B, L] in [0, S); sigma_bar: [B] or a scalar (total noise, not t) -> [B, L, S].
 
         Diffusion models need sigma_bar and return log-scores. Autoregressive models take no
         sigma_bar (leave it None) and return next-token log-probabilities: ``out[b, i]`` is
         log p(x_{i+1} | x_0..x_i), normalised over the N tokens; the last position predicts
         the token after the sequence.
+
+        positions (diffusion models): Bool[B, L], or Long[R] flat indices b * L + i; the output
+        head then runs only on those rows and the result is [R, S] in the order of
+        ``input_ids[positions]`` (of the indices), equal to those rows of the full output. The
+        transformer trunk is unchanged (every position still attends to every other).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
@@ -267,6 +280,8 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         if autoregressive:
             if sigma_bar is not None:
                 raise ValueError("an autoregressive model (objective='ar') takes no sigma_bar; call model(input_ids)")
+            if positions is not None:
+                raise ValueError("an autoregressive model (objective='ar') takes no positions")
             check_token_ids(input_ids, self.config.num_states, "input_ids")
             sigma_bar = 0.0  # the conditioning path is kept and fed a constant (see the module docstring)
         else:
@@ -274,6 +289,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
                 raise ValueError("a diffusion model needs sigma_bar, the total noise of input_ids: call model(x_t, sigma_bar)")
             self.graph.check_tokens(input_ids, "input_ids")
         batch, length = input_ids.shape
+        rows = None if positions is None else row_index(positions.to(input_ids.device), (batch, length))
         sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=torch.float32)
         sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
         c = F.silu(self.time_embed(sigma_bar))
@@ -289,10 +305,16 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         # zero at the current token are then applied in place: autograd keeps neither the output
         # nor a copy of it (in-place edits of a view would cost full-size copies in backward), and
         # on CPU every [B, L, S] temporary costs a page-faulted allocation as large as the pass.
-        logits = self.lm_head(h.flatten(0, 1)).float()
+        # With positions the head (most of the cost at a large vocabulary) runs on the chosen rows only.
+        h, ids = h.flatten(0, 1), input_ids.reshape(-1, 1)
+        if rows is not None:
+            h, ids = h[rows], ids[rows]
+        logits = self.lm_head(h).float()
         if self.config.scale_by_sigma:
-            logits.sub_(self.log_score_shift(sigma_bar).repeat_interleave(length)[:, None])
-        return logits.scatter_(-1, input_ids.reshape(-1, 1), 0.0).view(batch, length, -1)
+            shift = self.log_score_shift(sigma_bar).repeat_interleave(length)
+            logits.sub_((shift if rows is None else shift[rows])[:, None])
+        logits.scatter_(-1, ids, 0.0)
+        return logits if rows is not None else logits.view(batch, length, -1)
 
     def log_score_shift(self, sigma_bar: torch.Tensor) -> torch.Tensor:
         """The absorbing "scale by sigma" offset log(e^sigma_bar - 1) + log N per sequence, [B] float32."""
