@@ -36,6 +36,13 @@ class DDLMConfig(PreTrainedConfig):
     over ``num_states = vocab_size`` outputs, no mask state). An AR model has no forward process
     or schedule: ``process``, ``schedule``, ``eps``, ``sigma_min`` and ``sigma_max`` are ignored,
     ``scale_by_sigma`` must be False (None resolves to False), and ``graph()`` / ``noise()`` raise.
+    time_conditioning: True (default; SEDD) feeds sigma_bar to the network through the time
+    embedding. False (absorbing diffusion only, RADD-style) builds a time-independent network: it
+    never reads sigma_bar, its adaLN conditioning vector is one learned constant (so every shift,
+    scale and gate is a learned per-layer constant), and it predicts p(x0_i = y | x_t) over the
+    N real tokens; the log-scores follow analytically, log s_y = log p(y | x_t) - log(e^sigma_bar - 1)
+    at masked positions (see ``DDLMForDiffusion``). It replaces scale_by_sigma (None resolves to
+    False; True is refused). Configs saved without the key load as True.
     """
 
     model_type = "ddlm"
@@ -60,6 +67,7 @@ class DDLMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
     objective: str = "diffusion"
+    time_conditioning: bool = True
 
     def __post_init__(self, **kwargs):
         self._validate()
@@ -67,6 +75,16 @@ class DDLMConfig(PreTrainedConfig):
             if self.scale_by_sigma:
                 raise ValueError("scale_by_sigma is a diffusion parametrisation; an autoregressive model (objective='ar') "
                                  "cannot use it: leave it None or set it False")
+            self.scale_by_sigma = False
+        if not self.time_conditioning:
+            if self.objective == "ar" or self.process != "absorbing":
+                what = "objective='ar'" if self.objective == "ar" else f"process={self.process!r}"
+                raise ValueError(f"time_conditioning=False (a time-independent network predicting p(x0 | x_t)) needs "
+                                 f"process='absorbing' and objective='diffusion', got {what}; allowed: time_conditioning=True "
+                                 "for any process, False for absorbing diffusion only")
+            if self.scale_by_sigma:
+                raise ValueError("scale_by_sigma=True and time_conditioning=False are two parametrisations of the absorbing "
+                                 "scores; a time-independent model uses its own (leave scale_by_sigma None or False)")
             self.scale_by_sigma = False
         if self.scale_by_sigma is None:
             self.scale_by_sigma = self.process == "absorbing"
@@ -97,7 +115,7 @@ class DDLMConfig(PreTrainedConfig):
             if not ok:
                 extra = f" (sigma_max={self.sigma_max!r})" if name == "sigma_min" else ""
                 raise ValueError(f"{name} must be {need}, got {getattr(self, name)!r}{extra}")
-        for name in ("scale_by_sigma", "tie_word_embeddings"):
+        for name in ("scale_by_sigma", "tie_word_embeddings", "time_conditioning"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name == "scale_by_sigma")):
                 raise ValueError(f"{name} must be true or false, got {value!r}")
