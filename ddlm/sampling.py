@@ -2,8 +2,25 @@
 and clamped positions for prompting and infilling.
 
 The time grid is ``t_k = linspace(1, t_min, steps + 1)``; each step moves every position from
-t_k to t_{k+1} in parallel. Probabilities and categorical draws (exponential races) run in
-``dtype`` (float64 by default: float32 races measurably lower the effective temperature).
+t_k to t_{k+1} in parallel.
+
+A step touches only the rows that can change: positions with a non-zero forward rate into
+their token (Absorbing: masked positions; Uniform: all), never clamped ones. Only those rows
+are scored (score functions that accept ``positions`` run their output head on them alone, see
+``ddlm.score``) and drawn. Every step of both processes except the Uniform analytic one has the
+same form per row with current token x: move to y != x with weight ``c * s_y`` or stay with
+weight ``stay`` (row constants, DESIGN.md §3), so a draw is one Bernoulli (move with
+probability c Z / (c Z + stay), Z = sum_{y != x} s_y) and, for rows that move, one inverse-CDF
+draw from s over y != x. The Uniform analytic step weighs y != x by max(0, s_y - theta) with
+theta = (1 - e^-dsigma) mean(s), a cancellation that is done in ``dtype``.
+
+Precision: row sums, cumulative sums, uniforms and the Bernoulli run in ``dtype`` (float64 by
+default: float32 categorical sampling measurably lowers the effective temperature); s = exp(log
+s) is taken in the log-scores' own precision (at least float32): exp of a float32 log-score in
+float32 is within 2 ulp of its float64 value, a relative change of weights that moves each step's
+law by < 3e-7 in total variation, far below what float32 log-scores resolve. ``impl="reference"``
+is the former full-row path (every position scored, float64 everywhere, exponential races over
+[B, L, S]) for comparisons.
 """
 
 from __future__ import annotations
@@ -19,7 +36,7 @@ from .processes import Graph
 from .score import ScoreFn, evaluate_score
 
 PREDICTORS = ("euler", "tau_leaping", "analytic")
-IMPLS = ("auto", "torch", "triton")
+IMPLS = ("auto", "torch", "triton", "reference")
 
 
 def check_count(name: str, value, allow_none: bool = False) -> None:
@@ -70,35 +87,122 @@ def analytic_step(graph: Graph, x: torch.Tensor, score: torch.Tensor, dsigma: to
     return sample_categorical(probs, generator)
 
 
+def _step_constants(kind: str, dt: float, rate: float, dsigma: float) -> float:
+    """kappa of the Euler-form steps: leave mass kappa * w * Z (tau-leaping: 1 - exp(-kappa w Z))."""
+    return {"euler": dt * rate, "tau_leaping": dt * rate, "analytic": math.expm1(dsigma), "denoise": 1.0}[kind]
+
+
+def _draw_rows(weights: torch.Tensor, move: torch.Tensor, stay: torch.Tensor, x: torch.Tensor, generator, dtype) -> torch.Tensor:
+    """Per row: stay at x with probability stay / (move + stay), else y ~ weights (zero at x): Long[R].
+
+    weights [R, S] >= 0 (any float dtype) sum to a positive value where move > 0; move, stay [R] in dtype.
+    """
+    total = move + stay
+    if not bool((total > 0).all()):
+        raise ValueError("every row of weights needs positive mass; the score function gave a state no reverse probability")
+    u = torch.rand(x.shape, dtype=dtype, device=x.device, generator=generator)
+    moving = (u * total < move).nonzero().squeeze(1)
+    out = x.clone()
+    if moving.numel():
+        cdf = torch.cumsum(weights[moving], -1, dtype=dtype)
+        v = torch.rand(moving.shape, dtype=dtype, device=x.device, generator=generator) * cdf[:, -1]
+        y = torch.searchsorted(cdf, v[:, None], right=True).squeeze(1)
+        over = y >= cdf.shape[-1]  # v rounded up to the row total (probability ~2^-53): the last positive weight
+        if bool(over.any()):
+            last = cdf.shape[-1] - 1 - (weights[moving[over]] > 0).flip(-1).int().argmax(-1)
+            y[over] = last
+        out[moving] = y
+    return out
+
+
+def _step_rows(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str, dt: float, rate: float, dsigma: float,
+               dtype: torch.dtype, generator) -> torch.Tensor:
+    """One reverse step of rows that can move (rate into x > 0): x Long[R], log_score [R, S] -> Long[R]."""
+    w = graph.rate_into_value(x).to(dtype)
+    current = x.unsqueeze(-1)
+    if graph.mask_id is None and kind in ("analytic", "denoise"):
+        # Uniform Tweedie step: y != x weighs expm1(dsigma)/N max(0, s_y - theta), theta = -expm1(-dsigma) mean(s),
+        # x weighs max(0, e^dsigma - expm1(dsigma) mean(s)) (e^-dsigma + -expm1(-dsigma)/N). The subtraction cancels: dtype.
+        n = graph.num_tokens
+        s = torch.exp(log_score.to(dtype)).scatter_(-1, current, 0.0)
+        mean = (s.sum(-1) + 1) / n
+        theta = -math.expm1(-dsigma) * mean
+        weights = s.sub_(theta[:, None]).clamp_min_(0).scatter_(-1, current, 0.0)
+        move = weights.sum(-1) * (math.expm1(dsigma) / n)
+        stay = (math.exp(dsigma) - math.expm1(dsigma) * mean).clamp_min(0) * (math.exp(-dsigma) - math.expm1(-dsigma) / n)
+        return _draw_rows(weights, move, stay, x, generator, dtype)
+    work = torch.promote_types(log_score.dtype, torch.float32)
+    for attempt in (work, torch.float64):
+        weights = torch.exp(log_score.to(attempt)).scatter_(-1, current, 0.0)
+        if kind == "denoise" and graph.mask_id is not None:
+            weights[:, graph.mask_id] = 0
+        z = weights.sum(-1, dtype=dtype)
+        if bool(torch.isfinite(z).all()) or attempt == torch.float64:
+            break  # else exp overflowed in the working precision: redo in float64
+    kappa_w = _step_constants(kind, dt, rate, dsigma) * w
+    if kind == "denoise":
+        move, stay = z, torch.zeros_like(z)
+    elif kind == "tau_leaping":
+        move, stay = -torch.expm1(-kappa_w * z), torch.exp(-kappa_w * z)
+    else:  # euler, and the absorbing analytic step (kappa = expm1(dsigma))
+        move = kappa_w * z
+        stay = (1 - move).clamp_min(0)
+    return _draw_rows(weights, move, stay, x, generator, dtype)
+
+
 def reverse_step(
     graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str, dt: float, rate: float, dsigma: float,
     impl: str = "torch", dtype: torch.dtype = torch.float64, generator=None,
 ) -> torch.Tensor:
-    """One reverse step of x Long[B, L] given log_score [B, L, S]: Long[B, L].
+    """One reverse step of x Long[...] given log_score [..., S]: Long[...] (e.g. [B, L], or gathered rows [R]).
 
     kind: "euler" / "tau_leaping" (time step dt at rate sigma(t) = rate), "analytic" (total noise
-    down by dsigma) or "denoise" (analytic down by dsigma to 0, never onto the mask). impl
-    "triton" uses the fused kernel where the step has one (every kind but Uniform analytic and
-    denoise, which need the row mean of s first).
+    down by dsigma) or "denoise" (analytic down by dsigma to 0, never onto the mask). Only rows
+    with a non-zero forward rate into their token can move, and only they are read. impl
+    "torch" (row form of the module docstring), "triton" (the fused kernel, for every kind but
+    Uniform analytic and denoise, which need the row mean of s first and use torch) or
+    "reference" (full rows, float64 everywhere, exponential races).
     """
+    if impl == "reference":
+        score = _ratios(log_score, x, dtype)
+        if kind == "euler":
+            return euler_step(graph, x, score, torch.tensor(rate, dtype=dtype, device=x.device), dt, generator)
+        if kind == "tau_leaping":
+            return tau_leaping_step(graph, x, score, torch.tensor(rate, dtype=dtype, device=x.device), dt, generator)
+        dsigma = torch.tensor(dsigma, dtype=dtype, device=x.device)
+        return analytic_step(graph, x, score, dsigma, generator, clean_only=kind == "denoise")
+    flat, rows = x.reshape(-1), log_score.reshape(-1, log_score.shape[-1])
+    live = (graph.rate_into_value(flat) > 0).nonzero().squeeze(1)
+    if live.numel() < flat.numel():
+        flat_live, rows = flat[live], rows[live]
+    else:
+        flat_live = flat
+    if not flat_live.numel():
+        return x.clone()
     if impl == "triton" and (graph.mask_id is not None or kind in ("euler", "tau_leaping")):
         from .kernels.sampling import triton_reverse_step
 
-        flat = x.reshape(-1)
-        coefficient = {"euler": dt * rate, "tau_leaping": dt * rate, "analytic": math.expm1(dsigma), "denoise": 1.0}[kind]
-        kappa = torch.full(flat.shape, coefficient, dtype=torch.float64, device=x.device)
+        kappa = torch.full(flat_live.shape, _step_constants(kind, dt, rate, dsigma), dtype=torch.float64, device=x.device)
         seed = int(torch.randint(2**62, (1,), generator=generator))
         exclude = graph.mask_id if kind == "denoise" else -1
         mode = "euler" if kind == "analytic" else kind  # the absorbing analytic step has the Euler form
-        rows = log_score.reshape(-1, log_score.shape[-1])
-        return triton_reverse_step(rows, flat, graph.rate_into_value(flat), kappa, mode, seed, exclude).reshape(x.shape)
-    score = _ratios(log_score, x, dtype)
-    if kind == "euler":
-        return euler_step(graph, x, score, torch.tensor(rate, dtype=dtype, device=x.device), dt, generator)
-    if kind == "tau_leaping":
-        return tau_leaping_step(graph, x, score, torch.tensor(rate, dtype=dtype, device=x.device), dt, generator)
-    dsigma = torch.tensor(dsigma, dtype=dtype, device=x.device)
-    return analytic_step(graph, x, score, dsigma, generator, clean_only=kind == "denoise")
+        moved = triton_reverse_step(rows.contiguous(), flat_live, graph.rate_into_value(flat_live), kappa, mode, seed, exclude)
+    else:
+        moved = _step_rows(graph, flat_live, rows, kind, dt, rate, dsigma, dtype, generator)
+    if flat_live is flat:
+        return moved.reshape(x.shape)
+    return flat.clone().index_copy_(0, live, moved).reshape(x.shape)
+
+
+def movable(graph: Graph, x: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool[B, L]: the positions a reverse step can change (rate into the token > 0, e.g. masked ones), not clamped."""
+    rows = graph.rate_into_value(x) > 0
+    return rows & ~fixed if fixed is not None else rows
+
+
+def score_rows(score_fn: ScoreFn, graph: Graph, x: torch.Tensor, sigma_bar: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """Log-scores of the rows that can change, [R, S] (rows Bool[B, L]); rows None: every row, [B, L, S]."""
+    return evaluate_score(score_fn, x, sigma_bar, graph.num_states, positions=rows)
 
 
 def _check_args(graph: Graph, shape, steps, predictor, x_init, fixed):
@@ -150,8 +254,10 @@ def sample(
     with an analytic step from sigma_bar(t_min) to 0 that never lands on the mask, so an
     Absorbing run returns only real tokens.
     impl: "torch", "triton" (the fused kernels of ``ddlm.kernels.sampling``: one read of the
-    log-scores per step, float64 Gumbel races; Uniform analytic steps stay on torch) or "auto"
-    (Triton for CUDA tensors).
+    log-scores per step, float64 Gumbel races; Uniform analytic steps stay on torch), "auto"
+    (Triton for CUDA tensors) or "reference" (the full-row float64 path: every position scored
+    and drawn by exponential races over [B, L, S]; for comparisons). The other impls score and
+    step only the rows that can change (module docstring).
     """
     shape = _check_args(graph, shape, steps, predictor, x_init, fixed)
     if impl not in IMPLS:
@@ -178,8 +284,15 @@ def sample(
     def step(x: torch.Tensor, sigma_bar: float, kind: str, dt: float, rate: float, dsigma: float) -> torch.Tensor:
         x = clamp(x)
         sigma = torch.full((shape[0],), sigma_bar, dtype=torch.float64, device=device)
-        log_score = evaluate_score(score_fn, x, sigma, graph.num_states)
-        return reverse_step(graph, x, log_score, kind, dt, rate, dsigma, impl, dtype, generator)
+        if impl == "reference":  # every row scored and stepped
+            return reverse_step(graph, x, score_rows(score_fn, graph, x, sigma, None), kind, dt, rate, dsigma, impl, dtype, generator)
+        rows = movable(graph, x, fixed)
+        if not bool(rows.any()):
+            return x  # nothing can change: no score evaluation
+        log_score = score_rows(score_fn, graph, x, sigma, rows)
+        out = x.clone()
+        out[rows] = reverse_step(graph, x[rows], log_score, kind, dt, rate, dsigma, impl, dtype, generator)
+        return out
 
     for k in tqdm(range(steps), desc=f"sampling ({predictor})", disable=not progress):
         dsigma = float(totals[k] - totals[k + 1])
