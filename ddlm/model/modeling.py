@@ -7,6 +7,12 @@ modulation (shift, scale, gate from c), rotary positions on q and k, and
 adaLN-modulated LayerNorm and a linear head. The head's outputs become log-scores with log s = 0
 at the current token and, for absorbing models, the "scale by sigma" shift.
 
+Time-independent absorbing models (``config.time_conditioning=False``, RADD-style) have no time
+embedding: the adaLN conditioning vector is one learned constant, and the head predicts
+p(x0_i = y | x_t) over the N real tokens; log-scores are log p(y | x_t) - log(e^sigma_bar - 1) at
+masked positions (``DDLMForDiffusion.time_independent_log_scores`` derives it). Such a model
+sets ``time_independent = True`` (``ddlm.score``) so samplers can reuse its outputs.
+
 The autoregressive baseline (``config.objective == "ar"``) is the same network with causal
 attention and no mask state: the head's outputs go through ``log_softmax`` and position i gives
 log p(token i+1 | tokens 0..i). It keeps every module, the sigma_bar conditioning included
@@ -145,6 +151,20 @@ class TimeEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(h)))
 
 
+class ConstantCondition(nn.Module):
+    """The conditioning of a time-independent model (``time_conditioning=False``): one learned
+    vector [cond_dim] for every sequence, so each adaLN shift, scale and gate is a learned
+    per-layer constant. Initialised Normal(0, initializer_range); the modulations stay zero at
+    initialisation (adaLN-Zero), so every block starts as the identity as with time conditioning."""
+
+    def __init__(self, cond_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(cond_dim))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.weight.expand(batch, -1)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with packed q|k|v and rotary positions; bidirectional for
     diffusion models, causal for autoregressive ones."""
@@ -207,7 +227,9 @@ class DDLMPreTrainedModel(PreTrainedModel):
         untied output head start at zero (log-scores start at the scale-by-sigma prior)."""
         std = self.config.initializer_range
         zero_head = module is getattr(self, "lm_head", None) and not self.config.tie_word_embeddings
-        if isinstance(module, Modulation) or zero_head:
+        if isinstance(module, ConstantCondition):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, Modulation) or zero_head:
             init.zeros_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, (nn.Linear, nn.Embedding)):
@@ -235,7 +257,10 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
     def __init__(self, config: DDLMConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.num_states, config.hidden_size)
-        self.time_embed = TimeEmbedding(config.time_embed_dim, config.cond_dim)
+        if config.time_conditioning:
+            self.time_embed = TimeEmbedding(config.time_embed_dim, config.cond_dim)
+        else:  # a time-independent network never reads sigma_bar (see time_independent)
+            self.cond_embed = ConstantCondition(config.cond_dim)
         self.layers = nn.ModuleList(DDLMBlock(config) for _ in range(config.num_hidden_layers))
         self.final_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.final_modulation = Modulation(config.cond_dim, config.hidden_size, 2)
@@ -253,6 +278,12 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
+
+    @property
+    def time_independent(self) -> bool:
+        """True for ``config.time_conditioning=False``: the score protocol of ``ddlm.score``
+        (``is_time_independent``) under which samplers reuse network outputs across steps."""
+        return not self.config.time_conditioning
 
     @property
     def accepts_positions(self) -> bool:
@@ -292,7 +323,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         rows = None if positions is None else row_index(positions.to(input_ids.device), (batch, length))
         sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=torch.float32)
         sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
-        c = F.silu(self.time_embed(sigma_bar))
+        c = F.silu(self.time_embed(sigma_bar)) if self.config.time_conditioning else self.cond_embed(batch)
         cos, sin = rotary_tables(length, self.config.head_dim, self.config.rotary_base, input_ids.device)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
@@ -310,16 +341,47 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         if rows is not None:
             h, ids = h[rows], ids[rows]
         logits = self.lm_head(h).float()
+        if not self.config.time_conditioning:
+            shift = self.log_score_shift(sigma_bar, scale_by_vocabulary=False).repeat_interleave(length)
+            return self.time_independent_log_scores(logits, ids.squeeze(1), shift if rows is None else shift[rows]).view(
+                (batch, length, -1) if rows is None else (-1, logits.shape[-1]))
         if self.config.scale_by_sigma:
             shift = self.log_score_shift(sigma_bar).repeat_interleave(length)
             logits.sub_((shift if rows is None else shift[rows])[:, None])
         logits.scatter_(-1, ids, 0.0)
         return logits if rows is not None else logits.view(batch, length, -1)
 
-    def log_score_shift(self, sigma_bar: torch.Tensor) -> torch.Tensor:
-        """The absorbing "scale by sigma" offset log(e^sigma_bar - 1) + log N per sequence, [B] float32."""
+    def log_score_shift(self, sigma_bar: torch.Tensor, scale_by_vocabulary: bool = True) -> torch.Tensor:
+        """The absorbing "scale by sigma" offset log(e^sigma_bar - 1) + log N per sequence, [B] float32
+        (without the log N term for ``scale_by_vocabulary=False``: the time-independent factor)."""
         sigma_bar = sigma_bar.double().clamp_min(1e-30)
-        return (torch.log(torch.expm1(sigma_bar)) + math.log(self.config.vocab_size)).float()
+        return (torch.log(torch.expm1(sigma_bar)) + (math.log(self.config.vocab_size) if scale_by_vocabulary else 0.0)).float()
+
+    def time_independent_log_scores(self, logits: torch.Tensor, ids: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """Log-scores [R, N + 1] of a time-independent absorbing model from its head's rows.
+
+        logits [R, N + 1] (float32, edited in place); ids Long[R] the current token of each row;
+        shift [R] = log(e^sigma_bar - 1). The head predicts p(x0_i = y | x_t) over the N real
+        tokens (log-softmax, the mask column excluded). Absorbing noise masks each token
+        independently and a mask carries no information, so for a masked position i
+
+            p_t(x^{i<-y}) / p_t(x) = e^-sigma_bar / (1 - e^-sigma_bar) * p0(x_i = y | unmasked tokens of x)
+                                   = p(y | x_t) / (e^sigma_bar - 1),
+
+        (both sequences have the same unmasked tokens but one, which costs e^-sigma_bar against
+        the mask's 1 - e^-sigma_bar), hence log s_y = log p(y | x_t) - log(e^sigma_bar - 1),
+        0 at the mask (the current token). At a real (unmasked) position every reverse rate is
+        0 (Q[y, x] = 0): log s = 0 at the current token and -inf elsewhere. These entries carry
+        no weight in the loss, the bound or any sampler; the exact ratios there are finite but
+        unused (see ``ddlm.oracle``).
+        """
+        mask_id = self.config.vocab_size
+        logits[:, mask_id] = float("-inf")
+        log_p = torch.log_softmax(logits, dim=-1)  # over the N real tokens; the mask column stays -inf
+        masked = (ids == mask_id)[:, None]
+        out = log_p - torch.where(masked[:, 0], shift, 0.0)[:, None]  # a new tensor: log_softmax keeps its output
+        out.masked_fill_(~masked, float("-inf"))
+        return out.scatter_(-1, ids[:, None], 0.0)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
