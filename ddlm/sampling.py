@@ -34,8 +34,9 @@ from tqdm.auto import tqdm
 from .dse_backends import triton_available
 from .processes import Graph
 from .score import ScoreFn, evaluate_score
+from .score_cache import ScoreEvaluator, is_time_independent
 
-PREDICTORS = ("euler", "tau_leaping", "analytic")
+PREDICTORS = ("euler", "tau_leaping", "analytic", "first_hitting")
 IMPLS = ("auto", "torch", "triton", "reference")
 
 
@@ -208,6 +209,9 @@ def score_rows(score_fn: ScoreFn, graph: Graph, x: torch.Tensor, sigma_bar: torc
 def _check_args(graph: Graph, shape, steps, predictor, x_init, fixed):
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+    if predictor == "first_hitting" and graph.mask_id is None:
+        raise ValueError(f"predictor='first_hitting' needs an absorbing process, got {graph!r}; allowed for it: "
+                         f"{tuple(p for p in PREDICTORS if p != 'first_hitting')}")
     check_count("steps", steps)
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise ValueError(f"shape must be (batch, length) of positive ints, got {shape!r}")
@@ -245,6 +249,8 @@ def sample(
     device: torch.device | str | None = None,
     progress: bool = True,
     impl: str = "auto",
+    cache: bool | None = None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """Draw sequences by simulating the reverse CTMC from t = 1 to t_min: Long[B, L].
 
@@ -258,8 +264,22 @@ def sample(
     (Triton for CUDA tensors) or "reference" (the full-row float64 path: every position scored
     and drawn by exponential races over [B, L, S]; for comparisons). The other impls score and
     step only the rows that can change (module docstring).
+    predictor "first_hitting" (absorbing only, ``ddlm.first_hitting``): exact event-by-event
+    unmasking, one score evaluation per event (per unmasked position of the longest run);
+    ``steps`` is ignored (it is still checked) and so is ``impl``.
+    cache: reuse the score of a sequence whose tokens did not change since its last evaluation.
+    Only for score functions that declare ``time_independent = True`` (``ddlm.score_cache``:
+    log s = f(x) - log(e^sigma_bar - 1) at masked rows), e.g. a ``time_conditioning=False`` model;
+    None (default) turns it on exactly for those. Same seed, same draws with and without it.
+    stats: a dict to fill with ``network_calls`` (score-function calls), ``positions_scored``
+    (rows evaluated) and ``cache`` (whether it was on); the progress bar shows the calls.
     """
     shape = _check_args(graph, shape, steps, predictor, x_init, fixed)
+    if cache not in (None, True, False):
+        raise ValueError(f"cache must be None, True or False, got {cache!r}")
+    if stats is not None and not isinstance(stats, dict):
+        raise ValueError(f"stats must be a dict to fill, or None; got {type(stats).__name__}")
+    scores = ScoreEvaluator(score_fn, graph, is_time_independent(score_fn) if cache is None else cache)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if not 0 < t_min < 1:
@@ -278,6 +298,17 @@ def sample(
     def clamp(x: torch.Tensor) -> torch.Tensor:
         return torch.where(fixed, x_init, x) if fixed is not None else x
 
+    def report(x: torch.Tensor) -> torch.Tensor:
+        if stats is not None:
+            stats.update(network_calls=scores.calls, positions_scored=scores.positions, cache=scores.cache)
+        return x
+
+    if predictor == "first_hitting":
+        from .first_hitting import sample_first_hitting
+
+        return report(clamp(sample_first_hitting(scores, graph, noise, x, fixed, t_min=t_min, denoise=denoise, dtype=dtype,
+                                                 generator=generator, progress=progress)))
+
     times = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
     totals, rates = noise.total(times), noise.rate(times)
 
@@ -285,18 +316,20 @@ def sample(
         x = clamp(x)
         sigma = torch.full((shape[0],), sigma_bar, dtype=torch.float64, device=device)
         if impl == "reference":  # every row scored and stepped
-            return reverse_step(graph, x, score_rows(score_fn, graph, x, sigma, None), kind, dt, rate, dsigma, impl, dtype, generator)
+            return reverse_step(graph, x, scores(x, sigma, None), kind, dt, rate, dsigma, impl, dtype, generator)
         rows = movable(graph, x, fixed)
         if not bool(rows.any()):
             return x  # nothing can change: no score evaluation
-        log_score = score_rows(score_fn, graph, x, sigma, rows)
+        log_score = scores(x, sigma, rows)
         out = x.clone()
         out[rows] = reverse_step(graph, x[rows], log_score, kind, dt, rate, dsigma, impl, dtype, generator)
         return out
 
-    for k in tqdm(range(steps), desc=f"sampling ({predictor})", disable=not progress):
+    bar = tqdm(range(steps), desc=f"sampling ({predictor})", disable=not progress)
+    for k in bar:
         dsigma = float(totals[k] - totals[k + 1])
         x = step(x, float(totals[k]), predictor, float(times[k] - times[k + 1]), float(rates[k]), dsigma)
+        bar.set_postfix(calls=scores.calls, refresh=False)
     if denoise:
         x = step(x, float(totals[-1]), "denoise", 0.0, 0.0, float(totals[-1]))
-    return clamp(x)
+    return report(clamp(x))
