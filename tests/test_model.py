@@ -146,3 +146,24 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert all(layer.gradient_checkpointing for layer in model.layers)
     for a, b in zip(plain, grads()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("process", ["absorbing", "uniform"])
+def test_positions_give_the_head_only_on_those_rows(process):
+    model = randomised(tiny(process))
+    x, sigma = inputs(model.config, length=11)
+    full = model(x, sigma)
+    chosen = x == model.config.num_states - 1
+    chosen[:, ::2] = True
+    rows = model(x, sigma, positions=chosen)
+    assert model.accepts_positions and rows.shape == (int(chosen.sum()), model.config.num_states)
+    assert torch.equal(rows, full[chosen])  # same rows, bit for bit (R >= 16 here; tiny R may differ by BLAS rounding)
+    flat = torch.tensor([4, 0, 30])
+    assert torch.allclose(model(x, sigma, positions=flat), full.reshape(-1, full.shape[-1])[flat], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="positions must be a Bool tensor of shape"):
+        model(x, sigma, positions=chosen[:, :3])
+    with pytest.raises(ValueError, match="flat positions must lie in"):
+        model(x, sigma, positions=torch.tensor([33]))
+    ar = randomised(tiny(objective="ar"))
+    with pytest.raises(ValueError, match="takes no positions"):
+        ar(x % 37, positions=chosen)
