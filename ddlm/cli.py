@@ -99,6 +99,8 @@ def demo(args: argparse.Namespace) -> None:
         print(f"\n{name}: {graph!r}, {type(noise).__name__}, a random distribution over {args.tokens}^{args.length} sequences")
         print(f"  total variation of {args.samples} exact draws: {exact_tv:.4f}")
         for predictor in PREDICTORS:
+            if predictor == "first_hitting" and graph.mask_id is None:
+                continue  # absorbing only
             start = time.perf_counter()
             x = sample(oracle.score_fn, graph, noise, (args.samples, args.length), args.steps, predictor, generator=generator, progress=False)
             print(f"  {predictor:>11} ({args.steps} steps): TV {oracle.total_variation(x):.4f}  [{time.perf_counter() - start:.1f} s]")
@@ -132,7 +134,7 @@ def _pipeline(args: argparse.Namespace):
 
 def _sampling_options(args: argparse.Namespace) -> dict:
     return dict(steps=args.steps, predictor=args.predictor, denoise=not args.no_denoise, batch_size=args.batch_size,
-                seed=args.seed, progress=not args.quiet)
+                seed=args.seed, progress=not args.quiet, cache=False if args.no_cache else None)
 
 
 def sample_command(args: argparse.Namespace) -> None:
@@ -262,9 +264,13 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     from .sampling import PREDICTORS
 
     p.add_argument("--num-samples", type=positive_int, default=1)
-    p.add_argument("--steps", type=positive_int, default=128)
-    p.add_argument("--predictor", choices=PREDICTORS, default="analytic")
+    p.add_argument("--steps", type=positive_int, default=128, help="sampling steps (ignored by first_hitting: one "
+                   "network call per masked position)")
+    p.add_argument("--predictor", choices=PREDICTORS, default="analytic",
+                   help="first_hitting: exact one-token-at-a-time unmasking, absorbing models only")
     p.add_argument("--no-denoise", action="store_true", help="skip the final denoising step")
+    p.add_argument("--no-cache", action="store_true", help="call the network at every step even for a time-independent "
+                   "model (the cache gives the same samples with fewer calls)")
 
 
 def main(argv: list[str] | None = None) -> None:

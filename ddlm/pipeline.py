@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -16,6 +17,7 @@ from .model import DDLMForDiffusion
 from .processes import Graph
 from .sampling import check_count, sample
 from .score import ScoreFn, accepts_positions, row_index
+from .score_cache import is_time_independent
 
 GAP = re.compile(r"\{\{\s*([-+]?[\d.]+)\s*\}\}")  # {{n}}; signs and points are caught to be refused
 MASK_TEXT = "[MASK]"  # how a still-masked position reads when sampling ends without denoising
@@ -87,6 +89,13 @@ class DiffusionPipeline:
 
     score_fn.accepts_positions = True
 
+    def sampling_score_fn(self) -> ScoreFn:
+        """``score_fn`` carrying the model's ``time_independent`` declaration (``ddlm.score_cache``) for samplers."""
+        fn = functools.partial(self.score_fn)
+        fn.accepts_positions = True
+        fn.time_independent = is_time_independent(self.model)
+        return fn
+
     def _generator(self, generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
         if generator is not None and seed is not None:
             raise ValueError("pass generator= or seed=, not both")
@@ -107,11 +116,16 @@ class DiffusionPipeline:
         seed: int | None = None,
         dtype: torch.dtype = torch.float64,
         progress: bool = True,
+        cache: bool | None = None,
+        stats: dict | None = None,
     ) -> torch.Tensor:
         """Token ids Long[num_samples, length]; x_init / fixed: Long/Bool[length] clamped positions (or None).
 
         Batches of ``batch_size`` samples (default all) run ``ddlm.sampling.sample`` one after
-        another with the same generator.
+        another with the same generator. predictor: any of ``ddlm.sampling.PREDICTORS``
+        ("first_hitting" for absorbing models; it ignores ``steps``). cache: as in
+        ``ddlm.sampling.sample`` (None: on for time-independent models). stats: a dict that
+        receives ``network_calls`` and ``positions_scored`` summed over the batches.
         """
         check_count("num_samples", num_samples)
         check_count("length", length)
@@ -122,13 +136,21 @@ class DiffusionPipeline:
         generator = self._generator(generator, seed)
         batch_size = batch_size or num_samples
         batches = []
+        score_fn = self.sampling_score_fn()
+        totals = {"network_calls": 0, "positions_scored": 0}
         for start in tqdm(range(0, num_samples, batch_size), desc="batches", disable=not progress or batch_size >= num_samples):
             n = min(batch_size, num_samples - start)
+            batch_stats = {}
             batches.append(sample(
-                self.score_fn, self.graph, self.noise, (n, length), steps, predictor, denoise, generator,
+                score_fn, self.graph, self.noise, (n, length), steps, predictor, denoise, generator,
                 x_init=None if x_init is None else x_init.to(self.device).expand(n, length),
                 fixed=None if fixed is None else fixed.to(self.device).expand(n, length),
-                dtype=dtype, device=self.device, progress=progress))
+                dtype=dtype, device=self.device, progress=progress, cache=cache, stats=batch_stats))
+            for key in totals:
+                totals[key] += batch_stats[key]
+            totals["cache"] = batch_stats["cache"]
+        if stats is not None:
+            stats.update(totals)
         return torch.cat(batches)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
