@@ -328,7 +328,9 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     changes = {}
     if meta is not None:
         comparable = lambda recipe_dict, model: json.loads(json.dumps({**recipe_dict, "model": model}))  # noqa: E731
-        changes = recipe_changes(comparable(meta["recipe"], meta["model"]), comparable(recipe.to_dict(), model_fields(config)), allow_changes)
+        # a field the checkpoint does not record did not exist when it was written: it had its default (time_conditioning)
+        saved_model = {**{f.name: f.default for f in dataclasses.fields(DDLMConfig) if f.default is not dataclasses.MISSING}, **meta["model"]}
+        changes = recipe_changes(comparable(meta["recipe"], saved_model), comparable(recipe.to_dict(), model_fields(config)), allow_changes)
     if accelerator.is_main_process:
         write_atomic(output_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
         if meta is not None:
