@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser("quality", help="sample quality per predictor and steps: generative perplexity under an AR model, entropy, distinct-n")
     _add_model_arguments(p)
     p.add_argument("--reference", required=True, help="an AR model (objective 'ar') with the same tokenizer, e.g. trained by ddlm train")
-    p.add_argument("--predictors", nargs="+", choices=PREDICTORS, default=list(PREDICTORS))
+    p.add_argument("--predictors", nargs="+", choices=PREDICTORS, default=[p for p in PREDICTORS if p != "first_hitting"],
+                   help="default: the step-grid predictors (first_hitting ignores --steps and needs an absorbing model)")
     p.add_argument("--steps", type=positive_int, nargs="+", default=[16, 64, 256])
     p.add_argument("--num-samples", type=positive_int, default=32)
     p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default the model's maximum)")
