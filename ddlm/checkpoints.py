@@ -115,15 +115,18 @@ def run_lock(output_dir: Path):
 # ----------------------------------------------------------------------------- state <-> tensors + JSON
 
 
-def encode(value, tensors: dict[str, torch.Tensor], path: str = "state"):
+def encode(value, tensors: dict[str, torch.Tensor] | None, path: str = "state"):
     """A JSON-able image of nested dicts/lists/tuples/scalars; tensors are moved into ``tensors`` under
     their path (whole, on the CPU) and replaced by ``{"tensor": path}``. Containers become one-key
-    objects (``dict`` as [key, value] pairs, so integer keys stay integers), which plain values never are."""
+    objects (``dict`` as [key, value] pairs, so integer keys stay integers), which plain values never are.
+    ``tensors=None`` (a rank that does not write) only takes part in gathering FSDP2 shards."""
     if isinstance(value, torch.Tensor):
-        tensor = whole(value.detach()).cpu().contiguous()
-        if any(tensor.data_ptr() == t.data_ptr() for t in tensors.values() if t.numel()):
-            tensor = tensor.clone()  # safetensors stores no shared memory (tied weights)
-        tensors[path] = tensor
+        tensor = whole(value.detach())
+        if tensors is not None:
+            tensor = tensor.cpu().contiguous()
+            if any(tensor.data_ptr() == t.data_ptr() for t in tensors.values() if t.numel()):
+                tensor = tensor.clone()  # safetensors stores no shared memory (tied weights)
+            tensors[path] = tensor
         return {"tensor": path}
     if isinstance(value, dict):
         if not all(isinstance(key, (str, int)) for key in value):
@@ -190,7 +193,7 @@ def save_checkpoint(output_dir: Path, step: int, state: dict, meta: dict, *, wri
     (gathering FSDP2 shards is a collective) and only the rank with ``write`` writes. meta: JSON
     values stored beside the state (step, tokens, recipe). Returns the checkpoint directory.
     """
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor] | None = {} if write else None
     skeleton = encode(state, tensors)
     root = output_dir / CHECKPOINTS
     final = root / f"step_{step:08d}"

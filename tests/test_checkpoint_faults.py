@@ -27,6 +27,9 @@ from ddlm.train import train
 from test_train import ENV, tiny_recipe
 
 STEPS = 6
+# Subprocesses that must reproduce the in-process reference run bit for bit use this process's thread
+# count: a different number of threads sums float32 reductions in another order.
+SAME_THREADS = {**ENV, "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 def recipe_values(tmp_path: Path, shared_data: Path, output_dir: Path, **train_overrides) -> dict:
@@ -432,11 +435,11 @@ def test_a_real_sigkill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp
         checkpoints._durable = durable
         main(["train", {str(recipe)!r}, "--quiet"])
         """)
-    killed = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True)
+    killed = subprocess.run([sys.executable, "-c", script], env=SAME_THREADS, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (run / "checkpoints" / ".tmp_step_00000004" / "manifest.json").is_file()
     assert latest_checkpoint(run).name == "step_00000002"
-    resumed = subprocess.run([sys.executable, "-m", "ddlm", "train", str(recipe), "--resume", "--quiet"], env=ENV,
+    resumed = subprocess.run([sys.executable, "-m", "ddlm", "train", str(recipe), "--resume", "--quiet"], env=SAME_THREADS,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_resumed_like_reference(run, workspace)
@@ -505,13 +508,13 @@ def test_the_cli_reports_a_short_write_in_one_line_and_the_run_resumes(workspace
         checkpoints.save_file = save_file
         main(["train", {str(recipe)!r}, "--quiet"])
         """)
-    result = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", script], env=SAME_THREADS, capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ddlm train: error: could not write "), lines
     assert "File too large" in result.stderr
     assert latest_checkpoint(run).name == "step_00000002"
-    resumed = subprocess.run([sys.executable, "-m", "ddlm", "train", str(recipe), "--resume", "--quiet"], env=ENV,
+    resumed = subprocess.run([sys.executable, "-m", "ddlm", "train", str(recipe), "--resume", "--quiet"], env=SAME_THREADS,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_resumed_like_reference(run, workspace)
