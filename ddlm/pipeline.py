@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import math
 import os
 import re
@@ -16,22 +18,88 @@ from .likelihood import nll_bound
 from .model import DDLMForDiffusion
 from .processes import Graph
 from .sampling import check_count, sample
-from .score import ScoreFn, accepts_positions, row_index
+from .score import ScoreFn, accepts_positions, evaluate_score, row_index
 from .score_cache import is_time_independent
 
-GAP = re.compile(r"\{\{\s*([-+]?[\d.]+)\s*\}\}")  # {{n}}; signs and points are caught to be refused
+GAP = re.compile(r"\{\{\s*([-+]?[\d.]+(?:\s*\.\.\s*[-+]?[\d.]+)?)\s*\}\}")  # {{n}} or {{lo..hi}}; signs and points are caught to be refused
 MASK_TEXT = "[MASK]"  # how a still-masked position reads when sampling ends without denoising
+MAX_LENGTH_COMBINATIONS = 64  # unknown-length infill: at most this many combinations of gap lengths are tried
 
-Template = str | Sequence[str | int]
+Template = str | Sequence[str | int | range]
 
 
-def _gap_length(text: str) -> int:
-    """The token count of a ``{{n}}`` gap; a ValueError for anything but a plain int (too long ones are refused later)."""
+def _gap_count(text: str, gap: str) -> int:
+    """One count of a gap: a ValueError for anything but a plain int (too long ones are refused later)."""
     if not text.isdecimal():
-        raise ValueError(f"a gap {{{{{text}}}}} must hold a positive int number of tokens")
+        raise ValueError(f"a gap {{{{{gap}}}}} must hold a positive int number of tokens (or a range lo..hi of them)")
     if len(text.lstrip("0")) > 1000:  # int() refuses over 4300 digits; no model is this long
         raise ValueError(f"a gap of a {len(text.lstrip('0'))}-digit number of tokens exceeds any model's maximum length")
     return int(text)
+
+
+def _gap_length(text: str) -> int | range:
+    """The token count of a ``{{n}}`` gap, or the candidate counts ``range(lo, hi + 1)`` of a ``{{lo..hi}}`` gap."""
+    text = re.sub(r"\s+", "", text)
+    if ".." not in text:
+        return _gap_count(text, text)
+    low, _, high = text.partition("..")
+    return range(_gap_count(low, text), _gap_count(high, text) + 1)
+
+
+def _gap_name(segment: range) -> str:
+    return f"{{{{{segment.start}..{segment.stop - 1}}}}}"
+
+
+class _MaskedFuture:
+    """The score function of a window followed by ``pad`` positions still to come, held at the mask.
+
+    Called on x_t Long[B, n] it scores the length-(n + pad) sequence whose last ``pad`` tokens are
+    the mask and returns the rows of the first n (row-restricted positions are translated), so a
+    sampler never sees or moves the future. A masked position carries no information in an
+    absorbing process, so this is the model's law of the window with the future marginalised.
+    """
+
+    accepts_positions = True
+
+    def __init__(self, score_fn: ScoreFn, mask_id: int, pad: int):
+        self.score_fn, self.mask_id, self.pad = score_fn, mask_id, pad
+        self.time_independent = is_time_independent(score_fn)
+
+    def __call__(self, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.pad:
+            return evaluate_score(self.score_fn, x_t, sigma_bar, self.mask_id + 1, positions=positions)
+        batch, n = x_t.shape
+        padded = torch.cat([x_t, x_t.new_full((batch, self.pad), self.mask_id)], 1)
+        if positions is None:
+            return evaluate_score(self.score_fn, padded, sigma_bar, self.mask_id + 1)[:, :n]
+        index = row_index(positions, x_t.shape)
+        index = index // n * (n + self.pad) + index % n
+        return evaluate_score(self.score_fn, padded, sigma_bar, self.mask_id + 1, positions=index)
+
+
+@dataclasses.dataclass
+class InfillCandidate:
+    """One combination of gap lengths tried by ``DiffusionPipeline.infill``: its fills and their likelihood bound.
+
+    bound: the mean over the fills of the upper bound on -log p(filled token sequence), nats;
+    stderr: its Monte Carlo standard error; per_token / per_token_stderr: both divided by the
+    sequence's token count (given + filled), the value candidates are compared by.
+    """
+
+    lengths: tuple[int, ...]
+    texts: list[str]
+    num_tokens: int
+    bound: float
+    stderr: float
+    num_t: int
+
+    @property
+    def per_token(self) -> float:
+        return self.bound / self.num_tokens
+
+    @property
+    def per_token_stderr(self) -> float:
+        return self.stderr / self.num_tokens
 
 
 class DiffusionPipeline:
@@ -168,18 +236,181 @@ class DiffusionPipeline:
                 pieces.append(MASK_TEXT)
         return "".join(pieces)
 
-    def generate(self, num_samples: int = 1, length: int | None = None, steps: int = 128, predictor: str = "analytic", **kwargs) -> list[str]:
-        """Unconditional samples as text; length in tokens (default the model's maximum).
+    def generate(
+        self,
+        num_samples: int = 1,
+        length: int | None = None,
+        steps: int = 128,
+        predictor: str = "analytic",
+        *,
+        prompt: str | None = None,
+        block_size: int | None = None,
+        max_new_tokens: int | None = None,
+        stop_at_eos: bool = False,
+        **kwargs,
+    ) -> list[str]:
+        """Samples as text; length in tokens (default the model's maximum).
 
         Keyword arguments as in ``sample`` (denoise, batch_size, generator, seed, dtype, progress).
+
+        Semi-autoregressive block decoding (absorbing models) when any of ``prompt``,
+        ``block_size``, ``max_new_tokens`` or ``stop_at_eos`` is given: ``max_new_tokens`` (default
+        ``length``, else the model's maximum) new tokens are generated in blocks of ``block_size``
+        left to right after the optional ``prompt`` (see ``sample_blocks``). block_size defaults to
+        all new tokens in one block when prompt and new tokens fit the model's length, else half
+        the model's length. Each text is the prompt (byte-identical) followed by the new tokens;
+        with ``stop_at_eos`` it is cut at the first EOS token (the EOS itself is not in the text).
         """
-        ids = self.sample(num_samples, self.max_length if length is None else length, steps, predictor, **kwargs)
-        return [self.decode(row) for row in ids.cpu()]
+        if prompt is None and block_size is None and max_new_tokens is None and stop_at_eos is False:
+            ids = self.sample(num_samples, self.max_length if length is None else length, steps, predictor, **kwargs)
+            return [self.decode(row) for row in ids.cpu()]
+        if length is not None and max_new_tokens is not None:
+            raise ValueError("pass length= or max_new_tokens= (the same thing for block decoding), not both")
+        if max_new_tokens is None:
+            max_new_tokens = self.max_length if length is None else length
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        if block_size is None and isinstance(max_new_tokens, int):
+            block_size = max_new_tokens if len(prompt_ids) + max_new_tokens <= self.max_length else max(1, self.max_length // 2)
+        rows = self.sample_blocks(num_samples, max_new_tokens, block_size, steps, predictor, prompt_ids=prompt_ids,
+                                  stop_at_eos=stop_at_eos, **kwargs)
+        eos = self.tokenizer.eos_token_id
+        texts = []
+        for row in rows:
+            if stop_at_eos and len(row) and int(row[-1]) == eos:
+                row = row[:-1]
+            texts.append((prompt or "") + self.decode(row))
+        return texts
 
-    def parse_template(self, template: Template) -> list[str | int]:
-        """Segments of a template: given text (str) and gaps (int, tokens to generate).
+    def sample_blocks(
+        self,
+        num_samples: int,
+        max_new_tokens: int,
+        block_size: int,
+        steps: int = 128,
+        predictor: str = "analytic",
+        *,
+        prompt_ids: Sequence[int] | torch.Tensor | None = None,
+        stop_at_eos: bool = False,
+        batch_size: int | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        progress: bool = True,
+        stats: dict | None = None,
+        **sample_kwargs,
+    ) -> list[torch.Tensor]:
+        """Semi-autoregressive block decoding (absorbing models): per sample the new token ids Long[n].
 
-        A string template marks gaps as ``{{n}}``; a list mixes strings and ints.
+        Blocks of ``block_size`` tokens (the last one shorter if it does not divide
+        ``max_new_tokens``) are generated left to right after ``prompt_ids``. Each block is one run
+        of ``ddlm.sampling.sample`` (``steps``, ``predictor``) on a window whose finished prefix is
+        clamped (``x_init`` / ``fixed``) and whose new block starts masked.
+
+        Within the context (prompt + new tokens <= the model's length W) the window is the finished
+        prefix and the block, followed by the positions still to come held at the mask: the
+        score function is called on the full ``min(W, prompt + max_new_tokens)`` positions, with
+        those future ones masked and never sampled. For an absorbing process a masked position
+        carries no information, so with exact ratios each block is drawn exactly from the
+        model's conditional given the prefix with the future marginalised, and the blocks
+        together from the model's joint law at that length: block decoding equals plain sampling
+        in law (block_size = max_new_tokens without a prompt is the same call, draw for draw).
+
+        Beyond the context (prefix + block > W) the window slides: the model sees the last
+        ``W - block_size`` finished tokens as clamped context plus the new block. This is an
+        approximation: tokens older than the window are forgotten, and the model's law at
+        length W is used as if the window were a sequence start.
+
+        stop_at_eos: a sample stops after the block in which the tokenizer's EOS token first
+        appears among its new tokens, and its ids are cut right after that EOS (the others go on;
+        generation ends when every sample stopped or ``max_new_tokens`` are made). Time-independent
+        models reuse the clamped prefix through the sampler's exact cache (``cache``: see
+        ``ddlm.sampling.sample``). stats: a dict receiving ``network_calls``, ``positions_scored``
+        and ``blocks`` summed over blocks and batches. Other keyword arguments go to
+        ``ddlm.sampling.sample`` (dtype, cache, impl, t_min, ...); ``denoise`` must stay True
+        (a clamped prefix must be clean tokens).
+
+        Uniform models are refused: their noised tokens are never "unknown", so there is no way to
+        hold the future out of the window, and clamping a clean prefix is itself only approximate
+        for them (the network never saw clean tokens beside noised ones); use ``infill`` there.
+        """
+        if self.graph.mask_id is None:
+            raise ValueError(f"block_size: block decoding (prompt=, block_size=, max_new_tokens=, stop_at_eos=) needs an absorbing "
+                             f"model, got {self.graph!r}: a uniform process has no masked state to hold the future out and "
+                             "clamping is not exact for it; use infill([prompt, n]) for a prompt that fits the model's length")
+        check_count("max_new_tokens", max_new_tokens)
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or not 1 <= block_size <= self.max_length:
+            raise ValueError(f"block_size must be an int in [1, {self.max_length}] (the model's maximum length), got {block_size!r}")
+        check_count("num_samples", num_samples)
+        check_count("steps", steps)
+        check_count("batch_size", batch_size, allow_none=True)
+        if stop_at_eos not in (True, False):
+            raise ValueError(f"stop_at_eos must be True or False, got {stop_at_eos!r}")
+        if sample_kwargs.get("denoise", True) is not True:
+            raise ValueError("denoise must be True for block decoding: each finished block is clamped as clean tokens")
+        sample_kwargs.pop("denoise", None)
+        for name in ("x_init", "fixed", "shape"):
+            if name in sample_kwargs:
+                raise ValueError(f"{name}= is set by block decoding itself (the finished prefix); pass prompt_ids instead")
+        eos = self.tokenizer.eos_token_id
+        if stop_at_eos and eos is None:
+            raise ValueError("stop_at_eos needs a tokenizer with an EOS token (tokenizer.eos_token_id is None)")
+        prompt = torch.as_tensor([] if prompt_ids is None else prompt_ids, dtype=torch.long).reshape(-1).to(self.device)
+        if prompt.numel():
+            self.graph.check_clean(prompt, "prompt_ids")
+        generator = self._generator(generator, seed)
+        width, start = self.max_length, prompt.numel()
+        target = min(width, start + max_new_tokens)  # the window length within the context
+        seqs = prompt.expand(num_samples, start).clone()
+        done = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
+        base_fn = self.sampling_score_fn()
+        totals = {"network_calls": 0, "positions_scored": 0, "blocks": 0}
+        blocks = range(0, max_new_tokens, block_size)
+        for made in tqdm(blocks, desc="blocks", disable=not progress or len(blocks) == 1):
+            size = min(block_size, max_new_tokens - made)
+            context = min(seqs.shape[1], width - size)
+            length = context + size
+            score_fn = _MaskedFuture(base_fn, self.graph.mask_id, target - length)
+            active = (~done).nonzero().squeeze(1)
+            x_init = torch.cat([seqs[active, seqs.shape[1] - context:], seqs.new_zeros(len(active), size)], 1)
+            fixed = torch.zeros(length, dtype=torch.bool, device=self.device)
+            fixed[:context] = True
+            new = seqs.new_full((num_samples, size), eos if eos is not None else 0)
+            step = batch_size or len(active)
+            for first in range(0, len(active), step):
+                rows = slice(first, first + step)
+                n = len(active[rows])
+                batch_stats = {}
+                out = sample(score_fn, self.graph, self.noise, (n, length), steps, predictor, True, generator,
+                             x_init=x_init[rows], fixed=fixed.expand(n, length), device=self.device, progress=False,
+                             stats=batch_stats, **sample_kwargs)
+                new[active[rows]] = out[:, context:]
+                totals["network_calls"] += batch_stats["network_calls"]
+                totals["positions_scored"] += batch_stats["positions_scored"]
+                totals["cache"] = batch_stats["cache"]
+            totals["blocks"] += 1
+            seqs = torch.cat([seqs, new], 1)
+            if stop_at_eos:
+                done |= (new == eos).any(1)
+                if bool(done.all()):
+                    break
+        if stats is not None:
+            stats.update(totals)
+        results = []
+        for row in seqs[:, start:].cpu():
+            if stop_at_eos:
+                hits = (row == eos).nonzero()
+                if len(hits):
+                    row = row[: int(hits[0]) + 1]
+            results.append(row)
+        return results
+
+    def parse_template(self, template: Template) -> list[str | int | range]:
+        """Segments of a template: given text (str) and gaps (int: exactly that many tokens to generate;
+        range: a gap of unknown length, each count in the range a candidate, see ``infill``).
+
+        A string template marks gaps as ``{{n}}`` or ``{{lo..hi}}`` (lo to hi tokens, both included);
+        a list mixes strings, ints and ``range(lo, hi + 1)`` objects. A range of one count is that int.
         """
         if isinstance(template, str):
             parts = GAP.split(template)
@@ -188,25 +419,73 @@ class DiffusionPipeline:
             segments = list(template)
         else:
             raise TypeError(f"a template is a str with {{{{n}}}} gaps or a list of str and int, got {type(template).__name__}")
-        for segment in segments:
-            if isinstance(segment, bool) or not isinstance(segment, (str, int)):
-                raise TypeError(f"template segments must be str (given text) or int (gap length), got {segment!r}")
-            if isinstance(segment, int) and segment < 1:
-                raise ValueError(f"a gap must have at least 1 token, got {segment}")
-            if isinstance(segment, int) and segment > self.max_length:
-                raise ValueError(f"a gap of {segment} tokens exceeds the model's maximum length {self.max_length}")
-        gaps = sum(segment for segment in segments if isinstance(segment, int))
+        gap_index = 0
+        for k, segment in enumerate(segments):
+            if isinstance(segment, bool) or not isinstance(segment, (str, int, range)):
+                raise TypeError(f"template segments must be str (given text), int (gap length) or range (candidate gap "
+                                f"lengths), got {segment!r}")
+            if isinstance(segment, str):
+                continue
+            gap_index += 1
+            if isinstance(segment, int):
+                if segment < 1:
+                    raise ValueError(f"a gap must have at least 1 token, got {segment}")
+                if segment > self.max_length:
+                    raise ValueError(f"a gap of {segment} tokens exceeds the model's maximum length {self.max_length}")
+                continue
+            allowed = f"allowed: 1 <= min <= max <= {self.max_length} (the model's maximum length)"
+            if segment.step != 1:
+                raise ValueError(f"gap {gap_index} {segment!r}: a range of gap lengths must have step 1; {allowed}")
+            low, high = segment.start, segment.stop - 1
+            if low > high:
+                raise ValueError(f"gap {gap_index} {_gap_name(segment)}: min {low} > max {high}; {allowed}")
+            if low < 1:
+                raise ValueError(f"gap {gap_index} {_gap_name(segment)}: min {low} < 1; {allowed}")
+            if high > self.max_length:
+                raise ValueError(f"gap {gap_index} {_gap_name(segment)}: max {high} exceeds the model's maximum length; {allowed}")
+            if low == high:
+                segments[k] = low
+        gaps = sum(segment if isinstance(segment, int) else segment.start for segment in segments if not isinstance(segment, str))
         if not gaps:
             raise ValueError("the template has no gap: mark one as {{n}} (n tokens) or pass an int in a list")
         if gaps > self.max_length:
             raise ValueError(f"the template's gaps need {gaps} tokens but the model's maximum length is {self.max_length}")
         return [segment for segment in segments if segment != ""]
 
+    def gap_length_candidates(self, template: Template) -> list[tuple[int, ...]]:
+        """Every combination of gap lengths a template allows (one int per gap, in order), checked to fit.
+
+        A fixed gap contributes its length; a ``{{lo..hi}}`` gap each count from lo to hi. Each gap's
+        maximum must fit beside the given text and the other gaps' minimums (ValueError naming the gap and
+        the counts allowed), and there may be at most ``MAX_LENGTH_COMBINATIONS`` (64) combinations.
+        """
+        segments = self.parse_template(template)
+        given = sum(len(self.tokenizer(s, add_special_tokens=False)["input_ids"]) for s in segments if isinstance(s, str))
+        gaps = [range(s, s + 1) if isinstance(s, int) else s for s in segments if not isinstance(s, str)]
+        minimum = given + sum(g.start for g in gaps)
+        if minimum > self.max_length:
+            raise ValueError(f"the template needs at least {minimum} tokens ({given} given, {minimum - given} in gaps at their "
+                             f"minimum lengths) but the model's maximum length is {self.max_length}")
+        for index, gap in enumerate(gaps, 1):
+            room = self.max_length - (minimum - gap.start)
+            if len(gap) > 1 and gap.stop - 1 > room:
+                raise ValueError(f"gap {index} {_gap_name(gap)}: max {gap.stop - 1} does not fit: beside {given} given tokens and "
+                                 f"the other gaps' minimums the model's maximum length {self.max_length} leaves room for "
+                                 f"{room}; allowed: 1 <= min <= max <= {room}")
+        count = math.prod(len(g) for g in gaps)
+        if count > MAX_LENGTH_COMBINATIONS:
+            raise ValueError(f"the template's gap ranges make {count} combinations of lengths "
+                             f"({' x '.join(str(len(g)) for g in gaps)}); at most {MAX_LENGTH_COMBINATIONS} are tried: narrow the ranges")
+        return list(itertools.product(*gaps))
+
     def encode_template(self, template: Template) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str | None, int]]]:
         """Token ids Long[L] (gaps hold 0), the given positions Bool[L], and the spans in order:
         (given text, its token count) or (None, gap length)."""
         spans, ids, given = [], [], []
         for segment in self.parse_template(template):
+            if isinstance(segment, range):
+                raise ValueError(f"gap {_gap_name(segment)} has an unknown length: infill tries every length (infill), or "
+                                 "give one length per gap (gap_length_candidates lists the combinations)")
             given_text = isinstance(segment, str)
             tokens = self.tokenizer(segment, add_special_tokens=False)["input_ids"] if given_text else [0] * segment
             spans.append((segment if given_text else None, len(tokens)))
@@ -218,14 +497,8 @@ class DiffusionPipeline:
                              f"but the model's maximum length is {self.max_length}")
         return torch.tensor(ids, dtype=torch.long), torch.tensor(given, dtype=torch.bool), spans
 
-    def infill(self, template: Template, num_samples: int = 1, steps: int = 128, predictor: str = "analytic", **kwargs) -> list[str]:
-        """Fill every gap of ``template`` with exactly its number of tokens; returns ``num_samples`` texts.
-
-        The given text comes back byte-identical (it is copied, not re-decoded); gap tokens are
-        sampled conditionally on it by clamping (exact for absorbing models, approximate for
-        uniform ones). Prefix prompting is ``["prompt", n]``, suffix prompting ``[n, "ending"]``.
-        Keyword arguments as in ``sample``.
-        """
+    def _fill(self, template: Template, num_samples: int, steps: int, predictor: str, **kwargs) -> tuple[list[str], torch.Tensor]:
+        """Texts of ``num_samples`` fills of a template with fixed gap lengths, and their token ids Long[num_samples, L]."""
         ids, given, spans = self.encode_template(template)
         samples = self.sample(num_samples, len(ids), steps, predictor, x_init=ids, fixed=given, **kwargs).cpu()
         texts = []
@@ -235,7 +508,69 @@ class DiffusionPipeline:
                 pieces.append(text if text is not None else self.decode(row[position:position + n]))
                 position += n
             texts.append("".join(pieces))
-        return texts
+        return texts, samples
+
+    def infill(
+        self,
+        template: Template,
+        num_samples: int = 1,
+        steps: int = 128,
+        predictor: str = "analytic",
+        *,
+        num_t: int = 64,
+        return_candidates: bool = False,
+        **kwargs,
+    ) -> list[str] | tuple[list[str], list[InfillCandidate]]:
+        """Fill every gap of ``template``; returns ``num_samples`` texts.
+
+        The given text comes back byte-identical (it is copied, not re-decoded); gap tokens are
+        sampled conditionally on it by clamping (exact for absorbing models, approximate for
+        uniform ones). Prefix prompting is ``["prompt", n]``, suffix prompting ``[n, "ending"]``.
+        Keyword arguments as in ``sample``.
+
+        Gaps of unknown length. A gap ``{{lo..hi}}`` (or ``range(lo, hi + 1)`` in a list) has
+        candidate lengths lo..hi; with several such gaps every combination is a candidate (at most
+        64, ``gap_length_candidates``). Each candidate is filled ``num_samples`` times and each
+        filled token sequence (given tokens and fill, as the model saw it) is scored with the
+        likelihood bound (``ddlm.likelihood.nll_bound``, ``num_t`` times, the same generator). The
+        candidates are compared by the bound on -log p of the *whole* filled sequence divided by
+        its number of tokens (mean over the candidate's fills), and the lowest wins: its
+        ``num_samples`` texts are returned. Why per token of the whole sequence: a diffusion model
+        is a separate distribution for each sequence length, and a longer gap adds tokens, so the
+        total -log p grows with the gap (totals pick the shortest gap almost always); dividing by
+        the filled tokens only would leave the given text's cost in the numerator and favour long
+        gaps. The per-token rate of the whole sequence (what perplexity reports) compares the
+        candidates on the same footing. It is a comparison of *upper bounds*: exact only where the
+        bound is tight (exact ratios with the exact terminal marginal), otherwise a candidate with
+        a looser bound can lose to a worse one; each value carries its Monte Carlo standard error,
+        and differences within a few of them are not resolved (raise ``num_t``).
+
+        return_candidates: also return the per-candidate report, a list of ``InfillCandidate``
+        (lengths, texts, tokens, bound per token +- standard error), in combination order:
+        ``texts, candidates = pipe.infill(..., return_candidates=True)``. A template without ranges
+        is then one scored candidate.
+        """
+        check_count("num_t", num_t)
+        if not isinstance(return_candidates, bool):
+            raise ValueError(f"return_candidates must be True or False, got {return_candidates!r}")
+        segments = self.parse_template(template)
+        if not return_candidates and not any(isinstance(s, range) for s in segments):
+            return self._fill(segments, num_samples, steps, predictor, **kwargs)[0]
+        check_count("num_samples", num_samples)
+        generator = self._generator(kwargs.pop("generator", None), kwargs.pop("seed", None))
+        progress = kwargs.get("progress", True)
+        candidates = []
+        for lengths in tqdm(self.gap_length_candidates(segments), desc="gap lengths", disable=not progress):
+            lengths_left = iter(lengths)
+            concrete = [s if isinstance(s, str) else next(lengths_left) for s in segments]
+            texts, ids = self._fill(concrete, num_samples, steps, predictor, generator=generator, **kwargs)
+            bound = nll_bound(self.score_fn, self.graph, self.noise, ids.to(self.device), num_t, generator,
+                              batch_size=kwargs.get("batch_size"))
+            total = (bound.integral + bound.prior).double().cpu()
+            stderr = float(bound.stderr.double().square().sum().sqrt()) / num_samples
+            candidates.append(InfillCandidate(tuple(lengths), texts, ids.shape[1], float(total.mean()), stderr, num_t))
+        best = min(candidates, key=lambda c: c.per_token)
+        return (best.texts, candidates) if return_candidates else best.texts
 
     def nll_bound(
         self,
