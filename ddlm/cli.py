@@ -138,15 +138,29 @@ def _sampling_options(args: argparse.Namespace) -> dict:
 
 
 def sample_command(args: argparse.Namespace) -> None:
-    """Print unconditional samples of a model."""
-    texts = _pipeline(args).generate(args.num_samples, args.length, **_sampling_options(args))
+    """Print samples of a model: unconditional, or block by block after a prompt (--block-size, --prompt, ...)."""
+    blocks = dict(prompt=args.prompt, block_size=args.block_size, max_new_tokens=args.max_new_tokens, stop_at_eos=args.stop_at_eos)
+    texts = _pipeline(args).generate(args.num_samples, args.length, **blocks, **_sampling_options(args))
     print(f"\n{SEPARATOR}\n".join(texts))
 
 
 def infill_command(args: argparse.Namespace) -> None:
-    """Print completions of a template with {{n}} gaps."""
-    texts = _pipeline(args).infill(args.text, args.num_samples, **_sampling_options(args))
+    """Print completions of a template with {{n}} gaps; with {{lo..hi}} gaps also the table of candidate lengths."""
+    pipe = _pipeline(args)
+    if not any(isinstance(segment, range) for segment in pipe.parse_template(args.text)):
+        texts = pipe.infill(args.text, args.num_samples, **_sampling_options(args))
+        print(f"\n{SEPARATOR}\n".join(texts))
+        return
+    texts, candidates = pipe.infill(args.text, args.num_samples, num_t=args.num_t, return_candidates=True, **_sampling_options(args))
+    best = min(candidates, key=lambda c: c.per_token)
     print(f"\n{SEPARATOR}\n".join(texts))
+    print(SEPARATOR)
+    print(f"chosen gap lengths {','.join(map(str, best.lengths))} of {len(candidates)} candidates "
+          f"(lowest likelihood bound per token of the whole filled sequence; {args.num_t} t, +- one standard error):")
+    print(f"{'':1} {'lengths':>10} {'tokens':>6} {'nats/token':>18}  text")
+    for c in candidates:
+        print(f"{'*' if c is best else ' '} {','.join(map(str, c.lengths)):>10} {c.num_tokens:>6} "
+              f"{c.per_token:>8.4f} +- {c.per_token_stderr:<6.4f}  {c.texts[0]!r}")
 
 
 def eval_command(args: argparse.Namespace) -> None:
@@ -289,12 +303,21 @@ def main(argv: list[str] | None = None) -> None:
     _add_model_arguments(p)
     _add_sampling_arguments(p)
     p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default the model's maximum)")
+    p.add_argument("--block-size", type=positive_int, default=None, help="semi-autoregressive blocks of this many tokens, left to "
+                   "right (absorbing models; default: off, or one block if prompt + new tokens fit the model, else half its length)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="tokens to generate block by block; beyond the "
+                   "model's length the window slides (default: --length, else the model's maximum)")
+    p.add_argument("--stop-at-eos", action="store_true", help="stop a sample after the block with its first EOS token and cut "
+                   "the text there (default: off)")
+    p.add_argument("--prompt", default=None, help="text to continue block by block, printed unchanged (default: none)")
     p.set_defaults(run=sample_command)
 
-    p = commands.add_parser("infill", help="fill the {{n}} gaps (n tokens each) of a text")
+    p = commands.add_parser("infill", help="fill the {{n}} gaps (n tokens each) or {{lo..hi}} gaps (best length) of a text")
     _add_model_arguments(p)
-    p.add_argument("text", help='for example "The cat{{4}} on the mat.{{8}}"')
+    p.add_argument("text", help='for example "The cat{{4}} on the mat.{{8}}" or "The cat{{2..6}} on the mat."')
     _add_sampling_arguments(p)
+    p.add_argument("--num-t", type=even_count, default=64, help="t samples of the likelihood bound that ranks the lengths of "
+                   "{{lo..hi}} gaps (even; default: 64)")
     p.set_defaults(run=infill_command)
 
     from .likelihood import T_SAMPLING
