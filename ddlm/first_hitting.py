@@ -28,7 +28,7 @@ from .score_cache import ScoreEvaluator
 
 def sample_first_hitting(
     evaluator: ScoreEvaluator, graph: Graph, noise, x: torch.Tensor, fixed: torch.Tensor | None, *,
-    t_min: float, denoise: bool, dtype: torch.dtype, generator: torch.Generator | None, progress: bool,
+    t_min: float, denoise: bool, dtype: torch.dtype, generator: torch.Generator | None, progress: bool, shape=None,
 ) -> torch.Tensor:
     """Unmask x Long[B, L] (absorbing; masked positions free unless ``fixed``) one event at a time: Long[B, L].
 
@@ -36,6 +36,8 @@ def sample_first_hitting(
     the chosen position of every sequence still running. ``denoise=True`` continues until no
     free position is masked (events below t_min are scored at sigma_bar(t_min)); ``denoise=False``
     stops each sequence at its first event time below t_min, leaving those positions masked.
+    shape: None, or a ``ddlm.decoding.shape_log_weights`` partial: each event's token is drawn from
+    the reshaped p(y | x_t) (temperature / top-k / top-p); event times and positions are unchanged.
     """
     if graph.mask_id is None:
         raise ValueError(f"predictor='first_hitting' needs an absorbing process, got {graph!r}; "
@@ -73,7 +75,7 @@ def sample_first_hitting(
         sigma[active] = sigma_next.clamp_min(floor)
         log_score = evaluator(x, sigma, rows)  # [len(active), S], rows in ascending sequence order
         weights = log_score[:, : graph.mask_id].to(dtype)
-        weights = torch.exp(weights - weights.amax(-1, keepdim=True))
+        weights = torch.exp(weights - weights.amax(-1, keepdim=True)) if shape is None else shape(weights)
         if not bool(torch.isfinite(weights).all()) or bool((weights.sum(-1) <= 0).any()):
             raise ValueError("the score function gave a masked position no finite positive weight on any real token")
         races = torch.empty_like(weights).exponential_(generator=generator)

@@ -25,18 +25,21 @@ is the former full-row path (every position scored, float64 everywhere, exponent
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from .decoding import check_confidence_args, check_shaping, shape_log_weights
 from .dse_backends import triton_available
 from .processes import Graph
 from .score import ScoreFn, evaluate_score
 from .score_cache import ScoreEvaluator, is_time_independent
 
-PREDICTORS = ("euler", "tau_leaping", "analytic", "first_hitting")
+PREDICTORS = ("euler", "tau_leaping", "analytic", "first_hitting", "confidence")
+ABSORBING_ONLY = ("first_hitting", "confidence")
 IMPLS = ("auto", "torch", "triton", "reference")
 
 
@@ -93,10 +96,13 @@ def _step_constants(kind: str, dt: float, rate: float, dsigma: float) -> float:
     return {"euler": dt * rate, "tau_leaping": dt * rate, "analytic": math.expm1(dsigma), "denoise": 1.0}[kind]
 
 
-def _draw_rows(weights: torch.Tensor, move: torch.Tensor, stay: torch.Tensor, x: torch.Tensor, generator, dtype) -> torch.Tensor:
+def _draw_rows(weights: torch.Tensor, move: torch.Tensor, stay: torch.Tensor, x: torch.Tensor, generator, dtype,
+               destination=None) -> torch.Tensor:
     """Per row: stay at x with probability stay / (move + stay), else y ~ weights (zero at x): Long[R].
 
     weights [R, S] >= 0 (any float dtype) sum to a positive value where move > 0; move, stay [R] in dtype.
+    destination: None, or a function of the moving rows' indices Long[M] giving the weights [M, S] to
+    draw their y from instead (reshaped p(x0 | x_t), ``ddlm.decoding``); the move/stay coin is unchanged.
     """
     total = move + stay
     if not bool((total > 0).all()):
@@ -105,20 +111,25 @@ def _draw_rows(weights: torch.Tensor, move: torch.Tensor, stay: torch.Tensor, x:
     moving = (u * total < move).nonzero().squeeze(1)
     out = x.clone()
     if moving.numel():
-        cdf = torch.cumsum(weights[moving], -1, dtype=dtype)
+        rows = weights[moving] if destination is None else destination(moving)
+        cdf = torch.cumsum(rows, -1, dtype=dtype)
         v = torch.rand(moving.shape, dtype=dtype, device=x.device, generator=generator) * cdf[:, -1]
         y = torch.searchsorted(cdf, v[:, None], right=True).squeeze(1)
         over = y >= cdf.shape[-1]  # v rounded up to the row total (probability ~2^-53): the last positive weight
         if bool(over.any()):
-            last = cdf.shape[-1] - 1 - (weights[moving[over]] > 0).flip(-1).int().argmax(-1)
+            last = cdf.shape[-1] - 1 - (rows[over] > 0).flip(-1).int().argmax(-1)
             y[over] = last
         out[moving] = y
     return out
 
 
 def _step_rows(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str, dt: float, rate: float, dsigma: float,
-               dtype: torch.dtype, generator) -> torch.Tensor:
-    """One reverse step of rows that can move (rate into x > 0): x Long[R], log_score [R, S] -> Long[R]."""
+               dtype: torch.dtype, generator, shape=None) -> torch.Tensor:
+    """One reverse step of rows that can move (rate into x > 0): x Long[R], log_score [R, S] -> Long[R].
+
+    shape: None, or a ``ddlm.decoding.shape_log_weights`` partial (absorbing only): rows that move
+    draw their token from the reshaped weights over the real tokens; whether they move is unchanged.
+    """
     w = graph.rate_into_value(x).to(dtype)
     current = x.unsqueeze(-1)
     if graph.mask_id is None and kind in ("analytic", "denoise"):
@@ -148,12 +159,19 @@ def _step_rows(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str
     else:  # euler, and the absorbing analytic step (kappa = expm1(dsigma))
         move = kappa_w * z
         stay = (1 - move).clamp_min(0)
-    return _draw_rows(weights, move, stay, x, generator, dtype)
+    destination = None
+    if shape is not None:
+        def destination(moving: torch.Tensor) -> torch.Tensor:
+            log_weights = log_score[moving].to(dtype).scatter_(-1, current[moving], -math.inf)
+            if graph.mask_id is not None:
+                log_weights[:, graph.mask_id] = -math.inf
+            return shape(log_weights)
+    return _draw_rows(weights, move, stay, x, generator, dtype, destination)
 
 
 def reverse_step(
     graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str, dt: float, rate: float, dsigma: float,
-    impl: str = "torch", dtype: torch.dtype = torch.float64, generator=None,
+    impl: str = "torch", dtype: torch.dtype = torch.float64, generator=None, shape=None,
 ) -> torch.Tensor:
     """One reverse step of x Long[...] given log_score [..., S]: Long[...] (e.g. [B, L], or gathered rows [R]).
 
@@ -162,9 +180,13 @@ def reverse_step(
     with a non-zero forward rate into their token can move, and only they are read. impl
     "torch" (row form of the module docstring), "triton" (the fused kernel, for every kind but
     Uniform analytic and denoise, which need the row mean of s first and use torch) or
-    "reference" (full rows, float64 everywhere, exponential races).
+    "reference" (full rows, float64 everywhere, exponential races). shape: a
+    ``ddlm.decoding.shape_log_weights`` partial (temperature / top-k / top-p of the destination,
+    absorbing only; runs the torch path, refused by "reference") or None.
     """
     if impl == "reference":
+        if shape is not None:
+            raise ValueError("temperature / top_k / top_p need impl 'torch', 'triton' or 'auto', not 'reference'")
         score = _ratios(log_score, x, dtype)
         if kind == "euler":
             return euler_step(graph, x, score, torch.tensor(rate, dtype=dtype, device=x.device), dt, generator)
@@ -180,7 +202,7 @@ def reverse_step(
         flat_live = flat
     if not flat_live.numel():
         return x.clone()
-    if impl == "triton" and (graph.mask_id is not None or kind in ("euler", "tau_leaping")):
+    if impl == "triton" and shape is None and (graph.mask_id is not None or kind in ("euler", "tau_leaping")):
         from .kernels.sampling import triton_reverse_step
 
         kappa = torch.full(flat_live.shape, _step_constants(kind, dt, rate, dsigma), dtype=torch.float64, device=x.device)
@@ -189,7 +211,7 @@ def reverse_step(
         mode = "euler" if kind == "analytic" else kind  # the absorbing analytic step has the Euler form
         moved = triton_reverse_step(rows.contiguous(), flat_live, graph.rate_into_value(flat_live), kappa, mode, seed, exclude)
     else:
-        moved = _step_rows(graph, flat_live, rows, kind, dt, rate, dsigma, dtype, generator)
+        moved = _step_rows(graph, flat_live, rows, kind, dt, rate, dsigma, dtype, generator, shape)
     if flat_live is flat:
         return moved.reshape(x.shape)
     return flat.clone().index_copy_(0, live, moved).reshape(x.shape)
@@ -209,9 +231,9 @@ def score_rows(score_fn: ScoreFn, graph: Graph, x: torch.Tensor, sigma_bar: torc
 def _check_args(graph: Graph, shape, steps, predictor, x_init, fixed):
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
-    if predictor == "first_hitting" and graph.mask_id is None:
-        raise ValueError(f"predictor='first_hitting' needs an absorbing process, got {graph!r}; allowed for it: "
-                         f"{tuple(p for p in PREDICTORS if p != 'first_hitting')}")
+    if predictor in ABSORBING_ONLY and graph.mask_id is None:
+        raise ValueError(f"predictor={predictor!r} needs an absorbing process, got {graph!r}; allowed for it: "
+                         f"{tuple(p for p in PREDICTORS if p not in ABSORBING_ONLY)}")
     check_count("steps", steps)
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise ValueError(f"shape must be (batch, length) of positive ints, got {shape!r}")
@@ -251,6 +273,13 @@ def sample(
     impl: str = "auto",
     cache: bool | None = None,
     stats: dict | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    confidence: str | None = None,
+    unmask_schedule: str | None = None,
+    threshold: float | None = None,
+    entropy_bound: float | None = None,
 ) -> torch.Tensor:
     """Draw sequences by simulating the reverse CTMC from t = 1 to t_min: Long[B, L].
 
@@ -273,8 +302,29 @@ def sample(
     None (default) turns it on exactly for those. Same seed, same draws with and without it.
     stats: a dict to fill with ``network_calls`` (score-function calls), ``positions_scored``
     (rows evaluated) and ``cache`` (whether it was on); the progress bar shows the calls.
+
+    Decoding strategies for absorbing models (``ddlm.decoding``; not exact samplers of the model
+    unless left at their defaults). temperature (>= 0; 0: greedy), top_k (>= 1 or None), top_p
+    (in (0, 1]): the token a masked position unmasks to is drawn from p(x0 | x_t) ~ s over the
+    real tokens sharpened by the temperature and cut to the top_k most likely / the top_p nucleus;
+    when and where positions unmask is unchanged (euler, tau_leaping, analytic, the final denoise,
+    first_hitting). The defaults reproduce the plain draw token for token.
+    predictor "confidence": ``steps`` steps each scoring every masked free position once and
+    unmasking the most confident ones by ``confidence`` ("max_prob" (default), "margin",
+    "entropy", "prob" (of the drawn token: LLaDA low-confidence remasking), "random"), as many as
+    ``unmask_schedule`` ("linear" (default) or "cosine") says; or with ``threshold`` (in [0, 1))
+    every position more confident than it (Fast-dLLM), or with ``entropy_bound`` (>= 0 nats)
+    the most confident while their entropies sum within it (EB-Sampler), at least one per step
+    (``steps`` is then unused). It always ends with no masked position (``denoise`` must be
+    True); ``impl`` is unused. Exact (with exact ratios and the default temperature / top_k / top_p)
+    only with one position per step and a confidence other than "prob" (``ddlm.decoding``).
     """
     shape = _check_args(graph, shape, steps, predictor, x_init, fixed)
+    shaping = check_shaping(graph, temperature, top_k, top_p)
+    check_confidence_args(graph, predictor, steps, confidence, unmask_schedule, threshold, entropy_bound)
+    if predictor == "confidence" and denoise is not True:
+        raise ValueError("denoise must be True for predictor='confidence': it always unmasks every position")
+    shaper = functools.partial(shape_log_weights, temperature=temperature, top_k=top_k, top_p=top_p) if shaping else None
     if cache not in (None, True, False):
         raise ValueError(f"cache must be None, True or False, got {cache!r}")
     if stats is not None and not isinstance(stats, dict):
@@ -284,6 +334,9 @@ def sample(
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if not 0 < t_min < 1:
         raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
+    if shaper is not None and impl == "reference":
+        raise ValueError("temperature / top_k / top_p need impl 'auto', 'torch' or 'triton', not 'reference' (the full-row "
+                         "comparison path draws the plain law only)")
     if device is None:
         device = x_init.device if x_init is not None else torch.device("cpu")
     device = torch.device(device)
@@ -307,7 +360,14 @@ def sample(
         from .first_hitting import sample_first_hitting
 
         return report(clamp(sample_first_hitting(scores, graph, noise, x, fixed, t_min=t_min, denoise=denoise, dtype=dtype,
-                                                 generator=generator, progress=progress)))
+                                                 generator=generator, progress=progress, shape=shaper)))
+    if predictor == "confidence":
+        from .decoding import sample_confidence
+
+        return report(clamp(sample_confidence(
+            scores, graph, noise, x, fixed, steps=steps, confidence=confidence, unmask_schedule=unmask_schedule,
+            threshold=threshold, entropy_bound=entropy_bound, shape=shaper, t_min=t_min, dtype=dtype, generator=generator,
+            progress=progress)))
 
     times = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
     totals, rates = noise.total(times), noise.rate(times)
@@ -316,13 +376,13 @@ def sample(
         x = clamp(x)
         sigma = torch.full((shape[0],), sigma_bar, dtype=torch.float64, device=device)
         if impl == "reference":  # every row scored and stepped
-            return reverse_step(graph, x, scores(x, sigma, None), kind, dt, rate, dsigma, impl, dtype, generator)
+            return reverse_step(graph, x, scores(x, sigma, None), kind, dt, rate, dsigma, impl, dtype, generator, shaper)
         rows = movable(graph, x, fixed)
         if not bool(rows.any()):
             return x  # nothing can change: no score evaluation
         log_score = scores(x, sigma, rows)
         out = x.clone()
-        out[rows] = reverse_step(graph, x[rows], log_score, kind, dt, rate, dsigma, impl, dtype, generator)
+        out[rows] = reverse_step(graph, x[rows], log_score, kind, dt, rate, dsigma, impl, dtype, generator, shaper)
         return out
 
     bar = tqdm(range(steps), desc=f"sampling ({predictor})", disable=not progress)
