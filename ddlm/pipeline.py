@@ -186,6 +186,13 @@ class DiffusionPipeline:
         progress: bool = True,
         cache: bool | None = None,
         stats: dict | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        confidence: str | None = None,
+        unmask_schedule: str | None = None,
+        threshold: float | None = None,
+        entropy_bound: float | None = None,
     ) -> torch.Tensor:
         """Token ids Long[num_samples, length]; x_init / fixed: Long/Bool[length] clamped positions (or None).
 
@@ -194,6 +201,10 @@ class DiffusionPipeline:
         ("first_hitting" for absorbing models; it ignores ``steps``). cache: as in
         ``ddlm.sampling.sample`` (None: on for time-independent models). stats: a dict that
         receives ``network_calls`` and ``positions_scored`` summed over the batches.
+        Decoding strategies of absorbing models (``ddlm.decoding``), passed to ``ddlm.sampling.sample``:
+        temperature / top_k / top_p reshape the token a masked position unmasks to; predictor
+        "confidence" with confidence / unmask_schedule / threshold / entropy_bound unmasks the most
+        confident positions in parallel. Neither samples the model's distribution exactly.
         """
         check_count("num_samples", num_samples)
         check_count("length", length)
@@ -213,7 +224,9 @@ class DiffusionPipeline:
                 score_fn, self.graph, self.noise, (n, length), steps, predictor, denoise, generator,
                 x_init=None if x_init is None else x_init.to(self.device).expand(n, length),
                 fixed=None if fixed is None else fixed.to(self.device).expand(n, length),
-                dtype=dtype, device=self.device, progress=progress, cache=cache, stats=batch_stats))
+                dtype=dtype, device=self.device, progress=progress, cache=cache, stats=batch_stats, temperature=temperature,
+                top_k=top_k, top_p=top_p, confidence=confidence, unmask_schedule=unmask_schedule, threshold=threshold,
+                entropy_bound=entropy_bound))
             for key in totals:
                 totals[key] += batch_stats[key]
             totals["cache"] = batch_stats["cache"]
