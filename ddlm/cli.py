@@ -49,6 +49,45 @@ def random_seed(text: str) -> int:
     return value
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def temperature_value(text: str) -> float:
+    """argparse type: a finite number >= 0 (0: greedy)."""
+    value = _number(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0: greedy), got {text!r}")
+    return value
+
+
+def top_p_value(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def threshold_value(text: str) -> float:
+    """argparse type: a probability threshold in [0, 1)."""
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (a confidence above it unmasks), got {text!r}")
+    return value
+
+
+def entropy_bound_value(text: str) -> float:
+    """argparse type: a finite number of nats >= 0."""
+    value = _number(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number of nats >= 0, got {text!r}")
+    return value
+
+
 DEMO_MAX_SEQUENCES = 10**6  # the demo's oracle enumerates every one of the N^L sequences
 
 
@@ -86,7 +125,7 @@ def demo(args: argparse.Namespace) -> None:
     """Sample a known distribution with every predictor and bound its likelihood, against exact answers."""
     from . import Absorbing, Geometric, LogLinear, SequenceOracle, Uniform
     from .likelihood import nll_bound
-    from .sampling import PREDICTORS, sample
+    from .sampling import ABSORBING_ONLY, PREDICTORS, sample
 
     if args.tokens ** args.length > DEMO_MAX_SEQUENCES:
         raise ValueError(f"--tokens {args.tokens} and --length {args.length} make {args.tokens}^{args.length} sequences; "
@@ -99,7 +138,7 @@ def demo(args: argparse.Namespace) -> None:
         print(f"\n{name}: {graph!r}, {type(noise).__name__}, a random distribution over {args.tokens}^{args.length} sequences")
         print(f"  total variation of {args.samples} exact draws: {exact_tv:.4f}")
         for predictor in PREDICTORS:
-            if predictor == "first_hitting" and graph.mask_id is None:
+            if predictor in ABSORBING_ONLY and graph.mask_id is None:
                 continue  # absorbing only
             start = time.perf_counter()
             x = sample(oracle.score_fn, graph, noise, (args.samples, args.length), args.steps, predictor, generator=generator, progress=False)
@@ -134,7 +173,9 @@ def _pipeline(args: argparse.Namespace):
 
 def _sampling_options(args: argparse.Namespace) -> dict:
     return dict(steps=args.steps, predictor=args.predictor, denoise=not args.no_denoise, batch_size=args.batch_size,
-                seed=args.seed, progress=not args.quiet, cache=False if args.no_cache else None)
+                seed=args.seed, progress=not args.quiet, cache=False if args.no_cache else None,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, confidence=args.confidence,
+                unmask_schedule=args.unmask_schedule, threshold=args.threshold, entropy_bound=args.entropy_bound)
 
 
 def sample_command(args: argparse.Namespace) -> None:
@@ -275,13 +316,30 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    from .decoding import CONFIDENCES, UNMASK_SCHEDULES
     from .sampling import PREDICTORS
 
     p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--steps", type=positive_int, default=128, help="sampling steps (ignored by first_hitting: one "
                    "network call per masked position)")
     p.add_argument("--predictor", choices=PREDICTORS, default="analytic",
-                   help="first_hitting: exact one-token-at-a-time unmasking, absorbing models only")
+                   help="first_hitting: exact one-token-at-a-time unmasking; confidence: parallel unmasking of the most "
+                   "confident positions (not exact); both absorbing models only (default: analytic)")
+    p.add_argument("--temperature", type=temperature_value, default=1.0, help="p(x0 | x_t)^(1/T) for the token a masked "
+                   "position unmasks to; 0: greedy (absorbing models; default: 1, the model's distribution)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="draw unmasked tokens from the k most likely only "
+                   "(absorbing models; default: off)")
+    p.add_argument("--top-p", type=top_p_value, default=1.0, help="draw unmasked tokens from the smallest set holding this "
+                   "probability (nucleus; absorbing models; default: 1, off)")
+    p.add_argument("--confidence", choices=CONFIDENCES, default=None, help="--predictor confidence: how positions are ranked "
+                   "(prob: of the drawn token, LLaDA; all but prob are exact at one position per step; default: max_prob)")
+    p.add_argument("--unmask-schedule", choices=UNMASK_SCHEDULES, default=None, help="--predictor confidence: how many stay "
+                   "masked after each of --steps steps (default: linear)")
+    p.add_argument("--threshold", type=threshold_value, default=None, help="--predictor confidence: unmask every position "
+                   "more confident than this, at least one per step; --steps unused (Fast-dLLM; default: off)")
+    p.add_argument("--entropy-bound", type=entropy_bound_value, default=None, help="--predictor confidence: unmask the most "
+                   "confident positions while their entropies sum to at most this many nats, at least one; --steps unused "
+                   "(EB-Sampler; default: off)")
     p.add_argument("--no-denoise", action="store_true", help="skip the final denoising step")
     p.add_argument("--no-cache", action="store_true", help="call the network at every step even for a time-independent "
                    "model (the cache gives the same samples with fewer calls)")
@@ -336,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser("quality", help="sample quality per predictor and steps: generative perplexity under an AR model, entropy, distinct-n")
     _add_model_arguments(p)
     p.add_argument("--reference", required=True, help="an AR model (objective 'ar') with the same tokenizer, e.g. trained by ddlm train")
-    p.add_argument("--predictors", nargs="+", choices=PREDICTORS, default=[p for p in PREDICTORS if p != "first_hitting"],
+    p.add_argument("--predictors", nargs="+", choices=PREDICTORS, default=[p for p in PREDICTORS if p not in ("first_hitting", "confidence")],
                    help="default: the step-grid predictors (first_hitting ignores --steps and needs an absorbing model)")
     p.add_argument("--steps", type=positive_int, nargs="+", default=[16, 64, 256])
     p.add_argument("--num-samples", type=positive_int, default=32)

@@ -227,3 +227,85 @@ def test_uniform_models_refuse_decoding_strategies(options):
         sample(oracle.score_fn, graph, noise, (2, 2), 4, options.pop("predictor"), progress=False, **options)
     # no-op settings are fine on a uniform model
     sample(oracle.score_fn, graph, noise, (2, 2), 4, "analytic", progress=False, temperature=1.0, top_k=None, top_p=1.0)
+
+
+# ----------------------------------------------------------------- pipeline and command line
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, byte_tokenizer):
+    from ddlm import DDLMConfig, DDLMForDiffusion
+    from ddlm.pipeline import DiffusionPipeline
+
+    path = tmp_path_factory.mktemp("model")
+    config = DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=16)
+    DiffusionPipeline(DDLMForDiffusion(config), byte_tokenizer).save_pretrained(path)
+    return path
+
+
+def test_pipeline_forwards_the_decoding_options(model_dir):
+    from ddlm.pipeline import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(model_dir)
+    plain = pipe.sample(3, 8, 4, seed=0, progress=False)
+    assert torch.equal(plain, pipe.sample(3, 8, 4, seed=0, progress=False, temperature=1.0, top_k=None, top_p=1.0))
+    greedy = pipe.sample(3, 8, 4, seed=0, progress=False, temperature=0)
+    assert torch.equal(greedy, pipe.sample(3, 8, 4, seed=0, progress=False, top_k=1))
+    stats = {}
+    ids = pipe.sample(3, 8, 4, "confidence", seed=0, progress=False, confidence="margin", stats=stats)
+    assert ids.shape == (3, 8) and int(ids.max()) < pipe.graph.mask_id and stats["network_calls"] == 4
+    stats = {}
+    pipe.sample(2, 8, 4, "confidence", seed=0, progress=False, threshold=0.999, stats=stats)
+    assert stats["network_calls"] == 8  # an untrained model is never that confident: one per step
+    texts = pipe.infill("ab{{3}}cd", 2, 3, "confidence", seed=0, progress=False, entropy_bound=1.0)
+    assert len(texts) == 2 and all(t.startswith("ab") and t.endswith("cd") for t in texts)
+    with pytest.raises(ValueError, match="top_p"):
+        pipe.sample(1, 8, 4, progress=False, top_p=0)
+
+
+def test_cli_samples_with_decoding_options(model_dir, capsys):
+    from ddlm.cli import SEPARATOR, main
+
+    main(["sample", str(model_dir), "--num-samples", "2", "--length", "8", "--steps", "4", "--quiet",
+          "--temperature", "0.7", "--top-k", "20", "--top-p", "0.9"])
+    assert capsys.readouterr().out.count(SEPARATOR) == 1
+    main(["sample", str(model_dir), "--num-samples", "2", "--length", "8", "--steps", "4", "--quiet",
+          "--predictor", "confidence", "--confidence", "max_prob", "--threshold", "0.9"])
+    assert capsys.readouterr().out.count(SEPARATOR) == 1
+    main(["infill", str(model_dir), "ab{{3}}cd", "--num-samples", "2", "--steps", "3", "--quiet", "--predictor", "confidence",
+          "--confidence", "entropy", "--unmask-schedule", "cosine", "--temperature", "0"])
+    assert capsys.readouterr().out.count(SEPARATOR) == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--temperature", "-1"], "--temperature"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--top-p", "0"], "--top-p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--top-k", "0"], "--top-k"),
+    (["--threshold", "1.2"], "--threshold"),
+    (["--entropy-bound", "-0.5"], "--entropy-bound"),
+    (["--confidence", "best"], "--confidence"),
+    (["--unmask-schedule", "cubic"], "--unmask-schedule"),
+    (["--predictor", "analytic", "--threshold", "0.5"], "predictor='confidence'"),
+    (["--predictor", "confidence", "--no-denoise"], "denoise"),
+    (["--predictor", "confidence", "--threshold", "0.5", "--entropy-bound", "1"], "not both"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_cli_bad_decoding_options_exit_2_with_one_line(model_dir, capsys, argv, message):
+    from ddlm.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(model_dir), "--length", "4", "--steps", "2", "--quiet", *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+def test_cli_help_lists_each_decoding_option_with_its_default(capsys):
+    from ddlm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for option in ["--temperature", "--top-k", "--top-p", "--confidence", "--unmask-schedule", "--threshold", "--entropy-bound"]:
+        assert option in out
+    for default in ["default: 1, the model's distribution", "default: off", "default: max_prob", "default: linear"]:
+        assert default in out
