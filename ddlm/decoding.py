@@ -85,12 +85,13 @@ def shape_log_weights(log_weights: torch.Tensor, temperature: float = 1.0, top_k
     w ~ exp(log_weights / temperature), then zero outside the top_k largest, then outside the
     smallest set of largest weights holding top_p of the mass (the largest always stays).
     temperature 0: one-hot at the largest (the first on ties). Every row keeps positive mass if
-    it has a finite entry.
+    it has a finite entry; a row of -inf stays all zero.
     """
     top = log_weights.amax(-1, keepdim=True)
+    alive = torch.isfinite(top)  # a row without a finite entry stays all zero (callers refuse rows without mass)
     if temperature == 0:
-        return torch.zeros_like(log_weights).scatter_(-1, log_weights.argmax(-1, keepdim=True), 1.0)
-    weights = torch.exp((log_weights - top) / temperature)
+        return torch.zeros_like(log_weights).scatter_(-1, log_weights.argmax(-1, keepdim=True), alive.to(log_weights.dtype))
+    weights = torch.exp((log_weights - torch.where(alive, top, torch.zeros_like(top))) / temperature)
     if top_k is not None and top_k < weights.shape[-1]:
         keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(-1, weights.topk(top_k, -1).indices, True)
         weights = weights * keep

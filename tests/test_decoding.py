@@ -346,3 +346,19 @@ def test_block_decoding_takes_the_decoding_options(model_dir):
     texts = pipe.generate(2, steps=2, predictor="confidence", prompt="ab", block_size=4, max_new_tokens=8, seed=0,
                           progress=False, confidence="entropy", top_k=5, stats=stats)
     assert len(texts) == 2 and all(t.startswith("ab") for t in texts) and stats["network_calls"] == 4  # 2 blocks x 2 steps
+
+
+def test_a_row_without_finite_weights_stays_empty_and_is_refused():
+    log_w = torch.full((1, 3), -math.inf, dtype=torch.float64)
+    for options in (dict(temperature=0), dict(temperature=0.5, top_p=0.5), dict(top_k=1)):
+        assert float(shape_log_weights(log_w, **options).sum()) == 0
+    graph, noise = ddlm.Absorbing(3), ddlm.LogLinear()
+
+    def no_mass(x, sigma_bar):
+        out = torch.zeros(*x.shape, graph.num_states, dtype=torch.float64)
+        out[..., : graph.mask_id] = -math.inf
+        return out
+
+    for predictor in ["first_hitting", "confidence"]:
+        with pytest.raises(ValueError, match="no finite positive weight"):
+            sample(no_mass, graph, noise, (2, 2), 2, predictor, progress=False, temperature=0)
