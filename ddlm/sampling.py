@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .decoding import check_confidence_args, check_shaping, shape_log_weights
 from .dse_backends import triton_available
 from .processes import Graph
-from .score import ScoreFn, evaluate_score
+from .score import ScoreFn
 from .score_cache import ScoreEvaluator, is_time_independent
 
 PREDICTORS = ("euler", "tau_leaping", "analytic", "first_hitting", "confidence")
@@ -221,11 +221,6 @@ def movable(graph: Graph, x: torch.Tensor, fixed: torch.Tensor | None = None) ->
     """Bool[B, L]: the positions a reverse step can change (rate into the token > 0, e.g. masked ones), not clamped."""
     rows = graph.rate_into_value(x) > 0
     return rows & ~fixed if fixed is not None else rows
-
-
-def score_rows(score_fn: ScoreFn, graph: Graph, x: torch.Tensor, sigma_bar: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """Log-scores of the rows that can change, [R, S] (rows Bool[B, L]); rows None: every row, [B, L, S]."""
-    return evaluate_score(score_fn, x, sigma_bar, graph.num_states, positions=rows)
 
 
 def _check_args(graph: Graph, shape, steps, predictor, x_init, fixed):
