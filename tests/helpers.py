@@ -14,3 +14,28 @@ def randomised(config, seed: int = 0, std: float = 0.2) -> DDLMForDiffusion:
         for p in model.parameters():
             p.normal_(0, std)
     return model
+
+
+def save_tiny_pipeline(path, tokenizer, max_length: int):
+    """Save an untrained ``tiny`` absorbing pipeline of ``max_length`` positions with ``tokenizer`` to ``path``."""
+    from ddlm import DDLMConfig
+    from ddlm.pipeline import DiffusionPipeline
+
+    config = DDLMConfig.from_preset("tiny", vocab_size=len(tokenizer), max_position_embeddings=max_length)
+    DiffusionPipeline(DDLMForDiffusion(config), tokenizer).save_pretrained(path)
+    return path
+
+
+def conditional_oracle(oracle, tokens: torch.Tensor, positions):
+    """The oracle's distribution conditioned on ``tokens`` at ``positions`` (a SequenceOracle of the same graph)."""
+    from ddlm import SequenceOracle
+
+    length = tokens.numel()
+    keep = torch.ones_like(oracle.probs, dtype=torch.bool)
+    for i in positions:
+        index = [slice(None)] * length
+        index[i] = tokens[i].item()
+        mask = torch.zeros_like(keep)
+        mask[tuple(index)] = True
+        keep &= mask
+    return SequenceOracle(oracle.graph, oracle.probs * keep, length)

@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerFast
 from ddlm import Absorbing, DDLMConfig, DDLMForDiffusion, LogLinear, SequenceOracle
 from ddlm.cli import SEPARATOR, main
 from ddlm.pipeline import DiffusionPipeline
-from helpers import randomised
+from helpers import randomised, save_tiny_pipeline
 
 WORDS = ["a", "b", "c", "d"]
 EOS = 3  # "d"
@@ -197,10 +197,7 @@ def test_unknown_length_gaps_with_bad_ranges_are_named(word_tokenizer, byte_toke
 # ---------------------------------------------------------------------- command line
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, byte_tokenizer):
-    path = tmp_path_factory.mktemp("model")
-    config = DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=32)
-    DiffusionPipeline(DDLMForDiffusion(config), byte_tokenizer).save_pretrained(path)
-    return path
+    return save_tiny_pipeline(tmp_path_factory.mktemp("model"), byte_tokenizer, 32)
 
 
 def test_cli_sample_continues_a_prompt_block_by_block(model_dir, capsys):

@@ -9,7 +9,7 @@ import torch
 from ddlm import DDLMConfig, DDLMForDiffusion
 from ddlm.cli import SEPARATOR, main
 from ddlm.pipeline import DiffusionPipeline
-from helpers import randomised
+from helpers import randomised, save_tiny_pipeline
 
 
 def test_demo_prints_sampler_tv_and_bounds_against_exact_answers(capsys):
@@ -23,10 +23,7 @@ def test_demo_prints_sampler_tv_and_bounds_against_exact_answers(capsys):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, byte_tokenizer):
     """A saved untrained absorbing pipeline (its bound is exactly log 300 nats per token)."""
-    path = tmp_path_factory.mktemp("model")
-    config = DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=32)
-    DiffusionPipeline(DDLMForDiffusion(config), byte_tokenizer).save_pretrained(path)
-    return path
+    return save_tiny_pipeline(tmp_path_factory.mktemp("model"), byte_tokenizer, 32)
 
 
 def test_sample_prints_the_requested_number_of_texts(model_dir, capsys):

@@ -11,6 +11,7 @@ import torch
 import ddlm
 from ddlm.decoding import shape_log_weights
 from ddlm.sampling import sample
+from helpers import save_tiny_pipeline
 
 NUM = 50_000
 STEP_PREDICTORS = ["analytic", "euler", "tau_leaping", "first_hitting"]
@@ -232,13 +233,7 @@ def test_uniform_models_refuse_decoding_strategies(options):
 # ----------------------------------------------------------------- pipeline and command line
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, byte_tokenizer):
-    from ddlm import DDLMConfig, DDLMForDiffusion
-    from ddlm.pipeline import DiffusionPipeline
-
-    path = tmp_path_factory.mktemp("model")
-    config = DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=16)
-    DiffusionPipeline(DDLMForDiffusion(config), byte_tokenizer).save_pretrained(path)
-    return path
+    return save_tiny_pipeline(tmp_path_factory.mktemp("model"), byte_tokenizer, 16)
 
 
 def test_pipeline_forwards_the_decoding_options(model_dir):

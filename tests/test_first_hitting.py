@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ddlm
+from helpers import conditional_oracle
 from ddlm.sampling import sample
 
 NUM = 50_000
@@ -28,14 +29,7 @@ def test_first_hitting_with_clamped_positions_gives_the_conditional(fixed_positi
     gen = torch.Generator().manual_seed(12)
     oracle = ddlm.SequenceOracle.random(graph, 3, gen)
     tokens = torch.tensor([1, 0, 2])
-    keep = torch.ones_like(oracle.probs, dtype=torch.bool)
-    for i in fixed_positions:
-        index = [slice(None)] * 3
-        index[i] = tokens[i].item()
-        mask = torch.zeros_like(keep)
-        mask[tuple(index)] = True
-        keep &= mask
-    conditional = ddlm.SequenceOracle(graph, oracle.probs * keep, 3)
+    conditional = conditional_oracle(oracle, tokens, fixed_positions)
     num = 20_000
     fixed = torch.zeros(num, 3, dtype=torch.bool)
     fixed[:, fixed_positions] = True

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ddlm
+from helpers import conditional_oracle
 from ddlm.sampling import analytic_step, sample
 
 NUM = 50_000
@@ -34,14 +35,7 @@ def test_clamped_positions_give_the_conditional_distribution(predictor, fixed_po
     gen = torch.Generator().manual_seed(12)
     oracle = ddlm.SequenceOracle.random(graph, 3, gen)
     tokens = torch.tensor([1, 0, 2])
-    keep = torch.ones_like(oracle.probs, dtype=torch.bool)
-    for i in fixed_positions:
-        index = [slice(None)] * 3
-        index[i] = tokens[i].item()
-        mask = torch.zeros_like(keep)
-        mask[tuple(index)] = True
-        keep &= mask
-    conditional = ddlm.SequenceOracle(graph, oracle.probs * keep, 3)
+    conditional = conditional_oracle(oracle, tokens, fixed_positions)
     num = 20_000
     fixed = torch.zeros(num, 3, dtype=torch.bool)
     fixed[:, fixed_positions] = True
