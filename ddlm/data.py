@@ -32,6 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .checks import is_int, is_number, is_text, refuse_invalid
+
 PYTHON_DOCS = "python-docs"  # the offline default corpus
 STREAM_VALIDATION_BLOCKS = 64  # validation blocks materialised from a stream
 SUFFIXES = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -59,24 +61,16 @@ class DataConfig:
     cache_dir: str | None = None
 
     def __post_init__(self):
-        def text(value, optional: bool = False) -> bool:
-            return (optional and value is None) or (isinstance(value, str) and bool(value.strip()))
-
-        fraction = self.validation_fraction
-        checks = {
-            "source": (text(self.source), "a non-empty corpus name, path or glob"),
-            "text_field": (text(self.text_field), "a non-empty column name"),
-            "split": (text(self.split), "a non-empty split name"),
-            "validation_split": (text(self.validation_split, optional=True), "null or a non-empty split name or path"),
-            "validation_fraction": (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1,
-                                    "a number in (0, 1)"),
+        refuse_invalid("data", {
+            "source": (is_text(self.source), "a non-empty corpus name, path or glob"),
+            "text_field": (is_text(self.text_field), "a non-empty column name"),
+            "split": (is_text(self.split), "a non-empty split name"),
+            "validation_split": (self.validation_split is None or is_text(self.validation_split), "null or a non-empty split name or path"),
+            "validation_fraction": (is_number(self.validation_fraction) and 0 < self.validation_fraction < 1, "a number in (0, 1)"),
             "streaming": (isinstance(self.streaming, bool), "true or false"),
-            "block_size": (isinstance(self.block_size, int) and not isinstance(self.block_size, bool) and self.block_size >= 2,
-                           "an int >= 2"),
-            "cache_dir": (text(self.cache_dir, optional=True), "null or a non-empty path"),
-        }
-        if bad := [f"{name}={getattr(self, name)!r} (must be {need})" for name, (ok, need) in checks.items() if not ok]:
-            raise ValueError("invalid data settings: " + ", ".join(bad))
+            "block_size": (is_int(self.block_size, 2), "an int >= 2"),
+            "cache_dir": (self.cache_dir is None or is_text(self.cache_dir), "null or a non-empty path"),
+        }, self)
 
 
 # ----------------------------------------------------------------------------- python-docs

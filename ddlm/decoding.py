@@ -50,6 +50,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from .checks import is_int, is_number
 from .processes import Graph
 from .score_cache import ScoreEvaluator
 
@@ -58,18 +59,14 @@ UNMASK_SCHEDULES = ("linear", "cosine")
 THRESHOLD_CONFIDENCES = ("max_prob", "margin", "prob")  # confidences that are probabilities in [0, 1]
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def check_shaping(graph: Graph, temperature, top_k, top_p) -> bool:
     """Validate temperature / top_k / top_p (ValueError naming the argument); True when they change the draw."""
-    if not _is_number(temperature) or math.isnan(temperature) or not 0 <= temperature < math.inf:
+    if not is_number(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0: greedy, the most likely token; 1: the model's "
                          f"distribution), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and not is_int(top_k, 1):
         raise ValueError(f"top_k must be an int >= 1 or None (no top-k filter), got {top_k!r}")
-    if not _is_number(top_p) or math.isnan(top_p) or not 0 < top_p <= 1:
+    if not is_number(top_p) or not 0 < top_p <= 1:
         raise ValueError(f"top_p must be a number in (0, 1] (1: no nucleus filter), got {top_p!r}")
     active = temperature != 1 or (top_k is not None and top_k < graph.num_tokens) or top_p < 1
     if active and graph.mask_id is None:
@@ -135,14 +132,13 @@ def check_confidence_args(graph: Graph, predictor: str, steps, confidence, unmas
         raise ValueError("unmask_schedule sets how many positions a step unmasks; threshold= and entropy_bound= decide that "
                          "themselves: pass one of them")
     if threshold is not None:
-        if not _is_number(threshold) or math.isnan(threshold) or not 0 <= threshold < 1:
+        if not is_number(threshold) or not 0 <= threshold < 1:
             raise ValueError(f"threshold must be a number in [0, 1) (a step unmasks every position whose confidence exceeds it, "
                              f"at least one), got {threshold!r}")
         if (confidence or "max_prob") not in THRESHOLD_CONFIDENCES:
             raise ValueError(f"threshold compares a probability: confidence must be one of {THRESHOLD_CONFIDENCES} with it, "
                              f"got {confidence!r}")
-    if entropy_bound is not None and (not _is_number(entropy_bound) or math.isnan(entropy_bound)
-                                      or not 0 <= entropy_bound < math.inf):
+    if entropy_bound is not None and (not is_number(entropy_bound) or entropy_bound < 0):
         raise ValueError(f"entropy_bound must be a finite number >= 0 (nats; a step unmasks positions while the sum of their "
                          f"entropies stays within it, at least one), got {entropy_bound!r}")
 

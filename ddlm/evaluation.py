@@ -18,10 +18,10 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .checks import check_count
 from .data import eos_id
 from .losses import ar_nll
 from .model import DDLMForDiffusion
-from .sampling import check_count
 
 
 @dataclass

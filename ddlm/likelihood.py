@@ -16,9 +16,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .checks import check_count
 from .losses import dwdse
 from .processes import Graph
-from .sampling import check_count
 from .score import ScoreFn
 
 T_SAMPLING = ("stratified", "antithetic", "iid")

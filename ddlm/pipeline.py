@@ -13,11 +13,12 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .checks import check_count
 from .evaluation import TextBound, blocks_by_length, load_model, text_blocks
 from .likelihood import nll_bound
 from .model import DDLMForDiffusion
 from .processes import Graph
-from .sampling import check_count, sample
+from .sampling import sample
 from .score import ScoreFn, accepts_positions, evaluate_score, row_index
 from .score_cache import is_time_independent
 

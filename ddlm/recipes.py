@@ -7,7 +7,6 @@ A recipe has four sections: ``model`` (a size preset plus any ``DDLMConfig`` fie
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .checks import is_int, is_number, is_text, refuse_invalid
 from .data import DataConfig
 from .model import PRESETS, DDLMConfig
 
@@ -37,25 +37,6 @@ def tracker_names() -> tuple[str, ...]:
 
     return tuple(t.value for t in LoggerType) + ("none",)
 
-
-def _is_int(value, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _is_number(value) -> bool:
-    """A finite int or float (bools and inf / nan are not)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_text(value) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
-def _refuse(section: str, checks: dict[str, tuple[bool, str]], values) -> None:
-    """ValueError listing every failed check as ``name=value (must be ...)``."""
-    bad = [f"{name}={getattr(values, name)!r} (must be {need})" for name, (ok, need) in checks.items() if not ok]
-    if bad:
-        raise ValueError(f"invalid {section} settings: " + ", ".join(bad))
 
 
 @dataclass
@@ -86,9 +67,9 @@ class TokenizerRecipe:
     def __post_init__(self):
         if (self.name is None) == (self.train_vocab_size is None):
             raise ValueError("tokenizer: give exactly one of name (hub id or path) and train_vocab_size")
-        _refuse("tokenizer", {
-            "name": (self.name is None or _is_text(self.name), "a non-empty hub id or path"),
-            "train_vocab_size": (self.train_vocab_size is None or _is_int(self.train_vocab_size, MIN_BPE_VOCAB),
+        refuse_invalid("tokenizer", {
+            "name": (self.name is None or is_text(self.name), "a non-empty hub id or path"),
+            "train_vocab_size": (self.train_vocab_size is None or is_int(self.train_vocab_size, MIN_BPE_VOCAB),
                                  f"an int >= {MIN_BPE_VOCAB}: a byte-level BPE has 256 bytes and EOS"),
         }, self)
 
@@ -130,30 +111,30 @@ class TrainConfig:
         if isinstance(self.trackers, str):
             self.trackers = [self.trackers]
         trackers = tracker_names()
-        betas_ok = isinstance(self.betas, tuple) and len(self.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in self.betas)
+        betas_ok = isinstance(self.betas, tuple) and len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas)
         trackers_ok = isinstance(self.trackers, list) and all(isinstance(t, str) and t in trackers for t in self.trackers)
         checks = {
             "objective": (self.objective in OBJECTIVES, f"one of {OBJECTIVES}"),
             "decay": (self.decay in DECAYS, f"one of {DECAYS}"),
             "mixed_precision": (self.mixed_precision in MIXED_PRECISION, f"one of {MIXED_PRECISION}"),
-            "lr": (_is_number(self.lr) and self.lr > 0, "a finite number > 0"),
+            "lr": (is_number(self.lr) and self.lr > 0, "a finite number > 0"),
             "betas": (betas_ok, "two numbers in [0, 1)"),
-            "weight_decay": (_is_number(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
-            "warmup_steps": (_is_int(self.warmup_steps, 0), "an int >= 0"),
-            "min_lr_ratio": (_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
-            "clip_grad_norm": (self.clip_grad_norm is None or (_is_number(self.clip_grad_norm) and self.clip_grad_norm > 0),
+            "weight_decay": (is_number(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
+            "warmup_steps": (is_int(self.warmup_steps, 0), "an int >= 0"),
+            "min_lr_ratio": (is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
+            "clip_grad_norm": (self.clip_grad_norm is None or (is_number(self.clip_grad_norm) and self.clip_grad_norm > 0),
                                "a finite number > 0, or null for no clipping"),
-            "ema": (_is_number(self.ema) and 0 <= self.ema < 1, "a number in [0, 1)"),
-            "t_min": (_is_number(self.t_min) and 0 <= self.t_min < 1, "a number in [0, 1)"),
-            "seed": (_is_int(self.seed, 0) and self.seed < 2**63, "an int in [0, 2^63)"),
-            "eval_num_t": (_is_int(self.eval_num_t, 2) and self.eval_num_t % 2 == 0, "an even int >= 2 (stratified t)"),
+            "ema": (is_number(self.ema) and 0 <= self.ema < 1, "a number in [0, 1)"),
+            "t_min": (is_number(self.t_min) and 0 <= self.t_min < 1, "a number in [0, 1)"),
+            "seed": (is_int(self.seed, 0) and self.seed < 2**63, "an int in [0, 2^63)"),
+            "eval_num_t": (is_int(self.eval_num_t, 2) and self.eval_num_t % 2 == 0, "an even int >= 2 (stratified t)"),
             "trackers": (trackers_ok, f"a list of tracker names from {trackers}"),
-            "output_dir": (_is_text(self.output_dir), "a non-empty path"),
+            "output_dir": (is_text(self.output_dir), "a non-empty path"),
         }
         for name in ("steps", "global_batch_size", "micro_batch_size", "log_every", "eval_every", "eval_blocks",
                      "sample_every", "num_samples", "sample_steps", "save_every", "keep_checkpoints"):
-            checks[name] = (_is_int(getattr(self, name), 1), "an int >= 1")
-        _refuse("train", checks, self)
+            checks[name] = (is_int(getattr(self, name), 1), "an int >= 1")
+        refuse_invalid("train", checks, self)
         self.accumulation_steps(1)
 
     def accumulation_steps(self, world_size: int) -> int:

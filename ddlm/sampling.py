@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .decoding import check_confidence_args, check_shaping, shape_log_weights
+from .checks import check_count
 from .dse_backends import triton_available
 from .processes import Graph
 from .score import ScoreFn
@@ -41,14 +42,6 @@ from .score_cache import ScoreEvaluator, is_time_independent
 PREDICTORS = ("euler", "tau_leaping", "analytic", "first_hitting", "confidence")
 ABSORBING_ONLY = ("first_hitting", "confidence")
 IMPLS = ("auto", "torch", "triton", "reference")
-
-
-def check_count(name: str, value, allow_none: bool = False) -> None:
-    """ValueError naming ``name`` unless ``value`` is a positive int (or None where allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1{' or None' if allow_none else ''}, got {value!r}")
 
 
 def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

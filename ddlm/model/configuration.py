@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from transformers import PreTrainedConfig
 
+from ..checks import is_int, is_number
 from ..processes import Absorbing, Graph, Uniform
 from ..schedules import Geometric, LogLinear
 
@@ -102,11 +101,11 @@ class DDLMConfig(PreTrainedConfig):
                    "time_embed_dim": 2, "mlp_ratio": 1, "max_position_embeddings": 1}
         for name, low in minimum.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_int(value, low):
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         for name in ("eps", "sigma_min", "sigma_max", "dropout", "rotary_base", "layer_norm_eps", "initializer_range"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_number(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         ranges = {"eps": (0 < self.eps < 1, "in (0, 1)"), "sigma_min": (0 < self.sigma_min < self.sigma_max, "in (0, sigma_max)"),
                   "dropout": (0 <= self.dropout < 1, "in [0, 1)"), "rotary_base": (self.rotary_base > 1, "> 1"),

@@ -1,0 +1,35 @@
+"""Value checks shared by recipes, configs and the public API: kinds and ranges, with errors that name the value."""
+
+from __future__ import annotations
+
+import math
+
+
+def is_int(value, low: int) -> bool:
+    """An int (not a bool) >= ``low``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def is_number(value) -> bool:
+    """A finite int or float (bools and inf / nan are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_text(value) -> bool:
+    """A string with something besides whitespace."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+def refuse_invalid(section: str, checks: dict[str, tuple[bool, str]], values) -> None:
+    """ValueError listing every failed check of ``values``' fields as ``name=value (must be ...)``."""
+    bad = [f"{name}={getattr(values, name)!r} (must be {need})" for name, (ok, need) in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"invalid {section} settings: " + ", ".join(bad))
+
+
+def check_count(name: str, value, allow_none: bool = False) -> None:
+    """ValueError naming ``name`` unless ``value`` is a positive int (or None where allowed)."""
+    if value is None and allow_none:
+        return
+    if not is_int(value, 1):
+        raise ValueError(f"{name} must be an int >= 1{' or None' if allow_none else ''}, got {value!r}")
