@@ -93,10 +93,7 @@ DEMO_MAX_SEQUENCES = 10**6  # the demo's oracle enumerates every one of the N^L 
 
 def t_power(text: str) -> float:
     """argparse type: a finite number >= 1 (the likelihood bound's t = u^power)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text)
     if not 1 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a finite number >= 1 (t = u^power), got {text!r}")
     return value
