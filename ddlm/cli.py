@@ -11,6 +11,39 @@ SEPARATOR = "=" * 40
 import torch
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``ddlm`` help: one line per option ending with its default; descriptions and examples printed as written."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return [" ".join(text.split())]  # an option's help is never wrapped: one line each
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.required or "(default" in text or action.default is argparse.SUPPRESS
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        default = action.default
+        if isinstance(action, argparse._StoreTrueAction):
+            shown = "off"
+        elif default is None or default == []:
+            shown = "none"
+        elif isinstance(default, (list, tuple)):
+            shown = " ".join(map(str, default))
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def _command(commands, name: str, summary: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A subcommand whose help ends with example command lines."""
+    label = "example" if len(examples) == 1 else "examples"
+    return commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+                               epilog=f"{label}:\n" + "\n".join(f"  {line}" for line in examples), formatter_class=HelpFormatter)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1 (counts and sizes)."""
     try:
@@ -305,10 +338,10 @@ def train_command(args: argparse.Namespace) -> None:
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a save_pretrained directory (model + tokenizer) or hub id")
-    p.add_argument("--tokenizer", help="tokenizer directory or hub id, if the model directory has none")
-    p.add_argument("--device", type=torch_device, default=None, help="torch device (default cpu)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="sequences per model call batch (default all)")
-    p.add_argument("--seed", type=random_seed, default=0)
+    p.add_argument("--tokenizer", help="tokenizer directory or hub id (default: the model directory's own)")
+    p.add_argument("--device", type=torch_device, default=None, help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="sequences per model call (default: all at once)")
+    p.add_argument("--seed", type=random_seed, default=0, help="random seed: the same seed gives the same output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -316,89 +349,105 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     from .decoding import CONFIDENCES, UNMASK_SCHEDULES
     from .sampling import PREDICTORS
 
-    p.add_argument("--num-samples", type=positive_int, default=1)
-    p.add_argument("--steps", type=positive_int, default=128, help="sampling steps (ignored by first_hitting: one "
-                   "network call per masked position)")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="texts to generate")
+    p.add_argument("--steps", type=positive_int, default=128, help="sampling steps (first_hitting ignores it: one network "
+                   "call per masked position)")
     p.add_argument("--predictor", choices=PREDICTORS, default="analytic",
-                   help="first_hitting: exact one-token-at-a-time unmasking; confidence: parallel unmasking of the most "
-                   "confident positions (not exact); both absorbing models only (default: analytic)")
-    p.add_argument("--temperature", type=temperature_value, default=1.0, help="p(x0 | x_t)^(1/T) for the token a masked "
-                   "position unmasks to; 0: greedy (absorbing models; default: 1, the model's distribution)")
+                   help="reverse step; first_hitting (exact, one token at a time) and confidence (the most confident "
+                   "first, not exact) need an absorbing model")
+    p.add_argument("--temperature", type=temperature_value, default=1.0, help="draw an unmasked token from p(x0 | x_t)^(1/T); "
+                   "0: greedy, 1: the model's distribution (absorbing models)")
     p.add_argument("--top-k", type=positive_int, default=None, help="draw unmasked tokens from the k most likely only "
-                   "(absorbing models; default: off)")
+                   "(absorbing models) (default: off)")
     p.add_argument("--top-p", type=top_p_value, default=1.0, help="draw unmasked tokens from the smallest set holding this "
-                   "probability (nucleus; absorbing models; default: 1, off)")
+                   "probability; 1: off (nucleus; absorbing models)")
     p.add_argument("--confidence", choices=CONFIDENCES, default=None, help="--predictor confidence: how positions are ranked "
-                   "(prob: of the drawn token, LLaDA; all but prob are exact at one position per step; default: max_prob)")
-    p.add_argument("--unmask-schedule", choices=UNMASK_SCHEDULES, default=None, help="--predictor confidence: how many stay "
+                   "(prob: the drawn token's, LLaDA; all but prob are exact at one position a step) (default: max_prob)")
+    p.add_argument("--unmask-schedule", choices=UNMASK_SCHEDULES, default=None, help="--predictor confidence: how many positions stay "
                    "masked after each of --steps steps (default: linear)")
     p.add_argument("--threshold", type=threshold_value, default=None, help="--predictor confidence: unmask every position "
-                   "more confident than this, at least one per step; --steps unused (Fast-dLLM; default: off)")
+                   "more confident than this, at least one a step; --steps unused (Fast-dLLM) (default: off)")
     p.add_argument("--entropy-bound", type=entropy_bound_value, default=None, help="--predictor confidence: unmask the most "
                    "confident positions while their entropies sum to at most this many nats, at least one; --steps unused "
-                   "(EB-Sampler; default: off)")
+                   "(EB-Sampler) (default: off)")
     p.add_argument("--no-denoise", action="store_true", help="skip the final denoising step")
     p.add_argument("--no-cache", action="store_true", help="call the network at every step even for a time-independent "
                    "model (the cache gives the same samples with fewer calls)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ddlm", description="Discrete diffusion language models (score entropy).")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help="samplers and likelihood bound against an exact oracle (CPU, seconds)")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ddlm`` argument parser (the docs' CLI reference is generated from it)."""
+    parser = argparse.ArgumentParser(
+        prog="ddlm", description="Discrete diffusion language models (score entropy).", formatter_class=HelpFormatter,
+        epilog="examples:\n  ddlm demo\n  ddlm train quickstart\n  ddlm sample runs/quickstart/final --num-samples 4\n\n"
+               "`ddlm COMMAND --help` lists a command's options, each with its default.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _command(commands, "demo", "samplers and likelihood bound against an exact oracle (CPU, seconds)",
+                 ["ddlm demo --samples 5000 --steps 64"])
     p.add_argument("--tokens", type=at_least_two, default=3, help="real tokens N of the toy distribution")
     p.add_argument("--length", type=positive_int, default=3, help="sequence length L")
     p.add_argument("--samples", type=positive_int, default=20_000, help="samples per predictor")
     p.add_argument("--steps", type=positive_int, default=128, help="sampling steps")
     p.add_argument("--num-t", type=even_count, default=1024, help="t samples of the likelihood bound (even)")
-    p.add_argument("--seed", type=random_seed, default=0)
+    p.add_argument("--seed", type=random_seed, default=0, help="random seed")
     p.set_defaults(run=demo)
 
-    p = commands.add_parser("sample", help="unconditional samples of a model")
+    p = _command(commands, "sample", "samples of a model: unconditional, or block by block after a prompt",
+                 ["ddlm sample runs/quickstart/final --num-samples 4 --steps 256 --seed 0",
+                  'ddlm sample runs/quickstart/final --prompt "The" --block-size 32 --max-new-tokens 96 --stop-at-eos'])
     _add_model_arguments(p)
     _add_sampling_arguments(p)
-    p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default the model's maximum)")
+    p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default: the model's maximum)")
     p.add_argument("--block-size", type=positive_int, default=None, help="semi-autoregressive blocks of this many tokens, left to "
-                   "right (absorbing models; default: off, or one block if prompt + new tokens fit the model, else half its length)")
+                   "right (absorbing models) (default: off; with --prompt or --max-new-tokens one block if all fits the model, "
+                   "else half its length)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="tokens to generate block by block; beyond the "
                    "model's length the window slides (default: --length, else the model's maximum)")
     p.add_argument("--stop-at-eos", action="store_true", help="stop a sample after the block with its first EOS token and cut "
-                   "the text there (default: off)")
-    p.add_argument("--prompt", default=None, help="text to continue block by block, printed unchanged (default: none)")
+                   "the text there")
+    p.add_argument("--prompt", default=None, help="text to continue block by block, printed unchanged")
     p.set_defaults(run=sample_command)
 
-    p = commands.add_parser("infill", help="fill the {{n}} gaps (n tokens each) or {{lo..hi}} gaps (best length) of a text")
+    p = _command(commands, "infill", "fill the {{n}} gaps (n tokens each) or {{lo..hi}} gaps (best length) of a text",
+                 ['ddlm infill runs/quickstart/final "The{{4}} of the module{{8}}" --num-samples 3',
+                  'ddlm infill runs/quickstart/final "Return the{{2..6}} of the list." --num-t 32'])
     _add_model_arguments(p)
     p.add_argument("text", help='for example "The cat{{4}} on the mat.{{8}}" or "The cat{{2..6}} on the mat."')
     _add_sampling_arguments(p)
     p.add_argument("--num-t", type=even_count, default=64, help="t samples of the likelihood bound that ranks the lengths of "
-                   "{{lo..hi}} gaps (even; default: 64)")
+                   "{{lo..hi}} gaps (even)")
     p.set_defaults(run=infill_command)
 
     from .likelihood import T_SAMPLING
     from .sampling import PREDICTORS
 
-    p = commands.add_parser("eval", help="perplexity of text files: a diffusion model's bound with error bars, an AR model's exact value")
+    p = _command(commands, "eval", "perplexity of text files: a diffusion model's bound with error bars, an AR model's exact value",
+                 ["ddlm eval runs/quickstart/final held-out.txt --num-t 128",
+                  "ddlm eval AR_MODEL held-out.txt ptb.valid.txt --compare ABSORBING_MODEL UNIFORM_MODEL"])
     _add_model_arguments(p)
     p.add_argument("files", nargs="+", help="UTF-8 text files; each is scored whole, in blocks of the model's length")
     p.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
-                   help="more models (diffusion or AR) to score the same files in the same table, with ppl ratios to MODEL")
+                   help="more models (diffusion or AR) to score the same files in the same table, with ppl ratios to MODEL "
+                   "(default: none)")
     p.add_argument("--num-t", type=positive_int, default=128, help="t samples per block (diffusion models; even unless --t-sampling iid)")
     p.add_argument("--t-sampling", choices=T_SAMPLING, default="stratified", help="how u in (0, 1] is drawn for the t integral")
     p.add_argument("--t-power", type=t_power, default=2.0, help="t = u^power, a finite number >= 1 (1: t uniform)")
     p.set_defaults(run=eval_command)
 
-    p = commands.add_parser("quality", help="sample quality per predictor and steps: generative perplexity under an AR model, entropy, distinct-n")
+    p = _command(commands, "quality", "sample quality per predictor and steps: generative perplexity under an AR model, entropy, distinct-n",
+                 ["ddlm quality MODEL --reference AR_MODEL --predictors euler analytic --steps 16 64 256 --num-samples 32"])
     _add_model_arguments(p)
     p.add_argument("--reference", required=True, help="an AR model (objective 'ar') with the same tokenizer, e.g. trained by ddlm train")
     p.add_argument("--predictors", nargs="+", choices=PREDICTORS, default=[p for p in PREDICTORS if p not in ("first_hitting", "confidence")],
-                   help="default: the step-grid predictors (first_hitting ignores --steps and needs an absorbing model)")
-    p.add_argument("--steps", type=positive_int, nargs="+", default=[16, 64, 256])
-    p.add_argument("--num-samples", type=positive_int, default=32)
-    p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default the model's maximum)")
+                   help="predictors to compare (first_hitting ignores --steps and needs an absorbing model)")
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[16, 64, 256], help="numbers of sampling steps to compare")
+    p.add_argument("--num-samples", type=positive_int, default=32, help="samples per setting")
+    p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default: the model's maximum)")
     p.set_defaults(run=quality_command)
 
-    p = commands.add_parser("train", help="train per a recipe (also: accelerate launch -m ddlm train RECIPE)")
+    p = _command(commands, "train", "train per a recipe (also: accelerate launch -m ddlm train RECIPE)",
+                 ["ddlm train quickstart", "ddlm train quickstart train.steps=300 model.hidden_size=96",
+                  "ddlm train quickstart --resume train.steps=3000", "accelerate launch -m ddlm train sedd-small-owt"])
     p.add_argument("recipe", help="a recipe name in recipes/ (quickstart, sedd-small-owt, ...) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides, e.g. train.steps=100")
     p.add_argument("--resume", action="store_true", help="continue from the output directory's newest intact checkpoint; "
@@ -406,15 +455,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=train_command)
 
-    p = commands.add_parser("convert", help="import a checkpoint of another toolkit")
+    p = _command(commands, "convert", "import a checkpoint of another toolkit",
+                 ["ddlm convert sedd louaaron/sedd-small sedd-small --tokenizer gpt2"])
     p.add_argument("format", choices=["sedd"], help="sedd: the official SEDD release (hub directory, run .pth or hub id)")
     p.add_argument("source", help="a SEDD hub directory (config.json + weights), a run's checkpoint .pth, or a hub id")
     p.add_argument("out", help="directory to write the ddlm model to")
     p.add_argument("--tokenizer", help="tokenizer to save beside the model (SEDD: gpt2)")
     p.add_argument("--no-ema", action="store_true", help="a .pth's raw weights instead of its EMA weights")
-    p.add_argument("--config", help="SEDD config (.yaml/.json) if not in the standard place")
+    p.add_argument("--config", help="SEDD config (.yaml/.json) of a .pth (default: <run>/.hydra/config.yaml)")
     p.set_defaults(run=convert_command)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.run(args)
