@@ -1,0 +1,303 @@
+"""Generation frontier: sample quality against network calls and wall-clock for every sampler and setting.
+
+Two absorbing models of the ``benchmarks/quality.py`` kind (128 x 4 blocks, byte-level BPE of 1024
+tokens, the same training text, batch, schedule and tokens): the time-conditioned one of
+quality.py ("absorbing") and a time-independent one (``model.time_conditioning: false``,
+"absorbing_ti"), with quality.py's AR model as the reference for generative perplexity. Models
+found in the work directory (shared with quality.py) are reused; missing ones are trained.
+
+For each setting it draws ``--num-samples`` sequences of ``--length`` tokens in one batch and
+reports: generative perplexity under the AR model with its 2-standard-error interval over the
+samples (exp of the mean per-sample NLL per token +- 2 SE), unigram entropy per sample (mean +-
+2 SE), distinct-2/4 over all samples, network calls (score-function calls for the whole
+batch; the cache skips calls and, within a call, sequences that did not change) and
+wall-clock. The baseline is ``analytic`` with 1024 steps on the time-conditioned model. A row
+"reaches the baseline" when its generative perplexity and entropy lie within two standard
+errors of the baseline's (the two intervals' half-widths combined in quadrature).
+
+It writes benchmarks/results/sampling.md, sampling.json and sampling_frontier.png (generative
+perplexity and entropy against network calls).
+
+    python benchmarks/sampling.py              # trains what is missing (~10 min a model on a 2-core CPU), then the sweep
+    python benchmarks/sampling.py --quick      # smoke run of the whole pipeline in runs/sampling-quick; results/ untouched
+    python benchmarks/sampling.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality  # noqa: E402  (the models, data split and recipes of quality.py)
+
+from ddlm.evaluation import load_model  # noqa: E402
+from ddlm.losses import ar_nll  # noqa: E402
+from ddlm.pipeline import DiffusionPipeline  # noqa: E402
+from ddlm.recipes import recipe_from_dict  # noqa: E402
+from ddlm.sample_quality import ar_sample, distinct_n  # noqa: E402
+from ddlm.tokenization import train_byte_bpe  # noqa: E402
+from ddlm.train import FINAL, latest_checkpoint, train  # noqa: E402
+
+RESULTS = quality.RESULTS
+BASELINE = ("absorbing", "analytic 1024")
+
+
+def settings(args) -> list[tuple[str, str, str, dict]]:
+    """(family, model, label, sampler options) of every row, the baseline first."""
+    rows = [("analytic", "absorbing", "analytic 1024", dict(steps=1024, predictor="analytic"))]
+    for model in ("absorbing", "absorbing_ti"):
+        for steps in args.grid_steps:
+            if (model, steps) != ("absorbing", 1024):
+                rows.append(("analytic", model, f"analytic {steps}", dict(steps=steps, predictor="analytic")))
+        rows.append(("first hitting", model, "first_hitting", dict(predictor="first_hitting")))
+    rows.append(("first hitting", "absorbing_ti", "first_hitting, no cache", dict(predictor="first_hitting", cache=False)))
+    rows.append(("analytic", "absorbing_ti", "analytic 1024, no cache", dict(steps=1024, predictor="analytic", cache=False)))
+    for eta in args.remask:
+        for steps in args.remask_steps:
+            rows.append(("remasking", "absorbing_ti", f"analytic {steps} + remask {eta:g}",
+                         dict(steps=steps, predictor="analytic", remask=eta)))
+    length = args.length
+    for confidence in ("max_prob", "margin", "entropy", "prob", "random"):
+        for steps in args.confidence_steps:
+            if steps <= length:
+                rows.append((f"confidence {confidence}", "absorbing_ti", f"{confidence}, {length // steps}/step ({steps} steps)",
+                             dict(steps=steps, predictor="confidence", confidence=confidence)))
+    for threshold in args.thresholds:
+        rows.append(("threshold", "absorbing_ti", f"threshold {threshold:g}", dict(steps=1, predictor="confidence", threshold=threshold)))
+    for bound in args.entropy_bounds:
+        rows.append(("entropy bound", "absorbing_ti", f"entropy bound {bound:g}", dict(steps=1, predictor="confidence", entropy_bound=bound)))
+    for label, opts in (("top_p 0.9", dict(top_p=0.9)), ("temperature 0.9", dict(temperature=0.9))):
+        rows.append(("reshaped", "absorbing_ti", f"first_hitting, {label}", dict(predictor="first_hitting", **opts)))
+    return rows
+
+
+def ensure_models(work: Path, args) -> None:
+    """Train (or resume) the AR, absorbing and time-independent absorbing models that the work dir lacks."""
+    train_docs, heldout = quality.split_articles((quality.DATA / "wikitext2.valid.txt").read_text(encoding="utf-8"), 0.9)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "train.jsonl").is_file():
+        (work / "train.jsonl").write_text("".join(json.dumps({"text": doc}) + "\n" for doc in train_docs))
+        (work / "heldout.txt").write_text(heldout, encoding="utf-8")
+    if not (work / "tokenizer" / "tokenizer.json").is_file():
+        train_byte_bpe(train_docs, 1024).save_pretrained(work / "tokenizer")
+    for name in ("ar", "absorbing", "absorbing_ti"):
+        run = work / name
+        if (run / FINAL / "config.json").is_file():
+            continue
+        recipe = quality.recipe("absorbing" if name == "absorbing_ti" else name, work, args)
+        recipe["train"]["output_dir"] = str(run)
+        if name == "absorbing_ti":
+            recipe["model"]["time_conditioning"] = False
+        start = time.perf_counter()
+        resume = latest_checkpoint(run) is not None
+        train(recipe_from_dict(recipe), resume=resume, progress=not args.quiet)
+        (run / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - start, "resumed": resume}))
+
+
+def per_sample_quality(reference, ids: torch.Tensor, eos: int) -> dict:
+    """Generative perplexity and entropy with 2-SE intervals over the samples, distinct-2/4."""
+    nll = torch.cat([ar_nll(reference, chunk.to(next(reference.parameters()).device), context=eos).cpu()
+                     for chunk in ids.split(64)]) / ids.shape[1]
+    entropy = []
+    for row in ids:
+        p = torch.unique(row, return_counts=True)[1].double()
+        p = p / p.sum()
+        entropy.append(float(-(p * p.log()).sum()))
+    entropy = torch.tensor(entropy, dtype=torch.float64)
+    n = ids.shape[0]
+    nll_se, entropy_se = float(nll.std() / math.sqrt(n)), float(entropy.std() / math.sqrt(n))
+    mean_nll = float(nll.mean())
+    return {"gen_ppl": math.exp(mean_nll), "gen_ppl_low": math.exp(mean_nll - 2 * nll_se), "gen_ppl_high": math.exp(mean_nll + 2 * nll_se),
+            "nll": mean_nll, "nll_se": nll_se, "entropy": float(entropy.mean()), "entropy_se": entropy_se,
+            "distinct_2": distinct_n(ids, 2), "distinct_4": distinct_n(ids, 4)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_sweep(work: Path, args) -> dict:
+    device = torch.device(args.device or "cpu")
+    models, tokenizer = {}, None
+    for name in ("ar", "absorbing", "absorbing_ti"):
+        models[name], tokenizer = load_model(work / name / FINAL, device=device)
+    reference, eos = models["ar"], tokenizer.eos_token_id
+    n, length = args.num_samples, args.length
+    heldout = (work / "heldout.txt").read_text(encoding="utf-8")
+    ids = tokenizer(heldout)["input_ids"]
+    blocks = torch.tensor([ids[i:i + length] for i in range(0, len(ids) - length + 1, length)][:n])
+    out = {"references": {
+        "held-out text": per_sample_quality(reference, blocks, eos),
+        "AR samples": per_sample_quality(reference, ar_sample(reference, n, length, eos, generator=torch.Generator(device).manual_seed(0),
+                                                              device=device).cpu(), eos)}, "rows": [], "failed": []}
+    pipes = {name: DiffusionPipeline(models[name], tokenizer) for name in ("absorbing", "absorbing_ti")}
+    pipes["absorbing"].sample(n, length, 4, progress=False, seed=0)  # warm-up (allocator, kernels)
+    for family, model, label, options in settings(args):
+        stats = {}
+        options = {"steps": 1, **options}
+        synchronize(device)
+        start = time.perf_counter()
+        try:
+            samples = pipes[model].sample(n, length, seed=0, progress=False, stats=stats, **options)
+        except Exception as error:  # noqa: BLE001 -- one failing sampler is reported, the sweep goes on
+            if (model, label) == BASELINE:
+                raise
+            out["failed"].append({"model": model, "label": label, "error": f"{type(error).__name__}: {error}"})
+            print(f"{model} {label}: FAILED {out['failed'][-1]['error']}", flush=True)
+            continue
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        row = {"family": family, "model": model, "label": label, "options": options, "seconds": seconds,
+               "network_calls": stats["network_calls"], "positions_scored": stats["positions_scored"], "cache": stats["cache"],
+               **per_sample_quality(reference, samples.cpu(), eos)}
+        out["rows"].append(row)
+        if not args.quiet:
+            print(f"{model:13s} {label:40s} calls {row['network_calls']:5d}  {seconds:7.2f} s  gen ppl {row['gen_ppl']:8.2f}  "
+                  f"entropy {row['entropy']:.3f}", flush=True)
+    return out
+
+
+def reaches(row: dict, base: dict) -> bool:
+    """Generative perplexity (in log space) and entropy within two combined standard errors of the baseline's."""
+    nll_ok = abs(row["nll"] - base["nll"]) <= 2 * math.hypot(row["nll_se"], base["nll_se"])
+    entropy_ok = abs(row["entropy"] - base["entropy"]) <= 2 * math.hypot(row["entropy_se"], base["entropy_se"])
+    return nll_ok and entropy_ok
+
+
+def halving_costs(rows: list[dict]) -> dict[str, float]:
+    """Per confidence family: the least-squares slope of log generative perplexity against log2(network calls),
+    sign-flipped, i.e. the relative rise in generative perplexity per 2x fewer calls."""
+    costs = {}
+    families = {r["family"] for r in rows if r["family"].startswith("confidence") or r["family"] in ("threshold", "entropy bound")}
+    for family in sorted(families):
+        points = [(math.log2(r["network_calls"]), r["nll"]) for r in rows if r["family"] == family]
+        if len(points) < 2:
+            continue
+        mx = sum(p[0] for p in points) / len(points)
+        my = sum(p[1] for p in points) / len(points)
+        sxx = sum((p[0] - mx) ** 2 for p in points)
+        if sxx == 0:
+            continue
+        slope = sum((p[0] - mx) * (p[1] - my) for p in points) / sxx
+        costs[family] = math.expm1(-slope)
+    return costs
+
+
+def device_name(device: str | None) -> str:
+    if device and device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
+    return quality.machine()
+
+
+def markdown(result: dict, args) -> str:
+    rows, refs = result["rows"], result["references"]
+    base = next(r for r in rows if (r["model"], r["label"]) == BASELINE)
+    lines = [
+        f"{args.num_samples} samples of {args.length} tokens per setting, one batch, seed 0; models of `benchmarks/quality.py` "
+        f"(absorbing: time-conditioned; absorbing_ti: `time_conditioning: false`, same size, data and tokens); generative "
+        f"perplexity under quality.py's AR model with the 2-SE interval over samples; entropy: unigram entropy per sample "
+        f"(nats, ± 2 SE); calls: score-function calls for the batch; time: wall-clock of the batch. Baseline: "
+        f"`analytic` 1024 steps on the time-conditioned model. ✓: generative perplexity and entropy within 2 SE of the "
+        f"baseline. Machine: {device_name(args.device)}. Command: `python benchmarks/sampling.py"
+        f"{' --device ' + args.device if args.device else ''}`.",
+        "",
+        "| model | sampler | calls | × baseline calls | time (s) | × baseline time | gen. ppl [± 2 SE] | entropy ± 2 SE | distinct-2 | distinct-4 | ✓ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in refs.items():
+        lines.append(f"| {name} | | | | | | {m['gen_ppl']:.1f} [{m['gen_ppl_low']:.1f}, {m['gen_ppl_high']:.1f}] | "
+                     f"{m['entropy']:.3f} ± {2 * m['entropy_se']:.3f} | {m['distinct_2']:.3f} | {m['distinct_4']:.3f} | |")
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['label']} | {r['network_calls']} | {r['network_calls'] / base['network_calls']:.3f} | "
+            f"{r['seconds']:.2f} | {r['seconds'] / base['seconds']:.3f} | {r['gen_ppl']:.1f} [{r['gen_ppl_low']:.1f}, "
+            f"{r['gen_ppl_high']:.1f}] | {r['entropy']:.3f} ± {2 * r['entropy_se']:.3f} | {r['distinct_2']:.3f} | "
+            f"{r['distinct_4']:.3f} | {'✓' if reaches(r, base) else ''} |")
+    for failure in result["failed"]:
+        lines.append(f"| {failure['model']} | {failure['label']} | failed: {failure['error']} | | | | | | | | |")
+    lines += ["", "Generative perplexity per 2× fewer network calls (least-squares slope of log gen. ppl against log2 calls "
+              "over each parallel-decoding family's rows; +0.10 means 10 % higher perplexity each time the calls halve):", "",
+              "| strategy | gen. ppl rise per 2× fewer calls |", "|---|---|"]
+    for family, cost in halving_costs(rows).items():
+        lines.append(f"| {family} | {cost:+.3f} |")
+    lines += ["", "![generative perplexity and entropy against network calls](sampling_frontier.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, refs = result["rows"], result["references"]
+    base = next(r for r in rows if (r["model"], r["label"]) == BASELINE)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    families = sorted({(r["family"], r["model"]) for r in rows})
+    markers = {"absorbing": "o", "absorbing_ti": "s"}
+    for key, ax, ylabel in (("gen_ppl", axes[0], "generative perplexity (AR reference)"), ("entropy", axes[1], "unigram entropy (nats)")):
+        for family, model in families:
+            points = sorted((r["network_calls"], r[key]) for r in rows if (r["family"], r["model"]) == (family, model))
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker=markers[model], linestyle="-" if len(xs) > 1 else "none", label=f"{family} ({model})")
+        ax.axhline(base[key], color="black", linewidth=0.8, label="baseline (analytic 1024)")
+        if key == "gen_ppl":
+            ax.axhspan(base["gen_ppl_low"], base["gen_ppl_high"], color="black", alpha=0.08)
+        else:
+            ax.axhspan(base["entropy"] - 2 * base["entropy_se"], base["entropy"] + 2 * base["entropy_se"], color="black", alpha=0.08)
+        ax.axhline(refs["held-out text"][key], color="grey", linestyle="--", label="held-out text")
+        ax.set(xscale="log", xlabel="network calls (batch of samples)", ylabel=ylabel)
+        if key == "gen_ppl":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=quality.ROOT / "runs" / "quality", help="models (shared with quality.py)")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps of models that must be trained")
+    parser.add_argument("--block-size", type=int, default=128, help="training block size")
+    parser.add_argument("--eval-blocks", type=int, default=64)
+    parser.add_argument("--length", type=int, default=128, help="tokens per sample")
+    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--grid-steps", type=int, nargs="+", default=[1024, 256, 64, 16])
+    parser.add_argument("--remask", type=float, nargs="*", default=[0.1, 0.5])
+    parser.add_argument("--remask-steps", type=int, nargs="*", default=[256, 1024])
+    parser.add_argument("--confidence-steps", type=int, nargs="*", default=[128, 64, 32, 16])
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[0.9, 0.7, 0.5, 0.3])
+    parser.add_argument("--entropy-bounds", type=float, nargs="*", default=[0.1, 0.5, 1.0, 2.0])
+    parser.add_argument("--device", default=None, help="torch device for sampling (default cpu); training uses what accelerate picks (a GPU when there is one)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="tiny settings in runs/sampling-quick; results/ untouched")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.work, args.steps, args.eval_blocks = args.work.with_name("sampling-quick"), 20, 4
+        args.num_samples, args.length, args.grid_steps, args.remask_steps = 4, 16, [1024, 16], [16]
+        args.confidence_steps, args.thresholds, args.entropy_bounds = [16, 4], [0.5], [1.0]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ensure_models(args.work, args)
+    result = run_sweep(args.work, args)
+    report = markdown(result, args)
+    print(report)
+    out = RESULTS if not args.quick else args.work
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sampling.md").write_text(report)
+    (out / "sampling.json").write_text(json.dumps({"machine": device_name(args.device), **result}, indent=1))
+    write_plot(result, out / "sampling_frontier.png")
+
+
+if __name__ == "__main__":
+    main()
