@@ -121,6 +121,41 @@ def entropy_bound_value(text: str) -> float:
     return value
 
 
+def remask_value(text: str) -> float:
+    """argparse type: a remasking eta in [0, 1]."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] (0: off, 1: ReMDM's largest remasking), got {text!r}")
+    return value
+
+
+def window_time(text: str) -> float:
+    """argparse type: a time in [0, 1] (one end of --remask-window)."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a time in [0, 1], got {text!r}")
+    return value
+
+
+def corrector_steps_value(text: str) -> int:
+    """argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0: no corrector), got {text!r}")
+    return value
+
+
+def corrector_size_value(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _number(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0 (the corrector's dt over the sampler's), got {text!r}")
+    return value
+
+
 DEMO_MAX_SEQUENCES = 10**6  # the demo's oracle enumerates every one of the N^L sequences
 
 
@@ -205,7 +240,9 @@ def _sampling_options(args: argparse.Namespace) -> dict:
     return dict(steps=args.steps, predictor=args.predictor, denoise=not args.no_denoise, batch_size=args.batch_size,
                 seed=args.seed, progress=not args.quiet, cache=False if args.no_cache else None,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, confidence=args.confidence,
-                unmask_schedule=args.unmask_schedule, threshold=args.threshold, entropy_bound=args.entropy_bound)
+                unmask_schedule=args.unmask_schedule, threshold=args.threshold, entropy_bound=args.entropy_bound,
+                remask=args.remask, remask_window=None if args.remask_window is None else tuple(args.remask_window),
+                corrector_steps=args.corrector_steps, corrector_size=args.corrector_size)
 
 
 def sample_command(args: argparse.Namespace) -> None:
@@ -370,6 +407,14 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entropy-bound", type=entropy_bound_value, default=None, help="--predictor confidence: unmask the most "
                    "confident positions while their entropies sum to at most this many nats, at least one; --steps unused "
                    "(EB-Sampler) (default: off)")
+    p.add_argument("--remask", type=remask_value, default=0.0, metavar="ETA", help="remask unmasked tokens with probability "
+                   "ETA times ReMDM's largest before each step; exact marginals, no extra calls (absorbing; grid predictors)")
+    p.add_argument("--remask-window", type=window_time, nargs=2, default=None, metavar=("T_HI", "T_LO"),
+                   help="remask only in steps starting at a time t in [T_LO, T_HI] (default: every step)")
+    p.add_argument("--corrector-steps", type=corrector_steps_value, default=0, metavar="N", help="corrector steps after each "
+                   "predictor step, one network call each; p_t-invariant (any model; grid predictors)")
+    p.add_argument("--corrector-size", type=corrector_size_value, default=1.0, metavar="F",
+                   help="corrector step length as a fraction of the sampler's time step")
     p.add_argument("--no-denoise", action="store_true", help="skip the final denoising step")
     p.add_argument("--no-cache", action="store_true", help="call the network at every step even for a time-independent "
                    "model (the cache gives the same samples with fewer calls)")

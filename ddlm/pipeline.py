@@ -194,6 +194,10 @@ class DiffusionPipeline:
         unmask_schedule: str | None = None,
         threshold: float | None = None,
         entropy_bound: float | None = None,
+        remask: float = 0.0,
+        remask_window: tuple[float, float] | None = None,
+        corrector_steps: int = 0,
+        corrector_size: float = 1.0,
     ) -> torch.Tensor:
         """Token ids Long[num_samples, length]; x_init / fixed: Long/Bool[length] clamped positions (or None).
 
@@ -206,6 +210,10 @@ class DiffusionPipeline:
         temperature / top_k / top_p reshape the token a masked position unmasks to; predictor
         "confidence" with confidence / unmask_schedule / threshold / entropy_bound unmasks the most
         confident positions in parallel. Neither samples the model's distribution exactly.
+        Correctors (``ddlm.correctors``), passed to ``ddlm.sampling.sample``: remask (eta in [0, 1],
+        absorbing) / remask_window remask unmasked tokens before each step with exact marginals and no
+        extra network call; corrector_steps / corrector_size add p_t-invariant corrector steps after
+        each predictor step (any model; one network call each).
         """
         check_count("num_samples", num_samples)
         check_count("length", length)
@@ -227,7 +235,8 @@ class DiffusionPipeline:
                 fixed=None if fixed is None else fixed.to(self.device).expand(n, length),
                 dtype=dtype, device=self.device, progress=progress, cache=cache, stats=batch_stats, temperature=temperature,
                 top_k=top_k, top_p=top_p, confidence=confidence, unmask_schedule=unmask_schedule, threshold=threshold,
-                entropy_bound=entropy_bound))
+                entropy_bound=entropy_bound, remask=remask, remask_window=remask_window, corrector_steps=corrector_steps,
+                corrector_size=corrector_size))
             for key in totals:
                 totals[key] += batch_stats[key]
             totals["cache"] = batch_stats["cache"]

@@ -268,6 +268,10 @@ def sample(
     unmask_schedule: str | None = None,
     threshold: float | None = None,
     entropy_bound: float | None = None,
+    remask: float = 0.0,
+    remask_window: tuple[float, float] | None = None,
+    corrector_steps: int = 0,
+    corrector_size: float = 1.0,
 ) -> torch.Tensor:
     """Draw sequences by simulating the reverse CTMC from t = 1 to t_min: Long[B, L].
 
@@ -306,8 +310,22 @@ def sample(
     (``steps`` is then unused). It always ends with no masked position (``denoise`` must be
     True); ``impl`` is unused. Exact (with exact ratios and the default temperature / top_k / top_p)
     only with one position per step and a confidence other than "prob" (``ddlm.decoding``).
+
+    Correctors (``ddlm.correctors``; predictors euler, tau_leaping, analytic). remask (eta in [0, 1],
+    absorbing only; ReMDM-style): before each step from t_k to t_{k+1} every unmasked free position
+    is masked again with probability rho_k = eta min(1, (1 - alpha_{k+1}) / alpha_k) (capped so the
+    remasked state is never noisier than t = 1), and the step starts from the correspondingly larger
+    sigma_bar: the time marginals stay exact with exact ratios, earlier tokens get revised, no
+    extra network call. remask_window (t_hi, t_lo): remask only in steps starting at t_k in
+    [t_lo, t_hi] (None: every step); never in the final denoise. corrector_steps (int >= 0, any
+    graph): after each predictor step, that many Euler steps of length corrector_size * dt of the
+    forward-plus-reverse CTMC at t_{k+1}, which leaves p_t invariant; one network call each.
+    remask = 0 and corrector_steps = 0 (the defaults) are the plain sampler draw for draw.
     """
     shape = _check_args(graph, shape, steps, predictor, x_init, fixed)
+    from .correctors import check_corrector_args, corrector_step, in_window, remask_probability, remask_tokens
+
+    check_corrector_args(graph, predictor, remask, remask_window, corrector_steps, corrector_size)
     shaping = check_shaping(graph, temperature, top_k, top_p)
     check_confidence_args(graph, predictor, steps, confidence, unmask_schedule, threshold, entropy_bound)
     if predictor == "confidence" and denoise is not True:
@@ -376,7 +394,18 @@ def sample(
     bar = tqdm(range(steps), desc=f"sampling ({predictor})", disable=not progress)
     for k in bar:
         dsigma = float(totals[k] - totals[k + 1])
-        x = step(x, float(totals[k]), predictor, float(times[k] - times[k + 1]), float(rates[k]), dsigma)
+        rho = remask_probability(remask, float(totals[k]), float(totals[k + 1]), float(totals[0])) \
+            if remask > 0 and in_window(remask_window, float(times[k])) else 0.0
+        if rho > 0:  # forward to sigma_bar' = sigma_bar_k - log(1 - rho), then the reverse step from there
+            x = remask_tokens(graph, clamp(x), rho, fixed, generator, dtype)
+            start = float(totals[k]) - math.log1p(-rho)
+            decrement = start - float(totals[k + 1])
+            x = step(x, start, predictor, decrement, 1.0, decrement)  # euler / tau_leaping constant: dt * rate = decrement
+        else:
+            x = step(x, float(totals[k]), predictor, float(times[k] - times[k + 1]), float(rates[k]), dsigma)
+        for _ in range(corrector_steps):
+            x = corrector_step(scores, graph, clamp(x), fixed, float(totals[k + 1]), float(rates[k + 1]),
+                               corrector_size * float(times[k] - times[k + 1]), generator)
         bar.set_postfix(calls=scores.calls, refresh=False)
     if denoise:
         x = step(x, float(totals[-1]), "denoise", 0.0, 0.0, float(totals[-1]))
