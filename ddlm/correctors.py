@@ -48,10 +48,11 @@ validity; sigma_max is kept so that eta means what it means in ReMDM. The second
 rho_k <= 1 - alpha(1) / alpha_k, keeps sigma_bar' <= sigma_bar(1): the remasked state is never
 noisier than the sampler's start, so the network is only asked about noise levels the sampler
 visits anyway, and rho_k < 1 strictly (rho_k = 1 would be sigma_bar' = infinity, a restart from
-the all-masked state at which a network conditioned on sigma_bar cannot be evaluated). It binds
-only while alpha_k is within a factor of a few of alpha(1) (the first steps: rho_0 = 0); refusing
-eta = 1 instead would refuse it always, since sigma_max = 1 at the first step of any schedule
-with alpha(t_0) + alpha(t_1) <= 1.
+the all-masked state at which a network conditioned on sigma_bar cannot be evaluated). It lowers
+rho_k by at most alpha(1) / alpha_k (LogLinear: alpha(1) = 1e-3): for eta < 1 it binds only in the
+first steps (rho_0 = 0 always), for eta = 1 wherever sigma_max = 1, where it leaves a fraction
+alpha(1) of the tokens unmasked instead of none. Refusing eta = 1 instead would refuse it always,
+since sigma_max = 1 at the first step of any schedule with alpha(t_0) + alpha(t_1) <= 1.
 
 ``remask_window = (t_hi, t_lo)`` remasks only in steps whose start time t_k lies in
 [t_lo, t_hi]. The final denoising step never remasks; fixed positions never do.
