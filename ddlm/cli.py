@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(commands, "train", "train per a recipe (also: accelerate launch -m ddlm train RECIPE)",
                  ["ddlm train quickstart", "ddlm train quickstart train.steps=300 model.hidden_size=96",
-                  "ddlm train quickstart --resume train.steps=3000", "accelerate launch -m ddlm train sedd-small-owt"])
+                  "ddlm train --resume quickstart train.steps=3000", "accelerate launch -m ddlm train sedd-small-owt"])
     p.add_argument("recipe", help="a recipe name in recipes/ (quickstart, sedd-small-owt, ...) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides, e.g. train.steps=100")
     p.add_argument("--resume", action="store_true", help="continue from the output directory's newest intact checkpoint; "
