@@ -81,7 +81,9 @@ exceeds 1), so K steps keep it to O(K dt_c^2); from any other law the chain move
 For Absorbing the forward part masks unmasked tokens at rate sigma(t) and the reverse part
 unmasks masked ones, so every free position can change; only the rows with a reverse part (a
 non-zero rate into their token: masked ones for Absorbing, all for Uniform) are scored. The step
-runs on full rows in float64 (``torch`` only, whatever ``impl`` is).
+runs on full rows in float64 (``torch`` only, whatever ``impl`` is). It uses the model's ratios as
+they are: temperature / top_k / top_p reshape the predictor's unmasking draws only, not the
+corrector's (the corrector's target is p_t itself).
 """
 
 from __future__ import annotations

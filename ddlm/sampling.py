@@ -319,7 +319,8 @@ def sample(
     extra network call. remask_window (t_hi, t_lo): remask only in steps starting at t_k in
     [t_lo, t_hi] (None: every step); never in the final denoise. corrector_steps (int >= 0, any
     graph): after each predictor step, that many Euler steps of length corrector_size * dt of the
-    forward-plus-reverse CTMC at t_{k+1}, which leaves p_t invariant; one network call each.
+    forward-plus-reverse CTMC at t_{k+1}, which leaves p_t invariant; one network call each (it
+    uses the unshaped ratios whatever temperature / top_k / top_p are).
     remask = 0 and corrector_steps = 0 (the defaults) are the plain sampler draw for draw.
     """
     shape = _check_args(graph, shape, steps, predictor, x_init, fixed)
