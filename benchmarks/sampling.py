@@ -243,11 +243,14 @@ def write_plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     families = sorted({(r["family"], r["model"]) for r in rows})
     markers = {"absorbing": "o", "absorbing_ti": "s"}
+    colors = plt.get_cmap("tab20").colors
     for key, ax, ylabel in (("gen_ppl", axes[0], "generative perplexity (AR reference)"), ("entropy", axes[1], "unigram entropy (nats)")):
-        for family, model in families:
+        for i, (family, model) in enumerate(families):
             points = sorted((r["network_calls"], r[key]) for r in rows if (r["family"], r["model"]) == (family, model))
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker=markers[model], linestyle="-" if len(xs) > 1 else "none", label=f"{family} ({model})")
+            swept = len(set(xs)) == len(xs) > 1  # a line only through a sweep of calls, not through settings at equal calls
+            ax.plot(xs, ys, marker=markers[model], color=colors[i % len(colors)], linestyle="-" if swept else "none",
+                    label=f"{family} ({model})")
         ax.axhline(base[key], color="black", linewidth=0.8, label="baseline (analytic 1024)")
         if key == "gen_ppl":
             ax.axhspan(base["gen_ppl_low"], base["gen_ppl_high"], color="black", alpha=0.08)

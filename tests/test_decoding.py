@@ -302,7 +302,7 @@ def test_cli_help_lists_each_decoding_option_with_its_default(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for option in ["--temperature", "--top-k", "--top-p", "--confidence", "--unmask-schedule", "--threshold", "--entropy-bound"]:
         assert option in out
-    for default in ["default: 1, the model's distribution", "default: off", "default: max_prob", "default: linear"]:
+    for default in ["1: the model's distribution", "(default: 1.0)", "default: off", "default: max_prob", "default: linear"]:
         assert default in out
 
 
