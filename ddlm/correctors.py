@@ -93,8 +93,8 @@ import math
 import torch
 
 from .checks import is_int, is_number
+from .decoding import inverse_cdf
 from .processes import Graph
-from .sampling import movable, sample_categorical
 
 GRID_PREDICTORS = ("euler", "tau_leaping", "analytic")
 
@@ -163,7 +163,7 @@ def corrector_step(scores, graph: Graph, x: torch.Tensor, fixed: torch.Tensor | 
         return x
     xf = x[free]
     rates = graph.rate_from(xf).to(torch.float64)  # forward part Q(x, y), [F, S]
-    scored = movable(graph, x, fixed)  # rows with Q(y, x) > 0 for some y: the reverse part
+    scored = (graph.rate_into_value(x) > 0) & free  # rows with Q(y, x) > 0 for some y: the reverse part
     if bool(scored.any()):
         sigma = torch.full((x.shape[0],), sigma_bar, dtype=torch.float64, device=x.device)
         log_score = scores(x, sigma, scored).to(torch.float64)
@@ -172,7 +172,7 @@ def corrector_step(scores, graph: Graph, x: torch.Tensor, fixed: torch.Tensor | 
         rates[scored[free]] += reverse
     probs = (dt * rate) * rates
     stay = (1 - probs.sum(-1, keepdim=True)).clamp_min(0)
-    moved = sample_categorical(probs.scatter_(-1, xf.unsqueeze(-1), stay), generator)
+    moved = inverse_cdf(probs.scatter_(-1, xf.unsqueeze(-1), stay), generator, torch.float64)
     out = x.clone()
     out[free] = moved
     return out

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .decoding import check_confidence_args, check_shaping, shape_log_weights
 from .checks import check_count
+from .correctors import check_corrector_args, corrector_step, in_window, remask_probability, remask_tokens
 from .dse_backends import triton_available
 from .processes import Graph
 from .score import ScoreFn
@@ -324,8 +325,6 @@ def sample(
     remask = 0 and corrector_steps = 0 (the defaults) are the plain sampler draw for draw.
     """
     shape = _check_args(graph, shape, steps, predictor, x_init, fixed)
-    from .correctors import check_corrector_args, corrector_step, in_window, remask_probability, remask_tokens
-
     check_corrector_args(graph, predictor, remask, remask_window, corrector_steps, corrector_size)
     shaping = check_shaping(graph, temperature, top_k, top_p)
     check_confidence_args(graph, predictor, steps, confidence, unmask_schedule, threshold, entropy_bound)
