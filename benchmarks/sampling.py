@@ -1,10 +1,11 @@
 """Generation frontier: sample quality against network calls and wall-clock for every sampler and setting.
 
-Two absorbing models of the ``benchmarks/quality.py`` kind (128 x 4 blocks, byte-level BPE of 1024
-tokens, the same training text, batch, schedule and tokens): the time-conditioned one of
-quality.py ("absorbing") and a time-independent one (``model.time_conditioning: false``,
-"absorbing_ti"), with quality.py's AR model as the reference for generative perplexity. Models
-found in the work directory (shared with quality.py) are reused; missing ones are trained.
+Three models of the ``benchmarks/quality.py`` kind (128 x 4 blocks, byte-level BPE of 1024 tokens,
+quality.py's training text, batch, schedule and recipe, ``--steps`` steps each): an absorbing
+diffusion model conditioned on the noise level ("absorbing"), a time-independent one
+(``model.time_conditioning: false``, "absorbing_ti"; same size, data and tokens) and the AR model
+that scores the samples (generative perplexity). They live in ``--work`` (runs/sampling); models
+found there are reused, an interrupted training resumes.
 
 For each setting it draws ``--num-samples`` sequences of ``--length`` tokens in one batch and
 reports: generative perplexity under the AR model with its 2-standard-error interval over the
@@ -18,7 +19,7 @@ errors of the baseline's (the two intervals' half-widths combined in quadrature)
 It writes benchmarks/results/sampling.md, sampling.json and sampling_frontier.png (generative
 perplexity and entropy against network calls).
 
-    python benchmarks/sampling.py              # trains what is missing (~10 min a model on a 2-core CPU), then the sweep
+    python benchmarks/sampling.py --threads 1  # trains what is missing, then the sweep (see results/sampling.md for the time)
     python benchmarks/sampling.py --quick      # smoke run of the whole pipeline in runs/sampling-quick; results/ untouched
     python benchmarks/sampling.py --device cuda
 """
@@ -58,7 +59,7 @@ def settings(args) -> list[tuple[str, str, str, dict]]:
                 rows.append(("analytic", model, f"analytic {steps}", dict(steps=steps, predictor="analytic")))
         rows.append(("first hitting", model, "first_hitting", dict(predictor="first_hitting")))
     rows.append(("first hitting", "absorbing_ti", "first_hitting, no cache", dict(predictor="first_hitting", cache=False)))
-    rows.append(("analytic", "absorbing_ti", "analytic 1024, no cache", dict(steps=1024, predictor="analytic", cache=False)))
+    rows.append(("analytic", "absorbing_ti", "analytic 256, no cache", dict(steps=256, predictor="analytic", cache=False)))
     for eta in args.remask:
         for steps in args.remask_steps:
             rows.append(("remasking", "absorbing_ti", f"analytic {steps} + remask {eta:g}",
@@ -200,14 +201,16 @@ def device_name(device: str | None) -> str:
 def markdown(result: dict, args) -> str:
     rows, refs = result["rows"], result["references"]
     base = next(r for r in rows if (r["model"], r["label"]) == BASELINE)
+    trained = ", ".join(f"{name} {t['seconds'] / 60:.0f} min" for name, t in result.get("training", {}).items())
     lines = [
-        f"{args.num_samples} samples of {args.length} tokens per setting, one batch, seed 0; models of `benchmarks/quality.py` "
-        f"(absorbing: time-conditioned; absorbing_ti: `time_conditioning: false`, same size, data and tokens); generative "
-        f"perplexity under quality.py's AR model with the 2-SE interval over samples; entropy: unigram entropy per sample "
+        f"Models trained {args.steps} steps × 32 × {args.block_size} tokens each ({trained}). "
+        f"{args.num_samples} samples of {args.length} tokens per setting, one batch, seed 0; models of the `benchmarks/quality.py` "
+        f"kind (absorbing: time-conditioned; absorbing_ti: `time_conditioning: false`, same size, data and tokens); generative "
+        f"perplexity under the AR model trained alongside, with the 2-SE interval over samples; entropy: unigram entropy per sample "
         f"(nats, ± 2 SE); calls: score-function calls for the batch; time: wall-clock of the batch. Baseline: "
         f"`analytic` 1024 steps on the time-conditioned model. ✓: generative perplexity and entropy within 2 SE of the "
-        f"baseline. Machine: {device_name(args.device)}. Command: `python benchmarks/sampling.py"
-        f"{' --device ' + args.device if args.device else ''}`.",
+        f"baseline. Machine: {result.get('machine') or device_name(args.device)}. Command: `python benchmarks/sampling.py"
+        f"{' --device ' + args.device if args.device else ''}{f' --threads {args.threads}' if args.threads else ''}`.",
         "",
         "| model | sampler | calls | × baseline calls | time (s) | × baseline time | gen. ppl [± 2 SE] | entropy ± 2 SE | distinct-2 | distinct-4 | ✓ |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -268,21 +271,22 @@ def write_plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=quality.ROOT / "runs" / "quality", help="models (shared with quality.py)")
-    parser.add_argument("--steps", type=int, default=1500, help="training steps of models that must be trained")
+    parser.add_argument("--work", type=Path, default=quality.ROOT / "runs" / "sampling", help="models, tokenizer and split text")
+    parser.add_argument("--steps", type=int, default=600, help="training steps of each model (32 x block_size tokens each)")
     parser.add_argument("--block-size", type=int, default=128, help="training block size")
     parser.add_argument("--eval-blocks", type=int, default=64)
     parser.add_argument("--length", type=int, default=128, help="tokens per sample")
-    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--grid-steps", type=int, nargs="+", default=[1024, 256, 64, 16])
     parser.add_argument("--remask", type=float, nargs="*", default=[0.1, 0.5])
-    parser.add_argument("--remask-steps", type=int, nargs="*", default=[256, 1024])
-    parser.add_argument("--confidence-steps", type=int, nargs="*", default=[128, 64, 32, 16])
+    parser.add_argument("--remask-steps", type=int, nargs="*", default=[256])
+    parser.add_argument("--confidence-steps", type=int, nargs="*", default=[64, 32, 16])
     parser.add_argument("--thresholds", type=float, nargs="*", default=[0.9, 0.7, 0.5, 0.3])
     parser.add_argument("--entropy-bounds", type=float, nargs="*", default=[0.1, 0.5, 1.0, 2.0])
     parser.add_argument("--device", default=None, help="torch device for sampling (default cpu); training uses what accelerate picks (a GPU when there is one)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny settings in runs/sampling-quick; results/ untouched")
+    parser.add_argument("--report-only", action="store_true", help="rewrite sampling.md and the PNG from sampling.json (no runs)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -291,11 +295,16 @@ def main() -> None:
         args.confidence_steps, args.thresholds, args.entropy_bounds = [16, 4], [0.5], [1.0]
     if args.threads:
         torch.set_num_threads(args.threads)
-    ensure_models(args.work, args)
-    result = run_sweep(args.work, args)
+    out = RESULTS if not args.quick else args.work
+    if args.report_only:
+        result = json.loads((out / "sampling.json").read_text())
+    else:
+        ensure_models(args.work, args)
+        result = run_sweep(args.work, args)
+        result["training"] = {name: json.loads((args.work / name / "seconds.json").read_text())
+                              for name in ("ar", "absorbing", "absorbing_ti") if (args.work / name / "seconds.json").is_file()}
     report = markdown(result, args)
     print(report)
-    out = RESULTS if not args.quick else args.work
     out.mkdir(parents=True, exist_ok=True)
     (out / "sampling.md").write_text(report)
     (out / "sampling.json").write_text(json.dumps({"machine": device_name(args.device), **result}, indent=1))
