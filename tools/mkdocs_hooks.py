@@ -91,7 +91,8 @@ def cli_reference() -> str:
                 continue
             name_cell = ", ".join(action.option_strings) or action.metavar or action.dest
             if action.option_strings and action.nargs != 0:
-                name_cell += " " + (action.metavar or action.dest.upper())
+                metavar = action.metavar or action.dest.upper()
+                name_cell += " " + (" ".join(metavar) if isinstance(metavar, tuple) else metavar)
             if action.choices and action.option_strings:
                 name_cell += " {" + ", ".join(map(str, action.choices)) + "}"
             out.append(f"| `{name_cell}` | {_cell(formatter._expand_help(action))} |")
