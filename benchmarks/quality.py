@@ -13,9 +13,10 @@ Then it measures
 - sample quality per predictor and number of steps: generative perplexity under the AR model,
   unigram entropy, distinct-n, with the held-out text and the AR model's samples as references.
 
-It writes benchmarks/results/quality.md, quality_training.png and quality_sampling.png, and replaces
-the README's results section with the table. An interrupted run continues where it stopped (trained
-models are reused, an interrupted training resumes from its checkpoint).
+It writes benchmarks/results/quality.md, quality_training.png and quality_sampling.png; the docs'
+Results page (docs/results/index.md) includes the table and the plots when the site is built. An
+interrupted run continues where it stopped (trained models are reused, an interrupted training
+resumes from its checkpoint).
 
     python benchmarks/quality.py            # about 45 min on a 2-core CPU
     python benchmarks/quality.py --quick    # a smoke run of the whole pipeline (minutes; results not written)
@@ -44,7 +45,6 @@ from ddlm.train import FINAL, latest_checkpoint, train
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
-README_START, README_END = "<!-- quality-results:start -->", "<!-- quality-results:end -->"
 MODELS = {  # name -> (objective, process, schedule)
     "absorbing": ("diffusion", "absorbing", "loglinear"),
     "uniform": ("diffusion", "uniform", "geometric"),
@@ -225,15 +225,6 @@ def markdown(runs, table, estimators, sweep, params, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    content = readme.read_text()
-    if README_START not in content or README_END not in content:
-        raise ValueError(f"README.md has no {README_START} ... {README_END} section")
-    head, rest = content.split(README_START, 1)
-    readme.write_text(head + README_START + "\n" + text + README_END + rest.split(README_END, 1)[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "quality", help="runs, tokenizer and split text")
@@ -247,7 +238,7 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--sample-steps", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="tiny settings in a separate work dir (runs/quality-quick); results/ and README untouched")
+    parser.add_argument("--quick", action="store_true", help="tiny settings in a separate work dir (runs/quality-quick); results/ untouched")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -287,7 +278,6 @@ def main() -> None:
         (RESULTS / "quality.json").write_text(json.dumps({"runs": runs, "estimators": estimators, "samples": sweep, "perplexity": {
             name: {text: vars(r) for text, r in results.items()} for name, results in table.items()}}, indent=1))
         write_plots(runs, sweep, args, RESULTS)
-        update_readme(report)
 
 
 if __name__ == "__main__":
