@@ -102,7 +102,7 @@ def cli_reference() -> str:
 
 
 def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|").replace("{{", "{ {").replace("}}", "} }")
+    return " ".join(str(text).split()).replace("``", "`").replace("|", "\\|")
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -122,15 +122,48 @@ def recipe_reference() -> str:
     described = _docstring_fields(DDLMConfig.__doc__ or "")
     for name, hint in DDLMConfig.__annotations__.items():
         if not name.startswith("_") and name != "model_type":
-            out.append(f"| `{name}` | `{_type_name(hint)}` | `{getattr(DDLMConfig, name)!r}` | {_cell(described.get(name, ''))} |")
+            out.append(f"| `{name}` | {_cell(_type_name(hint))} | `{_yaml(getattr(DDLMConfig, name))}` | {_cell(described.get(name, ''))} |")
+    allowed = _allowed_values()
     for section, cls in (("tokenizer", TokenizerRecipe), ("data", DataConfig), ("train", TrainConfig)):
-        comments = _field_comments(cls)
+        described = {**_docstring_fields(cls.__doc__ or ""), **_field_comments(cls)}
         out += ["", f"### `{section}`", "", _cell((cls.__doc__ or "").strip().split("\n\n")[0]), "",
-                "| key | type | default | meaning |", "|---|---|---|---|"]
+                "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            out.append(f"| `{f.name}` | `{_type_name(f.type)}` | `{default!r}` | {_cell(comments.get(f.name, ''))} |")
+            out.append(f"| `{f.name}` | {_cell(_type_name(f.type))} | `{_yaml(default)}` | "
+                       f"{_cell(allowed.get(section, {}).get(f.name, ''))} | {_cell(described.get(f.name, ''))} |")
     return "\n".join(out) + "\n"
+
+
+def _allowed_values() -> dict[str, dict[str, str]]:
+    """What each recipe field accepts, in the words of the checks that validate it: the messages the dataclasses
+    pass to ``ddlm.checks.refuse_invalid``, captured by building each section once with its defaults."""
+    from unittest import mock
+
+    import ddlm.data
+    import ddlm.recipes
+
+    captured: dict[str, dict[str, str]] = {}
+
+    def capture(section, checks, obj=None):
+        captured[section] = {name: message for name, (_, message) in checks.items()}
+
+    with mock.patch.object(ddlm.recipes, "refuse_invalid", capture), mock.patch.object(ddlm.data, "refuse_invalid", capture):
+        ddlm.recipes.TokenizerRecipe(train_vocab_size=1024)
+        ddlm.data.DataConfig()
+        ddlm.recipes.TrainConfig()
+    return captured
+
+
+def _yaml(value) -> str:
+    """A default as it would be written in a recipe."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml(v) for v in value) + "]"
+    return str(value)
 
 
 def _type_name(hint) -> str:
@@ -158,7 +191,7 @@ def _docstring_fields(doc: str) -> dict[str, str]:
     """``name: text`` paragraphs of a docstring (DDLMConfig documents its fields this way)."""
     fields, current = {}, None
     for line in doc.splitlines():
-        match = re.match(r"\s*(\w+): (.*)", line)
+        match = re.match(r"\s*`{0,2}(\w+)`{0,2}: (.*)", line)
         if match:
             current = match.group(1)
             fields[current] = match.group(2)
