@@ -61,9 +61,10 @@ def _include(relative: str) -> str:
     if not path.exists():
         script = WRITERS.get(path.name, "its benchmark script")
         return f"*Not measured yet: `python {script}` writes `{relative}`, which appears here.*"
-    lines = []
+    lines, fenced = [], False
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):  # a results file's own title: a bold line, not a heading of the page
+        fenced ^= line.startswith("```")
+        if line.startswith("#") and not fenced:  # a results file's own headings: bold lines, not headings of the page
             line = f"**{line.lstrip('#').strip()}**"
         lines.append(line.replace("](benchmarks/results/", "]("))
     return "\n".join(lines) + "\n"
