@@ -245,8 +245,10 @@ def test_readme_commands_are_run_by_ci():
     assert "pip install --quiet torch==2.13.0" in ci
     assert 'pip install --quiet -e ".[dev,triton,docs]"' in ci
     assert "python -m pytest -q" in ci and "mkdocs build --strict" in ci
+    smoke = (ROOT / ".ci" / "wheel_smoke.sh").read_text()  # the quickstart, skipped above for its minutes of training
+    assert "ddlm train quickstart" in smoke and "ddlm sample" in smoke
     readme = (ROOT / "README.md").read_text()
-    assert "pip install torch==2.13.0" in readme and "python -m pytest -q" in readme
+    assert "pip install torch==2.13.0" in readme and "python -m pytest -q" in readme and "ddlm train quickstart" in readme
 
 
 def test_readme_is_short():
