@@ -512,9 +512,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, except that recipe overrides may also follow ``ddlm train``'s options
+    (``ddlm train quickstart --resume train.steps=3000``): argparse stops filling a positional list
+    after an option, so the leftover ``section.key=value`` words join ``overrides``."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train" and all("=" in word and not word.startswith("-") for word in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         args.run(args)
     except (ValueError, OSError, FloatingPointError) as error:

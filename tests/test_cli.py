@@ -195,3 +195,24 @@ def test_bad_paths_exit_with_a_message(model_dir, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_train_overrides_may_follow_its_options():
+    from ddlm.cli import build_parser, parse_args
+
+    parser = build_parser()
+    args = parse_args(parser, ["train", "quickstart", "--resume", "train.steps=3000", "train.lr=5e-4"])
+    assert args.resume and args.recipe == "quickstart" and args.overrides == ["train.steps=3000", "train.lr=5e-4"]
+    args = parse_args(parser, ["train", "quickstart", "train.steps=10", "--resume", "train.lr=5e-4"])
+    assert args.overrides == ["train.steps=10", "train.lr=5e-4"]
+
+
+@pytest.mark.parametrize("argv", [["train", "quickstart", "--resume", "--bogus"], ["train", "quickstart", "--resume", "stray"],
+                                  ["sample", "model", "train.steps=3"]])
+def test_words_that_are_not_overrides_are_still_refused(argv, capsys):
+    from ddlm.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
