@@ -44,127 +44,37 @@ def _command(commands, name: str, summary: str, examples: list[str]) -> argparse
                                epilog=f"{label}:\n" + "\n".join(f"  {line}" for line in examples), formatter_class=HelpFormatter)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (counts and sizes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _checked(parse, ok, expected: str):
+    """An argparse type: ``parse(text)``, refused with "expected <expected>, got '<text>'" unless ``ok(value)``."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return convert
 
 
-def at_least_two(text: str) -> int:
-    """argparse type: an int >= 2."""
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
-    return value
-
-
-def even_count(text: str) -> int:
-    """argparse type: an even int >= 2 (stratified t samples come in pairs)."""
-    value = positive_int(text)
-    if value % 2:
-        raise argparse.ArgumentTypeError(f"expected an even positive integer (t samples come in pairs), got {text!r}")
-    return value
-
-
-def random_seed(text: str) -> int:
-    """argparse type: a random seed, an int in [0, 2^63)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2^63), got {text!r}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def temperature_value(text: str) -> float:
-    """argparse type: a finite number >= 0 (0: greedy)."""
-    value = _number(text)
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0: greedy), got {text!r}")
-    return value
-
-
-def top_p_value(text: str) -> float:
-    """argparse type: a number in (0, 1]."""
-    value = _number(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
-
-
-def threshold_value(text: str) -> float:
-    """argparse type: a probability threshold in [0, 1)."""
-    value = _number(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (a confidence above it unmasks), got {text!r}")
-    return value
-
-
-def entropy_bound_value(text: str) -> float:
-    """argparse type: a finite number of nats >= 0."""
-    value = _number(text)
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number of nats >= 0, got {text!r}")
-    return value
-
-
-def remask_value(text: str) -> float:
-    """argparse type: a remasking eta in [0, 1]."""
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] (0: off, 1: ReMDM's largest remasking), got {text!r}")
-    return value
-
-
-def window_time(text: str) -> float:
-    """argparse type: a time in [0, 1] (one end of --remask-window)."""
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a time in [0, 1], got {text!r}")
-    return value
-
-
-def corrector_steps_value(text: str) -> int:
-    """argparse type: an int >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0: no corrector), got {text!r}")
-    return value
-
-
-def corrector_size_value(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    value = _number(text)
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0 (the corrector's dt over the sampler's), got {text!r}")
-    return value
+# argparse types; a float NaN fails every range test, so it is refused too
+positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+at_least_two = _checked(int, lambda v: v >= 2, "an integer >= 2")
+even_count = _checked(int, lambda v: v >= 2 and v % 2 == 0, "an even positive integer (t samples come in pairs)")
+random_seed = _checked(int, lambda v: 0 <= v < 2**63, "an integer seed in [0, 2^63)")
+temperature_value = _checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0 (0: greedy)")
+top_p_value = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+threshold_value = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1) (a confidence above it unmasks)")
+entropy_bound_value = _checked(float, lambda v: 0 <= v < math.inf, "a finite number of nats >= 0")
+remask_value = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1] (0: off, 1: ReMDM's largest remasking)")
+window_time = _checked(float, lambda v: 0 <= v <= 1, "a time in [0, 1]")
+corrector_steps_value = _checked(int, lambda v: v >= 0, "an integer >= 0 (0: no corrector)")
+corrector_size_value = _checked(float, lambda v: 0 < v < math.inf, "a finite number > 0 (the corrector's dt over the sampler's)")
+t_power = _checked(float, lambda v: 1 <= v < math.inf, "a finite number >= 1 (t = u^power)")
 
 
 DEMO_MAX_SEQUENCES = 10**6  # the demo's oracle enumerates every one of the N^L sequences
-
-
-def t_power(text: str) -> float:
-    """argparse type: a finite number >= 1 (the likelihood bound's t = u^power)."""
-    value = _number(text)
-    if not 1 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 1 (t = u^power), got {text!r}")
-    return value
 
 
 def torch_device(text: str) -> str:
