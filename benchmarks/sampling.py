@@ -42,7 +42,7 @@ from ddlm.evaluation import load_model  # noqa: E402
 from ddlm.losses import ar_nll  # noqa: E402
 from ddlm.pipeline import DiffusionPipeline  # noqa: E402
 from ddlm.recipes import recipe_from_dict  # noqa: E402
-from ddlm.sample_quality import ar_sample, distinct_n  # noqa: E402
+from ddlm.sample_quality import ar_sample, distinct_n, unigram_entropies  # noqa: E402
 from ddlm.tokenization import train_byte_bpe  # noqa: E402
 from ddlm.train import FINAL, latest_checkpoint, train  # noqa: E402
 
@@ -106,12 +106,7 @@ def per_sample_quality(reference, ids: torch.Tensor, eos: int) -> dict:
     """Generative perplexity and entropy with 2-SE intervals over the samples, distinct-2/4."""
     nll = torch.cat([ar_nll(reference, chunk.to(next(reference.parameters()).device), context=eos).cpu()
                      for chunk in ids.split(64)]) / ids.shape[1]
-    entropy = []
-    for row in ids:
-        p = torch.unique(row, return_counts=True)[1].double()
-        p = p / p.sum()
-        entropy.append(float(-(p * p.log()).sum()))
-    entropy = torch.tensor(entropy, dtype=torch.float64)
+    entropy = unigram_entropies(ids)
     n = ids.shape[0]
     nll_se, entropy_se = float(nll.std() / math.sqrt(n)), float(entropy.std() / math.sqrt(n))
     mean_nll = float(nll.mean())

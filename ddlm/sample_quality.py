@@ -26,16 +26,21 @@ def generative_perplexity(reference, samples: torch.Tensor, context: int, batch_
     return math.exp(total / samples.numel())
 
 
-def unigram_entropy(samples: torch.Tensor) -> float:
-    """Mean over samples Long[B, L] of the entropy (nats) of each sample's token frequencies."""
+def unigram_entropies(samples: torch.Tensor) -> torch.Tensor:
+    """The entropy (nats) of each sample's token frequencies: float64 [B] of samples Long[B, L]."""
     if samples.dim() != 2 or samples.numel() == 0:
         raise ValueError(f"samples must be a non-empty Long[B, L], got shape {list(samples.shape)}")
     entropies = []
     for row in samples:
         counts = torch.unique(row, return_counts=True)[1].double()
         p = counts / counts.sum()
-        entropies.append(float(-(p * p.log()).sum()))
-    return sum(entropies) / len(entropies)
+        entropies.append(-(p * p.log()).sum())
+    return torch.stack(entropies)
+
+
+def unigram_entropy(samples: torch.Tensor) -> float:
+    """Mean over samples Long[B, L] of the entropy (nats) of each sample's token frequencies."""
+    return float(unigram_entropies(samples).mean())
 
 
 def distinct_n(samples: torch.Tensor, n: int) -> float:
