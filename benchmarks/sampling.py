@@ -152,7 +152,7 @@ def run_sweep(work: Path, args) -> dict:
         synchronize(device)
         seconds = time.perf_counter() - start
         row = {"family": family, "model": model, "label": label, "options": options, "seconds": seconds,
-               "network_calls": stats["network_calls"], "positions_scored": stats["positions_scored"], "cache": stats["cache"],
+               "network_calls": stats["network_calls"], "sequences_scored": stats["sequences_scored"], "positions_scored": stats["positions_scored"], "cache": stats["cache"],
                **per_sample_quality(reference, samples.cpu(), eos)}
         out["rows"].append(row)
         if not args.quiet:
@@ -207,26 +207,27 @@ def markdown(result: dict, args) -> str:
         f"{args.num_samples} samples of {args.length} tokens per setting, one batch, seed 0; models of the `benchmarks/quality.py` "
         f"kind (absorbing: time-conditioned; absorbing_ti: `time_conditioning: false`, same size, data and tokens); generative "
         f"perplexity under the AR model trained alongside, with the 2-SE interval over samples; entropy: unigram entropy per sample "
-        f"(nats, ± 2 SE); calls: score-function calls for the batch; time: wall-clock of the batch. Baseline: "
+        f"(nats, ± 2 SE); calls: score-function calls for the batch; forwards / sample: sequences passed to them per sample (the cache passes only the sequences that changed); time: wall-clock of the batch. Baseline: "
         f"`analytic` 1024 steps on the time-conditioned model (the × columns). ✓: generative perplexity and entropy within 2 "
         f"combined SE of the same model's `analytic` 1024 row (the two models differ in quality, so each is compared with "
         f"its own). Machine: {result.get('machine') or device_name(args.device)}. Command: `python benchmarks/sampling.py"
         f"{' --device ' + args.device if args.device else ''}{f' --threads {args.threads}' if args.threads else ''}`.",
         "",
-        "| model | sampler | calls | × baseline calls | time (s) | × baseline time | gen. ppl [± 2 SE] | entropy ± 2 SE | distinct-2 | distinct-4 | ✓ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | sampler | calls | × baseline calls | forwards / sample | time (s) | × baseline time | gen. ppl [± 2 SE] | entropy ± 2 SE | distinct-2 | distinct-4 | ✓ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in refs.items():
-        lines.append(f"| {name} | | | | | | {m['gen_ppl']:.1f} [{m['gen_ppl_low']:.1f}, {m['gen_ppl_high']:.1f}] | "
+        lines.append(f"| {name} | | | | | | | {m['gen_ppl']:.1f} [{m['gen_ppl_low']:.1f}, {m['gen_ppl_high']:.1f}] | "
                      f"{m['entropy']:.3f} ± {2 * m['entropy_se']:.3f} | {m['distinct_2']:.3f} | {m['distinct_4']:.3f} | |")
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['label']} | {r['network_calls']} | {r['network_calls'] / base['network_calls']:.3f} | "
+            f"{r['sequences_scored'] / args.num_samples:.0f} | "
             f"{r['seconds']:.2f} | {r['seconds'] / base['seconds']:.3f} | {r['gen_ppl']:.1f} [{r['gen_ppl_low']:.1f}, "
             f"{r['gen_ppl_high']:.1f}] | {r['entropy']:.3f} ± {2 * r['entropy_se']:.3f} | {r['distinct_2']:.3f} | "
             f"{r['distinct_4']:.3f} | {'✓' if reaches(r, own_baseline(rows, r)) else ''} |")
     for failure in result["failed"]:
-        lines.append(f"| {failure['model']} | {failure['label']} | failed: {failure['error']} | | | | | | | | |")
+        lines.append(f"| {failure['model']} | {failure['label']} | failed: {failure['error']} | | | | | | | | | |")
     lines += ["", "Generative perplexity per 2× fewer network calls (least-squares slope of log gen. ppl against log2 calls "
               "over each parallel-decoding family's rows; +0.10 means 10 % higher perplexity each time the calls halve):", "",
               "| strategy | gen. ppl rise per 2× fewer calls |", "|---|---|"]
@@ -285,8 +286,8 @@ def main() -> None:
     parser.add_argument("--remask", type=float, nargs="*", default=[0.1, 0.5])
     parser.add_argument("--remask-steps", type=int, nargs="*", default=[256])
     parser.add_argument("--confidence-steps", type=int, nargs="*", default=[64, 32, 16])
-    parser.add_argument("--thresholds", type=float, nargs="*", default=[0.9, 0.7, 0.5, 0.3])
-    parser.add_argument("--entropy-bounds", type=float, nargs="*", default=[0.1, 0.5, 1.0, 2.0])
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[0.9, 0.5, 0.2, 0.1, 0.05])
+    parser.add_argument("--entropy-bounds", type=float, nargs="*", default=[0.5, 2.0, 4.0, 8.0])
     parser.add_argument("--device", default=None, help="torch device for sampling (default cpu); training uses what accelerate picks (a GPU when there is one)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny settings in runs/sampling-quick; results/ untouched")

@@ -205,7 +205,7 @@ class DiffusionPipeline:
         another with the same generator. predictor: any of ``ddlm.sampling.PREDICTORS``
         ("first_hitting" for absorbing models; it ignores ``steps``). cache: as in
         ``ddlm.sampling.sample`` (None: on for time-independent models). stats: a dict that
-        receives ``network_calls`` and ``positions_scored`` summed over the batches.
+        receives ``network_calls``, ``sequences_scored`` and ``positions_scored`` summed over the batches.
         Decoding strategies of absorbing models (``ddlm.decoding``), passed to ``ddlm.sampling.sample``:
         temperature / top_k / top_p reshape the token a masked position unmasks to; predictor
         "confidence" with confidence / unmask_schedule / threshold / entropy_bound unmasks the most
@@ -225,7 +225,7 @@ class DiffusionPipeline:
         batch_size = batch_size or num_samples
         batches = []
         score_fn = self.sampling_score_fn()
-        totals = {"network_calls": 0, "positions_scored": 0}
+        totals = {"network_calls": 0, "sequences_scored": 0, "positions_scored": 0}
         for start in tqdm(range(0, num_samples, batch_size), desc="batches", disable=not progress or batch_size >= num_samples):
             n = min(batch_size, num_samples - start)
             batch_stats = {}
@@ -348,7 +348,7 @@ class DiffusionPipeline:
         appears among its new tokens, and its ids are cut right after that EOS (the others go on;
         generation ends when every sample stopped or ``max_new_tokens`` are made). Time-independent
         models reuse the clamped prefix through the sampler's exact cache (``cache``: see
-        ``ddlm.sampling.sample``). stats: a dict receiving ``network_calls``, ``positions_scored``
+        ``ddlm.sampling.sample``). stats: a dict receiving ``network_calls``, ``sequences_scored``, ``positions_scored``
         and ``blocks`` summed over blocks and batches. Other keyword arguments go to
         ``ddlm.sampling.sample`` (dtype, cache, impl, t_min, ...); ``denoise`` must stay True
         (a clamped prefix must be clean tokens).
@@ -387,7 +387,7 @@ class DiffusionPipeline:
         seqs = prompt.expand(num_samples, start).clone()
         done = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
         base_fn = self.sampling_score_fn()
-        totals = {"network_calls": 0, "positions_scored": 0, "blocks": 0}
+        totals = {"network_calls": 0, "sequences_scored": 0, "positions_scored": 0, "blocks": 0}
         blocks = range(0, max_new_tokens, block_size)
         for made in tqdm(blocks, desc="blocks", disable=not progress or len(blocks) == 1):
             size = min(block_size, max_new_tokens - made)
@@ -408,8 +408,8 @@ class DiffusionPipeline:
                              x_init=x_init[rows], fixed=fixed.expand(n, length), device=self.device, progress=False,
                              stats=batch_stats, **sample_kwargs)
                 new[active[rows]] = out[:, context:]
-                totals["network_calls"] += batch_stats["network_calls"]
-                totals["positions_scored"] += batch_stats["positions_scored"]
+                for key in ("network_calls", "sequences_scored", "positions_scored"):
+                    totals[key] += batch_stats[key]
                 totals["cache"] = batch_stats["cache"]
             totals["blocks"] += 1
             seqs = torch.cat([seqs, new], 1)

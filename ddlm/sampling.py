@@ -293,7 +293,8 @@ def sample(
     Only for score functions that declare ``time_independent = True`` (``ddlm.score_cache``:
     log s = f(x) - log(e^sigma_bar - 1) at masked rows), e.g. a ``time_conditioning=False`` model;
     None (default) turns it on exactly for those. Same seed, same draws with and without it.
-    stats: a dict to fill with ``network_calls`` (score-function calls), ``positions_scored``
+    stats: a dict to fill with ``network_calls`` (score-function calls), ``sequences_scored``
+    (sequences passed to them; the cache passes only those that changed), ``positions_scored``
     (rows evaluated) and ``cache`` (whether it was on); the progress bar shows the calls.
 
     Decoding strategies for absorbing models (``ddlm.decoding``; not exact samplers of the model
@@ -359,7 +360,8 @@ def sample(
 
     def report(x: torch.Tensor) -> torch.Tensor:
         if stats is not None:
-            stats.update(network_calls=scores.calls, positions_scored=scores.positions, cache=scores.cache)
+            stats.update(network_calls=scores.calls, sequences_scored=scores.sequences, positions_scored=scores.positions,
+                         cache=scores.cache)
         return x
 
     if predictor == "first_hitting":

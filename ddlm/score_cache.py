@@ -61,7 +61,8 @@ class ScoreEvaluator:
     """What a sampler calls instead of the score function: ``evaluator(x, sigma_bar, rows)``.
 
     x Long[B, L], sigma_bar [B] float64, rows Bool[B, L] (-> [R, S], the rows of ``x[rows]``) or
-    None (-> [B, L, S]). Counts ``calls`` (score-function calls) and ``positions`` (rows scored).
+    None (-> [B, L, S]). Counts ``calls`` (score-function calls), ``sequences`` (sequences passed to
+    them: what a network's forward costs) and ``positions`` (rows scored).
     A time-independent score function is evaluated at sigma_bar = log 2 and the factor of the
     step applied (module docstring); with ``cache=True`` a sequence's f is reused while its
     tokens stay the same, and only the requested rows of changed sequences are evaluated.
@@ -80,11 +81,13 @@ class ScoreEvaluator:
                              "score functions) or cache=False")
         self.cache = cache
         self.calls = 0
+        self.sequences = 0
         self.positions = 0
         self._x = self._f = self._valid = None
 
     def _evaluate(self, x: torch.Tensor, sigma_bar: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         self.calls += 1
+        self.sequences += x.shape[0]
         self.positions += x.numel() if rows is None else int(rows.sum())
         return evaluate_score(self.score_fn, x, sigma_bar, self.graph.num_states, positions=rows)
 

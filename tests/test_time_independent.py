@@ -56,6 +56,7 @@ def time_independent_oracle(oracle: ddlm.SequenceOracle):
 
     def score_fn(x, sigma_bar):
         score_fn.calls += 1
+        score_fn.sequences += x.shape[0]
         f = oracle.score_fn(x, torch.full_like(sigma_bar, math.log(2.0), dtype=torch.float64))  # factor 0 at log 2
         real = x != graph.mask_id
         f[real] = float("-inf")
@@ -63,7 +64,7 @@ def time_independent_oracle(oracle: ddlm.SequenceOracle):
         return apply_time_factor(graph, f, x, sigma_bar[:, None])
 
     score_fn.time_independent = True
-    score_fn.calls = 0
+    score_fn.calls = score_fn.sequences = 0
     return score_fn
 
 
@@ -77,9 +78,11 @@ def test_cache_gives_the_same_draws_with_fewer_network_calls(predictor):
         x = sample(score_fn, graph, noise, (16, 3), 64, predictor, generator=torch.Generator().manual_seed(3),
                    progress=False, cache=cache, stats=stats)
         assert stats["network_calls"] == score_fn.calls and stats["cache"] is cache
-        runs[cache] = (x, score_fn.calls)
+        assert stats["sequences_scored"] == score_fn.sequences
+        runs[cache] = (x, score_fn.calls, score_fn.sequences)
     assert torch.equal(runs[True][0], runs[False][0])
     assert runs[True][1] < runs[False][1] / 2
+    assert runs[False][2] == 16 * runs[False][1] and runs[True][2] < 16 * runs[True][1]  # only changed sequences re-scored
     # the default is on for a score_fn that declares the protocol
     stats = {}
     x = sample(time_independent_oracle(oracle), graph, noise, (16, 3), 64, predictor, generator=torch.Generator().manual_seed(3),
