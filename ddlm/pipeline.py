@@ -183,34 +183,23 @@ class DiffusionPipeline:
         batch_size: int | None = None,
         generator: torch.Generator | None = None,
         seed: int | None = None,
-        dtype: torch.dtype = torch.float64,
         progress: bool = True,
-        cache: bool | None = None,
         stats: dict | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float = 1.0,
-        confidence: str | None = None,
-        unmask_schedule: str | None = None,
-        threshold: float | None = None,
-        entropy_bound: float | None = None,
-        remask: float = 0.0,
-        remask_window: tuple[float, float] | None = None,
-        corrector_steps: int = 0,
-        corrector_size: float = 1.0,
+        **sampler_options,
     ) -> torch.Tensor:
         """Token ids Long[num_samples, length]; x_init / fixed: Long/Bool[length] clamped positions (or None).
 
         Batches of ``batch_size`` samples (default all) run ``ddlm.sampling.sample`` one after
         another with the same generator. predictor: any of ``ddlm.sampling.PREDICTORS``
-        ("first_hitting" for absorbing models; it ignores ``steps``). cache: as in
-        ``ddlm.sampling.sample`` (None: on for time-independent models). stats: a dict that
+        ("first_hitting" for absorbing models; it ignores ``steps``). stats: a dict that
         receives ``network_calls``, ``sequences_scored`` and ``positions_scored`` summed over the batches.
-        Decoding strategies of absorbing models (``ddlm.decoding``), passed to ``ddlm.sampling.sample``:
+        sampler_options: any other keyword of ``ddlm.sampling.sample``, passed to it as is: cache
+        (None: on for time-independent models), dtype, impl, and the following.
+        Decoding strategies of absorbing models (``ddlm.decoding``):
         temperature / top_k / top_p reshape the token a masked position unmasks to; predictor
         "confidence" with confidence / unmask_schedule / threshold / entropy_bound unmasks the most
         confident positions in parallel. Neither samples the model's distribution exactly.
-        Correctors (``ddlm.correctors``), passed to ``ddlm.sampling.sample``: remask (eta in [0, 1],
+        Correctors (``ddlm.correctors``): remask (eta in [0, 1],
         absorbing) / remask_window remask unmasked tokens before each step with exact marginals and no
         extra network call; corrector_steps / corrector_size add p_t-invariant corrector steps after
         each predictor step (any model; one network call each).
@@ -233,10 +222,7 @@ class DiffusionPipeline:
                 score_fn, self.graph, self.noise, (n, length), steps, predictor, denoise, generator,
                 x_init=None if x_init is None else x_init.to(self.device).expand(n, length),
                 fixed=None if fixed is None else fixed.to(self.device).expand(n, length),
-                dtype=dtype, device=self.device, progress=progress, cache=cache, stats=batch_stats, temperature=temperature,
-                top_k=top_k, top_p=top_p, confidence=confidence, unmask_schedule=unmask_schedule, threshold=threshold,
-                entropy_bound=entropy_bound, remask=remask, remask_window=remask_window, corrector_steps=corrector_steps,
-                corrector_size=corrector_size))
+                device=self.device, progress=progress, stats=batch_stats, **sampler_options))
             for key in totals:
                 totals[key] += batch_stats[key]
             totals["cache"] = batch_stats["cache"]
