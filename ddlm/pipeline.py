@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_count
+from .checks import check_count, is_int
 from .evaluation import TextBound, blocks_by_length, load_model, text_blocks
 from .likelihood import nll_bound
 from .model import DDLMForDiffusion
@@ -348,7 +348,7 @@ class DiffusionPipeline:
                              f"model, got {self.graph!r}: a uniform process has no masked state to hold the future out and "
                              "clamping is not exact for it; use infill([prompt, n]) for a prompt that fits the model's length")
         check_count("max_new_tokens", max_new_tokens)
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or not 1 <= block_size <= self.max_length:
+        if not (is_int(block_size, 1) and block_size <= self.max_length):
             raise ValueError(f"block_size must be an int in [1, {self.max_length}] (the model's maximum length), got {block_size!r}")
         check_count("num_samples", num_samples)
         check_count("steps", steps)

@@ -32,10 +32,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .decoding import check_confidence_args, check_shaping, shape_log_weights
 from .checks import check_count
 from .correctors import check_corrector_args, corrector_step, in_window, remask_probability, remask_tokens
+from .decoding import check_confidence_args, check_shaping, sample_confidence, shape_log_weights
 from .dse_backends import triton_available
+from .first_hitting import sample_first_hitting
 from .processes import Graph
 from .score import ScoreFn
 from .score_cache import ScoreEvaluator, is_time_independent
@@ -365,13 +366,9 @@ def sample(
         return x
 
     if predictor == "first_hitting":
-        from .first_hitting import sample_first_hitting
-
         return report(clamp(sample_first_hitting(scores, graph, noise, x, fixed, t_min=t_min, denoise=denoise, dtype=dtype,
                                                  generator=generator, progress=progress, shape=shaper)))
     if predictor == "confidence":
-        from .decoding import sample_confidence
-
         return report(clamp(sample_confidence(
             scores, graph, noise, x, fixed, steps=steps, confidence=confidence, unmask_schedule=unmask_schedule,
             threshold=threshold, entropy_bound=entropy_bound, shape=shaper, t_min=t_min, dtype=dtype, generator=generator,
