@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_count
 from .correctors import check_corrector_args, corrector_step, in_window, remask_probability, remask_tokens
-from .decoding import check_confidence_args, check_shaping, sample_confidence, shape_log_weights
+from .decoding import check_confidence_args, check_shaping, inverse_cdf, sample_confidence, shape_log_weights
 from .dse_backends import triton_available
 from .first_hitting import sample_first_hitting
 from .processes import Graph
@@ -106,15 +106,7 @@ def _draw_rows(weights: torch.Tensor, move: torch.Tensor, stay: torch.Tensor, x:
     moving = (u * total < move).nonzero().squeeze(1)
     out = x.clone()
     if moving.numel():
-        rows = weights[moving] if destination is None else destination(moving)
-        cdf = torch.cumsum(rows, -1, dtype=dtype)
-        v = torch.rand(moving.shape, dtype=dtype, device=x.device, generator=generator) * cdf[:, -1]
-        y = torch.searchsorted(cdf, v[:, None], right=True).squeeze(1)
-        over = y >= cdf.shape[-1]  # v rounded up to the row total (probability ~2^-53): the last positive weight
-        if bool(over.any()):
-            last = cdf.shape[-1] - 1 - (rows[over] > 0).flip(-1).int().argmax(-1)
-            y[over] = last
-        out[moving] = y
+        out[moving] = inverse_cdf(weights[moving] if destination is None else destination(moving), generator, dtype)
     return out
 
 
