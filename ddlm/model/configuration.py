@@ -42,6 +42,12 @@ class DDLMConfig(PreTrainedConfig):
     N real tokens; the log-scores follow analytically, log s_y = log p(y | x_t) - log(e^sigma_bar - 1)
     at masked positions (see ``DDLMForDiffusion``). It replaces scale_by_sigma (None resolves to
     False; True is refused). Configs saved without the key load as True.
+    num_classes: 0 (default) for an unconditional network; K > 0 for a class-conditional one with a
+    table of K + 1 learned class embeddings [cond_dim], class ids 0..K-1 and the null class K (the
+    label dropped during training, and the unconditional score for classifier-free guidance). The
+    class embedding is added to the adaLN conditioning vector (to the time embedding, as DiT does,
+    or to the learned constant of a time-independent model). Autoregressive models accept it too
+    (the class then conditions every next-token prediction). Configs saved without the key load as 0.
     """
 
     model_type = "ddlm"
@@ -67,6 +73,7 @@ class DDLMConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     objective: str = "diffusion"
     time_conditioning: bool = True
+    num_classes: int = 0
 
     def __post_init__(self, **kwargs):
         self._validate()
@@ -98,7 +105,7 @@ class DDLMConfig(PreTrainedConfig):
             if not isinstance(value, str) or value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         minimum = {"vocab_size": 2, "hidden_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1, "cond_dim": 1,
-                   "time_embed_dim": 2, "mlp_ratio": 1, "max_position_embeddings": 1}
+                   "time_embed_dim": 2, "mlp_ratio": 1, "max_position_embeddings": 1, "num_classes": 0}
         for name, low in minimum.items():
             value = getattr(self, name)
             if not is_int(value, low):
@@ -137,6 +144,11 @@ class DDLMConfig(PreTrainedConfig):
         if self.objective == "ar":
             return self.vocab_size
         return self.vocab_size + (self.process == "absorbing")
+
+    @property
+    def null_class(self) -> int | None:
+        """The class id of "no label" (``num_classes``) of a class-conditional model; None for an unconditional one."""
+        return self.num_classes if self.num_classes else None
 
     @property
     def is_autoregressive(self) -> bool:

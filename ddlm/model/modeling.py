@@ -7,6 +7,10 @@ modulation (shift, scale, gate from c), rotary positions on q and k, and
 adaLN-modulated LayerNorm and a linear head. The head's outputs become log-scores with log s = 0
 at the current token and, for absorbing models, the "scale by sigma" shift.
 
+Class-conditional models (``config.num_classes = K > 0``) add a learned class embedding (K + 1
+rows, the last the null class) to the conditioning vector before the adaLN modulations read it, as
+DiT does; ``model(x_t, sigma_bar, class_labels=...)`` picks the class per sequence.
+
 Time-independent absorbing models (``config.time_conditioning=False``, RADD-style) have no time
 embedding: the adaLN conditioning vector is one learned constant, and the head predicts
 p(x0_i = y | x_t) over the N real tokens; log-scores are log p(y | x_t) - log(e^sigma_bar - 1) at
@@ -261,6 +265,8 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
             self.time_embed = TimeEmbedding(config.time_embed_dim, config.cond_dim)
         else:  # a time-independent network never reads sigma_bar (see time_independent)
             self.cond_embed = ConstantCondition(config.cond_dim)
+        if config.num_classes:  # K classes and the null class K
+            self.class_embed = nn.Embedding(config.num_classes + 1, config.cond_dim)
         self.layers = nn.ModuleList(DDLMBlock(config) for _ in range(config.num_hidden_layers))
         self.final_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.final_modulation = Modulation(config.cond_dim, config.hidden_size, 2)
@@ -290,8 +296,32 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         """Diffusion models take ``positions=`` (the row-restricted score protocol of ``ddlm.score``)."""
         return self.config.objective != "ar"
 
+    def class_ids(self, class_labels: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
+        """Checked class ids Long[batch] of ``class_labels`` ([batch] or a scalar broadcast to every sequence;
+        None: the null class) for a class-conditional model; None for an unconditional one (which refuses labels)."""
+        num_classes = self.config.num_classes
+        if not num_classes:
+            if class_labels is not None:
+                raise ValueError("class_labels given to an unconditional model (config.num_classes=0); "
+                                 "train a class-conditional model with num_classes > 0, or leave class_labels None")
+            return None
+        if class_labels is None:
+            return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+        if not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
+            raise TypeError(f"class_labels must be an integer tensor [batch] of class ids, got {class_labels!r:.80}")
+        if class_labels.dim() == 0:
+            class_labels = class_labels.expand(batch)
+        if tuple(class_labels.shape) != (batch,):
+            raise ValueError(f"class_labels must have shape [batch] = [{batch}] (one class per sequence), got {list(class_labels.shape)}")
+        if batch and not bool(((class_labels >= 0) & (class_labels <= num_classes)).all()):
+            bad = class_labels[(class_labels < 0) | (class_labels > num_classes)][0].item()
+            raise ValueError(f"class_labels must lie in [0, {num_classes}] (classes 0..{num_classes - 1}, the null class "
+                             f"{num_classes}), got {bad}")
+        return class_labels.to(device=device, dtype=torch.long)
+
     def forward(
         self, input_ids: torch.Tensor, sigma_bar: torch.Tensor | float | None = None, positions: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids Long[B, L] in [0, S); sigma_bar: [B] or a scalar (total noise, not t) -> [B, L, S].
 
@@ -304,6 +334,10 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         head then runs only on those rows and the result is [R, S] in the order of
         ``input_ids[positions]`` (of the indices), equal to those rows of the full output. The
         transformer trunk is unchanged (every position still attends to every other).
+
+        class_labels (class-conditional models, ``config.num_classes = K > 0``): Long[B] class ids
+        in [0, K], K the null class ("no label"); None means the null class for every sequence.
+        An unconditional model refuses class_labels.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
@@ -323,7 +357,14 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         rows = None if positions is None else row_index(positions.to(input_ids.device), (batch, length))
         sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=torch.float32)
         sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
-        c = F.silu(self.time_embed(sigma_bar)) if self.config.time_conditioning else self.cond_embed(batch)
+        classes = self.class_ids(class_labels, batch, input_ids.device)
+        if self.config.time_conditioning:
+            c = self.time_embed(sigma_bar)
+            c = F.silu(c if classes is None else c + self.class_embed(classes))
+        else:
+            c = self.cond_embed(batch)
+            if classes is not None:
+                c = c + self.class_embed(classes)
         cos, sin = rotary_tables(length, self.config.head_dim, self.config.rotary_base, input_ids.device)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
