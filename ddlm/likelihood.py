@@ -5,6 +5,11 @@
 The integral is estimated per sequence from ``num_t`` times, each with one draw of x_t; the
 prior term is exact for per-token bases and Monte Carlo for a sequence-level ``base``. With the
 exact ratios and the exact terminal marginal as base the bound is an equality.
+
+``conditional_nll_bound`` bounds -log p(x0[free] | x0[fixed]): the fixed positions are clamped to
+their tokens at every t, so the same theorem applies to the process on the free positions.
+``block_estimates`` is the dataset-level estimator: a few times per block, stratified over all
+blocks together, the standard error taken across blocks.
 """
 
 from __future__ import annotations
@@ -17,21 +22,22 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_count
-from .losses import dwdse
+from .losses import dse, dwdse
 from .processes import Graph
-from .score import ScoreFn
+from .score import ScoreFn, evaluate_score
 
 T_SAMPLING = ("stratified", "antithetic", "iid")
 
 
 @dataclass
 class NLLBound:
-    """Per-sequence bound terms in nats: integral, prior and stderr are [B]."""
+    """Per-sequence bound terms in nats: integral, prior and stderr are [B]. num_tokens: the tokens
+    bounded, an int (every position) or Long[B] (the free positions of a conditional bound)."""
 
     integral: torch.Tensor
     prior: torch.Tensor
     stderr: torch.Tensor
-    num_tokens: int
+    num_tokens: int | torch.Tensor
     num_t: int
 
     @property
@@ -41,7 +47,7 @@ class NLLBound:
 
     @property
     def per_token(self) -> torch.Tensor:
-        """The bound in nats per token, [B]."""
+        """The bound in nats per bounded token, [B]."""
         return self.bound / self.num_tokens
 
     @property
@@ -93,28 +99,74 @@ def _mean_and_stderr(values: torch.Tensor, method: str) -> tuple[torch.Tensor, t
     return mean, variance.sqrt()
 
 
-def _prior_term(graph: Graph, x0: torch.Tensor, sigma_bar: torch.Tensor, base, num_samples: int, generator):
-    """KL(p_{1|0}(. | x0) || base) per sequence and its standard error, [B] each."""
+def _prior_term(graph: Graph, x0: torch.Tensor, sigma_bar: torch.Tensor, base, num_samples: int, generator, free: torch.Tensor | None = None):
+    """KL(p_{1|0}(. | x0) || base) per sequence and its standard error, [B] each; with ``free`` Bool[B, L]
+    over the free positions only (the others clamped to x0)."""
     batch, length = x0.shape
     if base is None:
-        kl = graph.prior_kl(sigma_bar).to(x0.device) * length
+        kl = graph.prior_kl(sigma_bar).to(x0.device)
+        if free is not None:
+            return kl * free.sum(1).to(kl.dtype), torch.zeros(batch, dtype=kl.dtype, device=x0.device)
+        kl = kl * length
         return kl.expand(batch).clone(), torch.zeros(batch, dtype=kl.dtype, device=x0.device)
     if isinstance(base, torch.Tensor):
         if base.shape != (graph.num_states,) or bool(torch.any(base < 0)) or abs(float(base.sum()) - 1) > 1e-6:
             raise ValueError(f"a per-token base must be a probability vector of shape [{graph.num_states}]")
         rows = graph.transition(x0, sigma_bar.to(x0.device))  # [B, L, S]
         base = base.to(rows)
-        kl = (torch.xlogy(rows, rows) - torch.xlogy(rows, base)).sum((-2, -1))
+        kl = torch.xlogy(rows, rows) - torch.xlogy(rows, base)
+        if free is not None:
+            kl = kl * free.unsqueeze(-1)
+        kl = kl.sum((-2, -1))
         return kl, torch.zeros_like(kl)
     if not callable(base):
         raise TypeError("base must be None, a probability vector [S], or a callable log p_base(x_T [n, L]) -> [n]")
-    x_T = graph.sample_transition(x0.repeat_interleave(num_samples, 0), sigma_bar.to(x0.device), generator=generator)
-    log_q = torch.log(graph.transition_prob(x0.repeat_interleave(num_samples, 0), x_T, sigma_bar.to(x0.device))).sum(-1)
+    x0_rep = x0.repeat_interleave(num_samples, 0)
+    x_T = graph.sample_transition(x0_rep, sigma_bar.to(x0.device), generator=generator)
+    log_q = torch.log(graph.transition_prob(x0_rep, x_T, sigma_bar.to(x0.device)))
+    if free is not None:
+        free_rep = free.repeat_interleave(num_samples, 0)
+        x_T = torch.where(free_rep, x_T, x0_rep)
+        log_q = torch.where(free_rep, log_q, torch.zeros_like(log_q))
+    log_q = log_q.sum(-1)
     log_base = torch.as_tensor(base(x_T), dtype=log_q.dtype, device=x0.device)
     if log_base.shape != log_q.shape:
         raise ValueError(f"base must return one log-probability per sequence, shape [{log_q.shape[0]}], got {list(log_base.shape)}")
     values = (log_q - log_base).reshape(batch, num_samples)
     return values.mean(1), values.std(1) / math.sqrt(num_samples)
+
+
+def clamped_dwdse(score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, free: torch.Tensor, t: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """sigma(t) * sum over free positions of DSE_i, one draw of x_t each, the other positions clamped to x0: [B] nats.
+
+    x0: Long[B, L] clean tokens; free: Bool[B, L]; t: [B] times in (0, 1]. x_t is drawn for every
+    position (the same random stream as ``ddlm.losses.dwdse``) and the fixed positions are reset to
+    x0 before the score function sees it; only the free rows of the score are asked for
+    (row-restricted scores, ``ddlm.score``). With ``free`` all True this is ``dwdse``.
+    """
+    sigma_bar = noise.total(t)
+    x_t = torch.where(free, graph.sample_transition(x0, sigma_bar[:, None], generator=generator), x0)
+    log_score = evaluate_score(score_fn, x_t, sigma_bar, graph.num_states, positions=free)  # [R, S]
+    rows = free.nonzero()
+    per_row = dse(log_score, x_t[free], x0[free], sigma_bar[rows[:, 0]], graph)
+    total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device).index_add_(0, rows[:, 0], per_row.double())
+    return noise.rate(t) * total
+
+
+def _integral(integrand, x0: torch.Tensor, num_t: int, generator, t_sampling: str, t_power: float, batch_size: int | None, progress: bool):
+    """The t integral per sequence and its standard error, [B] each; ``integrand(rows Long[n], t [n]) -> [n]``
+    evaluates sequences x0[rows] at times t, at most ``batch_size`` per call."""
+    batch = x0.shape[0]
+    times, weights = sample_times(batch, num_t, t_sampling, t_power, generator, x0.device)  # [B, num_t]
+    flat_t = times.t().reshape(-1)  # time-major, so a chunk covers whole sequences
+    chunk = batch_size or batch
+    values = []
+    for start in tqdm(range(0, flat_t.numel(), chunk), desc="nll bound", disable=not progress):
+        stop = min(start + chunk, flat_t.numel())
+        rows = torch.arange(start, stop, device=x0.device) % batch
+        values.append(integrand(rows, flat_t[start:stop]).double())
+    return _mean_and_stderr(torch.cat(values).reshape(num_t, batch).t() * weights, t_sampling)
 
 
 @torch.no_grad()
@@ -148,16 +200,190 @@ def nll_bound(
     graph.check_clean(x0)
     if x0.dim() != 2:
         raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")
-    batch, length = x0.shape
-    times, weights = sample_times(batch, num_t, t_sampling, t_power, generator, x0.device)  # [B, num_t]
-    flat_t = times.t().reshape(-1)  # time-major, so a chunk covers whole sequences
-    flat_x0 = x0.repeat(num_t, 1)
-    chunk = batch_size or batch
-    values = []
-    for start in tqdm(range(0, flat_t.numel(), chunk), desc="nll bound", disable=not progress):
-        stop = start + chunk
-        values.append(dwdse(score_fn, graph, noise, flat_x0[start:stop], flat_t[start:stop], generator).double())
-    integrand = torch.cat(values).reshape(num_t, batch).t() * weights
-    integral, integral_se = _mean_and_stderr(integrand, t_sampling)
+    integral, integral_se = _integral(lambda rows, t: dwdse(score_fn, graph, noise, x0[rows], t, generator),
+                                      x0, num_t, generator, t_sampling, t_power, batch_size, progress)
     prior, prior_se = _prior_term(graph, x0, noise.total(1.0), base, num_t, generator)
-    return NLLBound(integral, prior, torch.sqrt(integral_se**2 + prior_se**2), length, num_t)
+    return NLLBound(integral, prior, torch.sqrt(integral_se**2 + prior_se**2), x0.shape[1], num_t)
+
+
+def check_fixed(x0: torch.Tensor, fixed) -> torch.Tensor:
+    """``fixed`` as Bool[B, L] on x0's device: a Bool tensor of x0's shape (or [L], shared by every row) that
+    leaves at least one free position in every row; a ValueError / TypeError naming it otherwise."""
+    if not isinstance(fixed, torch.Tensor) or fixed.dtype != torch.bool:
+        raise TypeError(f"fixed must be a Bool tensor [B, L] (True: a context position), got {type(fixed).__name__}"
+                        f"{'' if not isinstance(fixed, torch.Tensor) else ' of dtype ' + str(fixed.dtype)}")
+    if fixed.dim() == 1 and x0.dim() == 2 and fixed.shape[0] == x0.shape[1]:
+        fixed = fixed.expand_as(x0)
+    if tuple(fixed.shape) != tuple(x0.shape):
+        raise ValueError(f"fixed must have the shape of x0 {list(x0.shape)} (or [L]), got {list(fixed.shape)}")
+    fixed = fixed.to(x0.device)
+    empty = (~fixed).sum(1) == 0
+    if bool(empty.any()):
+        raise ValueError(f"fixed leaves no free position in row {int(empty.nonzero()[0])}: there is nothing to bound")
+    return fixed
+
+
+@torch.no_grad()
+def conditional_nll_bound(
+    score_fn: ScoreFn,
+    graph: Graph,
+    noise,
+    x0: torch.Tensor,
+    fixed: torch.Tensor,
+    num_t: int = 128,
+    generator: torch.Generator | None = None,
+    *,
+    t_sampling: str = "stratified",
+    t_power: float = 2.0,
+    base: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> NLLBound:
+    """Upper bound on -log p(x0[free] | x0[fixed]) per sequence of x0 Long[B, L], free = ~fixed Bool[B, L].
+
+    The fixed positions are clamped to x0 at every t: the forward noise acts on the free positions
+    only, the score function sees the clamped x_t, and the DSE integral and the prior term are
+    summed over the free positions. ``num_tokens`` of the result is Long[B], the free positions
+    per row, so ``per_token`` and ``ppl`` are per bounded (free) token. Other arguments as in
+    ``nll_bound``; a callable ``base`` receives x_T with the fixed positions clamped and must return
+    log p_base of its free positions.
+
+    What it bounds. With any score function the clamped reverse process (the free positions move
+    with rates sigma(t) Q[y, x] s(x)_y computed on the clamped sequence, the fixed ones never move;
+    what ``ddlm.sampling.sample(..., fixed=...)`` discretises) has a law p_theta(free | fixed), and
+    the theorem of ``nll_bound``, applied to that process, bounds -log p_theta(x0[free] | x0[fixed]).
+    Absorbing graphs: a clamped real token has the law of an unmasked one, so the exact ratios
+    on the clamped sequence are exactly the ratios of the conditional law's forward marginals;
+    with exact ratios and the exact conditional terminal marginal as base the bound is an
+    equality, and it bounds the data's -log p(continuation | context) as tightly as the model
+    allows. Uniform graphs: a clamped token is read as a *noised* token that happens to show
+    its clean value, so even exact ratios are those of p_t(free | noised context = context),
+    not of the conditional law's marginals; the bound still holds for the model's clamped
+    process (p_theta above), but that process is not the data's conditional even with a perfect
+    model, so the value is not a bound on the data's conditional -log p.
+    """
+    check_count("batch_size", batch_size, allow_none=True)
+    graph.check_clean(x0)
+    if x0.dim() != 2:
+        raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")
+    free = ~check_fixed(x0, fixed)
+    integral, integral_se = _integral(lambda rows, t: clamped_dwdse(score_fn, graph, noise, x0[rows], free[rows], t, generator),
+                                      x0, num_t, generator, t_sampling, t_power, batch_size, progress)
+    prior, prior_se = _prior_term(graph, x0, noise.total(1.0), base, num_t, generator, free)
+    return NLLBound(integral, prior, torch.sqrt(integral_se**2 + prior_se**2), free.sum(1), num_t)
+
+
+def pooled_times(num_blocks: int, t_per_block: int, method: str = "stratified", power: float = 2.0,
+                 generator: torch.Generator | None = None, device=None):
+    """Times for the dataset-level estimator: (t, dt/du), each [num_blocks, t_per_block] float64.
+
+    stratified: the num_blocks * t_per_block draws of u share one stratification of (0, 1] (one
+    uniform draw in each of that many equal strata), the strata dealt to the (block, t) slots in a
+    random order, so every slot's u is uniform on its own (each block's estimate is unbiased) and the
+    dataset's times cover (0, 1] evenly. antithetic: pairs u, 1 - u within each block (even
+    t_per_block). iid: independent u. t = u^power as in ``sample_times``.
+    """
+    if method not in T_SAMPLING:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {method!r}")
+    check_count("t_per_block", t_per_block)
+    if method == "antithetic" and t_per_block % 2:
+        raise ValueError(f"antithetic t needs an even t_per_block (pairs u, 1 - u), got {t_per_block}")
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 1 <= power < math.inf:
+        raise ValueError(f"t_power must be a finite number >= 1, got {power!r}")
+    slots = num_blocks * t_per_block
+    u = 1 - torch.rand(slots, generator=generator, dtype=torch.float64, device=device)  # (0, 1]
+    if method == "stratified":
+        order = torch.randperm(slots, generator=generator, device=device).to(torch.float64)
+        u = (order + u) / slots
+    u = u.reshape(num_blocks, t_per_block)
+    if method == "antithetic":
+        half = u[:, : t_per_block // 2]
+        u = torch.stack([half, 1 - half], dim=-1).reshape(num_blocks, t_per_block)
+    u = u.clamp(min=torch.finfo(torch.float64).eps, max=1.0)
+    return u**power, power * u ** (power - 1)
+
+
+@dataclass
+class BlockEstimates:
+    """The dataset-level estimator's output: per block one unbiased estimate of its bound, nats.
+
+    integral, prior: [n] float64; num_tokens: Long[n]; t_per_block: times per block. The
+    estimates of different blocks are independent apart from sharing one stratification of t
+    (which only lowers the variance of their sum), so ``total`` takes the standard error of the sum
+    from the spread across blocks. That spread also holds the blocks' true differences, so the
+    standard error is conservative (too large, never too small, in expectation).
+    """
+
+    integral: torch.Tensor
+    prior: torch.Tensor
+    num_tokens: torch.Tensor
+    t_per_block: int
+
+    @property
+    def bound(self) -> torch.Tensor:
+        """Per-block estimates of the upper bound on -log p(block), nats [n]."""
+        return self.integral + self.prior
+
+    def total(self, index: torch.Tensor | None = None) -> tuple[float, float]:
+        """(estimate of the summed bound, its standard error sqrt(n var)) over the blocks ``index`` (default all);
+        a ValueError for fewer than 2 blocks (no spread to take an error from)."""
+        values = self.bound if index is None else self.bound[index]
+        if values.numel() < 2:
+            raise ValueError("the dataset-level estimator takes its standard error across blocks and needs at least 2 "
+                             f"blocks, got {values.numel()}; use the per-text estimator (nll_bound)")
+        return float(values.sum()), float(values.var() * values.numel()) ** 0.5
+
+
+@torch.no_grad()
+def block_estimates(
+    score_fn: ScoreFn,
+    graph: Graph,
+    noise,
+    blocks,
+    t_per_block: int = 1,
+    generator: torch.Generator | None = None,
+    *,
+    t_sampling: str = "stratified",
+    t_power: float = 2.0,
+    base: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> BlockEstimates:
+    """The dataset-level estimator of the bound: ``t_per_block`` times per block (``pooled_times``), one draw of
+    x_t each, instead of ``nll_bound``'s many times per sequence.
+
+    blocks: a sequence of Long[L_b] token blocks (lengths may differ; equal lengths share score_fn
+    calls of at most ``batch_size`` sequences, default all of a length). base and t_power as in
+    ``nll_bound`` (a callable base is estimated with ``t_per_block`` draws). Model calls per token:
+    t_per_block / block length, against num_t / block length for ``nll_bound``.
+    """
+    check_count("batch_size", batch_size, allow_none=True)
+    if isinstance(blocks, torch.Tensor):
+        blocks = list(blocks)
+    if not len(blocks):
+        raise ValueError("blocks is empty; nothing to bound")
+    for index, block in enumerate(blocks):
+        if not isinstance(block, torch.Tensor) or block.dim() != 1 or not block.numel():
+            raise ValueError(f"blocks[{index}] must be a non-empty Long[L] tensor")
+        graph.check_clean(block, f"blocks[{index}]")
+    device = blocks[0].device
+    times, weights = pooled_times(len(blocks), t_per_block, t_sampling, t_power, generator, device)
+    lengths = torch.tensor([block.numel() for block in blocks])
+    integral = torch.zeros(len(blocks), dtype=torch.float64, device=device)
+    prior = torch.zeros(len(blocks), dtype=torch.float64, device=device)
+    with tqdm(total=len(blocks), desc="nll bound", unit="block", disable=not progress) as bar:
+        for length in lengths.unique().tolist():
+            members = (lengths == length).nonzero().squeeze(1).to(device)
+            x0 = torch.stack([blocks[i] for i in members.tolist()])
+            flat_t = times[members].t().reshape(-1)  # time-major: whole blocks finish together
+            chunk = batch_size or len(members)
+            values = []
+            for start in range(0, flat_t.numel(), chunk):
+                stop = min(start + chunk, flat_t.numel())
+                rows = torch.arange(start, stop, device=device) % len(members)
+                values.append(dwdse(score_fn, graph, noise, x0[rows], flat_t[start:stop], generator).double())
+                bar.update((stop - start) / t_per_block)
+            per_time = torch.cat(values).reshape(t_per_block, len(members)).t() * weights[members]
+            integral[members] = per_time.mean(1)
+            prior[members] = _prior_term(graph, x0, noise.total(1.0), base, t_per_block, generator)[0].double()
+    return BlockEstimates(integral, prior, lengths, t_per_block)

@@ -14,8 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_count, is_int
-from .evaluation import TextBound, blocks_by_length, load_model, text_blocks
-from .likelihood import nll_bound
+from .evaluation import (DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, ConditionalScore, TextBound, blocks_by_length, encode_pairs,
+                         load_model, model_batch_size, text_blocks)
+from .likelihood import block_estimates, conditional_nll_bound, nll_bound
 from .model import DDLMForDiffusion
 from .processes import Graph
 from .sampling import sample
@@ -584,8 +585,9 @@ class DiffusionPipeline:
     def nll_bound(
         self,
         texts: Sequence[str],
-        num_t: int = 128,
+        num_t: int | None = None,
         *,
+        estimator: str = "per-text",
         batch_size: int | None = None,
         generator: torch.Generator | None = None,
         seed: int | None = None,
@@ -596,22 +598,134 @@ class DiffusionPipeline:
 
         Texts are tokenised without special tokens and cut into blocks of the model's maximum
         length (the last one shorter); blocks are bounded independently and their bounds summed.
-        num_t: times per block; batch_size: sequences per model call; other keyword arguments go
-        to ``ddlm.likelihood.nll_bound`` (t_sampling, t_power, base).
+        estimator: "per-text" (``ddlm.likelihood.nll_bound``: num_t times for every block, default
+        128, a standard error per block); "dataset" (``ddlm.likelihood.block_estimates``: num_t
+        times per block, default 1, stratified over all of a text's blocks, the standard error
+        taken across its blocks: needs at least 2 blocks per text); "auto": "dataset" for a text
+        of at least ``DATASET_MIN_BLOCKS`` (16) blocks, "per-text" otherwise. Model calls per
+        token: num_t / block length either way, so the dataset estimator at its default costs
+        1/128 of the per-text one. batch_size: sequences per model call (default
+        ``ddlm.evaluation.default_batch_size``: bounded by the available memory); other keyword
+        arguments go to the bound (t_sampling, t_power, base). The progress bar counts blocks.
+        """
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        check_count("num_t", num_t, allow_none=True)
+        check_count("batch_size", batch_size, allow_none=True)
+        generator = self._generator(generator, seed)
+        per_text = text_blocks(self.tokenizer, texts, self.max_length)
+        chosen = [estimator if estimator != "auto" else "dataset" if len(blocks) >= DATASET_MIN_BLOCKS else "per-text" for blocks in per_text]
+        for index, (kind, blocks) in enumerate(zip(chosen, per_text)):
+            if kind == "dataset" and len(blocks) < 2:
+                raise ValueError(f"text {index} is one block; the dataset estimator takes its standard error across blocks "
+                                 "and needs at least 2: use estimator='per-text' (or 'auto')")
+        bounds: list[TextBound | None] = [None] * len(texts)
+        total_blocks = sum(len(blocks) for kind, blocks in zip(chosen, per_text) if kind == "per-text")
+        with tqdm(total=total_blocks, desc="nll bound (per-text)", unit="block", disable=not progress or not total_blocks) as bar:
+            self._per_text_bounds(texts, per_text, chosen, bounds, num_t or DEFAULT_NUM_T["per-text"], batch_size, generator, bar,
+                                  bound_kwargs)
+        for index, (text, kind, blocks) in enumerate(zip(texts, chosen, per_text)):
+            if kind != "dataset":
+                continue
+            t_per_block = num_t or DEFAULT_NUM_T["dataset"]
+            ids = [torch.tensor(block, device=self.device) for block in blocks]
+            estimates = block_estimates(self.score_fn, self.graph, self.noise, ids, t_per_block, generator,
+                                        batch_size=batch_size or model_batch_size(self.model, self.max_length, self.device, self.graph.num_states),
+                                        progress=progress, **bound_kwargs)
+            total, stderr = estimates.total()
+            integral = float(estimates.integral.sum())
+            bounds[index] = TextBound(sum(map(len, blocks)), len(text.encode()), len(blocks), integral, total - integral, stderr,
+                                      t_per_block, "dataset", t_per_block * len(blocks))
+        return bounds
+
+    def _per_text_bounds(self, texts, per_text, chosen, bounds, num_t, batch_size, generator, bar, bound_kwargs) -> None:
+        """Fill ``bounds`` for the texts whose estimator is "per-text": each length's blocks in groups small enough
+        that one group's num_t copies fit in one model call of ``batch_size`` (default: memory-bounded)."""
+        selected = [blocks if kind == "per-text" else [] for kind, blocks in zip(chosen, per_text)]
+        parts = [[] for _ in texts]  # per text, per block: (integral, prior, stderr, tokens)
+        for length, members in sorted(blocks_by_length(selected).items()):
+            step = batch_size or model_batch_size(self.model, length, self.device, self.graph.num_states)
+            group = max(1, step // num_t)
+            for start in range(0, len(members), group):
+                chunk = members[start:start + group]
+                x0 = torch.tensor([ids for _, ids in chunk], device=self.device)
+                result = nll_bound(self.score_fn, self.graph, self.noise, x0, num_t, generator, batch_size=step, **bound_kwargs)
+                for row, (index, _) in enumerate(chunk):
+                    parts[index].append((float(result.integral[row]), float(result.prior[row]), float(result.stderr[row]), length))
+                bar.update(len(chunk))
+        for index, (text, text_parts) in enumerate(zip(texts, parts)):
+            if not text_parts:
+                continue
+            integral, prior, stderr, tokens = zip(*text_parts)
+            bounds[index] = TextBound(sum(tokens), len(text.encode()), len(text_parts), sum(integral), sum(prior),
+                                      math.sqrt(sum(se**2 for se in stderr)), num_t, "per-text", num_t * len(text_parts))
+
+    def conditional_nll(
+        self,
+        contexts: Sequence[str],
+        continuations: Sequence[str],
+        num_t: int = 128,
+        *,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        truncate_context: bool = False,
+        progress: bool = False,
+        **bound_kwargs,
+    ) -> list[ConditionalScore]:
+        """-log p(continuation | context) per pair: an upper bound in nats with its standard error.
+
+        Each pair is tokenised as lm-evaluation-harness does (``ddlm.evaluation.encode_pair``) and
+        the sequence context + continuation (no padding; at most the model's length, else a
+        ValueError naming the pair, or with ``truncate_context`` the context keeps its last tokens)
+        is bounded with the context clamped (``ddlm.likelihood.conditional_nll_bound``, ``num_t``
+        times per pair): a bound on the data's conditional for absorbing models, on the clamped
+        reverse process's conditional for uniform ones (see there). ``.greedy``: see
+        ``ConditionalScore``. seed / generator: the random stream (generator wins if given);
+        batch_size: sequences per model call (default bounded by the available memory); other
+        keyword arguments go to the bound (t_sampling, t_power, base).
         """
         check_count("num_t", num_t)
         check_count("batch_size", batch_size, allow_none=True)
-        generator = self._generator(generator, seed)
-        groups = blocks_by_length(text_blocks(self.tokenizer, texts, self.max_length))
-        parts = [[] for _ in texts]  # per text, per block: (integral, prior, stderr, tokens)
-        for length, members in tqdm(sorted(groups.items()), desc="nll bound", disable=not progress):
-            x0 = torch.tensor([ids for _, ids in members], device=self.device)
-            result = nll_bound(self.score_fn, self.graph, self.noise, x0, num_t, generator, batch_size=batch_size, **bound_kwargs)
-            for row, (index, _) in enumerate(members):
-                parts[index].append((float(result.integral[row]), float(result.prior[row]), float(result.stderr[row]), length))
-        bounds = []
-        for text, text_parts in zip(texts, parts):
-            integral, prior, stderr, tokens = zip(*text_parts)
-            bounds.append(TextBound(sum(tokens), len(text.encode()), len(text_parts), sum(integral), sum(prior),
-                                    math.sqrt(sum(se**2 for se in stderr)), num_t))
-        return bounds
+        generator = self._generator(generator, None if generator is not None else seed)
+        pairs = encode_pairs(self.tokenizer, contexts, continuations, self.max_length, truncate_context=truncate_context)
+        groups: dict[int, list[int]] = {}
+        for index, (context_ids, continuation_ids) in enumerate(pairs):
+            groups.setdefault(len(context_ids) + len(continuation_ids), []).append(index)
+        scores: list[ConditionalScore | None] = [None] * len(pairs)
+        with tqdm(total=len(pairs), desc="conditional bound", disable=not progress) as bar:
+            for length, members in sorted(groups.items()):
+                step = batch_size or model_batch_size(self.model, length, self.device, self.graph.num_states)
+                group = max(1, step // num_t)
+                for start in range(0, len(members), group):
+                    chunk = members[start:start + group]
+                    x0 = torch.tensor([pairs[i][0] + pairs[i][1] for i in chunk], device=self.device)
+                    fixed = torch.zeros_like(x0, dtype=torch.bool)
+                    for row, index in enumerate(chunk):
+                        fixed[row, :len(pairs[index][0])] = True
+                    result = conditional_nll_bound(self.score_fn, self.graph, self.noise, x0, fixed, num_t, generator,
+                                                   batch_size=step, **bound_kwargs)
+                    greedy = self._greedy(x0, fixed)
+                    for row, index in enumerate(chunk):
+                        scores[index] = ConditionalScore(float(result.bound[row]), float(result.stderr[row]), len(pairs[index][1]),
+                                                         None if greedy is None else bool(greedy[row]), num_t)
+                    bar.update(len(chunk))
+        return scores
+
+    @torch.no_grad()
+    def _greedy(self, x0: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor | None:
+        """Bool[B]: whether every free token of x0 Long[B, L] is the argmax over real tokens of the model's p(x0_i | x_t)
+        with all free positions masked (absorbing; one model call at the sigma_bar whose mask probability
+        1 - e^-sigma_bar is the masked fraction); None for graphs without a mask."""
+        mask_id = self.graph.mask_id
+        if mask_id is None:
+            return None
+        free = ~fixed
+        fraction = free.double().mean(1).clamp(max=1 - 1e-6)
+        sigma_bar = (-torch.log1p(-fraction)).clamp(max=float(self.noise.total(1.0))).to(self.device)
+        x_t = torch.where(free, torch.full_like(x0, mask_id), x0)
+        log_score = self.score_fn(x_t, sigma_bar, positions=free)  # [R, S]: p(x0_i = y | x_t) is proportional to s_y
+        hits = (log_score[:, :mask_id].argmax(-1) == x0[free]).long()
+        rows = free.nonzero()[:, 0]
+        misses = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device).index_add_(0, rows, 1 - hits)
+        return misses == 0
