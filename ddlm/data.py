@@ -5,6 +5,10 @@ Documents (one string each) come from the offline ``python-docs`` corpus, local 
 tokenised without special tokens, an EOS id is appended after every document, the ids are
 concatenated and cut into ``block_size`` blocks (the final remainder is dropped).
 
+Several sources (``DataConfig.sources``) are packed one by one (no block mixes two sources) and
+concatenated; a source may carry a class label, which every block of it keeps (``TokenBlocks.labels``)
+for class-conditional training.
+
 ``TokenBlocks`` holds the blocks in memory; its ``batches`` is a pure function of
 ``(seed, step)``, so a resumed run sees exactly the batches an uninterrupted one would.
 ``StreamingBlocks`` offers the same ``batches`` for corpora read as a stream.
@@ -18,6 +22,7 @@ import glob
 import hashlib
 import itertools
 import json
+import dataclasses
 import os
 import sys
 import sysconfig
@@ -49,6 +54,12 @@ class DataConfig:
     hub source and a local file, directory or glob otherwise; ``None`` holds out
     ``validation_fraction`` of the blocks (the first ``STREAM_VALIDATION_BLOCKS`` of a stream).
     ``block_size`` is in tokens.
+
+    ``sources``: instead of ``source``, a list of sources ``{"source": PATH_OR_NAME, "label": INT}``
+    (``label`` optional; given for all of them or for none), each read as ``source`` would be and
+    packed on its own, in order. Labels are class ids for a class-conditional model (``model.num_classes``).
+    With sources the validation blocks are a held-out ``validation_fraction`` (no ``validation_split``)
+    and ``streaming`` is off.
     """
 
     source: str = PYTHON_DOCS
@@ -59,6 +70,7 @@ class DataConfig:
     streaming: bool = False
     block_size: int = 1024
     cache_dir: str | None = None
+    sources: list[dict] | None = None
 
     def __post_init__(self):
         refuse_invalid("data", {
@@ -70,7 +82,44 @@ class DataConfig:
             "streaming": (isinstance(self.streaming, bool), "true or false"),
             "block_size": (is_int(self.block_size, 2), "an int >= 2"),
             "cache_dir": (self.cache_dir is None or is_text(self.cache_dir), "null or a non-empty path"),
+            "sources": (self.sources is None or (isinstance(self.sources, list) and len(self.sources) > 0),
+                        "null, or a non-empty list of {source: PATH, label: CLASS} mappings (a label for every source or none)"),
         }, self)
+        if self.sources is not None:
+            self._check_sources()
+
+    def _check_sources(self) -> None:
+        """ValueError naming the first malformed entry of ``sources`` or the setting it conflicts with."""
+        if not isinstance(self.sources, list) or not self.sources:
+            raise ValueError(f"data.sources must be a non-empty list of {{source: PATH, label: INT}} entries, got {self.sources!r}")
+        for i, entry in enumerate(self.sources):
+            if not isinstance(entry, dict):
+                raise ValueError(f"data.sources[{i}] must be a mapping {{source: PATH, label: INT}}, got {entry!r}")
+            if unknown := sorted(set(entry) - {"source", "label"}, key=str):
+                raise ValueError(f"data.sources[{i}] has unknown keys {unknown}; valid keys: ['label', 'source']")
+            if not is_text(entry.get("source")):
+                raise ValueError(f"data.sources[{i}].source must be a non-empty corpus name, path or glob, got {entry.get('source')!r}")
+            if "label" in entry and not is_int(entry["label"], 0):
+                raise ValueError(f"data.sources[{i}].label must be an int >= 0 (a class id), got {entry['label']!r}")
+        if len({"label" in entry for entry in self.sources}) > 1:
+            raise ValueError("data.sources: give a label to every source or to none")
+        conflicts = {"source": self.source != PYTHON_DOCS, "validation_split": self.validation_split is not None, "streaming": self.streaming}
+        if bad := [name for name, conflict in conflicts.items() if conflict]:
+            raise ValueError(f"data.sources replaces data.source, holds out validation_fraction of its blocks and is read "
+                             f"in memory: leave {', '.join('data.' + name for name in bad)} unset")
+
+    @property
+    def labels(self) -> list[int] | None:
+        """The class label of each source, or None for unlabelled data."""
+        if not self.sources or "label" not in self.sources[0]:
+            return None
+        return [entry["label"] for entry in self.sources]
+
+    def per_source(self) -> list[DataConfig]:
+        """One config per source (``source`` set, ``sources`` unset), or ``[self]`` without sources."""
+        if not self.sources:
+            return [self]
+        return [dataclasses.replace(self, source=entry["source"], sources=None) for entry in self.sources]
 
 
 # ----------------------------------------------------------------------------- python-docs
@@ -137,8 +186,12 @@ def load_documents(config: DataConfig, split: str = "train") -> Iterable[str]:
 
     A local path or glob is resolved now (``FileNotFoundError`` if nothing matches); files and hub
     datasets are read lazily as the result is iterated (``ValueError`` naming the available columns
-    if ``config.text_field`` is not one of them).
+    if ``config.text_field`` is not one of them). With ``config.sources``: every source's documents in order.
     """
+    if config.sources:
+        if split != "train":
+            raise ValueError("data.sources have no validation split (validation blocks are held out of the training blocks)")
+        return itertools.chain.from_iterable([load_documents(one, split) for one in config.per_source()])
     source, hub_split = _split_source(config, split)
     if source == PYTHON_DOCS:
         return _read_python_docs()
@@ -271,13 +324,26 @@ def _pack(documents: Iterable[str], tokenizer, block_size: int, progress: bool =
 class TokenBlocks:
     """Fixed-length blocks of token ids, Long[num_blocks, block_size]; documents joined with EOS between them.
 
-    Stored as int32, returned as int64 (Long) on access.
+    Stored as int32, returned as int64 (Long) on access. ``labels``: Long[num_blocks] class ids of
+    labelled blocks (``DataConfig.sources`` with labels), else None; kept by ``split`` and returned by
+    ``batches(..., with_labels=True)`` (the cache file holds tokens only).
     """
 
-    def __init__(self, tokens: torch.Tensor):
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor | None = None):
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [num_blocks, block_size], got shape {tuple(tokens.shape)}")
+        if labels is not None and tuple(labels.shape) != tokens.shape[:1]:
+            raise ValueError(f"labels must be [num_blocks] = [{tokens.shape[0]}], got shape {tuple(labels.shape)}")
         self.tokens = tokens.to(torch.int32).contiguous()
+        self.labels = None if labels is None else labels.long()
+
+    @classmethod
+    def concatenate(cls, parts: list[TokenBlocks], labels: list[int] | None = None) -> TokenBlocks:
+        """The blocks of ``parts`` in order; with ``labels``, every block of ``parts[i]`` labelled ``labels[i]``."""
+        tokens = torch.cat([part.tokens for part in parts])
+        if labels is None:
+            return cls(tokens)
+        return cls(tokens, torch.cat([torch.full((len(part),), label, dtype=torch.long) for part, label in zip(parts, labels)]))
 
     @classmethod
     def build(cls, documents: Iterable[str], tokenizer, block_size: int, *, cache_path: str | None = None, progress: bool = False) -> TokenBlocks:
@@ -331,8 +397,8 @@ class TokenBlocks:
         if num_val >= len(self):
             raise ValueError(f"{len(self)} blocks cannot hold out {num_val} and keep any for training")
         order = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))).permutation(len(self))
-        val, train = np.sort(order[:num_val]), np.sort(order[num_val:])
-        return TokenBlocks(self.tokens[torch.from_numpy(train)]), TokenBlocks(self.tokens[torch.from_numpy(val)])
+        parts = [torch.from_numpy(np.sort(part)) for part in (order[num_val:], order[:num_val])]
+        return tuple(TokenBlocks(self.tokens[part], None if self.labels is None else self.labels[part]) for part in parts)
 
     def indices(self, step: int, global_batch_size: int, seed: int = 0) -> torch.Tensor:
         """Block indices of the global batch of ``step``, Long[global_batch_size].
@@ -348,18 +414,24 @@ class TokenBlocks:
             out[here] = _epoch_permutation(len(self), seed, int(epoch))[positions[here] % len(self)]
         return torch.from_numpy(out)
 
-    def batches(self, start_step: int, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> Iterator[torch.Tensor]:
+    def batches(self, start_step: int, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                with_labels: bool = False) -> Iterator[torch.Tensor]:
         """Long[global_batch_size // world_size, block_size] for steps start_step, start_step + 1, ... (endless).
 
         Rank ``rank`` takes its contiguous slice of each step's global batch (see ``indices``).
+        with_labels: yield ``(tokens, labels)`` pairs, labels Long[global_batch_size // world_size]
+        (labelled blocks only).
         """
         local = _check_batching(start_step, global_batch_size, rank, world_size)
         if len(self) < global_batch_size:
             raise ValueError(f"{len(self)} blocks are fewer than one global batch of {global_batch_size}")
+        if with_labels and self.labels is None:
+            raise ValueError("with_labels=True needs labelled blocks (data.sources with a label each)")
 
         def generate():
             for step in itertools.count(start_step):
-                yield self[self.indices(step, global_batch_size, seed)[rank * local:(rank + 1) * local]]
+                index = self.indices(step, global_batch_size, seed)[rank * local:(rank + 1) * local]
+                yield (self[index], self.labels[index]) if with_labels else self[index]
 
         return generate()
 
@@ -408,13 +480,17 @@ class StreamingBlocks:
             if count <= self.skip_blocks:
                 raise ValueError(f"the stream holds {count} blocks of {self.block_size} tokens, none left after {self.skip_blocks} held out")
 
-    def batches(self, start_step: int, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> Iterator[torch.Tensor]:
+    def batches(self, start_step: int, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                with_labels: bool = False) -> Iterator[torch.Tensor]:
         """Long[global_batch_size // world_size, block_size] for steps start_step, ... (endless).
 
         Step s covers blocks ``s * B .. (s + 1) * B - 1`` of the stream; resuming re-reads and skips the
-        earlier ones. ``seed`` is unused (the stream is read in order); it keeps the signature of ``TokenBlocks``.
+        earlier ones. ``seed`` is unused (the stream is read in order) and a stream has no labels
+        (``with_labels`` must be False); both keep the signature of ``TokenBlocks``.
         """
         local = _check_batching(start_step, global_batch_size, rank, world_size)
+        if with_labels:
+            raise ValueError("streamed blocks carry no labels (labelled data.sources are read in memory)")
 
         def generate():
             stream = self._blocks()
@@ -437,23 +513,30 @@ def build_datasets(config: DataConfig, tokenizer, *, seed: int = 0, progress: bo
     ``validation_split`` documents or a held-out ``validation_fraction`` of the blocks (at least one).
     Streaming, train is a ``StreamingBlocks`` and validation the first ``STREAM_VALIDATION_BLOCKS``
     blocks of the validation split, or of the stream (then excluded from training).
+    With ``config.sources``: each source packed (and cached) on its own, the blocks concatenated in
+    order (labelled if the sources are), then a ``validation_fraction`` held out.
     """
     eos_id(tokenizer)
     block_size = config.block_size
+    if config.sources:
+        parts = [_build_blocks(one, tokenizer, "train", progress) for one in config.per_source()]
+        return TokenBlocks.concatenate(parts, config.labels).split(config.validation_fraction, seed)
     if config.streaming:
         if config.validation_split is not None:
             return StreamingBlocks(lambda: load_documents(config, "train"), tokenizer, block_size), _first_blocks(load_documents(config, "validation"), tokenizer, block_size)
         validation = _first_blocks(load_documents(config, "train"), tokenizer, block_size)
         return StreamingBlocks(lambda: load_documents(config, "train"), tokenizer, block_size, skip_blocks=len(validation)), validation
 
-    def build(split: str) -> TokenBlocks:
-        path = None if config.cache_dir is None else os.path.join(config.cache_dir, f"blocks-{_cache_key(config, tokenizer, split)}.safetensors")
-        return TokenBlocks.build(load_documents(config, split), tokenizer, block_size, cache_path=path, progress=progress)
-
-    train = build("train")
+    train = _build_blocks(config, tokenizer, "train", progress)
     if config.validation_split is not None:
-        return train, build("validation")
+        return train, _build_blocks(config, tokenizer, "validation", progress)
     return train.split(config.validation_fraction, seed)
+
+
+def _build_blocks(config: DataConfig, tokenizer, split: str, progress: bool) -> TokenBlocks:
+    """The packed blocks of one source's ``split``, cached under ``config.cache_dir`` if set."""
+    path = None if config.cache_dir is None else os.path.join(config.cache_dir, f"blocks-{_cache_key(config, tokenizer, split)}.safetensors")
+    return TokenBlocks.build(load_documents(config, split), tokenizer, config.block_size, cache_path=path, progress=progress)
 
 
 def _first_blocks(documents: Iterable[str], tokenizer, block_size: int) -> TokenBlocks:

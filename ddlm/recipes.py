@@ -26,6 +26,7 @@ RECIPES_DIR = Path(resources.files("ddlm.builtin_recipes"))
 OBJECTIVES = ("diffusion", "ar")
 DECAYS = ("constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+DEFAULT_LABEL_DROPOUT = 0.1  # classifier-free guidance's usual rate of training on the null class
 MIN_BPE_VOCAB = 257  # a byte-level BPE: 256 bytes and EOS
 PLACEHOLDER_VOCAB = 50257  # vocab_size while validating a recipe's model section (the tokenizer sets the real one)
 SCALAR_KINDS = {"int": int, "float": float, "str": str, "bool": bool, "bool | None": bool | None}  # DDLMConfig's annotations
@@ -91,6 +92,7 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0
     ema: float = 0.9999  # 0 disables EMA weights
     t_min: float = 1e-3  # diffusion times are drawn from U[t_min, 1]
+    label_dropout: float | None = None  # class-conditional models: P(label -> null class); None: DEFAULT_LABEL_DROPOUT
     mixed_precision: str = "no"
     seed: int = 0
     log_every: int = 10
@@ -126,6 +128,8 @@ class TrainConfig:
                                "a finite number > 0, or null for no clipping"),
             "ema": (is_number(self.ema) and 0 <= self.ema < 1, "a number in [0, 1)"),
             "t_min": (is_number(self.t_min) and 0 <= self.t_min < 1, "a number in [0, 1)"),
+            "label_dropout": (self.label_dropout is None or (is_number(self.label_dropout) and 0 <= self.label_dropout <= 1),
+                              "a number in [0, 1], or null for the default"),
             "seed": (is_int(self.seed, 0) and self.seed < 2**63, "an int in [0, 2^63)"),
             "eval_num_t": (is_int(self.eval_num_t, 2) and self.eval_num_t % 2 == 0, "an even int >= 2 (stratified t)"),
             "trackers": (trackers_ok, f"a list of tracker names from {trackers}"),
@@ -136,6 +140,11 @@ class TrainConfig:
             checks[name] = (is_int(getattr(self, name), 1), "an int >= 1")
         refuse_invalid("train", checks, self)
         self.accumulation_steps(1)
+
+    @property
+    def label_dropout_rate(self) -> float:
+        """The probability of replacing a class label by the null class (``label_dropout``, default 0.1)."""
+        return DEFAULT_LABEL_DROPOUT if self.label_dropout is None else float(self.label_dropout)
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per process per optimizer step; the global batch must split evenly."""
@@ -225,10 +234,27 @@ def recipe_from_dict(values: dict) -> Recipe:
         train=_build(TrainConfig, sections["train"], "train"),
     )
     try:
-        recipe.model.config(recipe.tokenizer.train_vocab_size or PLACEHOLDER_VOCAB, recipe.data.block_size, recipe.train.objective)
+        config = recipe.model.config(recipe.tokenizer.train_vocab_size or PLACEHOLDER_VOCAB, recipe.data.block_size, recipe.train.objective)
     except ValueError as error:
         raise ValueError(f"recipe model section: {error}") from None
+    _check_labels(config.num_classes, recipe.data.labels, recipe.train.label_dropout)
     return recipe
+
+
+def _check_labels(num_classes: int, labels: list[int] | None, label_dropout: float | None) -> None:
+    """ValueError unless the model's classes, the data's labels and the label dropout agree."""
+    if num_classes and labels is None:
+        raise ValueError(f"model.num_classes={num_classes} needs labelled data: give data.sources as a list of "
+                         "{source: PATH, label: CLASS} entries")
+    if labels is not None and not num_classes:
+        raise ValueError(f"data.sources carry labels {sorted(set(labels))} but the model is unconditional: set model.num_classes "
+                         f"(at least {max(labels) + 1}), or drop the labels to train on the sources unconditionally")
+    for i, label in enumerate(labels or ()):
+        if label >= num_classes:
+            raise ValueError(f"data.sources[{i}].label={label} is out of range for model.num_classes={num_classes} "
+                             f"(labels 0..{num_classes - 1}; {num_classes} is the null class)")
+    if label_dropout is not None and not num_classes:
+        raise ValueError("train.label_dropout applies to class-conditional models (model.num_classes > 0); leave it unset")
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:

@@ -112,11 +112,28 @@ def step_generator(seed: int, step: int, rank: int, device) -> torch.Generator:
     return torch.Generator(device).manual_seed(state)
 
 
-def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator) -> torch.Tensor:
-    """Scalar loss of a micro-batch, nats per token; graph and noise are the (unwrapped) model's."""
+def drop_labels(labels: torch.Tensor, probability: float, null_class: int, generator: torch.Generator) -> torch.Tensor:
+    """Labels Long[B] with each one replaced by ``null_class`` with ``probability``, independently (one
+    uniform draw per label from ``generator``): the label dropout that trains the unconditional score of
+    a class-conditional model for classifier-free guidance."""
+    coins = torch.rand(labels.shape, generator=generator, device=labels.device, dtype=torch.float64)
+    return torch.where(coins < probability, null_class, labels)
+
+
+def with_labels(model, class_labels: torch.Tensor | None):
+    """``model`` as a function of (input_ids, sigma_bar, ...) with ``class_labels`` fixed (Long[B], or a
+    0-dim class id for every sequence of every call); ``model`` itself for None."""
+    if class_labels is None:
+        return model
+    return lambda *args, **kwargs: model(*args, class_labels=class_labels, **kwargs)
+
+
+def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Scalar loss of a micro-batch, nats per token; graph and noise are the (unwrapped) model's.
+    class_labels: Long[B] class ids of a class-conditional model (after label dropout), else None."""
     if train.objective == "ar":
-        return ar_loss(model, x0)
-    return dwdse_loss(model, graph, noise, x0, train.t_min, generator).mean()
+        return ar_loss(with_labels(model, class_labels), x0)
+    return dwdse_loss(with_labels(model, class_labels), graph, noise, x0, train.t_min, generator).mean()
 
 
 def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
@@ -141,18 +158,22 @@ def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
 @torch.no_grad()
 def evaluate(model, recipe: Recipe, validation, accelerator, context: int | None = None) -> dict:
     """Validation metrics in nats per token: the likelihood bound (diffusion) or the exact NLL (AR, every
-    token of a block scored, the first conditioned on the ``context`` token as ``ddlm eval`` does)."""
+    token of a block scored, the first conditioned on the ``context`` token as ``ddlm eval`` does).
+    Blocks with labels (a class-conditional model) are scored given their label, one class at a time."""
     train = recipe.train
-    x0 = validation[: min(train.eval_blocks, len(validation))].to(accelerator.device)
+    count = min(train.eval_blocks, len(validation))
+    x0 = validation[:count].to(accelerator.device)
+    labels = None if validation.labels is None else validation.labels[:count].to(accelerator.device)
+    groups = [(x0, None)] if labels is None else [(x0[labels == c], c) for c in labels.unique(sorted=True)]
     model.eval()
     if train.objective == "ar":
-        nll = ar_nll(model, x0, context=context).sum().item() / x0.numel()
+        nll = sum(ar_nll(with_labels(model, c), x, context=context).sum().item() for x, c in groups) / x0.numel()
         metrics = {"eval/nll_per_token": nll, "eval/ppl": math.exp(nll)}
     else:
         generator = torch.Generator(accelerator.device).manual_seed(train.seed)
-        bound = nll_bound(model, model.graph, model.noise, x0, train.eval_num_t, generator)
-        per_token = bound.bound.sum().item() / x0.numel()
-        stderr = bound.stderr.square().sum().sqrt().item() / x0.numel()
+        bounds = [nll_bound(with_labels(model, c), model.graph, model.noise, x, train.eval_num_t, generator) for x, c in groups]
+        per_token = sum(b.bound.sum().item() for b in bounds) / x0.numel()
+        stderr = math.sqrt(sum(b.stderr.square().sum().item() for b in bounds)) / x0.numel()
         metrics = {"eval/bound_per_token": per_token, "eval/bound_stderr": stderr, "eval/ppl_bound": math.exp(per_token)}
     model.train()
     return metrics
@@ -367,18 +388,23 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
             with metrics_file.open("a") as f:
                 f.write(json.dumps({"step": 0, **untrained}) + "\n")
     bar = tqdm(total=train_cfg.steps, initial=start, desc="training", disable=not (progress and accelerator.is_main_process))
-    batches = train_blocks.batches(start, train_cfg.global_batch_size, rank, world, train_cfg.seed)
+    conditional = config.num_classes > 0
+    batches = train_blocks.batches(start, train_cfg.global_batch_size, rank, world, train_cfg.seed, with_labels=conditional)
     clock, clock_tokens = time.perf_counter(), 0
     for step in range(start + 1, train_cfg.steps + 1):
-        local = next(batches).to(accelerator.device)
+        local, labels = next(batches) if conditional else (next(batches), None)
+        local = local.to(accelerator.device)
         generator = step_generator(train_cfg.seed, step, rank, accelerator.device)
+        if conditional:  # the dropout coins come first from the step's generator: a function of (seed, step, rank)
+            labels = drop_labels(labels.to(accelerator.device), train_cfg.label_dropout_rate, config.null_class, generator)
+        micro_labels = labels.split(train_cfg.micro_batch_size) if conditional else [None] * accumulation
         loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-        for i, micro in enumerate(local.split(train_cfg.micro_batch_size)):
+        for i, (micro, micro_label) in enumerate(zip(local.split(train_cfg.micro_batch_size), micro_labels)):
             sync = contextlib.nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
             with sync:
                 try:
                     with accelerator.autocast():
-                        loss = objective_loss(model, micro, train_cfg, base.graph, base.noise, generator)
+                        loss = objective_loss(model, micro, train_cfg, base.graph, base.noise, generator, micro_label)
                 except NonFiniteScoreError:  # the network itself diverged: stop below, naming the step
                     loss_sum += math.nan
                     break

@@ -2,6 +2,7 @@
 and labelled training data with label dropout that resumes exactly."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -95,3 +96,142 @@ def test_class_label_errors():
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
             DDLMConfig.from_preset("tiny", vocab_size=11, num_classes=bad)
+
+
+# ----------------------------------------------------------------------------- labelled data and training
+
+
+def labelled_recipe(tmp_path, shared_data, **train_overrides) -> dict:
+    sources = []
+    for label, name in enumerate(("tinyshakespeare.txt", "wikitext2.valid.txt")):
+        path = tmp_path / f"source{label}.txt"
+        path.write_text((shared_data / name).read_text(encoding="utf-8")[:25_000], encoding="utf-8")
+        sources.append({"source": str(path), "label": label})
+    train_section = dict(steps=8, global_batch_size=8, micro_batch_size=4, lr=2e-3, warmup_steps=2, decay="cosine", ema=0.99,
+                         log_every=2, eval_every=4, eval_blocks=6, eval_num_t=2, sample_every=100, num_samples=1, sample_steps=2,
+                         save_every=2, trackers=["none"], output_dir=str(tmp_path / "run"), label_dropout=0.25)
+    train_section.update(train_overrides)
+    return {"model": {"preset": "tiny", "hidden_size": 32, "cond_dim": 16, "time_embed_dim": 16, "num_classes": 2},
+            "tokenizer": {"train_vocab_size": 300},
+            "data": {"sources": sources, "block_size": 16, "validation_fraction": 0.05, "cache_dir": str(tmp_path / "cache")},
+            "train": train_section}
+
+
+def test_labelled_sources_build_labelled_blocks(tmp_path, shared_data, byte_tokenizer):
+    from ddlm.data import DataConfig, build_datasets
+
+    data = DataConfig(**labelled_recipe(tmp_path, shared_data)["data"])
+    train_blocks, validation = build_datasets(data, byte_tokenizer, seed=0)
+    alone = [build_datasets(DataConfig(source=entry["source"], block_size=16, validation_fraction=0.05), byte_tokenizer)
+             for entry in data.sources]
+    total = [len(t) + len(v) for t, v in alone]
+    assert len(train_blocks) + len(validation) == sum(total)  # each source packed on its own
+    labels = torch.cat([train_blocks.labels, validation.labels])
+    assert labels.bincount().tolist() == total
+    # a block keeps its source's label: shakespeare blocks (label 0) are exactly the blocks of source 0
+    shakespeare = {tuple(b.tolist()) for b in torch.cat([alone[0][0][:], alone[0][1][:]])}
+    for tokens, label in zip(train_blocks[:], train_blocks.labels):
+        assert (tuple(tokens.tolist()) in shakespeare) == (label == 0)
+    tokens, batch_labels = next(train_blocks.batches(3, 8, rank=1, world_size=2, seed=5, with_labels=True))
+    index = train_blocks.indices(3, 8, seed=5)[4:]
+    assert torch.equal(tokens, train_blocks[index]) and torch.equal(batch_labels, train_blocks.labels[index])
+
+
+def test_label_dropout_statistics():
+    from ddlm.train import drop_labels
+
+    labels = torch.arange(40_000) % 3
+    for p in (0.0, 0.1, 0.5, 1.0):
+        dropped = drop_labels(labels, p, 3, torch.Generator().manual_seed(0))
+        null = dropped == 3
+        assert torch.equal(dropped[~null], labels[~null])  # kept labels are unchanged
+        rate, se = null.double().mean().item(), math.sqrt(p * (1 - p) / labels.numel())
+        assert abs(rate - p) <= 4 * se + 1e-12
+        for c in range(3):  # independent of the class
+            assert abs(null[labels == c].double().mean().item() - p) <= 4 * math.sqrt(p * (1 - p) / (labels == c).sum()) + 1e-12
+    again = drop_labels(labels, 0.3, 3, torch.Generator().manual_seed(7))
+    assert torch.equal(again, drop_labels(labels, 0.3, 3, torch.Generator().manual_seed(7)))
+
+
+def test_a_labelled_recipe_trains_and_resumes_exactly(tmp_path, shared_data, monkeypatch):
+    import ddlm.train as training
+    from ddlm.recipes import recipe_from_dict
+    from ddlm.train import latest_checkpoint, train
+
+    seen = []
+    real = training.objective_loss
+
+    def recording(model, x0, train_cfg, graph, noise, generator, class_labels=None):
+        seen.append(class_labels.clone())
+        return real(model, x0, train_cfg, graph, noise, generator, class_labels)
+
+    monkeypatch.setattr(training, "objective_loss", recording)
+    values = labelled_recipe(tmp_path, shared_data, output_dir=str(tmp_path / "straight"))
+    final = train(recipe_from_dict(values), progress=False)
+    straight = losses(tmp_path / "straight")
+    labels = torch.cat(seen)
+    assert set(labels.tolist()) == {0, 1, 2}  # both classes and the null class (dropout 0.25 over 64 labels)
+
+    calls = {"n": 0}
+
+    def crashing(*args):
+        calls["n"] += 1
+        if calls["n"] > 2 * 5:  # two micro-batches a step: step 6 crashes, after the checkpoint of step 4
+            raise RuntimeError("simulated crash")
+        return real(*args)
+
+    monkeypatch.setattr(training, "objective_loss", crashing)
+    values["train"]["output_dir"] = str(tmp_path / "crashed")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(recipe_from_dict(values), progress=False)
+    assert latest_checkpoint(tmp_path / "crashed").name == "step_00000004"
+    monkeypatch.setattr(training, "objective_loss", real)
+    train(recipe_from_dict(values), resume=True, progress=False)
+    assert losses(tmp_path / "crashed") == straight  # exactly, float for float
+    model = DDLMForDiffusion.from_pretrained(final)
+    assert model.config.num_classes == 2
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["eval/bound_per_token"]) for r in records if "eval/bound_per_token" in r)
+
+
+def losses(run) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"num_classes": 0}}, r"data.sources carry labels \[0, 1\] but the model is unconditional"),
+    ({"model": {"num_classes": 1}}, r"data.sources\[1\].label=1 is out of range for model.num_classes=1"),
+    ({"train": {"label_dropout": 1.5}}, r"label_dropout=1.5 \(must be a number in \[0, 1\]"),
+    ({"train": {"label_dropout": -0.1}}, r"label_dropout=-0.1"),
+    ({"data": {"sources": [{"source": "a.txt", "label": 0}, {"source": "b.txt"}]}}, "a label to every source or to none"),
+    ({"data": {"sources": [{"source": "a.txt", "label": -1}]}}, r"sources\[0\].label must be an int >= 0"),
+    ({"data": {"sources": [{"path": "a.txt", "label": 0}]}}, r"unknown keys \['path'\]"),
+    ({"data": {"sources": []}}, r"sources=\[\] \(must be null, or a non-empty list"),
+    ({"data": {"source": "c.txt"}}, "leave data.source unset"),
+    ({"data": {"streaming": True}}, "leave data.streaming unset"),
+])
+def test_labelled_recipe_errors(tmp_path, shared_data, change, message):
+    from ddlm.recipes import recipe_from_dict
+
+    values = labelled_recipe(tmp_path, shared_data)
+    for section, fields in change.items():
+        values[section].update(fields)
+    with pytest.raises(ValueError, match=message):
+        recipe_from_dict(values)
+
+
+def test_unlabelled_sources_and_conditional_model_without_labels(tmp_path, shared_data):
+    from ddlm.recipes import recipe_from_dict
+
+    values = labelled_recipe(tmp_path, shared_data)
+    for entry in values["data"]["sources"]:
+        del entry["label"]
+    with pytest.raises(ValueError, match="model.num_classes=2 needs labelled data"):
+        recipe_from_dict(values)
+    values["model"]["num_classes"] = 0
+    with pytest.raises(ValueError, match="label_dropout applies to class-conditional models"):
+        recipe_from_dict(values)
+    del values["train"]["label_dropout"]
+    recipe = recipe_from_dict(values)  # several sources trained unconditionally
+    assert recipe.data.labels is None and recipe.train.label_dropout_rate == 0.1
