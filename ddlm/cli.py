@@ -186,10 +186,18 @@ def eval_command(args: argparse.Namespace) -> None:
     bars, an AR model's exact value, and each perplexity's ratio to the first model's."""
     import sys
 
-    from .evaluation import score_texts
+    from .evaluation import DEFAULT_NUM_T, score_texts
 
-    if args.t_sampling != "iid" and args.num_t % 2:
+    if args.context is not None or args.continuation is not None or args.conditional:
+        return conditional_command(args)
+    if args.num_t is None and (args.benchmark or args.estimator == "per-text"):
+        args.num_t = DEFAULT_NUM_T["per-text"]
+    if args.t_sampling != "iid" and args.num_t is not None and args.num_t % 2 and args.estimator == "per-text":
         raise ValueError(f"--num-t must be even for --t-sampling {args.t_sampling} (t samples come in pairs), got {args.num_t}")
+    if bool(args.files) == bool(args.benchmark):
+        raise ValueError("give text files or --benchmark NAME..., not both" if args.files else "give text files or --benchmark NAME...")
+    if args.benchmark:
+        return zero_shot_command(args)
     texts = []
     for path in args.files:
         try:
@@ -202,7 +210,7 @@ def eval_command(args: argparse.Namespace) -> None:
     models, per_model, kinds = [args.model] + args.compare, [], set()
     for index, name in enumerate(models, 1):
         model, tokenizer = _load(args, name)
-        results = score_texts(model, tokenizer, texts, args.num_t, batch_size=args.batch_size, seed=args.seed,
+        results = score_texts(model, tokenizer, texts, args.num_t, estimator=args.estimator, batch_size=args.batch_size, seed=args.seed,
                               progress=not args.quiet, t_sampling=args.t_sampling, t_power=args.t_power)
         block = model.config.max_position_embeddings
         for path, r in zip(args.files, results):
@@ -214,19 +222,109 @@ def eval_command(args: argparse.Namespace) -> None:
         print(f"#{index}: {name} ({kind}); blocks of {block} tokens")
         per_model.append(results)
     print(f"{'model':<5} {'file':<30} {'tokens':>8} {'blocks':>6} {'t/block':>7} {'integral':>10} {'prior':>8} {'-log p (nats)':>20}"
-          f" {'nats/token':>16} {'ppl':>10} {'ppl ~95% interval':>20} {'ppl / #1':>8} {'bits/byte':>9}")
+          f" {'nats/token':>16} {'ppl':>10} {'ppl ~95% interval':>20} {'ppl / #1':>8} {'bits/byte':>9} {'estimator':>9} {'calls/tok':>9}")
     for f, path in enumerate(args.files):
         for index, results in enumerate(per_model, 1):
             r = results[f]
             low, high = r.ppl_interval
             print(f"{f'#{index}':<5} {str(path):<30} {r.num_tokens:>8} {r.num_blocks:>6} {r.num_t if not r.exact else 'exact':>7}"
                   f" {r.integral:>10.2f} {r.prior:>8.2f} {r.bound:>11.2f} +- {r.stderr:<6.2f} {r.per_token:>7.4f} +- {r.stderr / r.num_tokens:<6.4f}"
-                  f" {r.ppl:>10.3f} {f'[{low:.3f}, {high:.3f}]':>20} {r.ppl / per_model[0][f].ppl:>8.3f} {r.bits_per_byte:>9.4f}")
+                  f" {r.ppl:>10.3f} {f'[{low:.3f}, {high:.3f}]':>20} {r.ppl / per_model[0][f].ppl:>8.3f} {r.bits_per_byte:>9.4f}"
+                  f" {r.estimator:>9} {r.calls_per_token:>9.4f}")
     if "ar" in kinds:
         print("(AR: exact chain-rule -log p; each block's first token is conditioned on EOS)")
     if "diffusion" in kinds:
-        print(f"(diffusion: upper bound = integral + prior; {args.num_t} t per block, {args.t_sampling} u, t = u^{args.t_power:g}; "
-              "+- is one standard error)")
+        print(f"(diffusion: upper bound = integral + prior; {args.t_sampling} u, t = u^{args.t_power:g}; +- is one standard error; "
+              "per-text: every block gets t/block times; dataset: t/block times per block stratified over the file's blocks, "
+              "the error taken across blocks; calls/tok: model calls (one block each) per token)")
+
+
+def _conditional_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The (contexts, continuations) of ``ddlm eval --context/--continuation`` or ``--conditional FILE.jsonl``."""
+    import json
+
+    if args.files or args.benchmark:
+        raise ValueError("give text files, --benchmark NAME..., or --context/--continuation (--conditional FILE): one of them")
+    if not args.conditional:
+        if args.continuation is None:
+            raise ValueError("--context needs --continuation (the text whose -log p given the context is printed)")
+        return [args.context or ""], [args.continuation]
+    if args.context is not None or args.continuation is not None:
+        raise ValueError("give --context/--continuation or --conditional FILE, not both")
+    contexts, continuations = [], []
+    with open(args.conditional, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{args.conditional} line {number} is not JSON ({error.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("context"), str) or not isinstance(row.get("continuation"), str):
+                raise ValueError(f"{args.conditional} line {number} must be an object with string fields \"context\" and \"continuation\"")
+            contexts.append(row["context"])
+            continuations.append(row["continuation"])
+    if not contexts:
+        raise ValueError(f"{args.conditional} holds no pairs; write one JSON object per line: {{\"context\": ..., \"continuation\": ...}}")
+    return contexts, continuations
+
+
+def conditional_command(args: argparse.Namespace) -> None:
+    """Print -log p(continuation | context) per pair under each model: a diffusion model's conditional bound with
+    its standard error, an AR model's exact value, and whether the continuation is the greedy prediction."""
+    from .evaluation import DEFAULT_NUM_T, score_continuations
+
+    contexts, continuations = _conditional_pairs(args)
+    num_t = args.num_t or DEFAULT_NUM_T["per-text"]
+    if args.t_sampling != "iid" and num_t % 2:
+        raise ValueError(f"--num-t must be even for --t-sampling {args.t_sampling} (t samples come in pairs), got {num_t}")
+    for index, name in enumerate([args.model] + args.compare, 1):
+        model, tokenizer = _load(args, name)
+        scores = score_continuations(model, tokenizer, contexts, continuations, num_t, seed=args.seed, batch_size=args.batch_size,
+                                     truncate_context=args.truncate_context, progress=not args.quiet,
+                                     t_sampling=args.t_sampling, t_power=args.t_power)
+        if index == 1:  # after the first model has accepted every pair: an error prints one line and no table
+            print(f"{'model':<5} {'pair':>5} {'tokens':>6} {'-log p (nats)':>20} {'nats/token':>16} {'ppl':>10} {'greedy':>6}  continuation")
+        for pair, (score, continuation) in enumerate(zip(scores, continuations)):
+            greedy = "-" if score.greedy is None else "yes" if score.greedy else "no"
+            print(f"{f'#{index}':<5} {pair:>5} {score.tokens:>6} {score.nll:>11.3f} +- {score.stderr:<6.3f} {score.per_token:>7.4f} +- "
+                  f"{score.stderr / score.tokens:<6.4f} {score.ppl:>10.3f} {greedy:>6}  {continuation[:40]!r}")
+        if len(scores) > 1:
+            total, tokens = sum(s.nll for s in scores), sum(s.tokens for s in scores)
+            stderr = sum(s.stderr**2 for s in scores) ** 0.5
+            hits = [s.greedy for s in scores]
+            accuracy = "-" if None in hits else f"{sum(hits) / len(hits):.3f}"
+            print(f"{f'#{index}':<5} {'all':>5} {tokens:>6} {total:>11.3f} +- {stderr:<6.3f} {total / tokens:>7.4f} +- "
+                  f"{stderr / tokens:<6.4f} {math.exp(total / tokens):>10.3f} {accuracy:>6}  (greedy: fraction of pairs)")
+        kind = "AR: exact chain rule after EOS" if model.config.objective == "ar" else \
+            f"{model.config.process} diffusion: upper bound, context clamped, {num_t} t per pair, +- one standard error"
+        print(f"(#{index} {name}: {kind})")
+
+
+def zero_shot_command(args: argparse.Namespace) -> None:
+    """Print the zero-shot table of ``ddlm eval --benchmark``: per model and benchmark, -log p per token and
+    the perplexity (a diffusion model's bound with one standard error, an AR model's exact value)."""
+    from .zero_shot import default_split, evaluate_benchmark, get_benchmark
+
+    requests = [(get_benchmark(name), path or None) for name, _, path in (item.partition("=") for item in args.benchmark)]
+    rows = []
+    for index, name in enumerate([args.model] + args.compare, 1):
+        model, tokenizer = _load(args, name)
+        kind = "AR, exact" if model.config.objective == "ar" else f"{model.config.process} diffusion, bound"
+        print(f"#{index}: {name} ({kind}); blocks of {model.config.max_position_embeddings} tokens")
+        for benchmark, path in requests:
+            split = args.split or default_split(benchmark, args.protocol)
+            rows.append((index, evaluate_benchmark(
+                model, tokenizer, benchmark, args.protocol, args.num_t, split=split, path=path, data_dir=None if path else args.data_dir,
+                limit=args.limit, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
+                t_sampling=args.t_sampling, t_power=args.t_power)))
+    print(f"{'model':<5} {'benchmark':<12} {'protocol':<8} {'split':<10} {'blocks':>6} {'tokens':>9} {'t/block':>7}"
+          f" {'nats/token':>18} {'ppl':>20}")
+    for index, r in rows:
+        print(f"{f'#{index}':<5} {r.benchmark:<12} {r.protocol:<8} {r.split:<10} {r.num_blocks:>6} {r.num_tokens:>9}"
+              f" {r.num_t or 'exact':>7} {r.per_token:>8.4f} +- {r.stderr / r.num_tokens:<6.4f} {r.ppl:>10.3f} +- {r.ppl_stderr:<7.3f}")
+    print(f"({args.protocol} protocol; diffusion: upper bound, {args.num_t} t per block, +- one standard error; "
+          "docs/how-to/zero-shot.md states each protocol's rules)")
 
 
 def quality_command(args: argparse.Namespace) -> None:
@@ -283,11 +381,11 @@ def train_command(args: argparse.Namespace) -> None:
     print(f"exported {final}")
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+def _add_model_arguments(p: argparse.ArgumentParser, batch_default: str = "all at once") -> None:
     p.add_argument("model", help="a save_pretrained directory (model + tokenizer) or hub id")
     p.add_argument("--tokenizer", help="tokenizer directory or hub id (default: the model directory's own)")
     p.add_argument("--device", type=torch_device, default=None, help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="sequences per model call (default: all at once)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help=f"sequences per model call (default: {batch_default})")
     p.add_argument("--seed", type=random_seed, default=0, help="random seed: the same seed gives the same output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -377,14 +475,36 @@ def build_parser() -> argparse.ArgumentParser:
     from .sampling import PREDICTORS
 
     p = _command(commands, "eval", "perplexity of text files: a diffusion model's bound with error bars, an AR model's exact value",
-                 ["ddlm eval runs/quickstart/final held-out.txt --num-t 128",
-                  "ddlm eval AR_MODEL held-out.txt ptb.valid.txt --compare ABSORBING_MODEL UNIFORM_MODEL"])
-    _add_model_arguments(p)
-    p.add_argument("files", nargs="+", help="UTF-8 text files; each is scored whole, in blocks of the model's length")
+                 ["ddlm eval runs/quickstart/final held-out.txt",
+                  "ddlm eval runs/quickstart/final held-out.txt --estimator per-text --num-t 128",
+                  "ddlm eval runs/quickstart/final --context 'The cat sat on the' --continuation ' mat'",
+                  "ddlm eval runs/quickstart/final --conditional pairs.jsonl --compare AR_MODEL",
+                  "ddlm eval AR_MODEL held-out.txt ptb.valid.txt --compare ABSORBING_MODEL UNIFORM_MODEL",
+                  "ddlm eval sedd-small --benchmark lambada wikitext2 ptb wikitext103 lm1b --protocol sedd"])
+    _add_model_arguments(p, batch_default="as many as fit in a quarter of the free memory, at most 512 MiB of work on a CPU")
+    p.add_argument("files", nargs="*", help="UTF-8 text files; each is scored whole, in blocks of the model's length")
+    p.add_argument("--benchmark", nargs="+", default=[], metavar="NAME[=PATH]", help="zero-shot benchmarks instead of files: "
+                   "lambada wikitext2 wikitext103 ptb lm1b ag_news pubmed arxiv, from the hub or NAME=PATH local files (default: none)")
+    p.add_argument("--protocol", choices=["sedd", "mdlm"], default="sedd", help="--benchmark blocks: sedd (documents joined "
+                   "with EOS, blocks of the model's length) or mdlm ([BOS] chunk [EOS] blocks; LM1B one block per sentence)")
+    p.add_argument("--data-dir", default=None, help="--benchmark: local files DIR/NAME/ or DIR/NAME.* in the hub's formats "
+                   "(.parquet/.jsonl/.json/.txt) instead of the hub (default: the hub)")
+    p.add_argument("--split", default=None, help="--benchmark: the split to score (default: the protocol's paper's)")
+    p.add_argument("--limit", type=positive_int, default=None, help="--benchmark: score only the first N blocks (default: all)")
     p.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
                    help="more models (diffusion or AR) to score the same files in the same table, with ppl ratios to MODEL "
                    "(default: none)")
-    p.add_argument("--num-t", type=positive_int, default=128, help="t samples per block (diffusion models; even unless --t-sampling iid)")
+    p.add_argument("--num-t", type=positive_int, default=None, help="t samples per block, or per pair with --context/--conditional "
+                   "(diffusion models; even unless --t-sampling iid or the dataset estimator) (default: 128; 1 for the dataset estimator)")
+    p.add_argument("--estimator", choices=["auto", "per-text", "dataset"], default="auto", help="files: per-text (--num-t t for every "
+                   "block), dataset (--num-t t per block stratified over a file's blocks, the error taken across blocks; 1/128 of the "
+                   "model calls at the defaults) or auto (dataset for files of at least 16 blocks)")
+    p.add_argument("--context", default=None, help="score --continuation given this text instead of files (default: none)")
+    p.add_argument("--continuation", default=None, help="the text whose -log p given --context is printed (default: none)")
+    p.add_argument("--conditional", default=None, metavar="FILE.jsonl", help="score many pairs: one JSON object per line with "
+                   "string fields \"context\" and \"continuation\" (default: none)")
+    p.add_argument("--truncate-context", action="store_true", help="--context/--conditional: keep a context's last tokens when "
+                   "context + continuation exceed the model's length (otherwise an error)")
     p.add_argument("--t-sampling", choices=T_SAMPLING, default="stratified", help="how u in (0, 1] is drawn for the t integral")
     p.add_argument("--t-power", type=t_power, default=2.0, help="t = u^power, a finite number >= 1 (1: t uniform)")
     p.set_defaults(run=eval_command)
