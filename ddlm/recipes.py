@@ -92,7 +92,7 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0
     ema: float = 0.9999  # 0 disables EMA weights
     t_min: float = 1e-3  # diffusion times are drawn from U[t_min, 1]
-    label_dropout: float | None = None  # class-conditional models: P(label -> null class); None: DEFAULT_LABEL_DROPOUT
+    label_dropout: float | None = None  # class-conditional models: P(a label is replaced by the null class); null: 0.1
     mixed_precision: str = "no"
     seed: int = 0
     log_every: int = 10

@@ -235,3 +235,16 @@ def test_unlabelled_sources_and_conditional_model_without_labels(tmp_path, share
     del values["train"]["label_dropout"]
     recipe = recipe_from_dict(values)  # several sources trained unconditionally
     assert recipe.data.labels is None and recipe.train.label_dropout_rate == 0.1
+
+
+def test_a_labelled_recipe_trains_an_autoregressive_conditional_model(tmp_path, shared_data):
+    from ddlm.recipes import recipe_from_dict
+    from ddlm.train import train
+
+    values = labelled_recipe(tmp_path, shared_data, objective="ar", steps=2, eval_every=2, save_every=2)
+    final = train(recipe_from_dict(values), progress=False)
+    model = DDLMForDiffusion.from_pretrained(final)
+    assert model.config.is_autoregressive and model.config.num_classes == 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(losses(tmp_path / "run")) == [1, 2]
+    assert all(math.isfinite(r["eval/nll_per_token"]) for r in records if "eval/nll_per_token" in r)
