@@ -2,12 +2,13 @@
 
 Forward processes (``Uniform``, ``Absorbing``), noise schedules (``LogLinear``, ``Geometric``),
 score-entropy losses (``ddlm.losses``), reverse samplers (``ddlm.sampling``), likelihood
-bounds (``ddlm.likelihood``), exact oracles (``SequenceOracle``) and the ratio network as a
+bounds (``ddlm.likelihood``), finite Markov chains and Brownian motion (``ddlm.markov``,
+``ddlm.brownian``), exact oracles (``SequenceOracle``) and the ratio network as a
 transformers model (``DDLMConfig``, ``DDLMForDiffusion``; registered with AutoConfig/AutoModel)
 and ``DiffusionPipeline`` to generate, infill and score text.
 """
 
-from . import likelihood, losses, sampling
+from . import brownian, likelihood, losses, markov, sampling
 from .model import DDLMConfig, DDLMForDiffusion
 from .oracle import SequenceOracle
 from .pipeline import DiffusionPipeline
@@ -16,4 +17,4 @@ from .schedules import Geometric, LogLinear
 
 __version__ = "0.1.0"
 
-__all__ = ["Absorbing", "DDLMConfig", "DDLMForDiffusion", "DiffusionPipeline", "Geometric", "Graph", "LogLinear", "SequenceOracle", "Uniform", "likelihood", "losses", "sampling"]
+__all__ = ["Absorbing", "DDLMConfig", "DDLMForDiffusion", "DiffusionPipeline", "Geometric", "Graph", "LogLinear", "SequenceOracle", "Uniform", "brownian", "likelihood", "losses", "markov", "sampling"]
