@@ -9,6 +9,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n K runs K workers: one thread each (and in the subprocesses they start), so the workers
+    # do not oversubscribe the cores and spin-wait in OpenMP against each other.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
