@@ -1,4 +1,4 @@
-"""Score-entropy losses (SEDD): explicit, denoising and implicit score entropy, and DWDSE.
+"""Score-entropy losses (SEDD): explicit, denoising and implicit score entropy, and DWDSE; concrete score matching.
 
 Per position with current token x, log-scores ``log s [..., S]``, ratios ``r [..., S]`` and
 weights ``w [..., S]``::
@@ -75,6 +75,35 @@ def score_entropy(log_score: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor,
     weight = weight.to(dtype).scatter(-1, x.unsqueeze(-1), 0.0)
     terms = bregman(log_score.to(dtype), ratio.to(dtype))
     return torch.where(weight > 0, weight * terms, torch.zeros_like(terms)).sum(-1)
+
+
+def concrete_score_matching(score: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Concrete score matching (Meng et al. 2022) per position, [...]: sum_{y != x} w_y (s_y - r_y)^2.
+
+    score: the model's ratio estimates s [..., S] themselves (not their logarithms), unconstrained;
+    ratio, weight: [..., S] as in ``score_entropy``; x: Long[...]. Meng et al. write the concrete
+    score as s - 1; the squared error is the same. Minimised exactly at s = r (gradient
+    2 w (s - r)), and the expectation with conditional ratios r(x_t | x0) differs from the one
+    with marginal ratios by a constant in s (the conditional ratios' variance given x_t), as for
+    DSE. Unlike score entropy, which is +inf as s_y -> 0 with r_y > 0, it does not keep s positive:
+    s_y <= 0 costs only w_y (s_y - r_y)^2, so a model that cannot fit r exactly may end with
+    non-positive ratios, which are not valid reverse rates.
+    """
+    if not isinstance(score, torch.Tensor) or not score.is_floating_point():
+        raise TypeError("score must be a floating tensor [..., S] of ratio estimates")
+    if tuple(score.shape[:-1]) != tuple(x.shape):
+        raise ValueError(f"score [..., S] of shape {list(score.shape)} does not match tokens of shape {list(x.shape)}")
+    if ratio.shape != score.shape:
+        raise ValueError(f"ratio must have the shape of score {list(score.shape)}, got {list(ratio.shape)}")
+    check_token_ids(x, score.shape[-1], "x", "score has states")
+    dtype = _compute_dtype(score, ratio)
+    if weight is None:
+        weight = torch.ones_like(score, dtype=dtype)
+    elif weight.shape != score.shape:
+        raise ValueError(f"weight must have the shape of score {list(score.shape)}, got {list(weight.shape)}")
+    weight = weight.to(dtype).scatter(-1, x.unsqueeze(-1), 0.0)
+    terms = weight * (score.to(dtype) - ratio.to(dtype)) ** 2
+    return torch.where(weight > 0, terms, torch.zeros_like(terms)).sum(-1)
 
 
 def dse(
