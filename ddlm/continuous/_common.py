@@ -12,6 +12,9 @@ from torch import Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """A model or callable ``(x [B, *event], t [B]) -> Tensor [B, *event]``."""
 
+ProjectFn = Callable[[Tensor, Tensor], Tensor]
+"""A projection ``(x [B, *event], t [B]) -> x [B, *event]`` that a sampler applies at every time it reaches."""
+
 
 def as_time(t, *, like: Tensor | None = None, name: str = "t") -> Tensor:
     """``t`` as a floating tensor with every value in [0, 1] (dtype and device of ``like`` if given)."""

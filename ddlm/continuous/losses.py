@@ -36,6 +36,7 @@ from .sde import GaussianSDE
 __all__ = [
     "DSM_WEIGHTINGS",
     "dsm_loss",
+    "esm_loss",
     "ism_loss",
     "ssm_loss",
     "ddpm_loss",
@@ -54,6 +55,17 @@ def _times(t, x0: Tensor, t_min: float, generator) -> Tensor:
         check_time_range(t_min, 1.0)
         return uniform_time(x0.shape[0], t_min, 1.0, generator, x0)
     return expand_time(batch_time(t, x0), x0.shape[0])
+
+
+def _weight(weighting, sde: GaussianSDE, t: Tensor) -> Tensor:
+    """lambda(t) [B] of a DSM weighting name or callable (see ``dsm_loss``)."""
+    if weighting == "sigma2":
+        return sde.sigma(t) ** 2
+    if weighting == "likelihood":
+        return sde.diffusion_sq(t)
+    if weighting == "none":
+        return torch.ones_like(t)
+    return weighting(t)
 
 
 def dsm_loss(
@@ -83,13 +95,35 @@ def dsm_loss(
     sigma = per_sample(sde.sigma(t), x0)
     if weighting == "sigma2":
         return 0.5 * sum_event((sigma * score + noise) ** 2)
-    if weighting == "likelihood":
-        weight = sde.diffusion_sq(t)
-    elif weighting == "none":
-        weight = torch.ones_like(t)
-    else:
-        weight = weighting(t)
-    return 0.5 * weight * sum_event((score + noise / sigma) ** 2)
+    return 0.5 * _weight(weighting, sde, t) * sum_event((score + noise / sigma) ** 2)
+
+
+def esm_loss(
+    score_fn: ScoreFn,
+    target_score: ScoreFn,
+    sde: GaussianSDE,
+    x0: Tensor,
+    *,
+    t=None,
+    weighting: str | Callable[[Tensor], Tensor] = "sigma2",
+    t_min: float = 1e-5,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Explicit score matching against a known score, [B]: 1/2 lambda(t) || score_fn(x_t, t) - s*(x_t, t) ||^2.
+
+    ``target_score(x_t, t)`` is the true score grad log p_t (e.g. ``GaussianMixture.score_fn(sde)``),
+    treated as a constant (detached). x_t, t and ``weighting`` are drawn and read exactly as in
+    ``dsm_loss``, so with the same ``t`` and ``noise`` E[dsm_loss - esm_loss] is a constant independent
+    of score_fn: E[dsm_loss(s*)] = 1/2 E[lambda (D / sigma^2 - ||s*||^2)].
+    """
+    if not callable(weighting):
+        check_choice(weighting, "weighting", DSM_WEIGHTINGS)
+    t = _times(t, x0, t_min, generator)
+    x_t, _ = sde.perturb(x0, t, noise=noise, generator=generator)
+    score = call_model(score_fn, x_t, t)
+    target = call_model(target_score, x_t, t, name="target_score").detach()
+    return 0.5 * _weight(weighting, sde, t) * sum_event((score - target) ** 2)
 
 
 def _replicate(x: Tensor, t: Tensor, copies: int) -> tuple[Tensor, Tensor]:

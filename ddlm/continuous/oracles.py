@@ -100,7 +100,7 @@ class GaussianMixture:
         return per_sample(sde.alpha(t), flat), per_sample(sde.sigma(t), flat)
 
     def _terms(self, x: Tensor, t, sde):
-        """Rotated residuals y [B, K, D], variances [B, K, D], log p [B], responsibilities [B, K], alpha, U."""
+        """Rotated residuals y [B, K, D], variances [B, K, D], log p [B], log responsibilities [B, K], alpha, U."""
         check_batched(x)
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"x must be shaped [B, *{self.event_shape}], got {tuple(x.shape)}")
@@ -113,7 +113,7 @@ class GaussianMixture:
         log_comp = -0.5 * (y**2 / var + torch.log(2 * math.pi * var)).sum(-1)
         joint = torch.log(self.weights.to(x)) + log_comp
         log_p = torch.logsumexp(joint, dim=1)
-        return y, var, log_p, torch.exp(joint - log_p[:, None]), alpha, vecs
+        return y, var, log_p, joint - log_p[:, None], alpha, vecs
 
     # ---- public oracle ----
     def log_prob(self, x: Tensor, t=None, sde: GaussianSDE | None = None) -> Tensor:
@@ -122,7 +122,8 @@ class GaussianMixture:
 
     def score(self, x: Tensor, t=None, sde: GaussianSDE | None = None) -> Tensor:
         """grad_x log p_t(x), shaped like x."""
-        y, var, _, resp, _, vecs = self._terms(x, t, sde)
+        y, var, _, log_resp, _, vecs = self._terms(x, t, sde)
+        resp = log_resp.exp()
         comp = self._rotate_out(-y / var, vecs)
         return (resp[..., None] * comp).sum(1).reshape(x.shape)
 
@@ -131,13 +132,71 @@ class GaussianMixture:
 
         Per component: mu_k + alpha C_k (alpha^2 C_k + sigma^2 I)^-1 (x - alpha mu_k), weighted by p(k | x_t).
         """
-        y, var, _, resp, alpha, vecs = self._terms(x, t, sde)
+        y, var, _, log_resp, alpha, vecs = self._terms(x, t, sde)
+        resp = log_resp.exp()
         comp = self.means.to(x) + self._rotate_out(alpha * self._eigvals.to(x) * y / var, vecs)
         return (resp[..., None] * comp).sum(1).reshape(x.shape)
 
     def responsibilities(self, x: Tensor, t=None, sde: GaussianSDE | None = None) -> Tensor:
         """Posterior component probabilities p(k | x_t = x), [B, K]."""
+        return self._terms(x, t, sde)[3].exp()
+
+    def log_responsibilities(self, x: Tensor, t=None, sde: GaussianSDE | None = None) -> Tensor:
+        """log p(k | x_t = x), [B, K]: the exact noisy classifier over components (differentiable in x)."""
         return self._terms(x, t, sde)[3]
+
+    def component(self, k: int) -> GaussianMixture:
+        """Component k alone, N(mu_k, C_k), as a one-component mixture (the law p(x0 | c = k))."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_components:
+            raise ValueError(f"k must be a component index in [0, {self.num_components}), got {k!r}")
+        means = self.means[k : k + 1].reshape(1, *self.event_shape)
+        return GaussianMixture([1.0], means, covariances=self.covariances()[k : k + 1])
+
+    def condition(self, mask: Tensor, values: Tensor) -> GaussianMixture:
+        """The law of x0 given its known coordinates, x0[mask] = values[mask], over the full event.
+
+        ``mask`` (bool) and ``values`` are shaped like one event; True marks a known coordinate.
+        With K the known and U the unknown coordinates, component k becomes
+        N(mu_kU + C_kUK C_kKK^-1 (y - mu_kK), C_kUU - C_kUK C_kKK^-1 C_kKU) on U and the point y
+        on K, with weight proportional to w_k N(y; mu_kK, C_kKK). Noised by an SDE, its score is the
+        exact score of p_t(x_t | x0[mask] = y): sampling it with any sampler inpaints exactly.
+        Components whose weight underflows to 0 are dropped. Needs every C_kKK positive definite.
+        """
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor shaped like one event {self.event_shape}")
+        if not isinstance(values, Tensor):
+            raise TypeError(f"values must be a tensor shaped like one event {self.event_shape}")
+        for name, tensor in (("mask", mask), ("values", values)):
+            if tuple(tensor.shape) != self.event_shape:
+                raise ValueError(f"{name} must be shaped like one event {self.event_shape}, got {tuple(tensor.shape)}")
+        known = mask.reshape(-1).cpu()
+        unknown = ~known
+        y = values.reshape(-1).to(torch.float64).cpu()[known]
+        cov = self.covariances()
+        cov_kk = cov[:, known][:, :, known]
+        cov_uk = cov[:, unknown][:, :, known]
+        chol, info = torch.linalg.cholesky_ex(cov_kk)
+        if bool((info != 0).any()):
+            raise ValueError("the known coordinates' covariance of every component must be positive definite")
+        residual = (y - self.means[:, known])[:, :, None]  # [K, m, 1]
+        solved = torch.cholesky_solve(residual, chol)
+        log_evidence = (
+            -0.5 * (residual * solved).sum((1, 2))
+            - torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1)
+            - 0.5 * int(known.sum()) * math.log(2 * math.pi)
+        )
+        weights = torch.softmax(torch.log(self.weights) + log_evidence, 0)
+        keep = weights > 0
+        means = self.means.clone()
+        means[:, known] = y
+        means[:, unknown] = self.means[:, unknown] + (cov_uk @ solved)[:, :, 0]
+        schur = cov[:, unknown][:, :, unknown] - cov_uk @ torch.cholesky_solve(cov_uk.transpose(1, 2), chol)
+        new_cov = torch.zeros_like(cov)
+        index = unknown.nonzero()[:, 0]
+        new_cov[:, index[:, None], index[None, :]] = 0.5 * (schur + schur.transpose(1, 2))
+        return GaussianMixture(
+            weights[keep], means[keep].reshape(-1, *self.event_shape), covariances=new_cov[keep]
+        )
 
     def score_fn(self, sde: GaussianSDE) -> ScoreFn:
         """The exact score as a sampler-ready callable ``(x [B, *event], t [B]) -> [B, *event]``."""

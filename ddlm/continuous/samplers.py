@@ -1,10 +1,12 @@
 """Samplers for linear Gaussian SDEs, driven by a score function ``score_fn(x [B, *event], t [B])``.
 
 All samplers walk a descending time grid with a stateless step ``x <- step(x, t, s)`` (t > s) and
-start from ``sde.prior_sample`` unless ``x_init`` is given.
+start from ``sde.prior_sample`` unless ``x_init`` is given. ``sample_sde``, ``sample_ddpm`` and
+``sample_ddim`` take a ``project`` hook applied at every time they reach (``replacement_inpainting``).
 
 - ``sample_sde``: reverse-SDE Euler-Maruyama; with ``corrector_steps > 0`` the predictor-corrector
-  sampler of Song et al. (2021) with a Langevin corrector whose step is set by a signal-to-noise ratio.
+  sampler of Song et al. (2021) with a Langevin corrector whose step is set by a signal-to-noise ratio
+  (``step_rule``: ddlm's "expected" or score_sde's rule).
 - ``sample_ode``: the probability-flow ODE (Euler, Heun, RK4 or adaptive Dormand-Prince).
 - ``sample_ddpm`` / ``sample_ddim``: the two-time ancestral step through the exact posterior
   q(x_s | x_t, x0_hat) (DDPM with the "fixed_small" variance at eta = 1, DDIM at eta = 0).
@@ -21,9 +23,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ._common import (
+    ProjectFn,
     ScoreFn,
     batch_time,
     call_model,
+    check_choice,
     check_positive_int,
     check_shape,
     check_time_range,
@@ -36,6 +40,7 @@ from .parametrization import tweedie
 from .sde import GaussianSDE
 
 __all__ = [
+    "LANGEVIN_STEP_RULES",
     "time_grid",
     "probability_flow",
     "sample_sde",
@@ -79,19 +84,35 @@ def _walk(step, x: Tensor, grid: Tensor, progress: bool, desc: str) -> Tensor:
     return x
 
 
-def _langevin_step(score_fn, x, t, step_size, snr, generator):
+LANGEVIN_STEP_RULES = ("expected", "score_sde")
+
+
+def _langevin_step(score_fn, x, t, step_size, snr, generator, rule="expected", retention=1.0):
     """One unadjusted Langevin step x + eps s + sqrt(2 eps) z on p_t.
 
-    With ``snr`` the step is eps = 2 (snr sqrt(D) / mean_b ||s_b||)^2, the SNR rule of Song et al.
-    with the noise norm at its expectation sqrt(D) and the score norm averaged over the batch, so
-    every sample takes the same step, independent of the noise it is about to receive.
+    With ``snr`` the step is set by the signal-to-noise rule of Song et al. (2021), with the score
+    norm averaged over the batch (every sample takes the same step):
+
+    - ``rule="expected"``: eps = 2 (snr sqrt(D) / mean_b ||s_b||)^2, the noise norm at its expected
+      size sqrt(D), independent of the noise the step is about to add;
+    - ``rule="score_sde"``: eps = 2 retention (snr mean_b ||z_b|| / mean_b ||s_b||)^2, score_sde's
+      code, with the norm of the noise z drawn for this step and its factor alpha_i (``retention``).
     """
     score = call_model(score_fn, x, t)
     noise = randn_like(x, generator)
     if step_size is None:
         score_norm = sum_event(score**2).sqrt().mean()
-        step_size = 2 * (snr * math.sqrt(event_size(x)) / score_norm) ** 2
+        if rule == "score_sde":
+            noise_norm = sum_event(noise**2).sqrt().mean()
+            step_size = 2 * retention * (snr * noise_norm / score_norm) ** 2
+        else:
+            step_size = 2 * (snr * math.sqrt(event_size(x)) / score_norm) ** 2
     return x + step_size * score + torch.sqrt(2 * torch.as_tensor(step_size, dtype=x.dtype)) * noise
+
+
+def _project(project, x: Tensor, t: Tensor) -> Tensor:
+    """Apply an optional projection ``project(x, t [B])`` (e.g. ``replacement_inpainting``)."""
+    return x if project is None else call_model(project, x, t, name="project")
 
 
 def sample_sde(
@@ -102,9 +123,11 @@ def sample_sde(
     steps: int = 1000,
     corrector_steps: int = 0,
     snr: float = 0.16,
+    step_rule: str = "expected",
     t_max: float = 1.0,
     t_min: float = 1e-3,
     denoise: bool = True,
+    project: ProjectFn | None = None,
     x_init: Tensor | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
@@ -113,28 +136,37 @@ def sample_sde(
 ) -> Tensor:
     """Reverse-SDE Euler-Maruyama from t_max to t_min; predictor-corrector if corrector_steps > 0.
 
-    Each step from t to s = t - h: ``corrector_steps`` Langevin steps on p_t (SNR rule, see
-    ``langevin_dynamics``), then x <- x - [f x - g^2 score] h + g sqrt(h) z. ``denoise`` applies
-    Tweedie's x0 estimate at t_min. Returns [B, *event].
+    Each step from t to s = t - h: ``corrector_steps`` Langevin steps on p_t, then
+    x <- x - [f x - g^2 score] h + g sqrt(h) z. The corrector's step follows ``step_rule``:
+    "expected" eps = 2 (snr sqrt(D) / mean ||score||)^2, or "score_sde" eps = 2 alpha_i (snr mean ||z|| /
+    mean ||score||)^2 with alpha_i = alpha(t)^2 / alpha(s)^2 (the 1 - beta_i of the step; 1 on VE
+    paths), as in score_sde's code. ``denoise`` applies Tweedie's x0 estimate at t_min. ``project``
+    (e.g. ``replacement_inpainting``) maps ``(x, t [B]) -> x`` at the start, after every corrector and
+    predictor step, and on the denoised output with t = 0. Returns [B, *event].
     """
     if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
         raise ValueError(f"corrector_steps must be a non-negative int, got {corrector_steps!r}")
     if not snr > 0:
         raise ValueError(f"snr must be positive, got {snr}")
+    check_choice(step_rule, "step_rule", LANGEVIN_STEP_RULES)
     grid = time_grid(steps, t_max, t_min, dtype=dtype, device=device)
     x = _start(sde, shape, x_init, generator, grid.dtype, device)
     grid = grid.to(dtype=x.dtype, device=x.device)
+    x = _project(project, x, grid[0])
 
     def step(x, t, s):
+        retention = (sde.alpha(t) / sde.alpha(s)) ** 2 if step_rule == "score_sde" else 1.0
         for _ in range(corrector_steps):
-            x = _langevin_step(score_fn, x, t, None, snr, generator)
+            x = _project(project, _langevin_step(score_fn, x, t, None, snr, generator, step_rule, retention), t)
         h = t - s
         drift = sde.reverse_drift(x, t, call_model(score_fn, x, t))
         noise = randn_like(x, generator)
-        return x - drift * h + sde.diffusion(t) * h.sqrt() * noise
+        return _project(project, x - drift * h + sde.diffusion(t) * h.sqrt() * noise, s)
 
     x = _walk(step, x, grid, progress, "reverse SDE")
-    return _denoise(score_fn, sde, x, grid[-1]) if denoise else x
+    if not denoise:
+        return x
+    return _project(project, _denoise(score_fn, sde, x, grid[-1]), torch.zeros_like(grid[-1]))
 
 
 def _denoise(score_fn, sde, x, t):
@@ -191,15 +223,16 @@ def _posterior_step(score_fn, sde, x, t, s, eta, generator):
     return out
 
 
-def _sample_posterior(score_fn, sde, shape, steps, eta, t_max, x_init, generator, dtype, device, progress):
+def _sample_posterior(score_fn, sde, shape, steps, eta, t_max, project, x_init, generator, dtype, device, progress):
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     grid = time_grid(steps, t_max, 0.0, dtype=dtype)
     x = _start(sde, shape, x_init, generator, grid.dtype, device)
     grid = grid.to(dtype=x.dtype, device=x.device)
+    x = _project(project, x, grid[0])
 
     def step(x, t, s):
-        return _posterior_step(score_fn, sde, x, t, s, eta, generator)
+        return _project(project, _posterior_step(score_fn, sde, x, t, s, eta, generator), s)
 
     return _walk(step, x, grid, progress, "DDPM" if eta == 1 else f"DDIM(eta={eta:g})")
 
@@ -211,6 +244,7 @@ def sample_ddpm(
     *,
     steps: int = 1000,
     t_max: float = 1.0,
+    project: ProjectFn | None = None,
     x_init: Tensor | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
@@ -221,9 +255,12 @@ def sample_ddpm(
 
     Each step draws from q(x_s | x_t, x0_hat) with x0_hat from Tweedie (Ho et al.'s "fixed_small"
     variance); on the VP SDE this is the DDPM sampler with beta_i = 1 - alpha(t_i)^2 / alpha(t_{i-1})^2.
-    The last step returns x0_hat without noise. Returns [B, *event].
+    The last step returns x0_hat without noise. ``project`` maps ``(x, t [B]) -> x`` at the start and
+    after every step (see ``sample_sde``; the last step ends at t = 0). Returns [B, *event].
     """
-    return _sample_posterior(score_fn, sde, shape, steps, 1.0, t_max, x_init, generator, dtype, device, progress)
+    return _sample_posterior(
+        score_fn, sde, shape, steps, 1.0, t_max, project, x_init, generator, dtype, device, progress
+    )
 
 
 def sample_ddim(
@@ -234,6 +271,7 @@ def sample_ddim(
     steps: int = 50,
     eta: float = 0.0,
     t_max: float = 1.0,
+    project: ProjectFn | None = None,
     x_init: Tensor | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
@@ -242,9 +280,12 @@ def sample_ddim(
 ) -> Tensor:
     """DDIM (Song, Meng & Ermon 2021): the ancestral step with noise variance eta^2 times DDPM's.
 
-    eta = 0 is deterministic (after the prior draw); eta = 1 equals ``sample_ddpm``. Returns [B, *event].
+    eta = 0 is deterministic (after the prior draw); eta = 1 equals ``sample_ddpm``. ``project`` as in
+    ``sample_ddpm``. Returns [B, *event].
     """
-    return _sample_posterior(score_fn, sde, shape, steps, eta, t_max, x_init, generator, dtype, device, progress)
+    return _sample_posterior(
+        score_fn, sde, shape, steps, eta, t_max, project, x_init, generator, dtype, device, progress
+    )
 
 
 def langevin_dynamics(
@@ -255,13 +296,16 @@ def langevin_dynamics(
     steps: int,
     step_size: float | None = None,
     snr: float | None = None,
+    step_rule: str = "expected",
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
     """Unadjusted Langevin x <- x + eps score(x, t) + sqrt(2 eps) z on p_t at a fixed time t.
 
-    Give exactly one of ``step_size`` (a fixed eps) or ``snr`` (eps = 2 (snr sqrt(D) / mean_b ||score_b||)^2,
-    the predictor-corrector rule; D = event size, norms per sample, averaged over the batch).
+    Give exactly one of ``step_size`` (a fixed eps) or ``snr``, the predictor-corrector rule
+    (D = event size, norms per sample, averaged over the batch): ``step_rule="expected"``
+    eps = 2 (snr sqrt(D) / mean_b ||score_b||)^2, or ``"score_sde"`` eps = 2 (snr mean_b ||z_b|| /
+    mean_b ||score_b||)^2 with the noise z of the step (alpha_i = 1: there is no predictor step here).
     Langevin mixes slowly between separated modes, so it does not recover mode weights on its own.
     """
     if (step_size is None) == (snr is None):
@@ -269,10 +313,11 @@ def langevin_dynamics(
     value = step_size if step_size is not None else snr
     if not value > 0:
         raise ValueError(f"{'step_size' if step_size is not None else 'snr'} must be positive, got {value}")
+    check_choice(step_rule, "step_rule", LANGEVIN_STEP_RULES)
     t = batch_time(t, x)
     steps = check_positive_int(steps, "steps")
     for _ in tqdm(range(steps), disable=not progress, desc="Langevin"):
-        x = _langevin_step(score_fn, x, t, step_size, snr, generator)
+        x = _langevin_step(score_fn, x, t, step_size, snr, generator, step_rule)
     return x
 
 

@@ -16,6 +16,7 @@ from ddlm.continuous import (
     ddpm_elbo,
     ddpm_loss,
     dsm_loss,
+    esm_loss,
     ism_loss,
     ssm_loss,
 )
@@ -132,6 +133,35 @@ def test_dsm_is_minimised_at_the_exact_score(mixture_3d, weighting):
     within(gap - 0.5 * lam * (shift(x_t, t) ** 2).sum(1), 0.0)
 
 
+@pytest.mark.parametrize("weighting", ["sigma2", "likelihood", lambda t: 1 + t])
+def test_esm_is_dsm_minus_a_constant(mixture_3d, weighting):
+    """With common (x0, t, eps): DSM(s) - ESM(s) is the same for every s, namely DSM(s*) (ESM(s*) = 0),
+    and E[DSM(s*)] = 1/2 E[lambda (D / sigma^2 - ||s*||^2)]; all within 4 Monte Carlo standard errors."""
+    sde, dim = VPSDE(), 3
+    gen = torch.Generator().manual_seed(10)
+    x0 = mixture_3d.sample(N, generator=gen)
+    t = 0.05 + 0.95 * torch.rand(N, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    exact = mixture_3d.score_fn(sde)
+
+    def difference(score_fn):
+        common = dict(t=t, weighting=weighting, noise=noise)
+        return dsm_loss(score_fn, sde, x0, **common) - esm_loss(score_fn, exact, sde, x0, **common)
+
+    assert esm_loss(exact, exact, sde, x0, t=t, noise=noise).abs().max() == 0
+    best = dsm_loss(exact, sde, x0, t=t, weighting=weighting, noise=noise)
+    first = difference(nonlinear_model(dim, 0)[0])
+    within(first - difference(nonlinear_model(dim, 1)[0]), 0.0)
+    within(first - best, 0.0)
+    lam = {"sigma2": sde.sigma(t) ** 2, "likelihood": sde.diffusion_sq(t)}
+    lam = lam[weighting] if isinstance(weighting, str) else weighting(t)
+    x_t, _ = sde.perturb(x0, t, noise=noise)
+    within(best - 0.5 * lam * (dim / sde.sigma(t) ** 2 - (exact(x_t, t) ** 2).sum(1)), 0.0)
+    score = nonlinear_model(dim, 0)[0]
+    by_hand = 0.5 * lam * ((score(x_t, t) - exact(x_t, t)) ** 2).sum(1)
+    torch.testing.assert_close(esm_loss(score, exact, sde, x0, t=t, weighting=weighting, noise=noise), by_hand)
+
+
 @pytest.mark.parametrize("sde", [RectifiedFlow(), VPSDE()], ids=["rectified", "vp"])
 def test_cfm_is_minimised_at_the_exact_velocity(mixture_3d, sde):
     gen = torch.Generator().manual_seed(9)
@@ -235,6 +265,7 @@ def test_losses_are_reproducible_and_shaped():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert cfm_loss(score, sde, x0, generator=torch.Generator().manual_seed(0)).shape == (8,)
     assert ddpm_loss(score, sde, x0, generator=torch.Generator().manual_seed(0)).shape == (8,)
+    assert esm_loss(score, lambda x, t: -2 * x, sde, x0, generator=torch.Generator().manual_seed(0)).shape == (8,)
 
 
 def test_losses_train_a_model():
@@ -273,3 +304,7 @@ def test_bad_inputs():
         ddpm_elbo(score, sde, x0, steps=1)
     with pytest.raises(ValueError, match="score_fn must return a tensor shaped like x"):
         dsm_loss(lambda x, t: x[:, :1], sde, x0)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        esm_loss(score, score, sde, x0, weighting="snr")
+    with pytest.raises(ValueError, match="target_score must return a tensor shaped like x"):
+        esm_loss(score, lambda x, t: x[:, :1], sde, x0)

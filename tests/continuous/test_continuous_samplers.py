@@ -119,6 +119,60 @@ def test_langevin_corrector_keeps_p_t_stationary(mixture_1d):
     assert abs(x.std().item() - cov.sqrt().item()) < 0.055
 
 
+def test_langevin_step_rules_match_hand_computed_steps():
+    """One corrector step on a fixed input: "expected" eps = 2 (r sqrt(D) / mean ||s||)^2 and score_sde's
+    eps = 2 (r mean ||z|| / mean ||s||)^2 with z the step's own noise (alpha_i = 1 at a fixed time)."""
+    x = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 0.5]])
+    score = lambda y, t: -y  # noqa: E731
+    r = 0.2
+    z = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    score_norm = (math.sqrt(5) + math.sqrt(10) + 0.5) / 3
+    noise_norm = z.norm(dim=1).mean().item()
+    for rule, eps in (("expected", 2 * (r * math.sqrt(2) / score_norm) ** 2),
+                      ("score_sde", 2 * (r * noise_norm / score_norm) ** 2)):
+        got = langevin_dynamics(score, x, 0.5, steps=1, snr=r, step_rule=rule, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(got, x - eps * x + math.sqrt(2 * eps) * z, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def test_score_sde_rule_in_predictor_corrector_by_hand(sde):
+    """One predictor-corrector step t = 0.5 -> s = 0.4 with step_rule="score_sde": the corrector's
+    alpha_i is 1 - beta_i = alpha(t)^2 / alpha(s)^2 = exp(-(B(t) - B(s))) on VP and 1 on VE."""
+    x = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 0.5]])
+    score = lambda y, t: -y / (1 + t[:, None])  # noqa: E731
+    r, t, s = 0.16, 0.5, 0.4
+    gen = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(3, 2, generator=gen), torch.randn(3, 2, generator=gen)
+    if isinstance(sde, VPSDE):
+        integral = lambda u: 0.1 * u + 0.5 * 19.9 * u**2  # noqa: E731
+        retention, f, g2 = math.exp(-(integral(t) - integral(s))), -0.5 * (0.1 + 19.9 * t), 0.1 + 19.9 * t
+    else:
+        level = 0.01 * (50 / 0.01) ** t
+        retention, f, g2 = 1.0, 0.0, 2 * math.log(50 / 0.01) * level**2
+    s_x = -x / 1.5
+    eps = 2 * retention * (r * z1.norm(dim=1).mean() / s_x.norm(dim=1).mean()) ** 2
+    x1 = x + eps * s_x + (2 * eps).sqrt() * z1
+    x2 = x1 - (f * x1 - g2 * (-x1 / 1.5)) * (t - s) + math.sqrt(g2 * (t - s)) * z2
+    got = sample_sde(score, sde, None, steps=1, t_max=t, t_min=s, corrector_steps=1, snr=r, step_rule="score_sde",
+                     denoise=False, x_init=x, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(got, x2, rtol=1e-10, atol=1e-10)
+
+
+def test_score_sde_rule_keeps_p_t_stationary_and_samples_the_mixture(mixture_1d, assert_recovers):
+    """The score_sde rule as corrector: 20 Langevin steps from exact p_t keep weights and moments, and
+    PC sampling (VP, 100 steps + 1 corrector) recovers the mixture."""
+    sde, t = VPSDE(), 0.1
+    gen = torch.Generator().manual_seed(7)
+    x_t, _ = sde.perturb(mixture_1d.sample(N, generator=gen), t, generator=gen)
+    x = langevin_dynamics(mixture_1d.score_fn(sde), x_t, t, steps=20, snr=0.16, step_rule="score_sde", generator=gen)
+    mean, cov = mixture_1d.moments(t, sde)
+    assert abs((x < 0).double().mean().item() - 0.3) < 0.015
+    assert abs(x.mean().item() - mean.item()) < 0.055 and abs(x.std().item() - cov.sqrt().item()) < 0.055
+    x = sample_sde(mixture_1d.score_fn(sde), sde, (N, 1), steps=100, corrector_steps=1, step_rule="score_sde",
+                   generator=gen)
+    assert_recovers(x, mixture_1d)
+
+
 def test_classifier_free_guidance_is_the_score_of_the_guided_gaussian():
     """Equal-variance Gaussians: s_u + w (s_c - s_u) is the exact noised score of N(mu_u + w (mu_c - mu_u), s^2)."""
     sde, w = VPSDE(), 3.0
@@ -232,6 +286,10 @@ def test_bad_inputs(mixture_1d):
         sample_sde(score, sde, (4, 1), corrector_steps=-1)
     with pytest.raises(ValueError, match="eta must lie in"):
         sample_ddim(score, sde, (4, 1), eta=2.0)
+    with pytest.raises(ValueError, match="step_rule must be one of"):
+        sample_sde(score, sde, (4, 1), corrector_steps=1, step_rule="sqrt_d")
+    with pytest.raises(ValueError, match="step_rule must be one of"):
+        langevin_dynamics(score, torch.zeros(4, 1), 0.5, steps=3, snr=0.1, step_rule="score-sde")
     with pytest.raises(ValueError, match="give exactly one of step_size and snr"):
         langevin_dynamics(score, torch.zeros(4, 1), 0.5, steps=3)
     with pytest.raises(ValueError, match=r"t must be 0-d or shaped \[B\] = \[4\]"):
