@@ -14,6 +14,7 @@ from ddlm.continuous import (
     VPSDE,
     GaussianMixture,
     classifier_guidance,
+    log_likelihood,
     replacement_inpainting,
     sample_ddpm,
     sample_ode,
@@ -103,6 +104,18 @@ def test_classifier_guidance_finds_a_rare_component_with_the_ode():
     assert abs(fraction - expected) < 0.01, f"{fraction:.4f} vs {expected:.4f}"
     assert (x.mean(0) - target.means[0]).abs().max() < 0.04
     assert (torch.cov(x.T) - target.covariances()[0]).abs().max() < 0.04
+
+
+def test_guided_score_gives_the_class_log_likelihood(mixture_1d):
+    """The PF-ODE likelihood differentiates the guided score once more (its gradient keeps the graph when
+    x requires grad): with the exact classifier it is log p(x0 | c) of the component, to 1e-4."""
+    sde = VPSDE()
+    guided = classifier_guidance(mixture_1d.score_fn(sde), lambda x, t: mixture_1d.log_responsibilities(x, t, sde)[:, 0])
+    component = mixture_1d.component(0)
+    points = torch.tensor([[-2.7], [-2.0], [-1.1], [0.5]])
+    ll = log_likelihood(guided, sde, points, prior_log_prob=lambda z: component.log_prob(z, 1.0, sde), t_min=0.0,
+                        rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(ll.log_prob, component.log_prob(points), rtol=0, atol=1e-4)
 
 
 # ---- inpainting ----
