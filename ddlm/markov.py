@@ -83,8 +83,8 @@ def check_rate_matrix(Q, name: str = "Q") -> torch.Tensor:
 
 
 def _check_state(x, num_states: int, name: str) -> torch.Tensor:
-    if is_int(x, 0):
-        x = torch.tensor(x)
+    if is_int(x, 0) or (isinstance(x, (list, tuple)) and all(is_int(v, 0) for v in x)):
+        x = torch.tensor(x, dtype=torch.long)
     if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"{name} must be an int or an integer tensor of states, got {type(x).__name__}")
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_states):
@@ -370,19 +370,20 @@ def ctmc_reversed(Q, pi=None) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class JumpPaths:
-    """Piecewise-constant paths: path b holds ``states[b, k]`` from ``times[b, k]`` until ``times[b, k + 1]``.
+    """Piecewise-constant paths on [0, t_max]: path b holds ``states[b, k]`` from ``times[b, k]`` until ``times[b, k + 1]``.
 
-    times: float64 [B, K], times[:, 0] = 0, +inf after a path's last jump; states: Long[B, K].
+    times: float64 [B, K], times[:, 0] = 0, +inf after a path's last jump before t_max; states: Long[B, K].
     """
 
     times: torch.Tensor
     states: torch.Tensor
+    t_max: float
 
     def at(self, t) -> torch.Tensor:
-        """States at times t (float or [T], >= 0): Long[B, T]."""
+        """States at times t (float or [T], in [0, t_max]): Long[B, T]."""
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
-        if bool((t < 0).any()):
-            raise ValueError("t must be >= 0")
+        if bool((t < 0).any()) or bool((t > self.t_max).any()) or not bool(torch.isfinite(t).all()):
+            raise ValueError(f"t must lie in [0, t_max = {self.t_max}] (the paths were simulated up to t_max)")
         index = torch.searchsorted(self.times, t.expand(self.times.shape[0], -1).contiguous(), right=True) - 1
         return self.states.gather(1, index)
 
@@ -414,7 +415,7 @@ def gillespie(Q, x0, t_max: float, generator: torch.Generator | None = None) -> 
         states.append(x.clone())
         active = torch.zeros_like(active)
         active[rows] = exit_rate[x[rows]] > 0
-    return JumpPaths(torch.stack(times, 1), torch.stack(states, 1))
+    return JumpPaths(torch.stack(times, 1), torch.stack(states, 1), float(t_max))
 
 
 # ------------------------------------------------------------------------------ time-inhomogeneous marginals

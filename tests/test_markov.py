@@ -394,6 +394,8 @@ def test_other_bad_arguments_are_refused():
         markov.uniformize(random_rates(3, 0), rate=0.1)
     with pytest.raises(ValueError, match="t_max"):
         markov.gillespie(random_rates(3, 0), 0, math.inf)
+    with pytest.raises(ValueError, match="simulated up to t_max"):
+        markov.gillespie(random_rates(3, 0), [0, 1], 1.0).at(1.5)
     with pytest.raises(ValueError, match="strictly decreasing"):
         markov.reverse_marginal(random_rates(3, 0), lambda t: torch.full((3,), 1 / 3), torch.full((3,), 1 / 3), [0.0, 1.0])
     with pytest.raises(ValueError, match="at least 2"):
