@@ -112,7 +112,8 @@ def _reachable(P: torch.Tensor) -> torch.Tensor:
 
 def communication_classes(P) -> list[tuple[int, ...]]:
     """The communication classes of P (x ~ y when each reaches the other), ordered by smallest state."""
-    reach = _reachable(check_stochastic(P))
+    P = check_stochastic(P)
+    reach = _reachable(P)
     both = reach & reach.T
     classes, seen = [], set()
     for x in range(P.shape[0]):
@@ -283,8 +284,9 @@ def hitting_times(P, target) -> torch.Tensor:
     in_target = torch.zeros(S, dtype=torch.bool)
     in_target[states] = True
     absorbed = torch.where(in_target[:, None], torch.eye(S, dtype=torch.float64), P)  # the target made absorbing
-    stuck = ~(_reachable(absorbed)[:, in_target].any(-1))  # cannot reach the target at all
-    escapes = _reachable(absorbed)[:, stuck].any(-1)  # may wander off to such a state: E[time] = inf
+    reach = _reachable(absorbed)
+    stuck = ~reach[:, in_target].any(-1)  # cannot reach the target at all
+    escapes = reach[:, stuck].any(-1)  # may wander off to such a state: E[time] = inf
     finite = ~in_target & ~escapes
     h = torch.full((S,), math.inf, dtype=torch.float64)
     h[in_target] = 0.0

@@ -53,6 +53,7 @@ def test_stationary_distribution_solves_pi_p_equals_pi(P):
 
 def test_reducible_chain_has_one_stationary_distribution_per_closed_class():
     assert markov.communication_classes(REDUCIBLE) == [(0, 1), (2, 3), (4,)]
+    assert markov.communication_classes(REDUCIBLE.tolist()) == [(0, 1), (2, 3), (4,)]  # nested lists work too
     assert markov.closed_classes(REDUCIBLE) == [(0, 1), (4,)]
     assert not markov.is_irreducible(REDUCIBLE)
     pis = markov.stationary_distributions(REDUCIBLE)
