@@ -190,7 +190,7 @@ def eval_command(args: argparse.Namespace) -> None:
 
     if args.context is not None or args.continuation is not None or args.conditional:
         return conditional_command(args)
-    if args.num_t is None and (args.benchmark or args.estimator == "per-text"):
+    if args.num_t is None and args.estimator == "per-text" and not args.benchmark:
         args.num_t = DEFAULT_NUM_T["per-text"]
     if args.t_sampling != "iid" and args.num_t is not None and args.num_t % 2 and args.estimator == "per-text":
         raise ValueError(f"--num-t must be even for --t-sampling {args.t_sampling} (t samples come in pairs), got {args.num_t}")
@@ -303,10 +303,12 @@ def conditional_command(args: argparse.Namespace) -> None:
 
 def zero_shot_command(args: argparse.Namespace) -> None:
     """Print the zero-shot table of ``ddlm eval --benchmark``: per model and benchmark, -log p per token and
-    the perplexity (a diffusion model's bound with one standard error, an AR model's exact value)."""
+    the perplexity (a diffusion model's bound with one standard error, an AR model's exact value); for
+    LAMBADA also the last-word accuracy and perplexity."""
     from .zero_shot import default_split, evaluate_benchmark, get_benchmark
 
     requests = [(get_benchmark(name), path or None) for name, _, path in (item.partition("=") for item in args.benchmark)]
+    estimator = "per-block" if args.estimator == "per-text" else args.estimator
     rows = []
     for index, name in enumerate([args.model] + args.compare, 1):
         model, tokenizer = _load(args, name)
@@ -315,44 +317,59 @@ def zero_shot_command(args: argparse.Namespace) -> None:
         for benchmark, path in requests:
             split = args.split or default_split(benchmark, args.protocol)
             rows.append((index, evaluate_benchmark(
-                model, tokenizer, benchmark, args.protocol, args.num_t, split=split, path=path, data_dir=None if path else args.data_dir,
-                limit=args.limit, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
-                t_sampling=args.t_sampling, t_power=args.t_power)))
-    print(f"{'model':<5} {'benchmark':<12} {'protocol':<8} {'split':<10} {'blocks':>6} {'tokens':>9} {'t/block':>7}"
-          f" {'nats/token':>18} {'ppl':>20}")
+                model, tokenizer, benchmark, args.protocol, args.num_t, estimator=estimator, split=split, path=path,
+                data_dir=None if path else args.data_dir, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+                progress=not args.quiet, t_sampling=args.t_sampling, t_power=args.t_power)))
+    print(f"{'model':<5} {'benchmark':<12} {'protocol':<8} {'split':<10} {'blocks':>6} {'tokens':>9} {'t/block':>7} {'estimator':>9}"
+          f" {'nats/token':>18} {'ppl':>20} {'last-word acc':>13} {'last-word ppl':>20}")
     for index, r in rows:
+        word = r.last_word
+        acc = "-" if word is None or word["accuracy"] is None else f"{word['accuracy']:.4f}"
+        ppl = "-" if word is None else f"{word['ppl']:.3f} +- {word['ppl'] * word['stderr']:.3f}"
         print(f"{f'#{index}':<5} {r.benchmark:<12} {r.protocol:<8} {r.split:<10} {r.num_blocks:>6} {r.num_tokens:>9}"
-              f" {r.num_t or 'exact':>7} {r.per_token:>8.4f} +- {r.stderr / r.num_tokens:<6.4f} {r.ppl:>10.3f} +- {r.ppl_stderr:<7.3f}")
-    print(f"({args.protocol} protocol; diffusion: upper bound, {args.num_t} t per block, +- one standard error; "
+              f" {r.num_t or 'exact':>7} {r.estimator:>9} {r.per_token:>8.4f} +- {r.stderr / r.num_tokens:<6.4f}"
+              f" {r.ppl:>10.3f} +- {r.ppl_stderr:<7.3f} {acc:>13} {ppl:>20}")
+    print(f"({args.protocol} protocol; diffusion: upper bound, +- one standard error; per-block: t/block times for every block, "
+          "dataset: t/block times per block stratified over the benchmark's blocks, the error taken across blocks; "
           "docs/how-to/zero-shot.md states each protocol's rules)")
 
 
 def quality_command(args: argparse.Namespace) -> None:
     """Print sample-quality metrics of a diffusion model per predictor and number of steps."""
-    from .evaluation import load_model
     from .pipeline import DiffusionPipeline
-    from .sample_quality import sample_metrics
+    from .sample_quality import load_reference, mauve_score, reference_metrics, sample_metrics
 
     model, tokenizer = _load(args)
-    reference, reference_tokenizer = load_model(args.reference, device=args.device)
-    if reference.config.objective != "ar":
-        raise ValueError(f"{args.reference} is not an autoregressive model (objective='ar'); the reference must be one")
-    if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(f"{args.reference} has a different tokenizer from {args.model}; generative perplexity "
-                         "scores the samples' token ids, so both models need the same tokenizer")
+    human_text = None
+    if args.mauve is not None:
+        try:
+            import mauve  # noqa: F401
+        except ImportError:
+            raise ValueError("--mauve needs the mauve-text package: pip install mauve-text (or pip install 'ddlm[eval]')") from None
+        with open(args.mauve, encoding="utf-8") as f:
+            human_text = f.read()
+    reference = load_reference(args.reference, device=args.device)
+    same_ids = reference.ddlm and reference.tokenizer.get_vocab() == tokenizer.get_vocab()
     pipe = DiffusionPipeline(model, tokenizer)
     length = pipe.max_length if args.length is None else args.length
     if length > pipe.max_length:
         raise ValueError(f"--length {length} exceeds the model's maximum length {pipe.max_length}")
     eos = tokenizer.eos_token_id
-    print(f"{args.num_samples} samples of {length} tokens; generative perplexity under {args.reference}")
-    print(f"{'predictor':>12} {'steps':>6} {'gen. ppl':>10} {'entropy':>8} {'distinct-2':>10} {'distinct-4':>10}")
+    how = ("the samples' token ids, every token scored, the first after EOS" if same_ids else
+           f"the samples decoded and re-tokenised, windows of {reference.window} tokens; first token and EOS after the first unscored")
+    print(f"{args.num_samples} samples of {length} tokens; generative perplexity under {args.reference} ({how})")
+    print(f"{'predictor':>12} {'steps':>6} {'gen. ppl':>10} {'entropy':>8} {'distinct-2':>10} {'distinct-4':>10}"
+          + (f" {'MAUVE':>8}" if human_text is not None else ""))
     for predictor in args.predictors:
         for steps in args.steps:
             ids = pipe.sample(args.num_samples, length, steps, predictor, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
-            m = sample_metrics(reference, ids, eos, args.batch_size)
-            print(f"{predictor:>12} {steps:>6} {m['gen_ppl']:>10.2f} {m['entropy']:>8.4f} {m['distinct_2']:>10.4f} {m['distinct_4']:>10.4f}")
-    print("(entropy: mean unigram entropy of a sample, nats; distinct-n over all samples; the same seed for every row)")
+            m = (sample_metrics(reference.model, ids, eos, args.batch_size) if same_ids else
+                 reference_metrics(reference, ids.cpu(), tokenizer, args.batch_size))
+            row = f"{predictor:>12} {steps:>6} {m['gen_ppl']:>10.2f} {m['entropy']:>8.4f} {m['distinct_2']:>10.4f} {m['distinct_4']:>10.4f}"
+            if human_text is not None:
+                row += f" {mauve_score(reference, [pipe.decode(r) for r in ids.cpu()], human_text, seed=args.seed):>8.4f}"
+            print(row)
+    print("(entropy: mean unigram entropy of a sample's own tokens, nats; distinct-n over all samples; the same seed for every row)")
 
 
 def convert_command(args: argparse.Namespace) -> None:
@@ -509,10 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-power", type=t_power, default=2.0, help="t = u^power, a finite number >= 1 (1: t uniform)")
     p.set_defaults(run=eval_command)
 
-    p = _command(commands, "quality", "sample quality per predictor and steps: generative perplexity under an AR model, entropy, distinct-n",
-                 ["ddlm quality MODEL --reference AR_MODEL --predictors euler analytic --steps 16 64 256 --num-samples 32"])
+    p = _command(commands, "quality", "sample quality per predictor and steps: generative perplexity under a causal LM, entropy, distinct-n",
+                 ["ddlm quality MODEL --reference AR_MODEL --predictors euler analytic --steps 16 64 256 --num-samples 32",
+                  "ddlm quality MODEL --reference gpt2-large --steps 128 --mauve held-out.txt"])
     _add_model_arguments(p)
-    p.add_argument("--reference", required=True, help="an AR model (objective 'ar') with the same tokenizer, e.g. trained by ddlm train")
+    p.add_argument("--reference", required=True, help="a causal LM with its tokenizer (transformers directory or hub id, e.g. "
+                   "gpt2-large), or an AR model trained by ddlm")
+    p.add_argument("--mauve", metavar="FILE", default=None, help="also MAUVE against this held-out UTF-8 text, featurised by "
+                   "the reference (needs the mauve-text package) (default: off)")
     p.add_argument("--predictors", nargs="+", choices=PREDICTORS, default=[p for p in PREDICTORS if p not in ("first_hitting", "confidence")],
                    help="predictors to compare (first_hitting ignores --steps and needs an absorbing model)")
     p.add_argument("--steps", type=positive_int, nargs="+", default=[16, 64, 256], help="numbers of sampling steps to compare")
