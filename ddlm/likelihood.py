@@ -133,7 +133,8 @@ def _prior_term(graph: Graph, x0: torch.Tensor, sigma_bar: torch.Tensor, base, n
     if log_base.shape != log_q.shape:
         raise ValueError(f"base must return one log-probability per sequence, shape [{log_q.shape[0]}], got {list(log_base.shape)}")
     values = (log_q - log_base).reshape(batch, num_samples)
-    return values.mean(1), values.std(1) / math.sqrt(num_samples)
+    spread = values.std(1) / math.sqrt(num_samples) if num_samples > 1 else torch.full_like(values[:, 0], math.nan)
+    return values.mean(1), spread
 
 
 def clamped_dwdse(score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, free: torch.Tensor, t: torch.Tensor,
