@@ -1,14 +1,22 @@
 """Sample quality of token sequences: generative perplexity under a reference AR model, unigram entropy
-and distinct-n, plus ancestral sampling of an AR model for reference rows.
+and distinct-n, MAUVE, plus ancestral sampling of an AR model for reference rows.
 
 Generative perplexity alone rewards low-temperature, repetitive samples; the unigram entropy of each
 sample exposes them (a degenerate sample repeats a few tokens and has low entropy), and distinct-n
 measures repetition across the whole set.
+
+Two references. An AR model trained by ddlm with the samples' tokenizer scores their token ids
+directly (``generative_perplexity``). Any other causal LM with its own tokenizer (GPT-2 large is
+the field's default) scores the samples as text (``load_reference``, ``reference_perplexity``),
+under the rule MDLM and DUO use, written out in ``reference_token_ids`` and ``reference_nll``.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -72,3 +80,221 @@ def ar_sample(model, num_samples: int, length: int, context: int, *, temperature
         weights = torch.exp(log_probs - log_probs.amax(-1, keepdim=True))
         x = torch.cat([x, sample_categorical(weights, generator)[:, None]], 1)
     return x[:, 1:]
+
+
+# --------------------------------------------------------------------------- any causal LM as the reference
+
+
+@dataclass
+class ReferenceLM:
+    """A causal LM that scores text with its own tokenizer: a transformers ``AutoModelForCausalLM`` or an AR
+    model trained by ddlm (``ddlm`` true). window: the most tokens one forward may read."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    window: int
+    name: str
+    ddlm: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def log_probs(self, ids: torch.Tensor) -> torch.Tensor:
+        """Next-token log-probabilities [B, n, V] (float64) of token ids Long[B, n]: position j predicts token j + 1."""
+        if self.ddlm:
+            return self.model(ids).double()
+        return torch.log_softmax(self.model(input_ids=ids).logits.double(), -1)
+
+    @torch.no_grad()
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """The last layer's hidden state at the last token, [1, hidden] of ids Long[1, n] (MAUVE's text features)."""
+        if self.ddlm:
+            raise ValueError(f"MAUVE needs a transformers causal LM as the reference (its hidden states are the text features); "
+                             f"{self.name} is a ddlm model")
+        return self.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][:, -1].double()
+
+
+def _context_window(config, tokenizer) -> int:
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 1 < value < 10**7:
+        return value
+    raise ValueError("the reference LM states no context window (config n_positions / max_position_embeddings)")
+
+
+def load_reference(name: str | os.PathLike, *, device=None) -> ReferenceLM:
+    """A reference LM for generative perplexity: a directory or hub id of a transformers causal LM with its
+    tokenizer (never running code it names), or of an AR model trained by ddlm; a ValueError naming it otherwise."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluation import load_model
+
+    hint = "" if os.path.isdir(name) else " (a hub id is downloaded: that needs a network; or pass a local directory)"
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001 - a missing directory, a bad config, no network: all say the same
+        raise ValueError(f"cannot load the reference LM {name}: {type(error).__name__}: {_first_line(error)}{hint}") from None
+    if config.model_type == "ddlm":
+        model, tokenizer = load_model(name, device=device)
+        if model.config.objective != "ar":
+            raise ValueError(f"{name} is not an autoregressive model (objective='ar'); the reference must be one")
+        return ReferenceLM(model, tokenizer, model.config.max_position_embeddings, str(name), ddlm=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=False).to(device or "cpu").eval()
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"cannot load the reference LM {name} as a causal LM with its tokenizer: "
+                         f"{type(error).__name__}: {_first_line(error)}{hint}") from None
+    return ReferenceLM(model, tokenizer, _context_window(model.config, tokenizer), str(name))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def sample_pieces(samples: torch.Tensor, tokenizer) -> list[list[str]]:
+    """Per sample Long[B, L] of ``tokenizer``'s ids, its text between EOS tokens: k EOS tokens give k + 1 pieces
+    (special tokens other than EOS are decoded as their text)."""
+    eos = tokenizer.eos_token_id
+    pieces = []
+    for row in samples.tolist():
+        parts, run = [], []
+        for token in row + [None]:
+            if token is None or token == eos:
+                parts.append(tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+                run = []
+            else:
+                run.append(token)
+        pieces.append(parts)
+    return pieces
+
+
+def reference_token_ids(reference: ReferenceLM, pieces: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Each sample re-tokenised by the reference: its pieces (``sample_pieces``) each tokenised without special
+    tokens, joined by the reference's EOS token (so a sample's EOS stays an EOS whatever its spelling)."""
+    eos = reference.tokenizer.eos_token_id
+    result = []
+    for parts in pieces:
+        if len(parts) > 1 and eos is None:
+            raise ValueError(f"the samples hold EOS tokens but the reference LM {reference.name}'s tokenizer has no EOS token")
+        ids: list[int] = []
+        for k, text in enumerate(parts):
+            if k:
+                ids.append(eos)
+            if text:
+                ids += list(reference.tokenizer(text, add_special_tokens=False)["input_ids"])
+        result.append(ids)
+    return result
+
+
+def scored_targets(ids: Sequence[int], eos: int | None) -> list[bool]:
+    """Which tokens of a re-tokenised sample are scored: every token but the first (it has no context; MDLM,
+    DUO and SEDD start at the second) and but every EOS after the sample's first EOS."""
+    seen_eos, keep = False, []
+    for i, token in enumerate(ids):
+        is_eos = eos is not None and token == eos
+        keep.append(i > 0 and not (is_eos and seen_eos))
+        seen_eos |= is_eos
+    return keep
+
+
+def windows(length: int, window: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored index) of the forwards that score a sequence of ``length`` tokens.
+
+    One forward when it fits the reference's window W; else windows of W tokens at a stride of
+    W // 2 (the last one shorter), each scoring the tokens the previous ones did not, so every
+    token i >= W is predicted from the W // 2 to W - 1 tokens before it (the sliding rule of
+    transformers' perplexity guide) and never from outside the window.
+    """
+    if length <= window:
+        return [(0, length, 1)]
+    stride, spans, done = max(1, window // 2), [], 1
+    for begin in range(0, length, stride):
+        end = min(begin + window, length)
+        spans.append((begin, end, done))
+        done = end
+        if end == length:
+            break
+    return spans
+
+
+@torch.no_grad()
+def reference_nll(reference: ReferenceLM, sequences: Sequence[Sequence[int]], batch_size: int | None = None) -> tuple[list[float], list[int]]:
+    """Per re-tokenised sample: -log p of its scored tokens (``scored_targets``) under the reference, nats, and
+    their count; long samples in ``windows`` of the reference's length. batch_size: forwards per call."""
+    eos = reference.tokenizer.eos_token_id
+    jobs = []  # (sample, ids of the window, offset of the window, first target index)
+    for index, ids in enumerate(sequences):
+        for begin, end, first in windows(len(ids), reference.window):
+            if end - begin >= 2:
+                jobs.append((index, ids[begin:end], begin, first))
+    nats, counts = [0.0] * len(sequences), [0] * len(sequences)
+    for index, ids in enumerate(sequences):
+        counts[index] = sum(scored_targets(ids, eos))
+    step = batch_size or max(1, len(jobs))
+    for start in range(0, len(jobs), step):
+        chunk = jobs[start:start + step]
+        width = max(len(ids) for _, ids, _, _ in chunk)
+        batch = torch.zeros(len(chunk), width, dtype=torch.long)  # right padding: a causal model never reads it
+        for row, (_, ids, _, _) in enumerate(chunk):
+            batch[row, :len(ids)] = torch.tensor(ids)
+        log_probs = reference.log_probs(batch.to(reference.device)).cpu()
+        for row, (index, ids, begin, first) in enumerate(chunk):
+            keep = scored_targets(sequences[index], eos)
+            for j in range(max(first, begin + 1) - begin, len(ids)):
+                if keep[begin + j]:
+                    nats[index] -= float(log_probs[row, j - 1, ids[j]])
+    return nats, counts
+
+
+def reference_perplexity(reference: ReferenceLM, samples: torch.Tensor, tokenizer, batch_size: int | None = None) -> float:
+    """Generative perplexity of samples Long[B, L] (ids of ``tokenizer``) under any causal LM: exp(total nats /
+    total scored tokens) over all samples, each decoded, re-tokenised and scored by the reference (MDLM's rule)."""
+    if samples.dim() != 2 or samples.numel() == 0:
+        raise ValueError(f"samples must be a non-empty Long[B, L], got shape {list(samples.shape)}")
+    nats, counts = reference_nll(reference, reference_token_ids(reference, sample_pieces(samples, tokenizer)), batch_size)
+    if not sum(counts):
+        raise ValueError("the samples re-tokenise to at most one reference token each: nothing to score")
+    return math.exp(sum(nats) / sum(counts))
+
+
+def reference_metrics(reference: ReferenceLM, samples: torch.Tensor, tokenizer, batch_size: int | None = None) -> dict[str, float]:
+    """``sample_metrics`` with gen_ppl under any causal LM (``reference_perplexity``); entropy and distinct-n
+    of the samples' own token ids."""
+    length = samples.shape[-1]
+    return {"gen_ppl": reference_perplexity(reference, samples, tokenizer, batch_size), "entropy": unigram_entropy(samples),
+            "distinct_2": distinct_n(samples, min(2, length)), "distinct_4": distinct_n(samples, min(4, length))}
+
+
+def mauve_score(reference: ReferenceLM, texts: Sequence[str], human_text: str, *, seed: int = 25) -> float:
+    """MAUVE (Pillutla et al. 2021, the ``mauve-text`` package) between ``texts`` and held-out human text.
+
+    Features: the reference LM's last hidden state at the last token of each text (MAUVE's own
+    featurisation, with the reference in place of GPT-2 large). The human text is tokenised by the
+    reference and cut into consecutive pieces of the median token length of ``texts`` (at most
+    len(texts) pieces; at least 2 needed). Texts longer than the reference's window keep their
+    first window of tokens.
+    """
+    try:
+        import mauve
+    except ImportError:
+        raise ValueError("MAUVE needs the mauve-text package: pip install mauve-text (or pip install 'ddlm[eval]')") from None
+    ids = [list(reference.tokenizer(text, add_special_tokens=False)["input_ids"])[:reference.window] for text in texts]
+    ids = [piece for piece in ids if piece]
+    if len(ids) < 2:
+        raise ValueError("MAUVE needs at least 2 non-empty samples")
+    size = sorted(map(len, ids))[len(ids) // 2]
+    human = list(reference.tokenizer(human_text, add_special_tokens=False)["input_ids"])
+    pieces = [human[i:i + size] for i in range(0, len(human) - size + 1, size)][:len(ids)]
+    if len(pieces) < 2:
+        raise ValueError(f"the held-out text has {len(human)} reference tokens: too few for 2 pieces of {size} (the samples' "
+                         "median length); MAUVE needs more held-out text")
+    features = [torch.cat([reference.features(torch.tensor([piece], device=reference.device)).cpu() for piece in group]).numpy()
+                for group in (ids, pieces)]
+    return float(mauve.compute_mauve(p_features=features[0], q_features=features[1], device_id=-1, verbose=False, seed=seed).mauve)

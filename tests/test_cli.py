@@ -163,17 +163,20 @@ def test_quality_prints_the_metrics_of_the_samples_each_setting_draws(model_dir,
         [expected[k] for k in ("gen_ppl", "entropy", "distinct_2", "distinct_4")], abs=0.006)
 
 
-def test_quality_needs_an_ar_reference_with_the_same_tokenizer(model_dir, ar_dir, shared_data, tmp_path, capsys):
+def test_quality_needs_an_ar_reference_and_retokenises_for_another_tokenizer(model_dir, ar_dir, shared_data, tmp_path, capsys):
     from ddlm.tokenization import train_byte_bpe
 
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quality", str(model_dir), "--reference", str(model_dir), "--steps", "2", "--num-samples", "2", "--quiet"])
+    assert exit_info.value.code == 2 and "not an autoregressive model" in capsys.readouterr().err
     other = tmp_path / "other"  # the same AR model with a tokenizer of the same size trained on other text
     DDLMForDiffusion.from_pretrained(ar_dir).save_pretrained(other)
     text = (shared_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:100_000]
     train_byte_bpe([text], 300).save_pretrained(other)
-    for reference, message in [(model_dir, "not an autoregressive model"), (other, "different tokenizer")]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(["quality", str(model_dir), "--reference", str(reference), "--steps", "2", "--num-samples", "2", "--quiet"])
-        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    main(["quality", str(model_dir), "--reference", str(other), "--predictors", "analytic", "--steps", "2", "--num-samples", "2",
+          "--length", "8", "--quiet"])
+    out = capsys.readouterr().out
+    assert "decoded and re-tokenised" in out and math.isfinite(float(out.splitlines()[2].split()[2]))
 
 
 def test_eval_scores_a_file_shorter_than_a_block_and_says_so(model_dir, tmp_path, capsys):
