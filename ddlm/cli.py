@@ -71,6 +71,9 @@ remask_value = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1] (0: of
 window_time = _checked(float, lambda v: 0 <= v <= 1, "a time in [0, 1]")
 corrector_steps_value = _checked(int, lambda v: v >= 0, "an integer >= 0 (0: no corrector)")
 corrector_size_value = _checked(float, lambda v: 0 < v < math.inf, "a finite number > 0 (the corrector's dt over the sampler's)")
+class_id = _checked(int, lambda v: v >= 0, "a class id: an integer >= 0")
+guidance_scale_value = _checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0 (1: the conditional model, 0: the "
+                                "unconditional one)")
 t_power = _checked(float, lambda v: 1 <= v < math.inf, "a finite number >= 1 (t = u^power)")
 
 
@@ -158,7 +161,8 @@ def _sampling_options(args: argparse.Namespace) -> dict:
 def sample_command(args: argparse.Namespace) -> None:
     """Print samples of a model: unconditional, or block by block after a prompt (--block-size, --prompt, ...)."""
     blocks = dict(prompt=args.prompt, block_size=args.block_size, max_new_tokens=args.max_new_tokens, stop_at_eos=args.stop_at_eos)
-    texts = _pipeline(args).generate(args.num_samples, args.length, **blocks, **_sampling_options(args))
+    guidance = dict(label=args.label, guidance_scale=args.guidance_scale)
+    texts = _pipeline(args).generate(args.num_samples, args.length, **blocks, **guidance, **_sampling_options(args))
     print(f"\n{SEPARATOR}\n".join(texts))
 
 
@@ -235,8 +239,8 @@ def eval_command(args: argparse.Namespace) -> None:
         print("(AR: exact chain-rule -log p; each block's first token is conditioned on EOS)")
     if "diffusion" in kinds:
         print(f"(diffusion: upper bound = integral + prior; {args.t_sampling} u, t = u^{args.t_power:g}; +- is one standard error; "
-              "per-text: every block gets t/block times; dataset: t/block times per block stratified over the file's blocks, "
-              "the error taken across blocks; calls/tok: model calls (one block each) per token)")
+              "per-text: every block gets t/block times; dataset: t/block times per block, stratified over all the file's blocks, "
+              "the error from the strata; calls/tok: model calls (one block each) per token)")
 
 
 def _conditional_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -464,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(commands, "sample", "samples of a model: unconditional, or block by block after a prompt",
                  ["ddlm sample runs/quickstart/final --num-samples 4 --steps 256 --seed 0",
-                  'ddlm sample runs/quickstart/final --prompt "The" --block-size 32 --max-new-tokens 96 --stop-at-eos'])
+                  'ddlm sample runs/quickstart/final --prompt "The" --block-size 32 --max-new-tokens 96 --stop-at-eos',
+                  "ddlm sample runs/guidance/conditional --label 1 --guidance-scale 2 --num-samples 4"])
     _add_model_arguments(p)
     _add_sampling_arguments(p)
     p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default: the model's maximum)")
@@ -476,6 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-eos", action="store_true", help="stop a sample after the block with its first EOS token and cut "
                    "the text there")
     p.add_argument("--prompt", default=None, help="text to continue block by block, printed unchanged")
+    p.add_argument("--label", type=class_id, default=None, help="class to generate, for a class-conditional model "
+                   "(default: none, the unconditional model)")
+    p.add_argument("--guidance-scale", type=guidance_scale_value, default=1.0, metavar="G", help="classifier-free guidance "
+                   "with --label: log s = G log s(label) + (1 - G) log s(no label); 1: the conditional model, > 1: stronger "
+                   "(not an exact sampler)")
     p.set_defaults(run=sample_command)
 
     p = _command(commands, "infill", "fill the {{n}} gaps (n tokens each) or {{lo..hi}} gaps (best length) of a text",
@@ -514,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-t", type=positive_int, default=None, help="t samples per block, or per pair with --context/--conditional "
                    "(diffusion models; even unless --t-sampling iid or the dataset estimator) (default: 128; 1 for the dataset estimator)")
     p.add_argument("--estimator", choices=["auto", "per-text", "dataset"], default="auto", help="files: per-text (--num-t t for every "
-                   "block), dataset (--num-t t per block stratified over a file's blocks, the error taken across blocks; 1/128 of the "
+                   "block), dataset (--num-t t per block stratified over all a file's blocks; 1/128 of the "
                    "model calls at the defaults) or auto (dataset for files of at least 16 blocks)")
     p.add_argument("--context", default=None, help="score --continuation given this text instead of files (default: none)")
     p.add_argument("--continuation", default=None, help="the text whose -log p given --context is printed (default: none)")

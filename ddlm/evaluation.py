@@ -9,7 +9,7 @@ both cover the same tokens.
 
 Two estimators of a diffusion model's bound: per-text (``num_t`` times for every block, a standard
 error per block) and dataset-level (a few times per block, stratified over all of a text's blocks,
-the standard error taken across blocks; ``ddlm.likelihood.block_estimates``). Conditional scores
+the standard error from the strata; ``ddlm.likelihood.block_estimates``). Conditional scores
 -log p(continuation | context) (``score_continuations``, ``lambada``) use the conditional bound of
 ``ddlm.likelihood.conditional_nll_bound`` or, for AR models, the exact chain rule.
 """

@@ -9,7 +9,7 @@ exact ratios and the exact terminal marginal as base the bound is an equality.
 ``conditional_nll_bound`` bounds -log p(x0[free] | x0[fixed]): the fixed positions are clamped to
 their tokens at every t, so the same theorem applies to the process on the free positions.
 ``block_estimates`` is the dataset-level estimator: a few times per block, stratified over all
-blocks together, the standard error taken across blocks.
+blocks together, the standard error from the strata.
 """
 
 from __future__ import annotations
@@ -276,49 +276,56 @@ def conditional_nll_bound(
 
 def pooled_times(num_blocks: int, t_per_block: int, method: str = "stratified", power: float = 2.0,
                  generator: torch.Generator | None = None, device=None):
-    """Times for the dataset-level estimator: (t, dt/du), each [num_blocks, t_per_block] float64.
+    """Times for the dataset-level estimator, one per (block, t) slot: (t, dt/du, block, stratum), each [slots].
 
-    stratified: the num_blocks * t_per_block draws of u share one stratification of (0, 1] (one
-    uniform draw in each of that many equal strata), the strata dealt to the (block, t) slots in a
-    random order, so every slot's u is uniform on its own (each block's estimate is unbiased) and the
-    dataset's times cover (0, 1] evenly. antithetic: pairs u, 1 - u within each block (even
-    t_per_block). iid: independent u. t = u^power as in ``sample_times``.
+    Slots are block-major: block b owns t_per_block slots (block[s] says whose a slot is).
+    stratified: all slots share one stratification of (0, 1] into slots / 2 equal strata, two slots
+    per stratum, the strata dealt to the slots in a random order, so every slot's u is uniform on
+    its own (each block's estimate is unbiased) while the dataset's times cover (0, 1] evenly; with
+    an odd number of slots one random block gets one extra slot. stratum[s] is the slot's stratum
+    (for the standard error of the sum). antithetic: pairs u, 1 - u within each block (even
+    t_per_block); iid: independent u; stratum is None for both. t = u^power as in ``sample_times``.
     """
     if method not in T_SAMPLING:
         raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {method!r}")
+    check_count("num_blocks", num_blocks)
     check_count("t_per_block", t_per_block)
     if method == "antithetic" and t_per_block % 2:
         raise ValueError(f"antithetic t needs an even t_per_block (pairs u, 1 - u), got {t_per_block}")
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not 1 <= power < math.inf:
         raise ValueError(f"t_power must be a finite number >= 1, got {power!r}")
-    slots = num_blocks * t_per_block
-    u = 1 - torch.rand(slots, generator=generator, dtype=torch.float64, device=device)  # (0, 1]
+    block = torch.arange(num_blocks, device=device).repeat_interleave(t_per_block)
+    stratum = None
+    if method == "stratified" and block.numel() % 2:
+        extra = torch.randint(num_blocks, (1,), generator=generator, device=device)
+        block = torch.cat([block, extra]).sort().values
+    u = 1 - torch.rand(block.numel(), generator=generator, dtype=torch.float64, device=device)  # (0, 1]
     if method == "stratified":
-        order = torch.randperm(slots, generator=generator, device=device).to(torch.float64)
-        u = (order + u) / slots
-    u = u.reshape(num_blocks, t_per_block)
-    if method == "antithetic":
-        half = u[:, : t_per_block // 2]
-        u = torch.stack([half, 1 - half], dim=-1).reshape(num_blocks, t_per_block)
+        stratum = torch.randperm(block.numel(), generator=generator, device=device) // 2
+        u = (stratum.to(torch.float64) + u) / (block.numel() // 2)
+    elif method == "antithetic":
+        pairs = u.reshape(-1, 2)
+        u = torch.stack([pairs[:, 0], 1 - pairs[:, 0]], dim=-1).reshape(-1)
     u = u.clamp(min=torch.finfo(torch.float64).eps, max=1.0)
-    return u**power, power * u ** (power - 1)
+    return u**power, power * u ** (power - 1), block, stratum
 
 
 @dataclass
 class BlockEstimates:
     """The dataset-level estimator's output: per block one unbiased estimate of its bound, nats.
 
-    integral, prior: [n] float64; num_tokens: Long[n]; t_per_block: times per block. The
-    estimates of different blocks are independent apart from sharing one stratification of t
-    (which only lowers the variance of their sum), so ``total`` takes the standard error of the sum
-    from the spread across blocks. That spread also holds the blocks' true differences, so the
-    standard error is conservative (too large, never too small, in expectation).
+    integral, prior: [n] float64; num_tokens: Long[n]; t_per_block: times per block (one block may
+    have one more, see ``pooled_times``). slot_values: each (block, t) slot's contribution to the
+    summed integral, [slots]; slot_strata: their strata (stratified t with an exact prior term), else
+    None.
     """
 
     integral: torch.Tensor
     prior: torch.Tensor
     num_tokens: torch.Tensor
     t_per_block: int
+    slot_values: torch.Tensor | None = None
+    slot_strata: torch.Tensor | None = None
 
     @property
     def bound(self) -> torch.Tensor:
@@ -326,9 +333,22 @@ class BlockEstimates:
         return self.integral + self.prior
 
     def total(self, index: torch.Tensor | None = None) -> tuple[float, float]:
-        """(estimate of the summed bound, its standard error sqrt(n var)) over the blocks ``index`` (default all);
-        a ValueError for fewer than 2 blocks (no spread to take an error from)."""
+        """(estimate of the summed bound, its standard error) over all blocks, or over the blocks ``index``.
+
+        Over all blocks with stratified t and an exact prior term: the stratified estimator's error,
+        Var = sum over strata of (a - b)^2 for the two slots a, b of a stratum. It is not exact: it
+        counts the difference between the two slots' blocks at nearly the same t (too large) and
+        misses the variance of which block draws which stratum (too small); on an exact oracle it
+        measures 0.9 (1 t per block) to 1.2 (2 t per block) times the spread of repeated estimates
+        (tests/test_conditional_bound.py, docs/concepts/bound.md). Otherwise: sqrt(n var) of the
+        per-block estimates, which counts the blocks' true differences and ignores any
+        stratification (conservative); needs at least 2 blocks.
+        """
         values = self.bound if index is None else self.bound[index]
+        if index is None and self.slot_strata is not None:
+            order = self.slot_strata.argsort()
+            pairs = self.slot_values[order].reshape(-1, 2)
+            return float(values.sum()), float((pairs[:, 0] - pairs[:, 1]).square().sum()) ** 0.5
         if values.numel() < 2:
             raise ValueError("the dataset-level estimator takes its standard error across blocks and needs at least 2 "
                              f"blocks, got {values.numel()}; use the per-text estimator (nll_bound)")
@@ -368,23 +388,25 @@ def block_estimates(
             raise ValueError(f"blocks[{index}] must be a non-empty Long[L] tensor")
         graph.check_clean(block, f"blocks[{index}]")
     device = blocks[0].device
-    times, weights = pooled_times(len(blocks), t_per_block, t_sampling, t_power, generator, device)
-    lengths = torch.tensor([block.numel() for block in blocks])
-    integral = torch.zeros(len(blocks), dtype=torch.float64, device=device)
+    times, weights, slot_block, strata = pooled_times(len(blocks), t_per_block, t_sampling, t_power, generator, device)
+    lengths = torch.tensor([block.numel() for block in blocks], device=device)
+    per_block = torch.bincount(slot_block, minlength=len(blocks)).to(torch.float64)  # t_per_block (+1 for one block)
+    slot_values = torch.zeros(len(times), dtype=torch.float64, device=device)
     prior = torch.zeros(len(blocks), dtype=torch.float64, device=device)
     with tqdm(total=len(blocks), desc="nll bound", unit="block", disable=not progress) as bar:
         for length in lengths.unique().tolist():
-            members = (lengths == length).nonzero().squeeze(1).to(device)
+            members = (lengths == length).nonzero().squeeze(1)
             x0 = torch.stack([blocks[i] for i in members.tolist()])
-            flat_t = times[members].t().reshape(-1)  # time-major: whole blocks finish together
+            slots = torch.isin(slot_block, members).nonzero().squeeze(1)
+            row_of = torch.full((len(blocks),), -1, dtype=torch.long, device=device)
+            row_of[members] = torch.arange(len(members), device=device)
             chunk = batch_size or len(members)
-            values = []
-            for start in range(0, flat_t.numel(), chunk):
-                stop = min(start + chunk, flat_t.numel())
-                rows = torch.arange(start, stop, device=device) % len(members)
-                values.append(dwdse(score_fn, graph, noise, x0[rows], flat_t[start:stop], generator).double())
-                bar.update((stop - start) / t_per_block)
-            per_time = torch.cat(values).reshape(t_per_block, len(members)).t() * weights[members]
-            integral[members] = per_time.mean(1)
+            for start in range(0, len(slots), chunk):
+                part = slots[start:start + chunk]
+                value = dwdse(score_fn, graph, noise, x0[row_of[slot_block[part]]], times[part], generator).double()
+                slot_values[part] = value * weights[part] / per_block[slot_block[part]]
+                bar.update(len(part) / t_per_block)
             prior[members] = _prior_term(graph, x0, noise.total(1.0), base, t_per_block, generator)[0].double()
-    return BlockEstimates(integral, prior, lengths, t_per_block)
+    integral = torch.zeros(len(blocks), dtype=torch.float64, device=device).index_add_(0, slot_block, slot_values)
+    exact_prior = base is None or isinstance(base, torch.Tensor)
+    return BlockEstimates(integral, prior, lengths.cpu(), t_per_block, slot_values, strata if exact_prior else None)

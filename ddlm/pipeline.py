@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .checks import check_count, is_int
 from .evaluation import (DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, ConditionalScore, TextBound, blocks_by_length, encode_pairs,
                          load_model, model_batch_size, text_blocks)
+from .guidance import check_scale, guided_model_score
 from .likelihood import block_estimates, conditional_nll_bound, nll_bound
 from .model import DDLMForDiffusion
 from .processes import Graph
@@ -159,8 +160,21 @@ class DiffusionPipeline:
 
     score_fn.accepts_positions = True
 
-    def sampling_score_fn(self) -> ScoreFn:
-        """``score_fn`` carrying the model's ``time_independent`` declaration (``ddlm.score_cache``) for samplers."""
+    def sampling_score_fn(self, label: int | None = None, guidance_scale: float = 1.0) -> ScoreFn:
+        """``score_fn`` carrying the model's ``time_independent`` declaration (``ddlm.score_cache``) for samplers.
+
+        label: a class id of a class-conditional model (``config.num_classes`` > 0) to guide towards, with
+        classifier-free guidance of scale ``guidance_scale`` (``ddlm.guidance.guided_model_score``: 1 the
+        conditional model, 0 the unconditional one, > 1 stronger guidance; exact only at 0 and 1). None: the
+        model as it is (a class-conditional model then runs its null class, i.e. unconditionally).
+        """
+        scale = check_scale(guidance_scale, "guidance_scale")
+        if label is not None:
+            if not is_int(label, 0):
+                raise ValueError(f"label must be an int class id >= 0, got {label!r:.80}")
+            return guided_model_score(self.model, label, scale)
+        if scale != 1:
+            raise ValueError(f"guidance_scale={guidance_scale!r} needs label= (the class to guide towards)")
         fn = functools.partial(self.score_fn)
         fn.accepts_positions = True
         fn.time_independent = is_time_independent(self.model)
@@ -186,6 +200,8 @@ class DiffusionPipeline:
         seed: int | None = None,
         progress: bool = True,
         stats: dict | None = None,
+        label: int | None = None,
+        guidance_scale: float = 1.0,
         **sampler_options,
     ) -> torch.Tensor:
         """Token ids Long[num_samples, length]; x_init / fixed: Long/Bool[length] clamped positions (or None).
@@ -204,6 +220,8 @@ class DiffusionPipeline:
         absorbing) / remask_window remask unmasked tokens before each step with exact marginals and no
         extra network call; corrector_steps / corrector_size add p_t-invariant corrector steps after
         each predictor step (any model; one network call each).
+        label / guidance_scale: class-conditional models, classifier-free guidance towards class ``label``
+        (``sampling_score_fn``; one network call of a doubled batch per step unless the scale is 0 or 1).
         """
         check_count("num_samples", num_samples)
         check_count("length", length)
@@ -214,7 +232,7 @@ class DiffusionPipeline:
         generator = self._generator(generator, seed)
         batch_size = batch_size or num_samples
         batches = []
-        score_fn = self.sampling_score_fn()
+        score_fn = self.sampling_score_fn(label, guidance_scale)
         totals = {"network_calls": 0, "sequences_scored": 0, "positions_scored": 0}
         for start in tqdm(range(0, num_samples, batch_size), desc="batches", disable=not progress or batch_size >= num_samples):
             n = min(batch_size, num_samples - start)
@@ -261,7 +279,8 @@ class DiffusionPipeline:
     ) -> list[str]:
         """Samples as text; length in tokens (default the model's maximum).
 
-        Keyword arguments as in ``sample`` (denoise, batch_size, generator, seed, dtype, progress).
+        Keyword arguments as in ``sample`` (denoise, batch_size, generator, seed, dtype, progress; label and
+        guidance_scale for classifier-free guidance of a class-conditional model).
 
         Semi-autoregressive block decoding (absorbing models) when any of ``prompt``,
         ``block_size``, ``max_new_tokens`` or ``stop_at_eos`` is given: ``max_new_tokens`` (default
@@ -308,6 +327,8 @@ class DiffusionPipeline:
         seed: int | None = None,
         progress: bool = True,
         stats: dict | None = None,
+        label: int | None = None,
+        guidance_scale: float = 1.0,
         **sample_kwargs,
     ) -> list[torch.Tensor]:
         """Semi-autoregressive block decoding (absorbing models): per sample the new token ids Long[n].
@@ -338,7 +359,8 @@ class DiffusionPipeline:
         ``ddlm.sampling.sample``). stats: a dict receiving ``network_calls``, ``sequences_scored``, ``positions_scored``
         and ``blocks`` summed over blocks and batches. Other keyword arguments go to
         ``ddlm.sampling.sample`` (dtype, cache, impl, t_min, ...); ``denoise`` must stay True
-        (a clamped prefix must be clean tokens).
+        (a clamped prefix must be clean tokens). label / guidance_scale: classifier-free guidance of a
+        class-conditional model, as in ``sample``.
 
         Uniform models are refused: their noised tokens are never "unknown", so there is no way to
         hold the future out of the window, and clamping a clean prefix is itself only approximate
@@ -373,7 +395,7 @@ class DiffusionPipeline:
         target = min(width, start + max_new_tokens)  # the window length within the context
         seqs = prompt.expand(num_samples, start).clone()
         done = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
-        base_fn = self.sampling_score_fn()
+        base_fn = self.sampling_score_fn(label, guidance_scale)
         totals = {"network_calls": 0, "sequences_scored": 0, "positions_scored": 0, "blocks": 0}
         blocks = range(0, max_new_tokens, block_size)
         for made in tqdm(blocks, desc="blocks", disable=not progress or len(blocks) == 1):
@@ -601,7 +623,7 @@ class DiffusionPipeline:
         estimator: "per-text" (``ddlm.likelihood.nll_bound``: num_t times for every block, default
         128, a standard error per block); "dataset" (``ddlm.likelihood.block_estimates``: num_t
         times per block, default 1, stratified over all of a text's blocks, the standard error
-        taken across its blocks: needs at least 2 blocks per text); "auto": "dataset" for a text
+        from the strata: needs at least 2 blocks per text); "auto": "dataset" for a text
         of at least ``DATASET_MIN_BLOCKS`` (16) blocks, "per-text" otherwise. Model calls per
         token: num_t / block length either way, so the dataset estimator at its default costs
         1/128 of the per-text one. batch_size: sequences per model call (default

@@ -1,0 +1,142 @@
+"""What `ddlm eval` costs, and what the dataset-level estimator buys.
+
+Two measurements on a trained quickstart-size absorbing model (hidden 128, 4 layers, vocabulary 1024;
+default: the one `benchmarks/sampling.py` trains into runs/sampling/absorbing/final, or pass --model):
+
+1. Agreement. The first --blocks full blocks of held-out text are bounded by the per-text estimator
+   (128 t per block, the reference) and by the dataset-level estimator at 1, 2 and 8 t per block
+   (1/128, 1/64 and 1/16 of its model calls), --seeds times each: the dataset estimate, its reported
+   standard error, and its distance from the reference in reference-plus-own standard errors.
+2. Memory. `ddlm eval MODEL FILE --quiet` of a ~1 MB file (default wikitext2.valid.txt), run as a
+   subprocess under /usr/bin/time -v with the default settings (estimator auto, batch size bounded by
+   the available memory) and with the per-text estimator at 2 t per block: peak resident memory, wall
+   time and the printed bound.
+
+Writes benchmarks/results/eval_cost.md and .json.
+
+    python benchmarks/eval_cost.py [--model DIR] [--text FILE] [--big-file FILE] [--blocks 48] [--seeds 3]
+"""
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+import time
+
+import torch
+
+from ddlm.evaluation import text_blocks
+from ddlm.likelihood import block_estimates, nll_bound
+from ddlm.pipeline import DiffusionPipeline
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def agreement(pipe, text: str, num_blocks: int, seeds: int) -> tuple[dict, list[dict]]:
+    """The per-text reference at 128 t per block and the dataset estimator at 1, 2 and 8 t per block."""
+    blocks = [b for b in text_blocks(pipe.tokenizer, [text], pipe.max_length)[0] if len(b) == pipe.max_length][:num_blocks]
+    if len(blocks) < num_blocks:
+        raise SystemExit(f"the text has only {len(blocks)} full blocks of {pipe.max_length} tokens; pass a longer --text")
+    x0 = torch.tensor(blocks)
+    tokens = x0.numel()
+    start = time.perf_counter()
+    reference = nll_bound(pipe.score_fn, pipe.graph, pipe.noise, x0, 128, torch.Generator().manual_seed(0), batch_size=256)
+    ref = {"estimator": "per-text", "t_per_block": 128, "calls_per_token": 128 / pipe.max_length, "seconds": time.perf_counter() - start,
+           "nats_per_token": float(reference.bound.sum()) / tokens,
+           "stderr_per_token": float(reference.stderr.square().sum().sqrt()) / tokens}
+    print(ref, flush=True)
+    rows = []
+    for t_per_block in (1, 2, 8):
+        for seed in range(seeds):
+            start = time.perf_counter()
+            estimate = block_estimates(pipe.score_fn, pipe.graph, pipe.noise, list(x0), t_per_block,
+                                       torch.Generator().manual_seed(1000 + seed), batch_size=256)
+            total, stderr = estimate.total()
+            row = {"estimator": "dataset", "t_per_block": t_per_block, "seed": seed, "calls_per_token": t_per_block / pipe.max_length,
+                   "seconds": time.perf_counter() - start, "nats_per_token": total / tokens, "stderr_per_token": stderr / tokens}
+            row["distance_in_own_se"] = abs(row["nats_per_token"] - ref["nats_per_token"]) / row["stderr_per_token"]
+            row["distance_in_combined_se"] = abs(row["nats_per_token"] - ref["nats_per_token"]) / math.hypot(
+                row["stderr_per_token"], ref["stderr_per_token"])
+            rows.append(row)
+            print(row, flush=True)
+    return {"blocks": len(blocks), "tokens": tokens, **ref}, rows
+
+
+def measure_eval(model: str, path: str, extra: list[str]) -> dict:
+    """Peak resident memory, wall time and the table row of `ddlm eval MODEL PATH --quiet EXTRA`."""
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "ddlm", "eval", model, path, "--quiet", *extra]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if result.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
+    seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
+    row = next(line for line in result.stdout.splitlines() if line.startswith("#1 "))
+    fields = row.split()
+    return {"command": "ddlm eval MODEL FILE --quiet " + " ".join(extra), "peak_rss_mb": peak_kb / 1024, "seconds": seconds,
+            "tokens": int(fields[2]), "blocks": int(fields[3]), "t_per_block": fields[4], "nats_per_token": float(fields[10]),
+            "stderr_per_token": float(fields[12]), "ppl": float(fields[13]), "estimator": fields[-2], "calls_per_token": float(fields[-1])}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "runs" / "sampling" / "absorbing" / "final"))
+    parser.add_argument("--text", default=str(ROOT / "runs" / "sampling" / "heldout.txt"), help="held-out text for the agreement test")
+    parser.add_argument("--big-file", default=str(SHARED / "wikitext2.valid.txt"), help="a ~1 MB file for the memory test")
+    parser.add_argument("--blocks", type=int, default=48)
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if not os.path.isdir(args.model):
+        raise SystemExit(f"{args.model} is not a model directory: run benchmarks/sampling.py (or `ddlm train quickstart`) first, "
+                         "or pass --model")
+    pipe = DiffusionPipeline.from_pretrained(args.model)
+    reference, rows = agreement(pipe, pathlib.Path(args.text).read_text(encoding="utf-8"), args.blocks, args.seeds)
+    size_mb = os.path.getsize(args.big_file) / 1e6
+    runs = [measure_eval(args.model, args.big_file, []), measure_eval(args.model, args.big_file, ["--estimator", "per-text", "--num-t", "2"])]
+    for run in runs:
+        print(run, flush=True)
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, 1 torch thread, torch {torch.__version__}"
+    lines = [
+        f"# Evaluation cost: the dataset-level estimator and memory ({machine})",
+        "",
+        f"Model: {pathlib.Path(args.model).relative_to(ROOT) if args.model.startswith(str(ROOT)) else args.model} "
+        f"(absorbing, {pipe.max_length}-token blocks, vocabulary {pipe.graph.num_tokens}). "
+        f"Agreement on the first {reference['blocks']} full blocks ({reference['tokens']} tokens) of "
+        f"{pathlib.Path(args.text).name}; nats per token, +- one reported standard error; distance: "
+        "|dataset - per-text| in the dataset estimate's own standard errors and in both combined.",
+        "",
+        "| estimator | t / block | calls / token | seed | nats / token | distance (own se) | distance (combined se) | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| per-text (reference) | 128 | {reference['calls_per_token']:.3f} | 0 | {reference['nats_per_token']:.4f} +- "
+        f"{reference['stderr_per_token']:.4f} | | | {reference['seconds']:.0f} |",
+    ]
+    for row in rows:
+        lines.append(f"| dataset | {row['t_per_block']} | {row['calls_per_token']:.4f} | {row['seed']} | {row['nats_per_token']:.4f} +- "
+                     f"{row['stderr_per_token']:.4f} | {row['distance_in_own_se']:.2f} | {row['distance_in_combined_se']:.2f} | "
+                     f"{row['seconds']:.1f} |")
+    lines += [
+        "",
+        f"`ddlm eval` of {pathlib.Path(args.big_file).name} ({size_mb:.2f} MB), peak resident memory from /usr/bin/time -v:",
+        "",
+        "| command | estimator | t / block | blocks | tokens | calls / token | nats / token | ppl | peak RSS (MB) | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        lines.append(f"| `{run['command']}` | {run['estimator']} | {run['t_per_block']} | {run['blocks']} | {run['tokens']} | "
+                     f"{run['calls_per_token']:.4f} | {run['nats_per_token']:.4f} +- {run['stderr_per_token']:.4f} | {run['ppl']:.2f} | "
+                     f"{run['peak_rss_mb']:.0f} | {run['seconds']:.0f} |")
+    out = ROOT / "benchmarks" / "results" / "eval_cost"
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "reference": reference, "dataset": rows, "eval_runs": runs}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
