@@ -234,3 +234,85 @@ def test_bad_input_is_refused_with_the_argument_named():
         ClassifierGuidance(oracle.unconditional.score_fn, None, 0)
     with pytest.raises(ddlm.score.NonFiniteScoreError):
         classifier_free_guidance(lambda x, s: torch.full((*x.shape, 4), float("nan")), oracle.score_fn, 2.0)(x, sigma)
+
+
+# ----------------------------------------------------------------------------- a real class-conditional network
+def tiny_conditional(num_classes=3, **overrides):
+    from helpers import randomised
+
+    return randomised(ddlm.DDLMConfig.from_preset("tiny", vocab_size=11, num_classes=num_classes, dropout=0.0, **overrides))
+
+
+@pytest.mark.parametrize("time_conditioning", [True, False])
+def test_doubled_batch_of_a_conditional_network_equals_two_calls(time_conditioning):
+    model = tiny_conditional(time_conditioning=time_conditioning)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 12, (4, 9), generator=gen)
+    sigma = torch.rand(4, generator=gen, dtype=torch.float64) + 0.1
+    with torch.no_grad():
+        conditional = model(x, sigma, class_labels=torch.tensor(2))
+        unconditional = model(x, sigma)
+        guided = guided_model_score(model, 2, 1.5)
+        full = guided(x, sigma)
+        assert torch.allclose(full, combine_log_scores(conditional, unconditional, 1.5), atol=1e-5)
+        rows = x == 11
+        assert torch.allclose(guided(x, sigma, positions=rows), full[rows], atol=1e-5)
+    assert guided.time_independent is (not time_conditioning)
+    with pytest.raises(ValueError, match="class-conditional model"):
+        guided_model_score(randomised_unconditional(), 0, 2.0)
+
+
+def randomised_unconditional():
+    from helpers import randomised
+
+    return randomised(ddlm.DDLMConfig.from_preset("tiny", vocab_size=11, dropout=0.0))
+
+
+@pytest.fixture(scope="module")
+def conditional_dir(tmp_path_factory, byte_tokenizer):
+    from helpers import randomised
+
+    from ddlm.pipeline import DiffusionPipeline
+
+    config = ddlm.DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=16, num_classes=3)
+    path = tmp_path_factory.mktemp("conditional")
+    DiffusionPipeline(randomised(config), byte_tokenizer).save_pretrained(path)
+    return path
+
+
+def test_pipeline_and_cli_generate_with_a_label(conditional_dir, byte_tokenizer, tmp_path, capsys):
+    from helpers import save_tiny_pipeline
+
+    from ddlm.cli import main
+    from ddlm.pipeline import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(conditional_dir)
+    texts = pipe.generate(3, 8, steps=4, label=1, guidance_scale=2.0, seed=0, progress=False)
+    assert len(texts) == 3
+    plain = pipe.sample(3, 8, 4, seed=0, progress=False, label=1)  # scale 1: the conditional model alone
+    with torch.no_grad():
+        direct = sample(functools.partial(pipe.model, class_labels=torch.tensor(1)), pipe.graph, pipe.noise, (3, 8), 4,
+                        generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(plain, direct)
+    blocks = pipe.generate(2, prompt="The", max_new_tokens=6, block_size=3, steps=2, label=0, guidance_scale=3.0, seed=0,
+                           progress=False)
+    assert all(text.startswith("The") for text in blocks)
+    for kwargs, message in [(dict(label=3), r"label must be a class id in \[0, 3\)"),
+                            (dict(label=1, guidance_scale=-1.0), "guidance_scale must be a finite number >= 0"),
+                            (dict(guidance_scale=2.0), "needs label="), (dict(label="1"), "label must be an int")]:
+        with pytest.raises(ValueError, match=message):
+            pipe.generate(1, 4, steps=2, progress=False, **kwargs)
+    main(["sample", str(conditional_dir), "--label", "2", "--guidance-scale", "2.5", "--steps", "3", "--length", "6",
+          "--num-samples", "2", "--quiet"])
+    assert capsys.readouterr().out.strip()
+    unconditional = save_tiny_pipeline(tmp_path / "plain", byte_tokenizer, 16)
+    for argv, message in [([str(conditional_dir), "--label", "3"], "label must be a class id in [0, 3)"),
+                          ([str(unconditional), "--label", "0"], "needs a class-conditional model"),
+                          ([str(conditional_dir), "--guidance-scale", "2"], "needs label="),
+                          ([str(conditional_dir), "--label", "0", "--guidance-scale", "-1"], "--guidance-scale")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["sample", *argv, "--steps", "2", "--length", "4", "--quiet"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err
+        if "-1" not in argv:
+            assert len(err.strip().splitlines()) == 1
