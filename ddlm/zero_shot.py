@@ -30,7 +30,7 @@ import glob
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -125,7 +125,6 @@ class Benchmark:
     """
 
     name: str
-    title: str
     hub_path: str
     hub_config: str | None
     text_field: str
@@ -135,25 +134,24 @@ class Benchmark:
     wrap: bool = True
     hub_revision: str | None = None
     hub_data_dir: str | None = None
-    aliases: tuple[str, ...] = field(default=())
 
 
 _PARQUET = "refs/convert/parquet"
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
-    Benchmark("lambada", "LAMBADA (OpenAI's test file)", "EleutherAI/lambada_openai", "default", "text",
+    Benchmark("lambada", "EleutherAI/lambada_openai", "default", "text",
               {"sedd": "test", "mdlm": "test"}, lambada_detokenize),
-    Benchmark("wikitext2", "WikiText-2 (raw)", "Salesforce/wikitext", "wikitext-2-raw-v1", "text",
+    Benchmark("wikitext2", "Salesforce/wikitext", "wikitext-2-raw-v1", "text",
               {"sedd": "train", "mdlm": "validation"}, wikitext_detokenize, txt_lines="keep"),
-    Benchmark("wikitext103", "WikiText-103 (raw)", "Salesforce/wikitext", "wikitext-103-raw-v1", "text",
+    Benchmark("wikitext103", "Salesforce/wikitext", "wikitext-103-raw-v1", "text",
               {"sedd": "test", "mdlm": "validation"}, wikitext_detokenize, txt_lines="keep"),
-    Benchmark("ptb", "Penn Treebank (text only)", "ptb-text-only/ptb_text_only", None, "sentence",
+    Benchmark("ptb", "ptb-text-only/ptb_text_only", None, "sentence",
               {"sedd": "test", "mdlm": "validation"}, ptb_detokenize, hub_revision=_PARQUET, hub_data_dir="penn_treebank"),
-    Benchmark("lm1b", "One Billion Words", "billion-word-benchmark/lm1b", None, "text",
+    Benchmark("lm1b", "billion-word-benchmark/lm1b", None, "text",
               {"sedd": "test", "mdlm": "test"}, lm1b_detokenize, wrap=False, hub_revision=_PARQUET, hub_data_dir="plain_text"),
-    Benchmark("ag_news", "AG News", "fancyzhx/ag_news", None, "text", {"sedd": "test", "mdlm": "test"}, None),
-    Benchmark("pubmed", "PubMed (scientific_papers)", "armanc/scientific_papers", None, "article",
+    Benchmark("ag_news", "fancyzhx/ag_news", None, "text", {"sedd": "test", "mdlm": "test"}, None),
+    Benchmark("pubmed", "armanc/scientific_papers", None, "article",
               {"sedd": "test", "mdlm": "validation"}, scientific_papers_detokenize, hub_revision=_PARQUET, hub_data_dir="pubmed"),
-    Benchmark("arxiv", "arXiv (scientific_papers)", "armanc/scientific_papers", None, "article",
+    Benchmark("arxiv", "armanc/scientific_papers", None, "article",
               {"sedd": "test", "mdlm": "validation"}, scientific_papers_detokenize, hub_revision=_PARQUET, hub_data_dir="arxiv"),
 ]}
 
@@ -242,8 +240,8 @@ def _read_files(benchmark: Benchmark, files: list[Path]) -> list[str]:
     rows: list[str] = []
     for file in files:
         if file.suffix == ".txt":
-            with open(file, encoding="utf-8", newline="") as handle:
-                lines = handle.read().splitlines(keepends=True)
+            with open(file, encoding="utf-8") as handle:
+                lines = handle.readlines()  # split at newlines only, as the hub's loaders read the files (not at U+2028 etc.)
             if benchmark.txt_lines == "keep":
                 rows += [line if line.strip() else "" for line in lines]
             else:

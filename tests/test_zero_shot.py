@@ -103,8 +103,9 @@ def test_local_files_in_the_hub_formats_give_the_hub_rows(data_dir, tmp_path):
     assert load_rows("ag_news", "test", data_dir=data_dir) == AG_ROWS
     assert load_rows("pubmed", "validation", data_dir=data_dir) == PAPER_ROWS
     # wikitext's .txt release: one row per line with its newline, a blank line an empty row
-    (tmp_path / "wiki.valid.raw.txt").write_text(" \n = Valkyria Chronicles III = \n \n = = Gameplay = = \n", encoding="utf-8")
-    assert load_rows("wikitext2", "validation", path=tmp_path / "wiki.valid.raw.txt") == ["", WIKITEXT_ROWS[0], "", WIKITEXT_ROWS[2]]
+    (tmp_path / "wiki.valid.raw.txt").write_text(" \n = Valkyria Chronicles III = \n \n = = Gameplay = = \n a\u2028b \n", encoding="utf-8")
+    assert load_rows("wikitext2", "validation", path=tmp_path / "wiki.valid.raw.txt") == [
+        "", WIKITEXT_ROWS[0], "", WIKITEXT_ROWS[2], " a\u2028b \n"]  # lines end at newlines only
 
 
 def test_missing_splits_columns_and_files_are_named(data_dir, tmp_path):
