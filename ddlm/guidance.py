@@ -27,6 +27,11 @@ the guided scores are exact when s and the classifier are, and every predictor t
 p(x | c) exactly. ``scale`` gamma is an exponent on the classifier ratio, log s_y + gamma (log p_t(c | y)
 - log p_t(c | x)); gamma != 1 is not exact.
 
+For large vocabularies ``gradient_classifier_guidance`` replaces the S neighbour evaluations by one
+gradient: log p_t(c | y) - log p_t(c | x) ~ <grad of log p_t(c | .) at onehot(x), e_y - e_x> (a
+first-order Taylor expansion in the one-hot input of a classifier that accepts one). It is an
+APPROXIMATION, not exact even with an exact classifier; tests/test_guidance.py measures it.
+
 What guidance means per predictor for gamma other than 0 and 1 (none is refused; with exact
 ratios, gamma in {0, 1}, and exact classifier guidance at gamma = 1, every predictor is exact):
 
@@ -279,11 +284,7 @@ class ClassifierGuidance:
 
     def __call__(self, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         sigma_bar = torch.as_tensor(sigma_bar, device=x_t.device).expand(x_t.shape[0])
-        if positions is not None and accepts_positions(self.score_fn):
-            log_score = self.score_fn(x_t, sigma_bar, positions=positions)
-        else:
-            log_score = _rows(self.score_fn(x_t, sigma_bar), x_t, positions)
-        log_score = _check_part(log_score, "unconditional")
+        log_score = _base_rows(self.score_fn, x_t, sigma_bar, positions)
         if self.scale == 0:
             return log_score
         num_states = log_score.shape[-1]
@@ -298,8 +299,74 @@ def _rows(log_score: torch.Tensor, x_t: torch.Tensor, positions: torch.Tensor | 
     return log_score if positions is None else log_score.flatten(0, 1)[row_index(positions, x_t.shape)]
 
 
+def _base_rows(score_fn: ScoreFn, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions) -> torch.Tensor:
+    """The unconditional log-scores: [B, L, S], or the rows ``positions`` [R, S] (asked of score_fn when it accepts them)."""
+    if positions is not None and accepts_positions(score_fn):
+        return _check_part(score_fn(x_t, sigma_bar, positions=positions), "unconditional")
+    return _rows(_check_part(score_fn(x_t, sigma_bar), "unconditional"), x_t, positions)
+
+
 def classifier_guidance(score_fn: ScoreFn, classifier, label: Labels, scale: float = 1.0,
                         batch_size: int | None = None) -> ClassifierGuidance:
     """Guided score function from an unconditional one and a noisy-sequence classifier (``ClassifierGuidance``);
     exact at scale 1 with an exact classifier."""
     return ClassifierGuidance(score_fn, classifier, label, scale, batch_size)
+
+
+class GradientClassifierGuidance:
+    """APPROXIMATE classifier guidance for large vocabularies: the classifier ratio to first order in the one-hot input.
+
+    log p_t(c | y) - log p_t(c | x) ~ <grad_v log p_t(c | v) at v = onehot(x), e_y - e_x> at the changed
+    position, i.e. g[b, i, y] - g[b, i, x_i]: one forward and one backward of the classifier per call,
+    whatever S (``ClassifierGuidance`` needs rows x S forwards). Not exact even with an exact classifier
+    (log p_t(c | .) is not affine in the one-hot); tests measure the error. classifier(onehot Float[B, L, S],
+    sigma_bar [B]) -> logits or log-probabilities [B, C], differentiable in onehot (e.g. ``onehot @
+    embedding.weight`` in place of an embedding lookup). Gradients are taken with ``torch.enable_grad``
+    inside, so it runs under the samplers' ``torch.no_grad`` (not under ``torch.inference_mode``).
+    score_fn, label, scale as in ``ClassifierGuidance``.
+    """
+
+    accepts_positions = True
+    time_independent = False
+
+    def __init__(self, score_fn: ScoreFn, classifier, label: Labels, scale: float = 1.0):
+        for name, fn in (("score_fn", score_fn), ("classifier", classifier)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        self.score_fn, self.classifier = score_fn, classifier
+        self.label = _check_labels(label, None)
+        self.scale = check_scale(scale)
+
+    def log_ratios(self, x_t: torch.Tensor, sigma_bar: torch.Tensor, num_states: int) -> torch.Tensor:
+        """First-order log p_t(c | x^{i<-y}) - log p_t(c | x): [B, L, S] float64 (0 at y = x_i)."""
+        labels = _per_sequence(self.label, x_t.shape[0], x_t.device)
+        with torch.enable_grad():
+            onehot = torch.nn.functional.one_hot(x_t, num_states).to(torch.get_default_dtype()).requires_grad_(True)
+            logits = self.classifier(onehot, sigma_bar)
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x_t.shape[0] \
+                    or not logits.is_floating_point():
+                got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise ValueError(f"classifier must return floating logits [{x_t.shape[0]}, C], got {got}")
+            if x_t.shape[0] and int(labels.max()) >= logits.shape[1]:
+                raise ValueError(f"label {int(labels.max())} is out of range for a classifier of {logits.shape[1]} classes")
+            log_p = torch.log_softmax(logits, -1).gather(1, labels[:, None]).sum()  # sequences are independent
+            (grad,) = torch.autograd.grad(log_p, onehot)
+        grad = grad.double()
+        if not bool(torch.isfinite(grad).all()):
+            raise NonFiniteScoreError("the classifier's gradient is not finite")
+        return grad - grad.gather(2, x_t[..., None])
+
+    def __call__(self, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        sigma_bar = torch.as_tensor(sigma_bar, device=x_t.device).expand(x_t.shape[0])
+        log_score = _base_rows(self.score_fn, x_t, sigma_bar, positions)
+        if self.scale == 0:
+            return log_score
+        num_states = log_score.shape[-1]
+        ratio = self.log_ratios(x_t, sigma_bar, num_states)
+        return log_score.double() + self.scale * _rows(ratio, x_t, positions)
+
+
+def gradient_classifier_guidance(score_fn: ScoreFn, classifier, label: Labels, scale: float = 1.0) -> GradientClassifierGuidance:
+    """APPROXIMATE classifier guidance with the classifier ratio to first order in a one-hot input
+    (``GradientClassifierGuidance``): one classifier forward and backward per step, for large vocabularies."""
+    return GradientClassifierGuidance(score_fn, classifier, label, scale)
