@@ -60,7 +60,9 @@ def classifier_guidance(score_fn: ScoreFn, log_prob_fn: LogProbFn, weight: float
             log_prob = log_prob_fn(leaf, expand_time(t, x.shape[0]))
             if not isinstance(log_prob, Tensor) or log_prob.shape != x.shape[:1]:
                 got = tuple(log_prob.shape) if isinstance(log_prob, Tensor) else type(log_prob).__name__
-                raise ValueError(f"log_prob_fn must return one log-probability per sample, shape [{x.shape[0]}], got {got}")
+                raise ValueError(
+                    f"log_prob_fn must return one log-probability per sample, shape [{x.shape[0]}], got {got}"
+                )
             if not log_prob.requires_grad:
                 raise ValueError("log_prob_fn's output must be differentiable in x (it has no autograd graph)")
             (grad,) = torch.autograd.grad(log_prob.sum(), leaf, create_graph=x.requires_grad)
