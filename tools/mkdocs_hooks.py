@@ -37,6 +37,7 @@ WRITERS = {  # the script that writes each results file, for the note shown befo
     "kernels_head_cpu.md": "benchmarks/fused_loss.py --hidden 768",
     "sampler_overhead_cpu.md": "benchmarks/sampler_overhead.py",
     "train_throughput_cpu.md": "benchmarks/train_throughput.py",
+    "guidance.md": "benchmarks/guidance.py --threads 1",
 }
 
 
