@@ -48,13 +48,14 @@ ratios, gamma in {0, 1}, and exact classifier guidance at gamma = 1, every predi
   positions unmask follows the exact law, which for an absorbing process does not depend on the
   data and is the same under every class.
 
-Protocols of ``ddlm.score`` and ``ddlm.score_cache``: a guided score function accepts ``positions``
-when its parts do (classifier guidance always does: only the requested rows' neighbours are
-classified). ``classifier_free_guidance`` declares ``time_independent`` when both parts do (gamma +
-(1 - gamma) = 1 keeps the form f - log(e^sigma_bar - 1)); ``guided_model_score`` does when the model
-does and one label is given for every sequence (the cache scores subsets of the batch, which
-per-sequence labels could not follow); ``classifier_guidance`` never does (a classifier reads
-sigma_bar), so the sampler's cache stays off for it.
+Protocols of ``ddlm.score`` and ``ddlm.score_cache``: every guided score function accepts
+``positions`` (the rows are asked of a part that accepts them, else gathered from its full output;
+classifier guidance classifies only the requested rows' neighbours). ``classifier_free_guidance``
+declares ``time_independent`` when both parts do (gamma + (1 - gamma) = 1 keeps the form
+f - log(e^sigma_bar - 1)); ``guided_model_score`` does when the model does and one label is given
+for every sequence (the cache scores subsets of the batch, which per-sequence labels could not
+follow); classifier guidance never does (a classifier reads sigma_bar), so the sampler's cache
+stays off for it.
 """
 
 from __future__ import annotations
@@ -102,6 +103,18 @@ def _check_part(log_score, what: str) -> torch.Tensor:
     return log_score
 
 
+def _rows(log_score: torch.Tensor, x_t: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """The rows ``positions`` of a full output [B, L, S] (all of it for None)."""
+    return log_score if positions is None else log_score.flatten(0, 1)[row_index(positions, x_t.shape)]
+
+
+def _base_rows(score_fn: ScoreFn, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions, what: str = "unconditional") -> torch.Tensor:
+    """A part's log-scores: [B, L, S], or the rows ``positions`` [R, S] (asked of score_fn when it accepts them), checked."""
+    if positions is not None and accepts_positions(score_fn):
+        return _check_part(score_fn(x_t, sigma_bar, positions=positions), what)
+    return _rows(_check_part(score_fn(x_t, sigma_bar), what), x_t, positions)
+
+
 class ClassifierFreeGuidance:
     """log s = scale log s_c + (1 - scale) log s_u from two score functions (module docstring).
 
@@ -114,23 +127,16 @@ class ClassifierFreeGuidance:
                 raise TypeError(f"{name} must be a score function (x_t [B, L], sigma_bar [B]) -> [B, L, S], got {type(fn).__name__}")
         self.conditional, self.unconditional = conditional, unconditional
         self.scale = check_scale(scale)
-        self.accepts_positions = accepts_positions(conditional) and accepts_positions(unconditional)
+        self.accepts_positions = True  # rows are asked of a part that accepts positions, else gathered from its output
         self.time_independent = is_time_independent(conditional) and is_time_independent(unconditional)
 
-    def _part(self, fn: ScoreFn, what: str, x_t, sigma_bar, positions):
-        if positions is None:
-            return _check_part(fn(x_t, sigma_bar), what)
-        return _check_part(fn(x_t, sigma_bar, positions=positions), what)
-
     def __call__(self, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        if positions is not None and not self.accepts_positions:
-            raise ValueError("positions= needs both score functions to accept positions (ddlm.score)")
         if self.scale == 1:
-            return self._part(self.conditional, "conditional", x_t, sigma_bar, positions)
-        unconditional = self._part(self.unconditional, "unconditional", x_t, sigma_bar, positions)
+            return _base_rows(self.conditional, x_t, sigma_bar, positions, "conditional")
+        unconditional = _base_rows(self.unconditional, x_t, sigma_bar, positions)
         if self.scale == 0:
             return unconditional
-        conditional = self._part(self.conditional, "conditional", x_t, sigma_bar, positions)
+        conditional = _base_rows(self.conditional, x_t, sigma_bar, positions, "conditional")
         return combine_log_scores(conditional, unconditional, self.scale)
 
 
@@ -292,18 +298,6 @@ class ClassifierGuidance:
         ratio = self.log_ratios(x_t, sigma_bar, index, num_states)
         out = log_score.reshape(-1, num_states).double() + self.scale * ratio
         return out.view(*x_t.shape, num_states) if positions is None else out
-
-
-def _rows(log_score: torch.Tensor, x_t: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-    """The rows ``positions`` of a full output [B, L, S] (all of it for None)."""
-    return log_score if positions is None else log_score.flatten(0, 1)[row_index(positions, x_t.shape)]
-
-
-def _base_rows(score_fn: ScoreFn, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions) -> torch.Tensor:
-    """The unconditional log-scores: [B, L, S], or the rows ``positions`` [R, S] (asked of score_fn when it accepts them)."""
-    if positions is not None and accepts_positions(score_fn):
-        return _check_part(score_fn(x_t, sigma_bar, positions=positions), "unconditional")
-    return _rows(_check_part(score_fn(x_t, sigma_bar), "unconditional"), x_t, positions)
 
 
 def classifier_guidance(score_fn: ScoreFn, classifier, label: Labels, scale: float = 1.0,

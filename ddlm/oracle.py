@@ -201,7 +201,8 @@ class ConditionalSequenceOracle:
         weights = s ** torch.arange(self.length - 1, -1, -1, device=x_t.device)
         if table.shape[0] == 1:  # one noise level: a table of every sequence's ratios, then one lookup
             states = self._all_noised(x_t.device)
-            neighbours = torch.arange(s**self.length, device=x_t.device)[:, None, None] + (torch.arange(s, device=x_t.device) - states[:, :, None]) * weights[:, None]
+            codes = torch.arange(s**self.length, device=x_t.device)
+            neighbours = codes[:, None, None] + (torch.arange(s, device=x_t.device) - states[:, :, None]) * weights[:, None]
             ratios = table[:, :, neighbours] - table[:, :, :, None, None]  # [1, C + 1, S^L, L, S]
             return ratios[inverse, labels.to(x_t.device), self._codes(x_t)]
         log_p = table[inverse, labels.to(x_t.device)]  # [B, S^L]

@@ -129,6 +129,8 @@ def test_doubled_batch_one_call_and_row_restriction(graph):
             model.calls.clear()
             guided_model_score(model, LABEL, scale)(x, sigma)
             assert len(model.calls) == 1 and model.calls[0][0] == len(x) and bool((model.calls[0][1] == label).all())
+    cfg = classifier_free_guidance(StandIn(oracle), oracle.conditional(LABEL).score_fn, 0.5)  # one part accepts positions
+    assert same(cfg(x, sigma, positions=rows), cfg(x, sigma)[rows])
     clf = classifier_guidance(unconditional_fn(oracle), oracle.log_posterior, LABEL, 2.0, batch_size=7)
     full = clf(x, sigma)
     assert same(clf(x, sigma, positions=rows), full[rows], 1e-12)
