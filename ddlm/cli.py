@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(commands, "sample", "samples of a model: unconditional, or block by block after a prompt",
                  ["ddlm sample runs/quickstart/final --num-samples 4 --steps 256 --seed 0",
                   'ddlm sample runs/quickstart/final --prompt "The" --block-size 32 --max-new-tokens 96 --stop-at-eos',
-                  "ddlm sample runs/guidance/conditional --label 1 --guidance-scale 2 --num-samples 4"])
+                  "ddlm sample runs/conditional/final --label 1 --guidance-scale 2 --num-samples 4"])
     _add_model_arguments(p)
     _add_sampling_arguments(p)
     p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default: the model's maximum)")
