@@ -101,11 +101,16 @@ class ReferenceLM:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def log_probs(self, ids: torch.Tensor) -> torch.Tensor:
-        """Next-token log-probabilities [B, n, V] (float64) of token ids Long[B, n]: position j predicts token j + 1."""
+    def next_token_log_probs(self, ids: torch.Tensor) -> torch.Tensor:
+        """log p(ids[:, j + 1] | ids[:, :j + 1]) for j < n - 1, float64 [B, n - 1], of token ids Long[B, n].
+
+        Only the picked entries are kept: the [B, n, V] logits are the one large temporary (float32).
+        """
+        targets = ids[:, 1:, None]
         if self.ddlm:
-            return self.model(ids).double()
-        return torch.log_softmax(self.model(input_ids=ids).logits.double(), -1)
+            return self.model(ids)[:, :-1].gather(-1, targets).squeeze(-1).double()
+        logits = self.model(input_ids=ids).logits[:, :-1].float()
+        return (logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, -1)).double()
 
     @torch.no_grad()
     def features(self, ids: torch.Tensor) -> torch.Tensor:
@@ -204,6 +209,9 @@ def scored_targets(ids: Sequence[int], eos: int | None) -> list[bool]:
     return keep
 
 
+REFERENCE_LOGITS_BYTES = 2**30  # default batch of reference_nll: float32 logits of at most 1 GiB per forward
+
+
 def windows(length: int, window: int) -> list[tuple[int, int, int]]:
     """(begin, end, first scored index) of the forwards that score a sequence of ``length`` tokens.
 
@@ -227,7 +235,8 @@ def windows(length: int, window: int) -> list[tuple[int, int, int]]:
 @torch.no_grad()
 def reference_nll(reference: ReferenceLM, sequences: Sequence[Sequence[int]], batch_size: int | None = None) -> tuple[list[float], list[int]]:
     """Per re-tokenised sample: -log p of its scored tokens (``scored_targets``) under the reference, nats, and
-    their count; long samples in ``windows`` of the reference's length. batch_size: forwards per call."""
+    their count; long samples in ``windows`` of the reference's length. batch_size: windows per forward
+    (default: as many as keep the float32 logits within ``REFERENCE_LOGITS_BYTES``)."""
     eos = reference.tokenizer.eos_token_id
     jobs = []  # (sample, ids of the window, offset of the window, first target index)
     for index, ids in enumerate(sequences):
@@ -237,19 +246,20 @@ def reference_nll(reference: ReferenceLM, sequences: Sequence[Sequence[int]], ba
     nats, counts = [0.0] * len(sequences), [0] * len(sequences)
     for index, ids in enumerate(sequences):
         counts[index] = sum(scored_targets(ids, eos))
-    step = batch_size or max(1, len(jobs))
+    vocab = getattr(getattr(reference.model, "config", None), "vocab_size", None) or 50_000
+    step = batch_size or max(1, REFERENCE_LOGITS_BYTES // (4 * vocab * max([len(ids) for _, ids, _, _ in jobs], default=1)))
     for start in range(0, len(jobs), step):
         chunk = jobs[start:start + step]
         width = max(len(ids) for _, ids, _, _ in chunk)
         batch = torch.zeros(len(chunk), width, dtype=torch.long)  # right padding: a causal model never reads it
         for row, (_, ids, _, _) in enumerate(chunk):
             batch[row, :len(ids)] = torch.tensor(ids)
-        log_probs = reference.log_probs(batch.to(reference.device)).cpu()
+        picked = reference.next_token_log_probs(batch.to(reference.device)).cpu()
         for row, (index, ids, begin, first) in enumerate(chunk):
             keep = scored_targets(sequences[index], eos)
             for j in range(max(first, begin + 1) - begin, len(ids)):
                 if keep[begin + j]:
-                    nats[index] -= float(log_probs[row, j - 1, ids[j]])
+                    nats[index] -= float(picked[row, j - 1])
     return nats, counts
 
 
