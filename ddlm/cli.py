@@ -71,9 +71,6 @@ remask_value = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1] (0: of
 window_time = _checked(float, lambda v: 0 <= v <= 1, "a time in [0, 1]")
 corrector_steps_value = _checked(int, lambda v: v >= 0, "an integer >= 0 (0: no corrector)")
 corrector_size_value = _checked(float, lambda v: 0 < v < math.inf, "a finite number > 0 (the corrector's dt over the sampler's)")
-class_id = _checked(int, lambda v: v >= 0, "a class id: an integer >= 0")
-guidance_scale_value = _checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0 (1: the conditional model, 0: the "
-                                "unconditional one)")
 t_power = _checked(float, lambda v: 1 <= v < math.inf, "a finite number >= 1 (t = u^power)")
 
 
@@ -481,9 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-eos", action="store_true", help="stop a sample after the block with its first EOS token and cut "
                    "the text there")
     p.add_argument("--prompt", default=None, help="text to continue block by block, printed unchanged")
-    p.add_argument("--label", type=class_id, default=None, help="class to generate, for a class-conditional model "
+    # --label and --guidance-scale are checked against the model when it is loaded (one-line errors, exit 2)
+    p.add_argument("--label", type=int, default=None, help="class to generate, for a class-conditional model "
                    "(default: none, the unconditional model)")
-    p.add_argument("--guidance-scale", type=guidance_scale_value, default=1.0, metavar="G", help="classifier-free guidance "
+    p.add_argument("--guidance-scale", type=float, default=1.0, metavar="G", help="classifier-free guidance "
                    "with --label: log s = G log s(label) + (1 - G) log s(no label); 1: the conditional model, > 1: stronger "
                    "(not an exact sampler)")
     p.set_defaults(run=sample_command)
