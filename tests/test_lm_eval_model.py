@@ -182,6 +182,9 @@ def test_bad_model_arguments_name_the_argument(ar_dir):
                          ({"seed": -1}, "seed")]:
         with pytest.raises(ValueError, match=name):
             DDLMEvalModel(str(ar_dir), **kwargs)
+    sizes = [DDLMEvalModel(str(ar_dir), **kwargs).requests_per_call for kwargs in
+             [{"batch_size": "auto"}, {"batch_size": "auto:2", "max_batch_size": 4}, {"batch_size": "8"}, {"batch_size": 3}]]
+    assert sizes == [None, 4, 8, 3]  # lm_eval's --batch_size forms; auto: ddlm's memory-bounded default
     lm = DDLMEvalModel(str(ar_dir))
     with pytest.raises(ValueError, match="not supported by the ddlm model: \\['num_beams'\\]"):
         lm.generate_until([instance("a", num_beams=2)])
