@@ -79,7 +79,7 @@ def measure_eval(model: str, path: str, extra: list[str]) -> dict:
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
     row = next(line for line in result.stdout.splitlines() if line.startswith("#1 "))
     fields = row.split()
-    return {"command": "ddlm eval MODEL FILE --quiet " + " ".join(extra), "peak_rss_mb": peak_kb / 1024, "seconds": seconds,
+    return {"command": " ".join(["ddlm eval MODEL FILE --quiet", *extra]), "peak_rss_mb": peak_kb / 1024, "seconds": seconds,
             "tokens": int(fields[2]), "blocks": int(fields[3]), "t_per_block": fields[4], "nats_per_token": float(fields[10]),
             "stderr_per_token": float(fields[12]), "ppl": float(fields[13]), "estimator": fields[-2], "calls_per_token": float(fields[-1])}
 
