@@ -2,7 +2,9 @@
 
 ``ddlm train RECIPE`` (or ``accelerate launch -m ddlm train RECIPE``) runs ``train(recipe)``:
 AdamW with warm-up and decay, gradient accumulation and clipping, mixed precision, EMA weights,
-periodic likelihood-bound evaluation and samples, trackers and a tqdm bar with tokens/s.
+periodic likelihood-bound evaluation and samples, trackers and a tqdm bar with tokens/s. A
+class-conditional model (``model.num_classes``) trains on labelled blocks (``data.sources``), each
+label replaced by the null class with probability ``train.label_dropout`` at every step.
 Checkpoints (model, optimizer, scheduler, EMA and gradient-scaler states as safetensors + JSON; the
 data position and every random draw are functions of the step) are written by ``ddlm.checkpoints``:
 a locked run directory, whole-or-nothing checkpoints with a verified manifest, no pickle anywhere.
