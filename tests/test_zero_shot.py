@@ -245,3 +245,21 @@ def test_bad_benchmark_input_exits_2_with_one_line(model_dir, data_dir, monkeypa
 def test_every_benchmark_names_its_hub_source_and_both_splits():
     for benchmark in BENCHMARKS.values():
         assert benchmark.hub_path and benchmark.text_field and set(benchmark.splits) == {"sedd", "mdlm"}
+
+
+def test_the_hub_path_asks_datasets_for_the_papers_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, **kwargs):  # stands in for the hub: records the request, returns hub-shaped rows
+        calls.append((path, name, kwargs))
+        return datasets.Dataset.from_dict({"sentence": PTB_ROWS})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_rows("ptb", "test") == PTB_ROWS
+    assert calls == [("ptb-text-only/ptb_text_only", None, {"split": "test", "revision": "refs/convert/parquet",
+                                                            "data_dir": "penn_treebank"})]
+    with pytest.raises(ValueError, match=r"wikitext2: .*no text field 'text'; columns: \['sentence'\]"):
+        load_rows("wikitext2", "train")
+    assert calls[-1][:2] == ("Salesforce/wikitext", "wikitext-2-raw-v1") and calls[-1][2]["split"] == "train"
