@@ -193,8 +193,9 @@ def eval_command(args: argparse.Namespace) -> None:
         return conditional_command(args)
     if args.num_t is None and args.estimator == "per-text" and not args.benchmark:
         args.num_t = DEFAULT_NUM_T["per-text"]
-    if args.t_sampling != "iid" and args.num_t is not None and args.num_t % 2 and args.estimator == "per-text":
-        raise ValueError(f"--num-t must be even for --t-sampling {args.t_sampling} (t samples come in pairs), got {args.num_t}")
+    if args.t_sampling != "iid" and args.num_t is not None and args.num_t % 2 and args.estimator != "dataset":
+        raise ValueError(f"--num-t must be even for --t-sampling {args.t_sampling} with the per-text estimator (t samples come "
+                         f"in pairs; --estimator auto uses it for texts under 16 blocks), got {args.num_t}")
     if bool(args.files) == bool(args.benchmark):
         raise ValueError("give text files or --benchmark NAME..., not both" if args.files else "give text files or --benchmark NAME...")
     if args.benchmark:

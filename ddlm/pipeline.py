@@ -26,6 +26,7 @@ from .score_cache import is_time_independent
 
 GAP = re.compile(r"\{\{\s*([-+]?[\d.]+(?:\s*\.\.\s*[-+]?[\d.]+)?)\s*\}\}")  # {{n}} or {{lo..hi}}; signs and points are caught to be refused
 MASK_TEXT = "[MASK]"  # how a still-masked position reads when sampling ends without denoising
+BLOCKS_PER_BOUND = 64  # nll_bound, per-text estimator: blocks bounded together (one progress step; fixed, so results do not depend on batch_size)
 MAX_LENGTH_COMBINATIONS = 64  # unknown-length infill: at most this many combinations of gap lengths are tried
 
 Template = str | Sequence[str | int | range]
@@ -661,15 +662,15 @@ class DiffusionPipeline:
         return bounds
 
     def _per_text_bounds(self, texts, per_text, chosen, bounds, num_t, batch_size, generator, bar, bound_kwargs) -> None:
-        """Fill ``bounds`` for the texts whose estimator is "per-text": each length's blocks in groups small enough
-        that one group's num_t copies fit in one model call of ``batch_size`` (default: memory-bounded)."""
+        """Fill ``bounds`` for the texts whose estimator is "per-text": each length's blocks in groups of
+        ``BLOCKS_PER_BOUND`` (the progress bar's step), model calls of ``batch_size`` sequences (default:
+        memory-bounded). The groups do not depend on ``batch_size``, so neither do the draws: same seed, same bound."""
         selected = [blocks if kind == "per-text" else [] for kind, blocks in zip(chosen, per_text)]
         parts = [[] for _ in texts]  # per text, per block: (integral, prior, stderr, tokens)
         for length, members in sorted(blocks_by_length(selected).items()):
             step = batch_size or model_batch_size(self.model, length, self.device, self.graph.num_states)
-            group = max(1, step // num_t)
-            for start in range(0, len(members), group):
-                chunk = members[start:start + group]
+            for start in range(0, len(members), BLOCKS_PER_BOUND):
+                chunk = members[start:start + BLOCKS_PER_BOUND]
                 x0 = torch.tensor([ids for _, ids in chunk], device=self.device)
                 result = nll_bound(self.score_fn, self.graph, self.noise, x0, num_t, generator, batch_size=step, **bound_kwargs)
                 for row, (index, _) in enumerate(chunk):

@@ -7,7 +7,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ddlm import Absorbing, DDLMConfig, DDLMForDiffusion, LogLinear, SequenceOracle
+from ddlm import Absorbing, DDLMConfig, LogLinear, SequenceOracle
 from ddlm.cli import SEPARATOR, main
 from ddlm.pipeline import DiffusionPipeline
 from helpers import randomised, save_tiny_pipeline
