@@ -30,8 +30,31 @@ from .losses import ar_nll
 from .model import DDLMForDiffusion
 
 
+class BoundTotals:
+    """What a summed -log p reports, for dataclasses with integral, prior, stderr (nats) and num_tokens."""
+
+    @property
+    def bound(self) -> float:
+        """Upper bound on -log p, nats (the exact value for AR models): integral + prior."""
+        return self.integral + self.prior
+
+    @property
+    def per_token(self) -> float:
+        return self.bound / self.num_tokens
+
+    @property
+    def ppl(self) -> float:
+        """exp(bound / scored tokens): the perplexity bound (exact for AR models)."""
+        return math.exp(self.per_token)
+
+    @property
+    def ppl_stderr(self) -> float:
+        """One standard error of the perplexity, to first order: ppl * stderr / tokens."""
+        return self.ppl * self.stderr / self.num_tokens
+
+
 @dataclass
-class TextBound:
+class TextBound(BoundTotals):
     """-log p of one text in nats: a diffusion model's bound (integral + prior, with a standard error) or an
     AR model's exact value (integral, prior 0, stderr 0, num_t 0)."""
 
@@ -53,20 +76,6 @@ class TextBound:
     @property
     def exact(self) -> bool:
         return self.num_t == 0
-
-    @property
-    def bound(self) -> float:
-        """Upper bound on -log p(text), nats (the exact value for AR models)."""
-        return self.integral + self.prior
-
-    @property
-    def per_token(self) -> float:
-        return self.bound / self.num_tokens
-
-    @property
-    def ppl(self) -> float:
-        """Perplexity (bound) exp(bound / tokens)."""
-        return math.exp(self.per_token)
 
     @property
     def ppl_interval(self) -> tuple[float, float]:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_count
 from .data import eos_id
-from .evaluation import DATASET_MIN_BLOCKS, lambada
+from .evaluation import DATASET_MIN_BLOCKS, BoundTotals, lambada
 
 PROTOCOLS = ("sedd", "mdlm")
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")
@@ -327,7 +327,7 @@ def benchmark_blocks(benchmark: Benchmark | str, rows: Sequence[str], tokenizer,
 
 
 @dataclass
-class ZeroShotScore:
+class ZeroShotScore(BoundTotals):
     """-log p of a benchmark's blocks, summed, in nats: a diffusion model's bound (integral + prior, with
     a standard error; num_t t per block, by ``estimator``) or an AR model's exact value (num_t 0)."""
 
@@ -342,24 +342,6 @@ class ZeroShotScore:
     num_t: int
     estimator: str = "per-block"  # or "dataset", or "exact" (AR)
     last_word: dict | None = None  # LAMBADA: ddlm.evaluation.lambada's accuracy, ppl, ... of the passages
-
-    @property
-    def bound(self) -> float:
-        return self.integral + self.prior
-
-    @property
-    def per_token(self) -> float:
-        return self.bound / self.num_tokens
-
-    @property
-    def ppl(self) -> float:
-        """exp(bound / scored tokens): the perplexity bound (exact for AR models)."""
-        return math.exp(self.per_token)
-
-    @property
-    def ppl_stderr(self) -> float:
-        """One standard error of the perplexity, to first order: ppl * stderr / tokens."""
-        return self.ppl * self.stderr / self.num_tokens
 
 
 ESTIMATORS = ("per-block", "dataset")
