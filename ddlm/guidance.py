@@ -230,6 +230,17 @@ def guided_model_score(model, label: Labels, scale: float = 1.0, num_classes: in
     return GuidedModelScore(model, label, scale, num_classes)
 
 
+def _check_logits(logits, labels: torch.Tensor):
+    """A classifier's output must be floating logits [M, C] for the M = len(labels) sequences, C > every label."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != labels.shape[0] \
+            or not logits.is_floating_point():
+        got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"classifier must return floating logits [{labels.shape[0]}, C], got {got}")
+    if labels.shape[0] and int(labels.max()) >= logits.shape[1]:
+        raise ValueError(f"label {int(labels.max())} is out of range for a classifier of {logits.shape[1]} classes")
+    return logits
+
+
 class ClassifierGuidance:
     """log s_y + scale (log p_t(c | y) - log p_t(c | x)) with the classifier evaluated on every one-position neighbour y.
 
@@ -255,13 +266,7 @@ class ClassifierGuidance:
 
     def _log_probs(self, seqs: torch.Tensor, sigma_bar: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """log p_t(label | seq) [M] float64 from one classifier call."""
-        logits = self.classifier(seqs, sigma_bar)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != seqs.shape[0] \
-                or not logits.is_floating_point():
-            got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"classifier must return floating logits [{seqs.shape[0]}, C], got {got}")
-        if seqs.shape[0] and int(labels.max()) >= logits.shape[1]:
-            raise ValueError(f"label {int(labels.max())} is out of range for a classifier of {logits.shape[1]} classes")
+        logits = _check_logits(self.classifier(seqs, sigma_bar), labels)
         if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
             raise NonFiniteScoreError("the classifier returned NaN or +inf logits")
         return torch.log_softmax(logits.double(), -1).gather(1, labels[:, None]).squeeze(1)
@@ -336,13 +341,7 @@ class GradientClassifierGuidance:
         labels = _per_sequence(self.label, x_t.shape[0], x_t.device)
         with torch.enable_grad():
             onehot = torch.nn.functional.one_hot(x_t, num_states).to(torch.get_default_dtype()).requires_grad_(True)
-            logits = self.classifier(onehot, sigma_bar)
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x_t.shape[0] \
-                    or not logits.is_floating_point():
-                got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-                raise ValueError(f"classifier must return floating logits [{x_t.shape[0]}, C], got {got}")
-            if x_t.shape[0] and int(labels.max()) >= logits.shape[1]:
-                raise ValueError(f"label {int(labels.max())} is out of range for a classifier of {logits.shape[1]} classes")
+            logits = _check_logits(self.classifier(onehot, sigma_bar), labels)
             log_p = torch.log_softmax(logits, -1).gather(1, labels[:, None]).sum()  # sequences are independent
             (grad,) = torch.autograd.grad(log_p, onehot)
         grad = grad.double()
