@@ -2,7 +2,7 @@
 
 import torch
 
-from ddlm import DDLMForDiffusion
+from ddlm import DDLMConfig, DDLMForDiffusion
 
 
 def randomised(config, seed: int = 0, std: float = 0.2) -> DDLMForDiffusion:
@@ -39,3 +39,18 @@ def conditional_oracle(oracle, tokens: torch.Tensor, positions):
         mask[tuple(index)] = True
         keep &= mask
     return SequenceOracle(oracle.graph, oracle.probs * keep, length)
+
+
+class OracleModel(torch.nn.Module):
+    """Exact ratios of a SequenceOracle behind a DDLMConfig, as ``ddlm eval`` loads models."""
+
+    def __init__(self, oracle):
+        super().__init__()
+        self.oracle = oracle
+        self.config = DDLMConfig(vocab_size=oracle.graph.num_tokens, process="absorbing", schedule="loglinear",
+                                 max_position_embeddings=oracle.length)
+        self.graph, self.noise = self.config.graph(), self.config.noise()
+        self.device_anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t, sigma_bar):
+        return self.oracle.score_fn(x_t, sigma_bar)

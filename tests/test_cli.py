@@ -9,7 +9,7 @@ import torch
 from ddlm import DDLMConfig, DDLMForDiffusion
 from ddlm.cli import SEPARATOR, main
 from ddlm.pipeline import DiffusionPipeline
-from helpers import randomised, save_tiny_pipeline
+from helpers import OracleModel, randomised, save_tiny_pipeline
 
 
 def test_demo_prints_sampler_tv_and_bounds_against_exact_answers(capsys):
@@ -53,20 +53,6 @@ def test_eval_prints_a_bound_per_file_with_error_bars(model_dir, shared_data, tm
     assert abs(bound - tokens * math.log(300)) < 3 * stderr + 1e-3 * tokens
     assert ppl == pytest.approx(math.exp(bound / tokens), rel=1e-3)
 
-
-class OracleModel(torch.nn.Module):
-    """Exact ratios of a SequenceOracle behind a DDLMConfig, as ``ddlm eval`` loads models."""
-
-    def __init__(self, oracle):
-        super().__init__()
-        self.oracle = oracle
-        self.config = DDLMConfig(vocab_size=oracle.graph.num_tokens, process="absorbing", schedule="loglinear",
-                                 max_position_embeddings=oracle.length)
-        self.graph, self.noise = self.config.graph(), self.config.noise()
-        self.device_anchor = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x_t, sigma_bar):
-        return self.oracle.score_fn(x_t, sigma_bar)
 
 
 def test_eval_on_exact_ratios_gives_the_core_bound_and_the_true_likelihood(tmp_path, monkeypatch, capsys):

@@ -19,7 +19,7 @@ from ddlm.evaluation import ar_conditional_scores, default_batch_size, encode_pa
 from ddlm.likelihood import block_estimates, conditional_nll_bound, nll_bound, pooled_times
 from ddlm.losses import dse
 from ddlm.pipeline import DiffusionPipeline
-from helpers import conditional_oracle, randomised
+from helpers import OracleModel, conditional_oracle, randomised
 
 WORDS = ["a", "b", "c"]
 
@@ -300,20 +300,6 @@ def test_default_batch_size_follows_memory_vocabulary_and_length():
     per_sequence = 128 * (16 * 1025 + 64 * 128) + 8 * 4 * 128**2
     assert small == int(2**29 // per_sequence)
 
-
-class OracleModel(torch.nn.Module):
-    """Exact ratios of a SequenceOracle behind a DDLMConfig, as ``ddlm eval`` loads models."""
-
-    def __init__(self, oracle):
-        super().__init__()
-        self.oracle = oracle
-        self.config = DDLMConfig(vocab_size=oracle.graph.num_tokens, process="absorbing", schedule="loglinear",
-                                 max_position_embeddings=oracle.length)
-        self.graph, self.noise = self.config.graph(), self.config.noise()
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x_t, sigma_bar):
-        return self.oracle.score_fn(x_t, sigma_bar)
 
 
 def test_cli_prints_conditional_bounds_and_refuses_bad_pairs_in_one_line(oracle_pipe, ar_model, tmp_path, monkeypatch, capsys):
