@@ -27,6 +27,7 @@ from .processes import Graph
 from .score import ScoreFn, evaluate_score
 
 T_SAMPLING = ("stratified", "antithetic", "iid")
+T_IMPORTANCE = ("power",)  # proposal densities over t for the training loss (training_times)
 
 
 @dataclass
@@ -81,7 +82,54 @@ def sample_times(batch: int, num_t: int, method: str = "stratified", power: floa
         half = u[:, : num_t // 2]
         u = torch.stack([half, 1 - half], dim=-1).reshape(batch, num_t)
     u = u.clamp(min=torch.finfo(torch.float64).eps, max=1.0)
+    return power_warp(u, power)
+
+
+def power_warp(u: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u^power, d(u^power)/du) elementwise: the change of variable s = u^power on [0, 1], under which
+    integral_0^1 f(s) ds = integral_0^1 f(u^power) power u^(power - 1) du. With u ~ U[0, 1], s has the
+    density q(s) = s^(1/power - 1) / power (positive on (0, 1]) and the second output is 1 / q(s)."""
     return u**power, power * u ** (power - 1)
+
+
+def batch_uniforms(size: int, method: str, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """One uniform per slot of a batch, Float64[size] in [0, 1), each marginally U[0, 1):
+
+    iid: independent draws. stratified: slot j gets (pi_j + v_j) / size for a random permutation pi
+    and independent v_j ~ U[0, 1): every stratum [k / size, (k + 1) / size) holds exactly one draw,
+    and the permutation makes each slot's draw uniform on its own (so any slice of the batch is an
+    unbiased estimate too). antithetic: slots 2i and 2i + 1 get v_i and 1 - v_i (size must be even).
+    The training loop draws this over the global batch and hands each process and micro-batch its slice.
+    """
+    if method not in T_SAMPLING:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {method!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or (method == "antithetic" and size % 2):
+        raise ValueError(f"size must be {'an even int >= 2' if method == 'antithetic' else 'an int >= 1'} for t_sampling={method!r}, got {size!r}")
+    if method == "stratified":
+        strata = torch.randperm(size, generator=generator, device=device).to(torch.float64)
+        return (strata + torch.rand(size, generator=generator, dtype=torch.float64, device=device)) / size
+    if method == "antithetic":
+        half = torch.rand(size // 2, generator=generator, dtype=torch.float64, device=device)
+        return torch.stack([half, 1 - half], dim=-1).reshape(size)
+    return torch.rand(size, generator=generator, dtype=torch.float64, device=device)
+
+
+def training_times(u: torch.Tensor, t_min: float, importance: str | None = None, power: float = 2.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Times t in [t_min, 1] for the training loss from uniforms u [B], and importance weights [B] (or None).
+
+    importance None: t = t_min + (1 - t_min) u, uniform on [t_min, 1], no weights. ``power``:
+    t = t_min + (1 - t_min) u^power, whose density q puts more draws at small t for power > 1; the
+    weights p(t) / q(t) = power u^(power - 1) (p: the uniform density) keep the weighted loss an
+    unbiased estimate of the same objective, E_q[w(t) f(t)] = E_p[f(t)].
+    """
+    if importance is None:
+        return t_min + (1 - t_min) * u, None
+    if importance not in T_IMPORTANCE:
+        raise ValueError(f"t_importance must be one of {T_IMPORTANCE} or None, got {importance!r}")
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 1 <= power < math.inf:
+        raise ValueError(f"t_importance_power must be a finite number >= 1, got {power!r}")
+    s, weight = power_warp(u, power)
+    return t_min + (1 - t_min) * s, weight
 
 
 def _mean_and_stderr(values: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ import torch
 
 from .dse_backends import LinearDSE, RowDSE, bregman, eager_dse, resolve_impl
 from .processes import Graph, check_token_ids
-from .score import ScoreFn, evaluate_score
+from .score import NonFiniteScoreError, ScoreFn, evaluate_score
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -177,13 +177,35 @@ def linear_dse(
     return loss.reshape(x_t.shape).to(torch.promote_types(hidden.dtype, torch.float32))
 
 
+def head_dse(score_fn, head, x_t: torch.Tensor, x0: torch.Tensor, sigma_bar: torch.Tensor, graph: Graph, impl: str = "auto") -> torch.Tensor:
+    """DSE per position [B, L] of a ``DDLMForDiffusion`` with its output head fused into the loss.
+
+    score_fn(x_t, sigma_bar, output_hidden=True) gives the head's input [B, L, H] (score_fn: the
+    model, or a wrapper of it such as a DDP or compiled module); head: the (unwrapped) model, whose
+    ``lm_head`` and ``log_score_shift`` turn it into the log-scores inside ``linear_dse``, one chunk
+    of rows at a time. Equal to ``dse(model(x_t, sigma_bar), ...)`` to float rounding (the shift
+    is added in float64 inside the backend rather than subtracted in float32).
+    """
+    hidden = score_fn(x_t, sigma_bar, output_hidden=True)
+    if not bool(torch.isfinite(hidden.detach()).all()):
+        raise NonFiniteScoreError("the model's hidden states hold NaN or inf; the ratio network has diverged or is fed bad input")
+    shift = None
+    if head.config.scale_by_sigma:
+        shift = -head.log_score_shift(sigma_bar.float()).double()[:, None].expand(x_t.shape)
+    return linear_dse(hidden, head.lm_head.weight, head.lm_head.bias, x_t, x0, sigma_bar[:, None], graph, shift=shift, impl=impl)
+
+
 def dwdse(
-    score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None, *, impl: str = "auto"
+    score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None, *,
+    impl: str = "auto", inplace: bool = False, head=None,
 ) -> torch.Tensor:
     """sigma(t) * sum_i DSE_i per sequence at given times, one draw of x_t each: [B] nats.
 
     x0: Long[B, L] clean tokens; t: [B] times in (0, 1]. An unbiased estimate of the integrand
-    of the likelihood bound at t. impl: the ``dse`` backend.
+    of the likelihood bound at t. impl, inplace: the ``dse`` backend (inplace: the gradient is
+    written over the log-scores, which nothing else reads here). head: a ``DDLMForDiffusion``
+    whose output head is fused into the loss (``head_dse``; score_fn then is that model or a
+    wrapper of it), so the [B, L, S] log-scores are never stored; None: score_fn's log-scores.
     """
     graph.check_clean(x0)
     if x0.dim() != 2:
@@ -192,18 +214,31 @@ def dwdse(
         raise ValueError(f"t must have shape [B] = [{x0.shape[0]}], got {list(t.shape)}")
     sigma_bar = noise.total(t)
     x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=generator)
+    if head is not None:
+        return noise.rate(t) * head_dse(score_fn, head, x_t, x0, sigma_bar, graph, impl).sum(-1)
     log_score = evaluate_score(score_fn, x_t, sigma_bar, graph.num_states)
-    return noise.rate(t) * dse(log_score, x_t, x0, sigma_bar[:, None], graph, impl=impl).sum(-1)
+    return noise.rate(t) * dse(log_score, x_t, x0, sigma_bar[:, None], graph, impl=impl, inplace=inplace).sum(-1)
 
 
 def dwdse_loss(
-    score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t_min: float = 1e-3, generator: torch.Generator | None = None, *, impl: str = "auto"
+    score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t_min: float = 1e-3, generator: torch.Generator | None = None, *,
+    impl: str = "auto", inplace: bool = False, head=None, t: torch.Tensor | None = None, weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The DWDSE training loss: one Monte Carlo draw of t ~ U[t_min, 1] per sequence, [B] nats per token."""
+    """The DWDSE training loss: one Monte Carlo draw of t ~ U[t_min, 1] per sequence, [B] nats per token.
+    impl, inplace, head: how the loss is computed (see ``dwdse``), not what. t: Float64[B] times in
+    [t_min, 1] drawn by the caller (``ddlm.likelihood.training_times``: stratified, antithetic or
+    importance-sampled), None: i.i.d. from ``generator``; weights: [B] importance weights p(t) / q(t)
+    multiplying each sequence's loss, None: 1."""
     if not 0 <= t_min < 1:
         raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
-    t = t_min + (1 - t_min) * torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=x0.device)
-    return dwdse(score_fn, graph, noise, x0, t, generator=generator, impl=impl) / x0.shape[-1]
+    if t is None:
+        t = t_min + (1 - t_min) * torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=x0.device)
+    loss = dwdse(score_fn, graph, noise, x0, t, generator=generator, impl=impl, inplace=inplace, head=head) / x0.shape[-1]
+    if weights is not None:
+        if weights.shape != t.shape:
+            raise ValueError(f"weights must have the shape of t, [{x0.shape[0]}], got {list(weights.shape)}")
+        loss = loss * weights
+    return loss
 
 
 def implicit_score_entropy(score_fn: ScoreFn, x: torch.Tensor, sigma_bar: torch.Tensor, graph: Graph, batch_size: int = 1024) -> torch.Tensor:

@@ -18,6 +18,7 @@ import yaml
 
 from .checks import is_int, is_number, is_text, refuse_invalid
 from .data import DataConfig
+from .likelihood import T_IMPORTANCE, T_SAMPLING
 from .model import PRESETS, DDLMConfig
 
 # The built-in recipes: the top-level recipes/ folder, installed as the package ddlm.builtin_recipes
@@ -26,6 +27,7 @@ RECIPES_DIR = Path(resources.files("ddlm.builtin_recipes"))
 OBJECTIVES = ("diffusion", "ar")
 DECAYS = ("constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+LOSS_IMPLS = ("standard", "inplace", "fused_head")  # how the diffusion loss is computed (the same loss)
 DEFAULT_LABEL_DROPOUT = 0.1  # classifier-free guidance's usual rate of training on the null class
 MIN_BPE_VOCAB = 257  # a byte-level BPE: 256 bytes and EOS
 PLACEHOLDER_VOCAB = 50257  # vocab_size while validating a recipe's model section (the tokenizer sets the real one)
@@ -92,8 +94,19 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0
     ema: float = 0.9999  # 0 disables EMA weights
     t_min: float = 1e-3  # diffusion times are drawn from U[t_min, 1]
+    # how the global batch's times are drawn: iid (independent per sequence), stratified (one per
+    # stratum of [t_min, 1], strata shuffled over sequences) or antithetic (pairs u, 1 - u; even global_batch_size)
+    t_sampling: str = "iid"
+    # null: t uniform on [t_min, 1]; power: t = t_min + (1 - t_min) u^t_importance_power with the
+    # loss weighted by p(t)/q(t), the same objective with more draws at small t
+    t_importance: str | None = None
+    t_importance_power: float = 2.0  # exponent of t_importance='power', finite and >= 1 (1: uniform)
     label_dropout: float | None = None  # class-conditional models: P(a label is replaced by the null class); null: 0.1
     mixed_precision: str = "no"
+    # standard: the model's [tokens x S] log-scores, then the loss; inplace: its gradient written over them;
+    # fused_head: the output head fused into the loss, no [tokens x S] tensor stored (time-conditioned diffusion models)
+    loss_impl: str = "standard"
+    compile: bool = False  # torch.compile the model for the training steps (evaluation and sampling stay eager)
     seed: int = 0
     log_every: int = 10
     eval_every: int = 500
@@ -119,6 +132,8 @@ class TrainConfig:
             "objective": (self.objective in OBJECTIVES, f"one of {OBJECTIVES}"),
             "decay": (self.decay in DECAYS, f"one of {DECAYS}"),
             "mixed_precision": (self.mixed_precision in MIXED_PRECISION, f"one of {MIXED_PRECISION}"),
+            "loss_impl": (self.loss_impl in LOSS_IMPLS, f"one of {LOSS_IMPLS}"),
+            "compile": (isinstance(self.compile, bool), "true or false"),
             "lr": (is_number(self.lr) and self.lr > 0, "a finite number > 0"),
             "betas": (betas_ok, "two numbers in [0, 1)"),
             "weight_decay": (is_number(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
@@ -128,6 +143,11 @@ class TrainConfig:
                                "a finite number > 0, or null for no clipping"),
             "ema": (is_number(self.ema) and 0 <= self.ema < 1, "a number in [0, 1)"),
             "t_min": (is_number(self.t_min) and 0 <= self.t_min < 1, "a number in [0, 1)"),
+            "t_sampling": (self.t_sampling in T_SAMPLING, f"one of {T_SAMPLING}"),
+            "t_importance": (self.t_importance is None or self.t_importance in T_IMPORTANCE,
+                             f"null (uniform times) or one of {T_IMPORTANCE}"),
+            "t_importance_power": (is_number(self.t_importance_power) and 1 <= self.t_importance_power < float("inf"),
+                                   "a finite number >= 1: u^power has positive density on all of (0, 1] and bounded weights"),
             "label_dropout": (self.label_dropout is None or (is_number(self.label_dropout) and 0 <= self.label_dropout <= 1),
                               "a number in [0, 1], or null for the default"),
             "seed": (is_int(self.seed, 0) and self.seed < 2**63, "an int in [0, 2^63)"),
@@ -139,6 +159,11 @@ class TrainConfig:
                      "sample_every", "num_samples", "sample_steps", "save_every", "keep_checkpoints"):
             checks[name] = (is_int(getattr(self, name), 1), "an int >= 1")
         refuse_invalid("train", checks, self)
+        if self.t_sampling == "antithetic" and self.global_batch_size % 2:
+            raise ValueError(f"train.t_sampling='antithetic' pairs the global batch's sequences (u, 1 - u): "
+                             f"train.global_batch_size must be even, got {self.global_batch_size}")
+        if self.t_importance is None and self.t_importance_power != 2.0:
+            raise ValueError("train.t_importance_power applies with train.t_importance='power'; set that too, or leave the power unset")
         self.accumulation_steps(1)
 
     @property
@@ -238,7 +263,24 @@ def recipe_from_dict(values: dict) -> Recipe:
     except ValueError as error:
         raise ValueError(f"recipe model section: {error}") from None
     _check_labels(config.num_classes, recipe.data.labels, recipe.train.label_dropout)
+    _check_loss_impl(recipe.train, config)
+    if recipe.train.objective == "ar" and (recipe.train.t_sampling != "iid" or recipe.train.t_importance is not None):
+        raise ValueError("train.t_sampling and train.t_importance apply to the diffusion loss; an autoregressive model "
+                         "(train.objective='ar') has no diffusion times: leave them at iid and null")
     return recipe
+
+
+def _check_loss_impl(train: TrainConfig, config: DDLMConfig) -> None:
+    """The loss implementations other than ``standard`` need a diffusion model; the fused head a time-conditioned one."""
+    if train.loss_impl == "standard":
+        return
+    if train.objective == "ar":
+        raise ValueError(f"train.loss_impl={train.loss_impl!r} applies to the diffusion loss; an autoregressive model "
+                         "(train.objective='ar') trains with cross-entropy: use train.loss_impl='standard'")
+    if train.loss_impl == "fused_head" and not config.time_conditioning:
+        raise ValueError("train.loss_impl='fused_head' needs a time-conditioned model: a time-independent one "
+                         "(model.time_conditioning=false) normalises its head's output with a softmax over the "
+                         "vocabulary first; use train.loss_impl='inplace' (no extra [tokens x S] memory either)")
 
 
 def _check_labels(num_classes: int, labels: list[int] | None, label_dropout: float | None) -> None:

@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 from .checkpoints import (CorruptCheckpoint, latest_checkpoint, like, load_checkpoint, prepare_run_directory,
                           recipe_changes, run_lock, save_checkpoint, whole, write_atomic)
 from .data import build_datasets, eos_id, load_documents
-from .likelihood import nll_bound
+from .likelihood import batch_uniforms, nll_bound, training_times
 from .losses import ar_loss, ar_nll, dwdse_loss
 from .model import DDLMConfig, DDLMForDiffusion
-from .recipes import Recipe
+from .recipes import Recipe, TrainConfig
 from .score import NonFiniteScoreError
 
 FINAL = "final"
@@ -114,6 +114,27 @@ def step_generator(seed: int, step: int, rank: int, device) -> torch.Generator:
     return torch.Generator(device).manual_seed(state)
 
 
+def time_generator(seed: int, step: int, device) -> torch.Generator:
+    """The generator of one step's diffusion times over the whole global batch: a function of (seed, step)
+    only, the same on every process, and independent of every ``step_generator``."""
+    state = int(np.random.SeedSequence([seed, step], spawn_key=(2,)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device).manual_seed(state)
+
+
+def micro_batch_uniforms(train, step: int, rank: int, world_size: int, device) -> list[torch.Tensor] | None:
+    """This process's uniforms for the diffusion times of one step: one Float64[micro_batch_size] tensor per
+    micro-batch, sliced from a single draw over the global batch (``batch_uniforms`` with train.t_sampling,
+    from ``time_generator``) the way the data is sliced: process ``rank`` takes the rank-th contiguous
+    part, then its micro-batches in order. So global slot j belongs to the step's j-th sequence whatever the
+    split into processes x accumulation. None for t_sampling='iid' (each micro-batch draws its times from
+    the step's generator, as the loop always did)."""
+    if train.t_sampling == "iid":
+        return None
+    u = batch_uniforms(train.global_batch_size, train.t_sampling, time_generator(train.seed, step, device), device)
+    local = train.global_batch_size // world_size
+    return list(u[rank * local:(rank + 1) * local].split(train.micro_batch_size))
+
+
 def drop_labels(labels: torch.Tensor, probability: float, null_class: int, generator: torch.Generator) -> torch.Tensor:
     """Labels Long[B] with each one replaced by ``null_class`` with ``probability``, independently (one
     uniform draw per label from ``generator``): the label dropout that trains the unconditional score of
@@ -130,12 +151,61 @@ def with_labels(model, class_labels: torch.Tensor | None):
     return lambda *args, **kwargs: model(*args, class_labels=class_labels, **kwargs)
 
 
-def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator, class_labels: torch.Tensor | None = None,
+                   head=None, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """Scalar loss of a micro-batch, nats per token; graph and noise are the (unwrapped) model's.
-    class_labels: Long[B] class ids of a class-conditional model (after label dropout), else None."""
+    class_labels: Long[B] class ids of a class-conditional model (after label dropout), else None.
+    head: the unwrapped model, whose output head ``train.loss_impl: fused_head`` fuses into the loss.
+    uniforms: Float64[B], this micro-batch's slice of the global draw (``micro_batch_uniforms``); None:
+    drawn i.i.d. from ``generator``. train.t_importance turns them into importance-weighted times."""
     if train.objective == "ar":
         return ar_loss(with_labels(model, class_labels), x0)
-    return dwdse_loss(with_labels(model, class_labels), graph, noise, x0, train.t_min, generator).mean()
+    fused = train.loss_impl == "fused_head"
+    if fused and head is None:
+        raise ValueError("train.loss_impl='fused_head' needs head, the unwrapped model whose output head the loss applies")
+    t = weights = None
+    if uniforms is not None or train.t_importance is not None:
+        if uniforms is None:  # i.i.d. from the step's generator, the same draws the default path makes
+            uniforms = torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=x0.device)
+        t, weights = training_times(uniforms, train.t_min, train.t_importance, train.t_importance_power)
+    return dwdse_loss(with_labels(model, class_labels), graph, noise, x0, train.t_min, generator,
+                      inplace=train.loss_impl == "inplace", head=head if fused else None, t=t, weights=weights).mean()
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for train.compile (tests use a lighter one)
+
+
+class CompileUnavailableError(ValueError):
+    """``train.compile: true`` where ``torch.compile`` cannot run (unsupported platform, no C++ compiler, a failed compile)."""
+
+
+def compile_for_training(model, device: torch.device):
+    """``torch.compile(model)`` for the training steps, after checking that it can run here; the module
+    itself is unchanged (checkpoints, evaluation and sampling use it, uncompiled, with its own key names).
+    Raises CompileUnavailableError saying how to turn it off."""
+    off = "set train.compile=false (or compile: false in the recipe's train section) to train without it"
+    compile_fn = getattr(torch, "compile", None)
+    try:
+        from torch import _dynamo
+
+        supported = compile_fn is not None and _dynamo.is_dynamo_supported()
+    except Exception as error:  # noqa: BLE001 - any failure to import or query dynamo means no compile
+        raise CompileUnavailableError(f"train.compile: torch.compile is unavailable here ({type(error).__name__}: {error}); {off}") from None
+    if not supported:
+        raise CompileUnavailableError(f"train.compile: torch.compile does not support this platform (torch {torch.__version__}); {off}")
+    if COMPILE_BACKEND == "inductor" and device.type == "cpu":
+        compilers = [os.environ.get("CXX")] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+        if not any(shutil.which(name) for name in compilers):
+            raise CompileUnavailableError(f"train.compile: torch.compile's inductor backend needs a C++ compiler on the CPU "
+                                          f"(none of {compilers} found on PATH); install one or {off}")
+    return compile_fn(model, backend=COMPILE_BACKEND)
+
+
+def compile_failure(error: Exception) -> CompileUnavailableError:
+    """The error to raise when the compiled model fails to compile at its first call."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return CompileUnavailableError(f"train.compile: torch.compile failed on the first training step ({type(error).__name__}: "
+                                   f"{first[:300]}); set train.compile=false to train without it")
 
 
 def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
@@ -353,7 +423,11 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
         comparable = lambda recipe_dict, model: json.loads(json.dumps({**recipe_dict, "model": model}))  # noqa: E731
         # a field the checkpoint does not record did not exist when it was written: it had its default (time_conditioning)
         saved_model = {**{f.name: f.default for f in dataclasses.fields(DDLMConfig) if f.default is not dataclasses.MISSING}, **meta["model"]}
-        changes = recipe_changes(comparable(meta["recipe"], saved_model), comparable(recipe.to_dict(), model_fields(config)), allow_changes)
+        # likewise a train key the checkpoint's recipe lacks (loss_impl, compile) had its default
+        saved_train = {**{f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING},
+                       **meta["recipe"].get("train", {})}
+        changes = recipe_changes(comparable({**meta["recipe"], "train": saved_train}, saved_model),
+                                 comparable(recipe.to_dict(), model_fields(config)), allow_changes)
     if accelerator.is_main_process:
         write_atomic(output_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
         if meta is not None:
@@ -372,6 +446,12 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     base = accelerator.unwrap_model(model)  # under FSDP2 the same module, its parameters sharded
     check_sharding(accelerator, train_cfg.ema > 0)
     ema = EMA(base.parameters(), train_cfg.ema) if train_cfg.ema > 0 else None
+    if train_cfg.loss_impl == "fused_head" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        raise ValueError(f"train.loss_impl='fused_head' reads the output head's weight outside the model's forward, "
+                         f"which {accelerator.distributed_type.value} shards; use train.loss_impl='inplace'")
+    # the training steps call step_model; checkpoints, EMA, evaluation and sampling use base (uncompiled key names)
+    step_model = compile_for_training(model, accelerator.device) if train_cfg.compile else model
+    from torch._dynamo.exc import TorchDynamoException
 
     start, tokens = 0, 0
     if saved is not None:
@@ -400,16 +480,20 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
         if conditional:  # the dropout coins come first from the step's generator: a function of (seed, step, rank)
             labels = drop_labels(labels.to(accelerator.device), train_cfg.label_dropout_rate, config.null_class, generator)
         micro_labels = labels.split(train_cfg.micro_batch_size) if conditional else [None] * accumulation
+        micro_uniforms = micro_batch_uniforms(train_cfg, step, rank, world, accelerator.device) or [None] * accumulation
         loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-        for i, (micro, micro_label) in enumerate(zip(local.split(train_cfg.micro_batch_size), micro_labels)):
+        for i, (micro, micro_label, uniforms) in enumerate(zip(local.split(train_cfg.micro_batch_size), micro_labels, micro_uniforms)):
             sync = contextlib.nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
             with sync:
                 try:
                     with accelerator.autocast():
-                        loss = objective_loss(model, micro, train_cfg, base.graph, base.noise, generator, micro_label)
+                        loss = objective_loss(step_model, micro, train_cfg, base.graph, base.noise, generator, micro_label,
+                                              head=base, uniforms=uniforms)
                 except NonFiniteScoreError:  # the network itself diverged: stop below, naming the step
                     loss_sum += math.nan
                     break
+                except TorchDynamoException as error:
+                    raise compile_failure(error) from error
                 accelerator.backward(loss / accumulation)
             loss_sum += loss.detach().double()
         loss_mean = accelerator.reduce(loss_sum / accumulation, reduction="mean").item()
