@@ -52,7 +52,7 @@ RESUMABLE_CHANGES = frozenset({
     "train.steps", "train.lr", "train.warmup_steps", "train.decay", "train.min_lr_ratio", "train.weight_decay",
     "train.clip_grad_norm", "train.micro_batch_size", "train.mixed_precision", "train.log_every", "train.eval_every",
     "train.eval_blocks", "train.eval_num_t", "train.sample_every", "train.num_samples", "train.sample_steps",
-    "train.save_every", "train.keep_checkpoints", "train.trackers",
+    "train.save_every", "train.keep_checkpoints", "train.trackers", "train.loss_impl", "train.compile",
 })
 IGNORED_CHANGES = frozenset({"train.output_dir", "data.cache_dir"})  # where things are, not what they are
 

@@ -203,8 +203,9 @@ def compile_for_training(model, device: torch.device):
 
 def compile_failure(error: Exception) -> CompileUnavailableError:
     """The error to raise when the compiled model fails to compile at its first call."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return CompileUnavailableError(f"train.compile: torch.compile failed on the first training step ({type(error).__name__}: "
+    cause = getattr(error, "inner_exception", None) or error  # a backend's failure is wrapped in BackendCompilerFailed
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return CompileUnavailableError(f"train.compile: torch.compile failed on the first training step ({type(cause).__name__}: "
                                    f"{first[:300]}); set train.compile=false to train without it")
 
 

@@ -321,7 +321,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
 
     def forward(
         self, input_ids: torch.Tensor, sigma_bar: torch.Tensor | float | None = None, positions: torch.Tensor | None = None,
-        class_labels: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None, output_hidden: bool = False,
     ) -> torch.Tensor:
         """input_ids Long[B, L] in [0, S); sigma_bar: [B] or a scalar (total noise, not t) -> [B, L, S].
 
@@ -338,21 +338,34 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         class_labels (class-conditional models, ``config.num_classes = K > 0``): Long[B] class ids
         in [0, K], K the null class ("no label"); None means the null class for every sequence.
         An unconditional model refuses class_labels.
+
+        output_hidden (time-conditioned diffusion models, without positions): return the output
+        head's input [B, L, H] instead of the log-scores, which are then
+        ``lm_head(hidden) - log_score_shift(sigma_bar)`` (the shift with ``scale_by_sigma``) at every
+        state but the current token's (ignored by every loss). ``ddlm.losses.linear_dse`` fuses
+        that head with the loss so the [B, L, S] log-scores are never stored (``train.loss_impl:
+        fused_head``).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         autoregressive = self.config.objective == "ar"
+        if output_hidden and (autoregressive or not self.config.time_conditioning or positions is not None):
+            raise ValueError("output_hidden needs a time-conditioned diffusion model and no positions (got "
+                             f"objective={self.config.objective!r}, time_conditioning={self.config.time_conditioning}, "
+                             f"positions {'given' if positions is not None else 'None'})")
         if autoregressive:
             if sigma_bar is not None:
                 raise ValueError("an autoregressive model (objective='ar') takes no sigma_bar; call model(input_ids)")
             if positions is not None:
                 raise ValueError("an autoregressive model (objective='ar') takes no positions")
-            check_token_ids(input_ids, self.config.num_states, "input_ids")
+            if not torch.compiler.is_compiling():  # a data-dependent check would split a compiled graph (train.compile)
+                check_token_ids(input_ids, self.config.num_states, "input_ids")
             sigma_bar = 0.0  # the conditioning path is kept and fed a constant (see the module docstring)
         else:
             if sigma_bar is None:
                 raise ValueError("a diffusion model needs sigma_bar, the total noise of input_ids: call model(x_t, sigma_bar)")
-            self.graph.check_tokens(input_ids, "input_ids")
+            if not torch.compiler.is_compiling():
+                self.graph.check_tokens(input_ids, "input_ids")
         batch, length = input_ids.shape
         rows = None if positions is None else row_index(positions.to(input_ids.device), (batch, length))
         sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=torch.float32)
@@ -371,6 +384,8 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
             x = layer(x, c, cos, sin)
         shift, scale = self.final_modulation(c)
         h = modulate(self.final_norm(x), shift, scale).to(x.dtype)
+        if output_hidden:
+            return h
         if autoregressive:
             return torch.log_softmax(self.lm_head(h).float(), dim=-1)
         # The head runs on [B L, H] rows so that its output is not a view, and the shift and the
