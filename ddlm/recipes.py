@@ -94,18 +94,12 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0
     ema: float = 0.9999  # 0 disables EMA weights
     t_min: float = 1e-3  # diffusion times are drawn from U[t_min, 1]
-    # how the global batch's times are drawn: iid (independent per sequence), stratified (one per
-    # stratum of [t_min, 1], strata shuffled over sequences) or antithetic (pairs u, 1 - u; even global_batch_size)
-    t_sampling: str = "iid"
-    # null: t uniform on [t_min, 1]; power: t = t_min + (1 - t_min) u^t_importance_power with the
-    # loss weighted by p(t)/q(t), the same objective with more draws at small t
-    t_importance: str | None = None
+    t_sampling: str = "iid"  # times over the global batch: iid, stratified (one per stratum of [t_min, 1]) or antithetic (u, 1 - u pairs)
+    t_importance: str | None = None  # null: t uniform; power: t = t_min + (1 - t_min) u^power, the loss weighted by p(t)/q(t)
     t_importance_power: float = 2.0  # exponent of t_importance='power', finite and >= 1 (1: uniform)
     label_dropout: float | None = None  # class-conditional models: P(a label is replaced by the null class); null: 0.1
     mixed_precision: str = "no"
-    # standard: the model's [tokens x S] log-scores, then the loss; inplace: its gradient written over them;
-    # fused_head: the output head fused into the loss, no [tokens x S] tensor stored (time-conditioned diffusion models)
-    loss_impl: str = "standard"
+    loss_impl: str = "standard"  # the same diffusion loss from: standard, the [tokens x S] log-scores; inplace, its gradient written over them; fused_head, the head fused into the loss (no [tokens x S] tensor)
     compile: bool = False  # torch.compile the model for the training steps (evaluation and sampling stay eager)
     seed: int = 0
     log_every: int = 10
