@@ -24,6 +24,17 @@ Writes benchmarks/results/train_throughput_cpu.md (``--out`` to change).
     python benchmarks/train_throughput.py [--hidden 256 --layers 4 --heads 4 --length 256
         --batch 4 --vocab 50257 --rounds 7 --steps 2 --warmup 2 --profile 3]
 
+``--loss-paths`` instead compares the ways ``ddlm train`` can compute the same diffusion loss
+(``train.loss_impl`` standard / inplace / fused_head, and ``train.compile``), each step made by
+``ddlm.train.objective_loss`` as the training loop makes it: peak memory of a step (allocations
+above the step's start, from the profiler's memory events) and tokens/s, as ratios to the
+standard path in one process, on a small body (the head and the loss over 50k states are then
+nearly all of the step's memory) and a section "Memory-fused and compiled training steps" in --out
+(replaced if there, the rest kept):
+
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --loss-paths --hidden 64 --layers 1 --heads 2
+        --batch 4 --length 512 --rounds 3 --steps 2 --warmup 1 --threads 1
+
 Default shapes: GPT-2's vocabulary (50257) with a small body (256 x 4 layers, 4 heads of 64)
 and 1024 tokens a step (4 x 256). At this size the output head and the loss over 50k states
 dominate the step -- the regime in which the two objectives differ (the DSE loss against
@@ -47,6 +58,19 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from ddlm import DDLMConfig, DDLMForDiffusion
 from ddlm.losses import ar_loss, dwdse_loss
+
+
+def command_line(argv) -> str:
+    """The command as run, less --note (quoted under "Conditions")."""
+    given, shown = list(argv if argv is not None else sys.argv[1:]), []
+    while given:
+        arg = given.pop(0)
+        if arg == "--note":
+            given = given[1:]
+        elif not arg.startswith("--note="):
+            shown.append(arg)
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    return threads + "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *shown])
 
 
 def cpu_model() -> str:
@@ -120,6 +144,125 @@ def profile(trainer: Trainer, steps: int, top: int = 12) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48)
 
 
+LOSS_PATHS_TITLE = "## Memory-fused and compiled training steps"
+
+
+def step_peak_bytes(trainer: "Trainer") -> int:
+    """Peak bytes allocated during one training step above the level at its start (CPU allocations, from
+    the profiler's memory events in time order: forward, backward and the optimizer step)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        trainer.step(record=False)
+    events = sorted((e.start_ns(), i, e.nbytes()) for i, e in enumerate(prof.profiler.kineto_results.events()) if e.name() == "[memory]")
+    level = peak = 0
+    for _, _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return peak
+
+
+def loss_paths(args, command: str) -> None:
+    """The --loss-paths comparison (see the module docstring)."""
+    from ddlm.recipes import TrainConfig
+    from ddlm.train import objective_loss
+
+    torch.manual_seed(0)
+    config = DDLMConfig(process="absorbing", schedule="loglinear", vocab_size=args.vocab, hidden_size=args.hidden,
+                        num_hidden_layers=args.layers, num_attention_heads=args.heads, max_position_embeddings=args.length,
+                        dropout=0.0, tie_word_embeddings=args.tie)
+    initial = DDLMForDiffusion(config).state_dict()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(args.vocab, (args.batch, args.length), generator=gen) for _ in range(4)]
+    candidates = [("standard", False), ("inplace", False), ("fused_head", False)] + ([("standard", True)] if args.compile else [])
+    trainers, compile_s, first_losses = {}, {}, {}
+    for impl, compiled in candidates:
+        name = f"{impl} + compile" if compiled else impl
+        model = DDLMForDiffusion(config).train()
+        model.load_state_dict(initial)
+        step_model = torch.compile(model) if compiled else model
+        train_cfg = TrainConfig(loss_impl=impl)
+        generator = torch.Generator().manual_seed(0)
+
+        def loss_fn(x0, model=model, step_model=step_model, train_cfg=train_cfg, generator=generator):
+            return objective_loss(step_model, x0, train_cfg, model.graph, model.noise, generator, head=model)
+
+        trainers[name] = Trainer(model, loss_fn, batches)
+        began = time.perf_counter()
+        first_losses[name] = trainers[name].step(record=False)  # the first step of each starts from the same weights and draws
+        compile_s[name] = time.perf_counter() - began
+        for _ in range(args.warmup - 1):
+            trainers[name].step(record=False)
+        print(f"warmed up {name} (first step {compile_s[name]:.1f} s, loss {first_losses[name]:.6f})", flush=True)
+    peaks = {name: step_peak_bytes(trainer) for name, trainer in trainers.items()}
+    print("peak MB: " + ", ".join(f"{n} {b / 2**20:.0f}" for n, b in peaks.items()), flush=True)
+    began = time.perf_counter()
+    by_round = {name: [] for name in trainers}
+    for r in range(args.rounds):
+        order = list(trainers.items())
+        order = order[r % len(order):] + order[: r % len(order)]
+        for name, trainer in order:
+            for _ in range(args.steps):
+                trainer.step()
+            by_round[name].append(statistics.mean(trainer.times[-args.steps:]))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t.times[-1]:.3f}s" for n, t in trainers.items()), flush=True)
+    timed = time.perf_counter() - began
+    tokens = args.batch * args.length
+    median = {name: statistics.median(t.times) for name, t in trainers.items()}
+    paired = {name: statistics.median(s / c for s, c in zip(by_round["standard"], by_round[name])) for name in trainers}
+    reference = first_losses["standard"]
+    rows = [f"| {name} | {peaks[name] / 2**20:,.0f} | {peaks[name] / peaks['standard']:.2f} | {median[name]:.3f} "
+            f"| {tokens / median[name]:,.0f} | {median['standard'] / median[name]:.2f} | {paired[name]:.2f} "
+            f"| {abs(first_losses[name] - reference) / abs(reference):.1e} |" for name in trainers]
+    table = "\n".join(["| path | peak step memory (MB) | memory ratio | median step (s) | tokens/s | tokens/s ratio "
+                       "| paired ratio | first-step loss, relative difference |", "|---|---|---|---|---|---|---|---|", *rows])
+    print(table, flush=True)
+    grads_mb = sum(p.numel() for p in trainers["standard"].model.parameters()) * 4 / 2**20
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    compile_note = ""
+    if args.compile:
+        compile_note = (f" `standard + compile` is `torch.compile` (inductor) of the model, as `train.compile: true` does; "
+                        f"its first step, which compiles, took {compile_s['standard + compile']:.0f} s "
+                        f"(the eager first step {compile_s['standard']:.1f} s) and is not timed.")
+    lines = [
+        LOSS_PATHS_TITLE,
+        "",
+        f"Machine: {cpu_model()}, {available_cores()} cores, {args.threads} threads; torch {torch.__version__}. "
+        "Load average after the run: " + (", ".join(f"{v:.2f}" for v in load) if load else "n/a") + ".",
+        "",
+        f"Shapes: batch {args.batch} x length {args.length} = {tokens} tokens a step; vocabulary {args.vocab} "
+        f"({args.vocab + 1} absorbing states); hidden {args.hidden}, {args.layers} layer(s), {args.heads} heads: a small "
+        "body, so that the output head and the loss are nearly all of the step's memory; float32, dropout 0, AdamW.",
+        "",
+        "Protocol: each path is `train.loss_impl` (and `train.compile`) of `ddlm train`: the step calls "
+        "`ddlm.train.objective_loss` as the training loop does, then backward and AdamW. All paths in one process, "
+        "from the same initial weights; the first step of each uses the same batch and generator seed, so its loss is "
+        "the same number up to float rounding (last column). Peak step memory: the largest total of CPU allocations "
+        "during one step (forward, backward, optimizer) above the level at its start, from `torch.profiler`'s "
+        f"memory events (it includes the parameters' gradients, {grads_mb:.0f} MB, recreated every step). Then "
+        f"{args.rounds} rounds of {args.steps} steps, the paths alternating; median step time; tokens/s ratio = the "
+        "path's over the standard path's (> 1 is faster); paired ratio = median over rounds of the standard path's "
+        f"mean step time over the path's. Timed part: {timed:.0f} s.{compile_note}",
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
+    if args.note:
+        lines += [f"Conditions: {args.note}", ""]
+    lines += [table, ""]
+    section = "\n".join(lines)
+    previous = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    if LOSS_PATHS_TITLE in previous:  # replace the section (up to the next one of its level), keep the rest
+        head, rest = previous.split(LOSS_PATHS_TITLE, 1)
+        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        text = head.rstrip("\n") + "\n\n" + section.rstrip("\n") + ("\n" + tail if tail else "\n")
+    else:
+        text = previous.rstrip("\n") + "\n\n" + section if previous else section
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, default=256)
@@ -138,9 +281,16 @@ def main(argv=None):
     parser.add_argument("--note", default="", help="a line about the conditions (other load on the machine, ...)")
     parser.add_argument("--append", action="store_true", help="add this run to --out instead of replacing it")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results" / "train_throughput_cpu.md")
+    parser.add_argument("--loss-paths", action="store_true",
+                        help="compare train.loss_impl standard / inplace / fused_head (and --compile) instead; see the docstring")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --loss-paths: add the compiled standard path (inductor; its first step compiles)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tokens = args.batch * args.length
+    if args.loss_paths:
+        loss_paths(args, command_line(argv))
+        return
 
     models = build(args)
     gen = torch.Generator().manual_seed(1)
@@ -182,14 +332,7 @@ def main(argv=None):
             profiles[name] = profile(trainers[name], args.profile)
             print(f"\nprofile of {name} ({args.profile} steps, self CPU time):\n{profiles[name]}", flush=True)
 
-    given, shown = list(argv if argv is not None else sys.argv[1:]), []
-    while given:  # the command as run, less --note (quoted under "Conditions")
-        arg = given.pop(0)
-        if arg == "--note":
-            given = given[1:]
-        elif not arg.startswith("--note="):
-            shown.append(arg)
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *shown])
+    command = command_line(argv)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     title = "# Training throughput, CPU: diffusion (DWDSE) and AR objectives against HF GPT-2"
     if args.append:
