@@ -93,7 +93,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     clip_grad_norm: float | None = 1.0
     ema: float = 0.9999  # 0 disables EMA weights
-    t_min: float = 1e-3  # diffusion times are drawn from U[t_min, 1]
+    t_min: float = 1e-3  # diffusion times lie in [t_min, 1] (uniform unless t_importance is set)
     t_sampling: str = "iid"  # times over the global batch: iid, stratified (one per stratum of [t_min, 1]) or antithetic (u, 1 - u pairs)
     t_importance: str | None = None  # null: t uniform; power: t = t_min + (1 - t_min) u^power, the loss weighted by p(t)/q(t)
     t_importance_power: float = 2.0  # exponent of t_importance='power', finite and >= 1 (1: uniform)
