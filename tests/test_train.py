@@ -144,13 +144,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     real = training.objective_loss
     calls = {"n": 0}
 
-    def poisoned(*args):
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] <= 2 * 5:  # two micro-batches a step: step 6 fails
-            return real(*args)
+            return real(*args, **kwargs)
         if failure == "nan_scores":
             raise NonFiniteScoreError("score_fn returned NaN or +inf log-scores")
-        return real(*args) * float("nan")
+        return real(*args, **kwargs) * float("nan")
 
     monkeypatch.setattr(training, "objective_loss", poisoned)
     recipe = recipe_from_dict(tiny_recipe(tmp_path, shared_data, save_every=2))
