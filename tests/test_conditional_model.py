@@ -161,9 +161,9 @@ def test_a_labelled_recipe_trains_and_resumes_exactly(tmp_path, shared_data, mon
     seen = []
     real = training.objective_loss
 
-    def recording(model, x0, train_cfg, graph, noise, generator, class_labels=None):
+    def recording(model, x0, train_cfg, graph, noise, generator, class_labels=None, **kwargs):
         seen.append(class_labels.clone())
-        return real(model, x0, train_cfg, graph, noise, generator, class_labels)
+        return real(model, x0, train_cfg, graph, noise, generator, class_labels, **kwargs)
 
     monkeypatch.setattr(training, "objective_loss", recording)
     values = labelled_recipe(tmp_path, shared_data, output_dir=str(tmp_path / "straight"))
@@ -174,11 +174,11 @@ def test_a_labelled_recipe_trains_and_resumes_exactly(tmp_path, shared_data, mon
 
     calls = {"n": 0}
 
-    def crashing(*args):
+    def crashing(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 2 * 5:  # two micro-batches a step: step 6 crashes, after the checkpoint of step 4
             raise RuntimeError("simulated crash")
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(training, "objective_loss", crashing)
     values["train"]["output_dir"] = str(tmp_path / "crashed")
