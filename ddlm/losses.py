@@ -57,6 +57,16 @@ def _position_scalars(x_t, x0, sigma_bar, graph: Graph, shift):
     return w, a, b, shift
 
 
+def _off_current(weight: torch.Tensor | None, like: torch.Tensor, x: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """The weights w_y [..., S] in ``dtype`` with the current token's entry zeroed (None: 1 on every y != x);
+    a ValueError unless shaped like ``like`` (called ``name``)."""
+    if weight is None:
+        weight = torch.ones_like(like, dtype=dtype)
+    elif weight.shape != like.shape:
+        raise ValueError(f"weight must have the shape of {name} {list(like.shape)}, got {list(weight.shape)}")
+    return weight.to(dtype).scatter(-1, x.unsqueeze(-1), 0.0)
+
+
 def score_entropy(log_score: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Score entropy per position, [...].
 
@@ -68,11 +78,7 @@ def score_entropy(log_score: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor,
         raise ValueError(f"ratio must have the shape of log_score {list(log_score.shape)}, got {list(ratio.shape)}")
     check_token_ids(x, log_score.shape[-1], "x", "log_score has states")
     dtype = _compute_dtype(log_score, ratio)
-    if weight is None:
-        weight = torch.ones_like(log_score, dtype=dtype)
-    elif weight.shape != log_score.shape:
-        raise ValueError(f"weight must have the shape of log_score {list(log_score.shape)}, got {list(weight.shape)}")
-    weight = weight.to(dtype).scatter(-1, x.unsqueeze(-1), 0.0)
+    weight = _off_current(weight, log_score, x, dtype, "log_score")
     terms = bregman(log_score.to(dtype), ratio.to(dtype))
     return torch.where(weight > 0, weight * terms, torch.zeros_like(terms)).sum(-1)
 
@@ -97,11 +103,7 @@ def concrete_score_matching(score: torch.Tensor, x: torch.Tensor, ratio: torch.T
         raise ValueError(f"ratio must have the shape of score {list(score.shape)}, got {list(ratio.shape)}")
     check_token_ids(x, score.shape[-1], "x", "score has states")
     dtype = _compute_dtype(score, ratio)
-    if weight is None:
-        weight = torch.ones_like(score, dtype=dtype)
-    elif weight.shape != score.shape:
-        raise ValueError(f"weight must have the shape of score {list(score.shape)}, got {list(weight.shape)}")
-    weight = weight.to(dtype).scatter(-1, x.unsqueeze(-1), 0.0)
+    weight = _off_current(weight, score, x, dtype, "score")
     terms = weight * (score.to(dtype) - ratio.to(dtype)) ** 2
     return torch.where(weight > 0, terms, torch.zeros_like(terms)).sum(-1)
 

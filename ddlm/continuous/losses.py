@@ -68,6 +68,16 @@ def _weight(weighting, sde: GaussianSDE, t: Tensor) -> Tensor:
     return weighting(t)
 
 
+def _perturbed_score(score_fn: ScoreFn, sde: GaussianSDE, x0: Tensor, t, weighting, t_min: float, noise, generator):
+    """What DSM and ESM share: the weighting checked, t drawn (or given), x_t = alpha x0 + sigma eps and the
+    model's score there -> (t [B], x_t, eps, score)."""
+    if not callable(weighting):
+        check_choice(weighting, "weighting", DSM_WEIGHTINGS)
+    t = _times(t, x0, t_min, generator)
+    x_t, noise = sde.perturb(x0, t, noise=noise, generator=generator)
+    return t, x_t, noise, call_model(score_fn, x_t, t)
+
+
 def dsm_loss(
     score_fn: ScoreFn,
     sde: GaussianSDE,
@@ -87,11 +97,7 @@ def dsm_loss(
     Murray & Ermon 2021), "none" (lambda = 1), or a callable t [B] -> lambda [B]. With lambda = 1 and
     a fixed t it equals ``ism_loss`` on p_t plus the constant D / (2 sigma^2) in expectation.
     """
-    if not callable(weighting):
-        check_choice(weighting, "weighting", DSM_WEIGHTINGS)
-    t = _times(t, x0, t_min, generator)
-    x_t, noise = sde.perturb(x0, t, noise=noise, generator=generator)
-    score = call_model(score_fn, x_t, t)
+    t, x_t, noise, score = _perturbed_score(score_fn, sde, x0, t, weighting, t_min, noise, generator)
     sigma = per_sample(sde.sigma(t), x0)
     if weighting == "sigma2":
         return 0.5 * sum_event((sigma * score + noise) ** 2)
@@ -117,11 +123,7 @@ def esm_loss(
     ``dsm_loss``, so with the same ``t`` and ``noise`` E[dsm_loss - esm_loss] is a constant independent
     of score_fn: E[dsm_loss(s*)] = 1/2 E[lambda (D / sigma^2 - ||s*||^2)].
     """
-    if not callable(weighting):
-        check_choice(weighting, "weighting", DSM_WEIGHTINGS)
-    t = _times(t, x0, t_min, generator)
-    x_t, _ = sde.perturb(x0, t, noise=noise, generator=generator)
-    score = call_model(score_fn, x_t, t)
+    t, x_t, _, score = _perturbed_score(score_fn, sde, x0, t, weighting, t_min, noise, generator)
     target = call_model(target_score, x_t, t, name="target_score").detach()
     return 0.5 * _weight(weighting, sde, t) * sum_event((score - target) ** 2)
 
