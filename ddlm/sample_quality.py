@@ -151,7 +151,8 @@ def load_reference(name: str | os.PathLike, *, device=None) -> ReferenceLM:
         return ReferenceLM(model, tokenizer, model.config.max_position_embeddings, str(name), ddlm=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=False).to(device or "cpu").eval()
+        # weights_only: pickled weights (pytorch_model.bin) are read as tensors only, never as code
+        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=False, weights_only=True).to(device or "cpu").eval()
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"cannot load the reference LM {name} as a causal LM with its tokenizer: "
                          f"{type(error).__name__}: {_first_line(error)}{hint}") from None
