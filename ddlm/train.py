@@ -209,6 +209,11 @@ def compile_failure(error: Exception) -> CompileUnavailableError:
                                    f"{first[:300]}); set train.compile=false to train without it")
 
 
+def field_defaults(cls) -> dict:
+    """The plain defaults of a dataclass's fields (those with a ``default``), by name."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
 def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
     """The recipe's tokenizer; a trained BPE is trained once (main process) and saved in the run directory."""
     from .evaluation import load_tokenizer as load_saved
@@ -423,10 +428,9 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     if meta is not None:
         comparable = lambda recipe_dict, model: json.loads(json.dumps({**recipe_dict, "model": model}))  # noqa: E731
         # a field the checkpoint does not record did not exist when it was written: it had its default (time_conditioning)
-        saved_model = {**{f.name: f.default for f in dataclasses.fields(DDLMConfig) if f.default is not dataclasses.MISSING}, **meta["model"]}
+        saved_model = {**field_defaults(DDLMConfig), **meta["model"]}
         # likewise a train key the checkpoint's recipe lacks (loss_impl, compile) had its default
-        saved_train = {**{f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING},
-                       **meta["recipe"].get("train", {})}
+        saved_train = {**field_defaults(TrainConfig), **meta["recipe"].get("train", {})}
         changes = recipe_changes(comparable({**meta["recipe"], "train": saved_train}, saved_model),
                                  comparable(recipe.to_dict(), model_fields(config)), allow_changes)
     if accelerator.is_main_process:
@@ -451,8 +455,11 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
         raise ValueError(f"train.loss_impl='fused_head' reads the output head's weight outside the model's forward, "
                          f"which {accelerator.distributed_type.value} shards; use train.loss_impl='inplace'")
     # the training steps call step_model; checkpoints, EMA, evaluation and sampling use base (uncompiled key names)
-    step_model = compile_for_training(model, accelerator.device) if train_cfg.compile else model
-    from torch._dynamo.exc import TorchDynamoException
+    step_model, compile_errors = model, ()
+    if train_cfg.compile:
+        from torch._dynamo.exc import TorchDynamoException
+
+        step_model, compile_errors = compile_for_training(model, accelerator.device), (TorchDynamoException,)
 
     start, tokens = 0, 0
     if saved is not None:
@@ -493,7 +500,7 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
                 except NonFiniteScoreError:  # the network itself diverged: stop below, naming the step
                     loss_sum += math.nan
                     break
-                except TorchDynamoException as error:
+                except compile_errors as error:  # () without train.compile: torch._dynamo is not imported
                     raise compile_failure(error) from error
                 accelerator.backward(loss / accumulation)
             loss_sum += loss.detach().double()
