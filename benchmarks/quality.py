@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from ddlm.evaluation import load_model, score_texts, text_blocks
+from ddlm.data import DataConfig, build_datasets
+from ddlm.evaluation import load_model, load_tokenizer, score_texts, text_blocks
 from ddlm.likelihood import nll_bound
 from ddlm.pipeline import DiffusionPipeline
 from ddlm.recipes import recipe_from_dict
@@ -45,11 +46,19 @@ from ddlm.train import FINAL, latest_checkpoint, train
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = {  # name -> (objective, process, schedule)
-    "absorbing": ("diffusion", "absorbing", "loglinear"),
-    "uniform": ("diffusion", "uniform", "geometric"),
-    "ar": ("ar", "absorbing", "loglinear"),
+COMMAND = "python benchmarks/quality.py"
+EVAL_NUM_T = 16  # t per block of the held-out curves during training
+VARIANCE_REDUCED = {"t_sampling": "stratified", "t_importance": "power"}  # train.t_sampling, t = t_min + (1 - t_min) u^2, p/q weights
+MODELS = {  # run name -> (table label, objective, process, schedule, overrides of the recipe's model and train sections)
+    "absorbing": ("absorbing", "diffusion", "absorbing", "loglinear", {}),
+    "absorbing-vr": ("absorbing, stratified t = u^2", "diffusion", "absorbing", "loglinear", {"train": VARIANCE_REDUCED}),
+    "absorbing-ti": ("absorbing, time-independent", "diffusion", "absorbing", "loglinear", {"model": {"time_conditioning": False}}),
+    "uniform": ("uniform", "diffusion", "uniform", "geometric", {}),
+    "uniform-vr": ("uniform, stratified t = u^2", "diffusion", "uniform", "geometric", {"train": VARIANCE_REDUCED}),
+    "ar": ("ar", "ar", "absorbing", "loglinear", {}),
 }
+DIFFUSION = [name for name, spec in MODELS.items() if spec[1] == "diffusion"]
+LONG_MODELS = ("ar", "absorbing-vr")  # the data-constrained run (--long)
 PREDICTORS = ("euler", "tau_leaping", "analytic")
 T_METHODS = {  # label -> (t_sampling, t_power)
     "i.i.d. u, t = u (uniform t)": ("iid", 1.0),
@@ -68,37 +77,62 @@ def split_articles(text: str, fraction: float) -> tuple[list[str], str]:
     return train_docs, text[cut:]
 
 
-def recipe(name: str, work: Path, args) -> dict:
-    objective, process, schedule = MODELS[name]
-    return {
+def run_dir(work: Path, name: str, long: bool = False) -> Path:
+    return work / (f"long-{name}" if long else name)
+
+
+def recipe(name: str, work: Path, args, *, long: bool = False) -> dict:
+    """The recipe of run ``name`` (a key of MODELS); ``long``: the data-constrained run on train-long.jsonl."""
+    _, objective, process, schedule, overrides = MODELS[name]
+    steps = long_steps(work, args) if long else args.steps
+    out = {
         "model": {"preset": "tiny", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "cond_dim": 64,
                   "process": process, "schedule": schedule, "dropout": 0.1},
         "tokenizer": {"name": str(work / "tokenizer")},
-        "data": {"source": str(work / "train.jsonl"), "validation_split": str(work / "heldout.txt"), "block_size": args.block_size,
-                 "cache_dir": str(work / "cache")},
-        "train": {"objective": objective, "steps": args.steps, "global_batch_size": 32, "micro_batch_size": 32, "lr": 1e-3,
+        "data": {"source": str(work / ("train-long.jsonl" if long else "train.jsonl")), "validation_split": str(work / "heldout.txt"),
+                 "block_size": args.block_size, "cache_dir": str(work / "cache")},
+        "train": {"objective": objective, "steps": steps, "global_batch_size": 32, "micro_batch_size": 32, "lr": 1e-3,
                   "warmup_steps": max(1, args.steps // 15), "decay": "cosine", "ema": 0.999, "log_every": 25,
-                  "eval_every": max(1, args.steps // 10), "eval_blocks": args.eval_blocks, "eval_num_t": 16,
-                  "sample_every": args.steps, "num_samples": 1, "sample_steps": 32, "save_every": max(1, args.steps // 4),
-                  "trackers": ["tensorboard"], "output_dir": str(work / name), "seed": 0},
+                  "eval_every": max(1, steps // (args.long_evals if long else 10)), "eval_blocks": args.eval_blocks, "eval_num_t": EVAL_NUM_T,
+                  "sample_every": steps, "num_samples": 1, "sample_steps": 32, "save_every": max(1, steps // 4),
+                  "trackers": ["tensorboard"], "output_dir": str(run_dir(work, name, long)), "seed": 0},
     }
+    for section, values in overrides.items():
+        out[section].update(values)
+    return out
 
 
-def train_all(work: Path, args) -> dict[str, dict]:
-    """Train (or reuse, or resume) each model; returns name -> {seconds, tokens, curve}."""
+def long_steps(work: Path, args) -> int:
+    """Steps of the data-constrained runs: ``args.long_epochs`` passes over train-long.jsonl's blocks."""
+    return math.ceil(args.long_epochs * count_blocks(work, work / "train-long.jsonl", args) / 32)
+
+
+def count_blocks(work: Path, source: Path, args) -> int:
+    """Training blocks of ``source``, packed (and cached) as training packs them."""
+    config = DataConfig(source=str(source), validation_split=str(work / "heldout.txt"), block_size=args.block_size, cache_dir=str(work / "cache"))
+    return len(build_datasets(config, load_tokenizer(work / "tokenizer"))[0])
+
+
+def train_runs(work: Path, names, args, *, long: bool = False) -> dict[str, dict]:
+    """Train (or reuse, or resume) each run; returns name -> {seconds, tokens, curve: [(tokens, held-out nats/token)], loss_noise}.
+
+    loss_noise: the standard deviation of the per-step training loss over the last ``args.noise_steps`` steps, from
+    successive differences (std(diff) / sqrt(2)), so the slow downward trend does not count as noise."""
     runs = {}
-    for name in MODELS:
-        run = work / name
+    for name in names:
+        run = run_dir(work, name, long)
         if not (run / FINAL / "config.json").is_file():
             start = time.perf_counter()
             resume = latest_checkpoint(run) is not None
-            train(recipe_from_dict(recipe(name, work, args)), resume=resume, progress=not args.quiet)
+            train(recipe_from_dict(recipe(name, work, args, long=long)), resume=resume, progress=not args.quiet)
             (run / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - start, "resumed": resume}))
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        key = "eval/nll_per_token" if MODELS[name][0] == "ar" else "eval/bound_per_token"
+        key = "eval/nll_per_token" if MODELS[name][1] == "ar" else "eval/bound_per_token"
         curve = [(r.get("tokens", 0), r[key]) for r in records if key in r]
         last = max(r["tokens"] for r in records if "tokens" in r)
-        runs[name] = {"seconds": json.loads((run / "seconds.json").read_text())["seconds"], "tokens": last, "curve": curve}
+        losses = torch.tensor([r["train/loss"] for r in records if "train/loss" in r][-args.noise_steps:])
+        runs[name] = {"seconds": json.loads((run / "seconds.json").read_text())["seconds"], "tokens": last, "curve": curve,
+                      "loss_noise": float(losses.diff().std() / math.sqrt(2))}
     return runs
 
 
@@ -129,12 +163,12 @@ def t_estimators(model, blocks: torch.Tensor, args) -> dict:
 
 
 def sample_sweep(models, tokenizer, heldout_blocks: torch.Tensor, args) -> dict:
-    """(model, predictor, steps) -> metrics of samples; plus the references 'held-out text' and 'AR samples'."""
+    """(run, predictor, steps) -> metrics of samples; plus the references 'held-out text' and 'AR samples'."""
     reference, eos = models["ar"], tokenizer.eos_token_id
     n, length = args.num_samples, args.block_size
     out = {"held-out text": sample_metrics(reference, heldout_blocks[:n], eos, batch_size=64),
            "AR samples": sample_metrics(reference, ar_sample(reference, n, length, eos, generator=torch.Generator().manual_seed(0)), eos, batch_size=64)}
-    for name in ("absorbing", "uniform"):
+    for name in DIFFUSION:
         pipe = DiffusionPipeline(models[name], tokenizer)
         for predictor in PREDICTORS:
             for steps in args.sample_steps:
@@ -149,34 +183,41 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def write_plots(runs, sweep, args, out: Path) -> None:
+def curve_label(name: str) -> str:
+    return f"{MODELS[name][0]} ({'exact' if MODELS[name][1] == 'ar' else 'bound'})"
+
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    return plt
+
+
+def write_plots(runs, sweep, args, out: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, run in runs.items():
         tokens, nats = zip(*run["curve"])
-        label = f"{name} ({'exact' if name == 'ar' else 'bound'})"
-        ax.plot([t / 1e6 for t in tokens], [math.exp(v) for v in nats], marker="o", label=label)
+        ax.plot([t / 1e6 for t in tokens], [math.exp(v) for v in nats], marker="o", markersize=3, label=curve_label(name))
     ax.set(xlabel="training tokens (millions)", ylabel="held-out perplexity (bound for diffusion)", yscale="log",
            title=f"WikiText-2 held-out, {args.eval_blocks} blocks of {args.block_size}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "quality_training.png", dpi=120)
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
-    for col, name in enumerate(("absorbing", "uniform")):
+    fig, axes = plt.subplots(2, len(DIFFUSION), figsize=(3.6 * len(DIFFUSION), 6.5), sharex=True, squeeze=False)
+    for col, name in enumerate(DIFFUSION):
         for row, key in enumerate(("gen_ppl", "entropy")):
             ax = axes[row, col]
             for predictor in PREDICTORS:
                 ax.plot(args.sample_steps, [sweep[f"{name}|{predictor}|{s}"][key] for s in args.sample_steps], marker="o", label=predictor)
             for ref, style in (("held-out text", "--"), ("AR samples", ":")):
                 ax.axhline(sweep[ref][key], color="grey", linestyle=style, label=ref)
-            note = " (euler = analytic exactly)" if name == "absorbing" else ""
-            ax.set(xscale="log", title=f"{name} diffusion{note}", ylabel="generative perplexity (AR)" if key == "gen_ppl" else "unigram entropy (nats)")
+            ax.set(xscale="log", title=MODELS[name][0], ylabel="generative perplexity (AR)" if key == "gen_ppl" else "unigram entropy (nats)")
             if key == "gen_ppl":
                 ax.set_yscale("log")
             ax.set_xticks(args.sample_steps, [str(s) for s in args.sample_steps])
@@ -184,7 +225,8 @@ def write_plots(runs, sweep, args, out: Path) -> None:
             ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("sampling steps")
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("absorbing: euler = analytic exactly", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "quality_sampling.png", dpi=120)
 
@@ -192,20 +234,24 @@ def write_plots(runs, sweep, args, out: Path) -> None:
 def markdown(runs, table, estimators, sweep, params, args) -> str:
     ar = table["ar"]
     lines = [
-        f"Three models of {params / 1e6:.2f}M parameters (128 × 4 blocks, 4 heads; byte-level BPE of 1024 tokens trained on the training text), "
+        f"Six models of {params / 1e6:.2f}M parameters (128 × 4 blocks, 4 heads; byte-level BPE of 1024 tokens trained on the training text), "
         f"each trained on {runs['ar']['tokens'] / 1e6:.2f}M tokens ({args.steps} steps × 32 × {args.block_size}) of the first 90 % of "
         f"`wikitext2.valid.txt`; held-out: the last 10 % ({ar['held-out'].num_tokens} tokens); zero-shot: `ptb.valid.txt` "
-        f"({ar['ptb'].num_tokens} tokens). Machine: {machine()}. Command: `python benchmarks/quality.py`.",
+        f"({ar['ptb'].num_tokens} tokens). \"stratified t = u^2\": `train.t_sampling: stratified` with `train.t_importance: power` "
+        "(the others draw t i.i.d. uniform); \"time-independent\": `model.time_conditioning: false`. Loss noise: the standard deviation "
+        f"of the per-step training loss over the last {args.noise_steps} steps (from successive differences; cross-entropy for AR). "
+        f"Machine: {machine()}. Command: `{COMMAND}`.",
         "",
-        "| model | train time | held-out ppl | ± 2 SE | × AR | PTB ppl (zero-shot) | × AR | held-out bits/byte |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | train time | loss noise | held-out ppl | ± 2 SE | × AR | PTB ppl (zero-shot) | × AR | held-out bits/byte |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, results in table.items():
         held, ptb = results["held-out"], results["ptb"]
         kind = "exact" if held.exact else f"bound, {held.num_t} t/block"
         low, high = held.ppl_interval
-        lines.append(f"| {name} ({kind}) | {runs[name]['seconds'] / 60:.1f} min | {held.ppl:.2f} | [{low:.2f}, {high:.2f}] | "
-                     f"{held.ppl / ar['held-out'].ppl:.3f} | {ptb.ppl:.1f} | {ptb.ppl / ar['ptb'].ppl:.3f} | {held.bits_per_byte:.4f} |")
+        lines.append(f"| {MODELS[name][0]} ({kind}) | {runs[name]['seconds'] / 60:.1f} min | {runs[name]['loss_noise']:.3f} | {held.ppl:.2f} | "
+                     f"[{low:.2f}, {high:.2f}] | {held.ppl / ar['held-out'].ppl:.3f} | {ptb.ppl:.1f} | {ptb.ppl / ar['ptb'].ppl:.3f} | "
+                     f"{held.bits_per_byte:.4f} |")
     lines += ["", "![held-out perplexity over training tokens](benchmarks/results/quality_training.png)", "",
               f"**t-integral estimators** (absorbing model, {args.variance_blocks} held-out blocks, {args.variance_num_t} model calls per block, "
               f"{args.repeats} repeats): the empirical standard error of a block's bound, the standard error the estimator reports, "
@@ -220,15 +266,91 @@ def markdown(runs, table, estimators, sweep, params, args) -> str:
               "| samples | predictor | steps | gen. ppl | entropy (nats) | distinct-2 | distinct-4 |", "|---|---|---|---|---|---|---|"]
     for key, m in sweep.items():
         name, predictor, steps = (key.split("|") + ["", ""])[:3]
-        lines.append(f"| {name} | {predictor} | {steps} | {m['gen_ppl']:.1f} | {m['entropy']:.3f} | {m['distinct_2']:.3f} | {m['distinct_4']:.3f} |")
+        lines.append(f"| {MODELS[name][0] if name in MODELS else name} | {predictor} | {steps} | {m['gen_ppl']:.1f} | {m['entropy']:.3f} | "
+                     f"{m['distinct_2']:.3f} | {m['distinct_4']:.3f} |")
     lines += ["", "![generative perplexity and entropy over sampling steps](benchmarks/results/quality_sampling.png)"]
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def long_experiment(work: Path, heldout: str, args) -> None:
+    """Train (or reuse) the data-constrained runs, score their final models on the whole held-out text, write
+    quality_long.md / quality_long.json / quality_long.png."""
+    runs = train_runs(work, LONG_MODELS, args, long=True)
+    epoch_tokens = count_blocks(work, work / "train-long.jsonl", args) * args.block_size
+    final = {}
+    for name in LONG_MODELS:
+        model, tokenizer = load_model(run_dir(work, name, long=True) / FINAL)
+        final[name] = score_texts(model, tokenizer, [heldout], args.num_t, batch_size=256, seed=0, progress=not args.quiet)[0]
+    report = long_markdown(runs, final, epoch_tokens, args)
+    print(report)
+    plot_long(runs, epoch_tokens, args, work)
+    if not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "quality_long.md").write_text(report)
+        (RESULTS / "quality_long.json").write_text(json.dumps({"epoch_tokens": epoch_tokens, "runs": runs,
+                                                               "final": {name: vars(r) for name, r in final.items()}}, indent=1))
+        plot_long(runs, epoch_tokens, args, RESULTS)
+
+
+def long_markdown(runs, final, epoch_tokens: int, args) -> str:
+    lines = [
+        f"The same networks and recipes as above, trained for {args.long_epochs:g} epochs over the first {args.long_fraction:.0%} of the "
+        f"training text ({epoch_tokens} tokens, {epoch_tokens // args.block_size} blocks; {runs['ar']['tokens'] / 1e6:.2f}M training tokens "
+        f"per model). Curve: held-out perplexity on {args.eval_blocks} blocks at {args.long_evals} points (EMA weights; bound for "
+        f"diffusion, {EVAL_NUM_T} t per block); final: the whole held-out text ({args.num_t} t per block). Machine: {machine()}. "
+        f"Command: `{COMMAND} --long`.",
+        "",
+        "| model | train time | best held-out ppl (curve) | at epoch | final held-out ppl (curve) | final, whole held-out ± 2 SE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, run in runs.items():
+        best_tokens, best = min(run["curve"][1:], key=lambda point: point[1])
+        low, high = final[name].ppl_interval
+        lines.append(f"| {curve_label(name)} | {run['seconds'] / 60:.1f} min | {math.exp(best):.2f} | {best_tokens / epoch_tokens:.0f} | "
+                     f"{math.exp(run['curve'][-1][1]):.2f} | {final[name].ppl:.2f} [{low:.2f}, {high:.2f}] |")
+    lines += ["", "![held-out perplexity over epochs, data-constrained](benchmarks/results/quality_long.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_long(runs, epoch_tokens: int, args, out: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, run in runs.items():
+        tokens, nats = zip(*run["curve"][1:])
+        line, = ax.plot([t / epoch_tokens for t in tokens], [math.exp(v) for v in nats], marker="o", markersize=3, label=curve_label(name))
+        best = min(range(len(nats)), key=nats.__getitem__)
+        ax.plot(tokens[best] / epoch_tokens, math.exp(nats[best]), marker="*", markersize=12, color=line.get_color())
+    ax.set(xlabel="epochs over the training text", ylabel="held-out perplexity (bound for diffusion)", yscale="log",
+           title=f"Data-constrained: {epoch_tokens} training tokens, best marked")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "quality_long.png", dpi=120)
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` unless ``path`` holds it already (its mtime keys the token cache, and parallel --train-only runs read it)."""
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
+def prepare(work: Path, args) -> str:
+    """Split the text, write train.jsonl / train-long.jsonl / heldout.txt and the tokenizer under ``work``; returns the held-out text."""
+    work.mkdir(parents=True, exist_ok=True)
+    train_docs, heldout = split_articles((DATA / "wikitext2.valid.txt").read_text(encoding="utf-8"), 0.9)
+    long_docs, _ = split_articles("".join(train_docs), args.long_fraction)
+    for name, docs in (("train.jsonl", train_docs), ("train-long.jsonl", long_docs)):
+        write_if_changed(work / name, "".join(json.dumps({"text": doc}) + "\n" for doc in docs))
+    write_if_changed(work / "heldout.txt", heldout)
+    if not (work / "tokenizer" / "tokenizer.json").is_file():
+        train_byte_bpe(train_docs, 1024).save_pretrained(work / "tokenizer")
+    return heldout
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "quality", help="runs, tokenizer and split text")
-    parser.add_argument("--steps", type=int, default=1500, help="training steps of each model (32 x block_size tokens each)")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps of each model (32 x block_size tokens each)")
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--eval-blocks", type=int, default=64, help="held-out blocks of the training curves")
     parser.add_argument("--num-t", type=int, default=32, help="t per block for the perplexity table")
@@ -236,7 +358,15 @@ def main() -> None:
     parser.add_argument("--variance-num-t", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=16)
     parser.add_argument("--num-samples", type=int, default=32)
-    parser.add_argument("--sample-steps", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--sample-steps", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--noise-steps", type=int, default=200, help="last training steps whose loss noise is reported")
+    parser.add_argument("--long", action="store_true", help="the data-constrained experiment instead: " + ", ".join(LONG_MODELS)
+                        + " for --long-epochs passes over the first --long-fraction of the training text")
+    parser.add_argument("--long-fraction", type=float, default=0.1, help="share of the training text (by articles) the long runs see")
+    parser.add_argument("--long-epochs", type=float, default=160)
+    parser.add_argument("--long-evals", type=int, default=20, help="held-out evaluations along each long run")
+    parser.add_argument("--train-only", nargs="+", metavar="RUN", choices=list(MODELS) + [f"long-{n}" for n in LONG_MODELS],
+                        help="train (or resume) these runs and stop: parallel lanes on a many-core machine, then the full command reuses them")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny settings in a separate work dir (runs/quality-quick); results/ untouched")
     parser.add_argument("--quiet", action="store_true")
@@ -244,18 +374,25 @@ def main() -> None:
     if args.quick:
         args.work, args.steps, args.eval_blocks, args.num_t = args.work.with_name("quality-quick"), 20, 4, 4
         args.variance_blocks, args.variance_num_t, args.repeats, args.num_samples, args.sample_steps = 2, 4, 2, 4, [4, 8]
+        args.long_epochs, args.long_evals = 2, 2
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    train_docs, heldout = split_articles((DATA / "wikitext2.valid.txt").read_text(encoding="utf-8"), 0.9)
-    (work / "train.jsonl").write_text("".join(json.dumps({"text": doc}) + "\n" for doc in train_docs))
-    (work / "heldout.txt").write_text(heldout, encoding="utf-8")
-    if not (work / "tokenizer" / "tokenizer.json").is_file():
-        train_byte_bpe(train_docs, 1024).save_pretrained(work / "tokenizer")
+    heldout = prepare(work, args)
+    if args.train_only:
+        for run in args.train_only:
+            name = run.removeprefix("long-")
+            train_runs(work, [name], args, long=run != name)
+        return
+    if args.long:
+        return long_experiment(work, heldout, args)
 
-    runs = train_all(work, args)
+    runs = train_runs(work, MODELS, args)
     models, tokenizer = {}, None
     for name in MODELS:
         models[name], tokenizer = load_model(work / name / FINAL)
