@@ -1,24 +1,36 @@
 """Diffusion vs autoregressive at equal size and token budget, on real text, with error bars.
 
-Trains three models of the same network (128 x 4 blocks) on the first 90 % of WikiText-2 (validation
+Trains six models of the same network (128 x 4 blocks) on the first 90 % of WikiText-2 (validation
 release, ../shared/data) with the same byte-level BPE (1024 tokens), batch, schedule and number of
-training tokens: absorbing diffusion (log-linear), uniform diffusion (geometric) and the AR baseline.
-Then it measures
+training tokens: absorbing diffusion (log-linear) with i.i.d. uniform t, with variance-reduced time
+sampling (stratified t = u^2 with importance weights) and time-independent (no time conditioning);
+uniform diffusion (geometric) with i.i.d. and with variance-reduced t; and the AR baseline. Then it
+measures
 
 - the held-out perplexity (the last 10 %) and zero-shot on PTB: the diffusion bound with its
   standard error, the AR model's exact value, under one blocking rule (``ddlm.evaluation``);
-- the held-out curve over training tokens (from each run's metrics.jsonl);
+- the held-out curve over training tokens (from each run's metrics.jsonl) and the per-step noise of
+  each run's training loss;
 - the t-integral estimators: standard error at equal model calls, i.i.d. vs stratified, t uniform vs
   t = u^2, and the calls each needs to match i.i.d. uniform t;
 - sample quality per predictor and number of steps: generative perplexity under the AR model,
   unigram entropy, distinct-n, with the held-out text and the AR model's samples as references.
 
-It writes benchmarks/results/quality.md, quality_training.png and quality_sampling.png; the docs'
-Results page (docs/results/index.md) includes the table and the plots when the site is built. An
-interrupted run continues where it stopped (trained models are reused, an interrupted training
-resumes from its checkpoint).
+It writes benchmarks/results/quality.md, quality.json, quality_training.png and quality_sampling.png.
 
-    python benchmarks/quality.py            # about 45 min on a 2-core CPU
+With ``--long``, the data-constrained experiment instead: the AR model and the absorbing model
+(i.i.d. t: it trains better than the variance-reduced recipe at equal tokens) trained for many epochs (``--long-epochs``) over a small share of the training text
+(``--long-fraction``), the held-out perplexity plotted against epochs; it writes quality_long.md,
+quality_long.json and quality_long.png.
+
+The docs' Results page (docs/results/index.md) includes the tables and plots when the site is built.
+An interrupted run continues where it stopped (trained models are reused, an interrupted training
+resumes from its checkpoint), so the runs can also be trained in parallel lanes first.
+
+    python benchmarks/quality.py            # about 2 h on one core: 6 x 17 min training, then 15 min measuring
+    python benchmarks/quality.py --long     # about 50 min on one core (2 x 25 min training)
+    python benchmarks/quality.py --train-only absorbing uniform ar long-ar &   # two lanes on two cores, then
+    python benchmarks/quality.py --train-only absorbing-vr uniform-vr absorbing-ti long-absorbing; wait
     python benchmarks/quality.py --quick    # a smoke run of the whole pipeline (minutes; results not written)
 """
 
@@ -58,7 +70,7 @@ MODELS = {  # run name -> (table label, objective, process, schedule, overrides 
     "ar": ("ar", "ar", "absorbing", "loglinear", {}),
 }
 DIFFUSION = [name for name, spec in MODELS.items() if spec[1] == "diffusion"]
-LONG_MODELS = ("ar", "absorbing-vr")  # the data-constrained run (--long)
+LONG_MODELS = ("ar", "absorbing")  # the data-constrained run (--long): the AR model and the better absorbing recipe at equal tokens
 PREDICTORS = ("euler", "tau_leaping", "analytic")
 T_METHODS = {  # label -> (t_sampling, t_power)
     "i.i.d. u, t = u (uniform t)": ("iid", 1.0),
@@ -234,7 +246,7 @@ def write_plots(runs, sweep, args, out: Path) -> None:
 def markdown(runs, table, estimators, sweep, params, args) -> str:
     ar = table["ar"]
     lines = [
-        f"Six models of {params / 1e6:.2f}M parameters (128 × 4 blocks, 4 heads; byte-level BPE of 1024 tokens trained on the training text), "
+        f"Six models of the same network (128 × 4 blocks, 4 heads; byte-level BPE of 1024 tokens trained on the training text), "
         f"each trained on {runs['ar']['tokens'] / 1e6:.2f}M tokens ({args.steps} steps × 32 × {args.block_size}) of the first 90 % of "
         f"`wikitext2.valid.txt`; held-out: the last 10 % ({ar['held-out'].num_tokens} tokens); zero-shot: `ptb.valid.txt` "
         f"({ar['ptb'].num_tokens} tokens). \"stratified t = u^2\": `train.t_sampling: stratified` with `train.t_importance: power` "
@@ -242,14 +254,14 @@ def markdown(runs, table, estimators, sweep, params, args) -> str:
         f"of the per-step training loss over the last {args.noise_steps} steps (from successive differences; cross-entropy for AR). "
         f"Machine: {machine()}. Command: `{COMMAND}`.",
         "",
-        "| model | train time | loss noise | held-out ppl | ± 2 SE | × AR | PTB ppl (zero-shot) | × AR | held-out bits/byte |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | params | train time | loss noise | held-out ppl | ± 2 SE | × AR | PTB ppl (zero-shot) | × AR | held-out bits/byte |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, results in table.items():
         held, ptb = results["held-out"], results["ptb"]
         kind = "exact" if held.exact else f"bound, {held.num_t} t/block"
         low, high = held.ppl_interval
-        lines.append(f"| {MODELS[name][0]} ({kind}) | {runs[name]['seconds'] / 60:.1f} min | {runs[name]['loss_noise']:.3f} | {held.ppl:.2f} | "
+        lines.append(f"| {MODELS[name][0]} ({kind}) | {params[name] / 1e6:.3f}M | {runs[name]['seconds'] / 60:.1f} min | {runs[name]['loss_noise']:.3f} | {held.ppl:.2f} | "
                      f"[{low:.2f}, {high:.2f}] | {held.ppl / ar['held-out'].ppl:.3f} | {ptb.ppl:.1f} | {ptb.ppl / ar['ptb'].ppl:.3f} | "
                      f"{held.bits_per_byte:.4f} |")
     lines += ["", "![held-out perplexity over training tokens](benchmarks/results/quality_training.png)", "",
@@ -396,7 +408,7 @@ def main() -> None:
     models, tokenizer = {}, None
     for name in MODELS:
         models[name], tokenizer = load_model(work / name / FINAL)
-    params = sum(p.numel() for p in models["ar"].parameters())
+    params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
     texts = {"held-out": heldout, "ptb": (DATA / "ptb.valid.txt").read_text(encoding="utf-8")}
     print("perplexities ...", flush=True)
     table = perplexity_table(models, tokenizer, texts, args)
