@@ -105,13 +105,21 @@ def recipe(name: str, work: Path, args, *, long: bool = False) -> dict:
                  "block_size": args.block_size, "cache_dir": str(work / "cache")},
         "train": {"objective": objective, "steps": steps, "global_batch_size": 32, "micro_batch_size": 32, "lr": 1e-3,
                   "warmup_steps": max(1, args.steps // 15), "decay": "cosine", "ema": 0.999, "log_every": 25,
-                  "eval_every": max(1, steps // (args.long_evals if long else 10)), "eval_blocks": args.eval_blocks, "eval_num_t": EVAL_NUM_T,
+                  "eval_every": max(1, steps // evaluations(objective, args, long)), "eval_blocks": args.eval_blocks, "eval_num_t": EVAL_NUM_T,
                   "sample_every": steps, "num_samples": 1, "sample_steps": 32, "save_every": max(1, steps // 4),
                   "trackers": ["tensorboard"], "output_dir": str(run_dir(work, name, long)), "seed": 0},
     }
     for section, values in overrides.items():
         out[section].update(values)
     return out
+
+
+def evaluations(objective: str, args, long: bool) -> int:
+    """Held-out evaluations along a run: 10; a long run's ``args.long_evals``, times 8 for the AR model, whose best
+    comes within a few epochs and whose exact NLL costs one forward per block (the bound's costs EVAL_NUM_T)."""
+    if not long:
+        return 10
+    return args.long_evals * (8 if objective == "ar" else 1)
 
 
 def long_steps(work: Path, args) -> int:
@@ -376,7 +384,7 @@ def parse_args():
                         + " for --long-epochs passes over the first --long-fraction of the training text")
     parser.add_argument("--long-fraction", type=float, default=0.1, help="share of the training text (by articles) the long runs see")
     parser.add_argument("--long-epochs", type=float, default=160)
-    parser.add_argument("--long-evals", type=int, default=20, help="held-out evaluations along each long run")
+    parser.add_argument("--long-evals", type=int, default=20, help="held-out evaluations along each long diffusion run (the AR run: 8 times as many)")
     parser.add_argument("--train-only", nargs="+", metavar="RUN", choices=list(MODELS) + [f"long-{n}" for n in LONG_MODELS],
                         help="train (or resume) these runs and stop: parallel lanes on a many-core machine, then the full command reuses them")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
