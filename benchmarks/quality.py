@@ -323,8 +323,8 @@ def long_markdown(runs, final, epoch_tokens: int, args) -> str:
     lines = [
         f"The same networks and recipes as above, trained for {args.long_epochs:g} epochs over the first {args.long_fraction:.0%} of the "
         f"training text ({epoch_tokens} tokens, {epoch_tokens // args.block_size} blocks; {runs['ar']['tokens'] / 1e6:.2f}M training tokens "
-        f"per model). Curve: held-out perplexity on {args.eval_blocks} blocks at {args.long_evals} points (EMA weights; bound for "
-        f"diffusion, {EVAL_NUM_T} t per block); final: the whole held-out text ({args.num_t} t per block, dataset estimator). Machine: {machine()}. "
+        f"per model). Curve: held-out perplexity on {args.eval_blocks} blocks at {args.long_evals} points, the AR model's at "
+        f"{evaluations('ar', args, True)} (EMA weights; bound for diffusion, {EVAL_NUM_T} t per block); final: the whole held-out text ({args.num_t} t per block, dataset estimator). Machine: {machine()}. "
         f"Command: `{COMMAND} --long`.",
         "",
         "| model | train time | best held-out ppl (curve) | at epoch | final held-out ppl (curve) | final, whole held-out ± 2 SE |",
