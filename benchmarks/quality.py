@@ -27,8 +27,8 @@ The docs' Results page (docs/results/index.md) includes the tables and plots whe
 An interrupted run continues where it stopped (trained models are reused, an interrupted training
 resumes from its checkpoint), so the runs can also be trained in parallel lanes first.
 
-    python benchmarks/quality.py            # about 2 h on one core: 6 x 17 min training, then 15 min measuring
-    python benchmarks/quality.py --long     # about 50 min on one core (2 x 25 min training)
+    python benchmarks/quality.py            # about 2.2 h on 2 cores: 6 x 17-25 min training, then 10 min measuring
+    python benchmarks/quality.py --long     # about 75 min (2 x 35 min training, 1 thread each)
     python benchmarks/quality.py --train-only absorbing uniform ar long-ar &   # two lanes on two cores, then
     python benchmarks/quality.py --train-only absorbing-vr uniform-vr absorbing-ti long-absorbing; wait
     python benchmarks/quality.py --quick    # a smoke run of the whole pipeline (minutes; results not written)
@@ -223,18 +223,9 @@ def pyplot():
 
 
 def write_plots(runs, sweep, args, out: Path) -> None:
+    plot_curves(runs, 1e6, "training tokens (millions)", f"WikiText-2 held-out, {args.eval_blocks} blocks of {args.block_size}",
+                out / "quality_training.png")
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, run in runs.items():
-        tokens, nats = zip(*run["curve"])
-        ax.plot([t / 1e6 for t in tokens], [math.exp(v) for v in nats], marker="o", markersize=3, label=curve_label(name))
-    ax.set(xlabel="training tokens (millions)", ylabel="held-out perplexity (bound for diffusion)", yscale="log",
-           title=f"WikiText-2 held-out, {args.eval_blocks} blocks of {args.block_size}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "quality_training.png", dpi=120)
-
     fig, axes = plt.subplots(2, len(DIFFUSION), figsize=(3.6 * len(DIFFUSION), 6.5), sharex=True, squeeze=False)
     for col, name in enumerate(DIFFUSION):
         for row, key in enumerate(("gen_ppl", "entropy")):
@@ -340,19 +331,26 @@ def long_markdown(runs, final, epoch_tokens: int, args) -> str:
 
 
 def plot_long(runs, epoch_tokens: int, args, out: Path) -> None:
+    plot_curves(runs, epoch_tokens, "epochs over the training text", f"Data-constrained: {epoch_tokens} training tokens, best marked",
+                out / "quality_long.png", mark_best=True)
+
+
+def plot_curves(runs, x_unit: float, xlabel: str, title: str, path: Path, *, mark_best: bool = False) -> None:
+    """Held-out perplexity (log scale) of each run's curve against training tokens / ``x_unit``; ``mark_best``: a star
+    at each curve's minimum, the untrained point left out."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, run in runs.items():
-        tokens, nats = zip(*run["curve"][1:])
-        line, = ax.plot([t / epoch_tokens for t in tokens], [math.exp(v) for v in nats], marker="o", markersize=3, label=curve_label(name))
-        best = min(range(len(nats)), key=nats.__getitem__)
-        ax.plot(tokens[best] / epoch_tokens, math.exp(nats[best]), marker="*", markersize=12, color=line.get_color())
-    ax.set(xlabel="epochs over the training text", ylabel="held-out perplexity (bound for diffusion)", yscale="log",
-           title=f"Data-constrained: {epoch_tokens} training tokens, best marked")
+        tokens, nats = zip(*run["curve"][1 if mark_best else 0:])
+        line, = ax.plot([t / x_unit for t in tokens], [math.exp(v) for v in nats], marker="o", markersize=3, label=curve_label(name))
+        if mark_best:
+            best = min(range(len(nats)), key=nats.__getitem__)
+            ax.plot(tokens[best] / x_unit, math.exp(nats[best]), marker="*", markersize=12, color=line.get_color())
+    ax.set(xlabel=xlabel, ylabel="held-out perplexity (bound for diffusion)", yscale="log", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "quality_long.png", dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 def write_if_changed(path: Path, text: str) -> None:
