@@ -19,9 +19,10 @@ measures
 It writes benchmarks/results/quality.md, quality.json, quality_training.png and quality_sampling.png.
 
 With ``--long``, the data-constrained experiment instead: the AR model and the absorbing model
-(i.i.d. t: it trains better than the variance-reduced recipe at equal tokens) trained for many epochs (``--long-epochs``) over a small share of the training text
-(``--long-fraction``), the held-out perplexity plotted against epochs; it writes quality_long.md,
-quality_long.json and quality_long.png.
+(i.i.d. t: it trains better than the variance-reduced recipe at equal tokens) trained for many
+epochs (``--long-epochs``) over a small share of the training text (``--long-fraction``), the
+held-out perplexity plotted against epochs; it writes quality_long.md, quality_long.json and
+quality_long.png.
 
 The docs' Results page (docs/results/index.md) includes the tables and plots when the site is built.
 An interrupted run continues where it stopped (trained models are reused, an interrupted training
@@ -266,9 +267,9 @@ def markdown(runs, table, estimators, sweep, params, args) -> str:
         held, ptb = results["held-out"], results["ptb"]
         kind = "exact" if held.exact else f"bound, {held.num_t} t/block, dataset estimator"
         low, high = held.ppl_interval
-        lines.append(f"| {MODELS[name][0]} ({kind}) | {params[name] / 1e6:.3f}M | {runs[name]['seconds'] / 60:.1f} min | {runs[name]['loss_noise']:.3f} | {held.ppl:.2f} | "
-                     f"[{low:.2f}, {high:.2f}] | {held.ppl / ar['held-out'].ppl:.3f} | {ptb.ppl:.1f} | {ptb.ppl / ar['ptb'].ppl:.3f} | "
-                     f"{held.bits_per_byte:.4f} |")
+        lines.append(f"| {MODELS[name][0]} ({kind}) | {params[name] / 1e6:.3f}M | {runs[name]['seconds'] / 60:.1f} min | "
+                     f"{runs[name]['loss_noise']:.3f} | {held.ppl:.2f} | [{low:.2f}, {high:.2f}] | {held.ppl / ar['held-out'].ppl:.3f} | "
+                     f"{ptb.ppl:.1f} | {ptb.ppl / ar['ptb'].ppl:.3f} | {held.bits_per_byte:.4f} |")
     lines += ["", "![held-out perplexity over training tokens](benchmarks/results/quality_training.png)", "",
               f"**t-integral estimators** (absorbing model, {args.variance_blocks} held-out blocks, {args.variance_num_t} model calls per block, "
               f"{args.repeats} repeats): the empirical standard error of a block's bound, the standard error the estimator reports, "
@@ -315,8 +316,8 @@ def long_markdown(runs, final, epoch_tokens: int, args) -> str:
         f"The same networks and recipes as above, trained for {args.long_epochs:g} epochs over the first {args.long_fraction:.0%} of the "
         f"training text ({epoch_tokens} tokens, {epoch_tokens // args.block_size} blocks; {runs['ar']['tokens'] / 1e6:.2f}M training tokens "
         f"per model). Curve: held-out perplexity on {args.eval_blocks} blocks at {args.long_evals} points, the AR model's at "
-        f"{evaluations('ar', args, True)} (EMA weights; bound for diffusion, {EVAL_NUM_T} t per block); final: the whole held-out text ({args.num_t} t per block, dataset estimator). Machine: {machine()}. "
-        f"Command: `{COMMAND} --long`.",
+        f"{evaluations('ar', args, True)} (EMA weights; bound for diffusion, {EVAL_NUM_T} t per block); final: the whole held-out "
+        f"text ({args.num_t} t per block, dataset estimator). Machine: {machine()}. Command: `{COMMAND} --long`.",
         "",
         "| model | train time | best held-out ppl (curve) | at epoch | final held-out ppl (curve) | final, whole held-out ± 2 SE |",
         "|---|---|---|---|---|---|",
