@@ -7,10 +7,10 @@ A recipe has four sections: ``model`` (a size preset plus any ``DDLMConfig`` fie
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ from .data import DataConfig
 from .likelihood import T_IMPORTANCE, T_SAMPLING
 from .model import PRESETS, DDLMConfig
 
-# The built-in recipes: the top-level recipes/ folder, installed as the package ddlm.builtin_recipes
-# (pyproject.toml maps it); found through the import system, so a wheel and an editable install agree.
-RECIPES_DIR = Path(resources.files("ddlm.builtin_recipes"))
+# The built-in recipes: the top-level recipes/ folder, installed as ddlm/builtin_recipes (pyproject.toml
+# maps it; ddlm/__init__.py mounts it in a source checkout); found through the import system, so a wheel
+# and an editable install agree.
+RECIPES_DIR = Path(importlib.import_module("ddlm.builtin_recipes").__path__[0])
 OBJECTIVES = ("diffusion", "ar")
 DECAYS = ("constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")

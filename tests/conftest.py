@@ -1,4 +1,4 @@
-"""Suite-wide set-up: Triton kernels run in the CPU interpreter wherever there is no GPU; shared text and tokenizer fixtures."""
+"""Suite-wide set-up: Triton kernels run in the CPU interpreter wherever there is no GPU; the excerpts of real text in tests/data and a tokenizer trained on them."""
 
 import os
 import pathlib
@@ -16,21 +16,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+TEXT_DATA = pathlib.Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
-    """../shared/data beside the repository (real text for tests)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"tests need the shared data directory at {SHARED_DATA}")
-    return SHARED_DATA
+def text_data() -> pathlib.Path:
+    """tests/data: excerpts of real text kept in the repository (tests/data/NOTICE says what and whose)."""
+    return TEXT_DATA
 
 
 @pytest.fixture(scope="session")
-def byte_tokenizer(shared_data):
+def byte_tokenizer(text_data):
     """A 300-token byte-level BPE trained on the first 200 kB of tinyshakespeare."""
     from ddlm.tokenization import train_byte_bpe
 
-    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
+    text = (text_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
     return train_byte_bpe([text[i:i + 10_000] for i in range(0, len(text), 10_000)], 300)

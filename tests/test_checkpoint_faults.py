@@ -32,18 +32,18 @@ STEPS = 6
 SAME_THREADS = {**ENV, "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
-def recipe_values(tmp_path: Path, shared_data: Path, output_dir: Path, **train_overrides) -> dict:
+def recipe_values(tmp_path: Path, text_data: Path, output_dir: Path, **train_overrides) -> dict:
     settings = dict(steps=STEPS, save_every=2, keep_checkpoints=2, eval_every=100, sample_every=100, sample_steps=2)
-    values = tiny_recipe(tmp_path, shared_data, output_dir=str(output_dir), **{**settings, **train_overrides})
+    values = tiny_recipe(tmp_path, text_data, output_dir=str(output_dir), **{**settings, **train_overrides})
     values["data"]["cache_dir"] = str(tmp_path / "cache")
     return values
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, shared_data):
+def workspace(tmp_path_factory, text_data):
     """An uninterrupted reference run (6 steps, checkpoints at 4 and 6 kept) and its recipe mapping."""
     root = tmp_path_factory.mktemp("faults")
-    values = recipe_values(root, shared_data, root / "reference")
+    values = recipe_values(root, text_data, root / "reference")
     train(recipe_from_dict(values), progress=False)
     return root, values
 
@@ -240,7 +240,7 @@ def test_pickle_payloads_beside_a_checkpoint_never_run(workspace, tmp_path, name
 
 
 @pytest.mark.parametrize("pointer_target", ["inside", "outside"])
-def test_an_accelerate_style_pickled_checkpoint_is_refused_without_unpickling(tmp_path, shared_data, pointer_target):
+def test_an_accelerate_style_pickled_checkpoint_is_refused_without_unpickling(tmp_path, text_data, pointer_target):
     """The format of ddlm 0.1 (accelerate's save_state: pickled RNG and custom states) is never loaded."""
     marker = tmp_path / "payload-ran"
     run = tmp_path / "run"
@@ -251,7 +251,7 @@ def test_an_accelerate_style_pickled_checkpoint_is_refused_without_unpickling(tm
         (legacy / name).write_bytes(payload_bytes(marker))
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run / "checkpoints" / "latest").write_text("step_00000004" if pointer_target == "inside" else str(legacy))
-    values = recipe_values(tmp_path, shared_data, run)
+    values = recipe_values(tmp_path, text_data, run)
     message = "format of ddlm before 0.2" if pointer_target == "inside" else "nothing to resume"
     with pytest.raises(FileNotFoundError, match=message):
         train(recipe_from_dict(values), resume=True, progress=False)
@@ -360,13 +360,13 @@ def test_a_run_in_the_same_process_is_refused_too(tmp_path):
         pass
 
 
-def test_a_fresh_run_moves_the_files_of_a_run_that_wrote_no_checkpoint_aside(tmp_path, shared_data):
+def test_a_fresh_run_moves_the_files_of_a_run_that_wrote_no_checkpoint_aside(tmp_path, text_data):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "train/loss": 1.0}\n')
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / ".tmp_step_00000002").mkdir()  # a write that never completed
-    values = recipe_values(tmp_path, shared_data, run, steps=2)
+    values = recipe_values(tmp_path, text_data, run, steps=2)
     train(recipe_from_dict(values), progress=False)
     aside = list(run.glob("abandoned-*"))
     assert len(aside) == 1 and (aside[0] / "metrics.jsonl").read_text() == '{"step": 1, "train/loss": 1.0}\n'
@@ -388,10 +388,10 @@ KILL_POINTS = {f"write point {i}": ("durable", 10 + i) for i in range(7)} | {"wh
 
 
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
-def test_a_kill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp_path, shared_data, monkeypatch, point):
+def test_a_kill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp_path, text_data, monkeypatch, point):
     kind, at = KILL_POINTS[point]
     run = tmp_path / "run"
-    values = recipe_values(workspace[0], shared_data, run)
+    values = recipe_values(workspace[0], text_data, run)
     calls = {"durable": 0, "rmtree": 0}
     durable, rmtree = checkpoints._durable, checkpoints.shutil.rmtree
 
@@ -418,10 +418,10 @@ def test_a_kill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp_path, s
     assert_resumed_like_reference(run, workspace)
 
 
-def test_a_real_sigkill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp_path, shared_data):
+def test_a_real_sigkill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp_path, text_data):
     run = tmp_path / "run"
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps(recipe_values(workspace[0], shared_data, run)))
+    recipe.write_text(json.dumps(recipe_values(workspace[0], text_data, run)))
     script = textwrap.dedent(f"""
         import os, signal
         import ddlm.checkpoints as checkpoints
@@ -445,10 +445,10 @@ def test_a_real_sigkill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp
     assert_resumed_like_reference(run, workspace)
 
 
-def test_a_real_short_write_leaves_the_previous_checkpoint_resumable(workspace, tmp_path, shared_data, monkeypatch):
+def test_a_real_short_write_leaves_the_previous_checkpoint_resumable(workspace, tmp_path, text_data, monkeypatch):
     """The kernel refuses writes past a file-size limit (RLIMIT_FSIZE) during the second checkpoint."""
     run = tmp_path / "run"
-    values = recipe_values(workspace[0], shared_data, run)
+    values = recipe_values(workspace[0], text_data, run)
     real_save = checkpoints.save_file
     calls = {"n": 0}
 
@@ -488,12 +488,12 @@ def test_the_cli_reports_a_busy_directory_and_a_refused_change_in_one_line(works
     assert len(lines) == 1 and lines[0].startswith("ddlm train: error: cannot resume: ") and "train.seed 0 -> 3" in lines[0]
 
 
-def test_the_cli_reports_a_short_write_in_one_line_and_the_run_resumes(workspace, tmp_path, shared_data):
+def test_the_cli_reports_a_short_write_in_one_line_and_the_run_resumes(workspace, tmp_path, text_data):
     """A child process whose file-size limit is lowered during its second checkpoint write: exit 2, one
     line naming the file; then ``--resume`` completes exactly."""
     run = tmp_path / "run"
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps(recipe_values(workspace[0], shared_data, run)))
+    recipe.write_text(json.dumps(recipe_values(workspace[0], text_data, run)))
     script = textwrap.dedent(f"""
         import resource, signal
         import ddlm.checkpoints as checkpoints

@@ -43,8 +43,8 @@ def table_row(out: str, line: int = 2) -> list[str]:
     return out.splitlines()[line].split()[1:]
 
 
-def test_eval_prints_a_bound_per_file_with_error_bars(model_dir, shared_data, tmp_path, capsys):
-    text = (shared_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:300]
+def test_eval_prints_a_bound_per_file_with_error_bars(model_dir, text_data, tmp_path, capsys):
+    text = (text_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:300]
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")
     main(["eval", str(model_dir), str(tmp_path / "a.txt"), "--num-t", "32", "--quiet"])
     row = table_row(capsys.readouterr().out)
@@ -94,11 +94,11 @@ def ar_dir(tmp_path_factory, byte_tokenizer):
     return path
 
 
-def test_eval_gives_an_ar_model_its_exact_perplexity(ar_dir, byte_tokenizer, shared_data, tmp_path, capsys):
+def test_eval_gives_an_ar_model_its_exact_perplexity(ar_dir, byte_tokenizer, text_data, tmp_path, capsys):
     """The AR row is the cross-entropy of the model's logits over every token of every block, the first
     conditioned on EOS, computed here directly."""
     model = DDLMForDiffusion.from_pretrained(ar_dir).eval()
-    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:400]
+    text = (text_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:400]
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")
     main(["eval", str(ar_dir), str(tmp_path / "a.txt"), "--quiet"])
     out = capsys.readouterr().out
@@ -117,8 +117,8 @@ def test_eval_gives_an_ar_model_its_exact_perplexity(ar_dir, byte_tokenizer, sha
     assert float(row[12]) == pytest.approx(math.exp(total / ids.numel()), rel=1e-4)
 
 
-def test_eval_compares_models_on_the_same_files_in_one_table(model_dir, ar_dir, shared_data, tmp_path, capsys):
-    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+def test_eval_compares_models_on_the_same_files_in_one_table(model_dir, ar_dir, text_data, tmp_path, capsys):
+    text = (text_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
     for name, start in [("a.txt", 0), ("b.txt", 5000)]:
         (tmp_path / name).write_text(text[start:start + 300], encoding="utf-8")
     files = [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
@@ -149,7 +149,7 @@ def test_quality_prints_the_metrics_of_the_samples_each_setting_draws(model_dir,
         [expected[k] for k in ("gen_ppl", "entropy", "distinct_2", "distinct_4")], abs=0.006)
 
 
-def test_quality_needs_an_ar_reference_and_retokenises_for_another_tokenizer(model_dir, ar_dir, shared_data, tmp_path, capsys):
+def test_quality_needs_an_ar_reference_and_retokenises_for_another_tokenizer(model_dir, ar_dir, text_data, tmp_path, capsys):
     from ddlm.tokenization import train_byte_bpe
 
     with pytest.raises(SystemExit) as exit_info:
@@ -157,7 +157,7 @@ def test_quality_needs_an_ar_reference_and_retokenises_for_another_tokenizer(mod
     assert exit_info.value.code == 2 and "not an autoregressive model" in capsys.readouterr().err
     other = tmp_path / "other"  # the same AR model with a tokenizer of the same size trained on other text
     DDLMForDiffusion.from_pretrained(ar_dir).save_pretrained(other)
-    text = (shared_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:100_000]
+    text = (text_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:100_000]
     train_byte_bpe([text], 300).save_pretrained(other)
     main(["quality", str(model_dir), "--reference", str(other), "--predictors", "analytic", "--steps", "2", "--num-samples", "2",
           "--length", "8", "--quiet"])

@@ -101,11 +101,11 @@ def test_class_label_errors():
 # ----------------------------------------------------------------------------- labelled data and training
 
 
-def labelled_recipe(tmp_path, shared_data, **train_overrides) -> dict:
+def labelled_recipe(tmp_path, text_data, **train_overrides) -> dict:
     sources = []
     for label, name in enumerate(("tinyshakespeare.txt", "wikitext2.valid.txt")):
         path = tmp_path / f"source{label}.txt"
-        path.write_text((shared_data / name).read_text(encoding="utf-8")[:25_000], encoding="utf-8")
+        path.write_text((text_data / name).read_text(encoding="utf-8")[:25_000], encoding="utf-8")
         sources.append({"source": str(path), "label": label})
     train_section = dict(steps=8, global_batch_size=8, micro_batch_size=4, lr=2e-3, warmup_steps=2, decay="cosine", ema=0.99,
                          log_every=2, eval_every=4, eval_blocks=6, eval_num_t=2, sample_every=100, num_samples=1, sample_steps=2,
@@ -117,10 +117,10 @@ def labelled_recipe(tmp_path, shared_data, **train_overrides) -> dict:
             "train": train_section}
 
 
-def test_labelled_sources_build_labelled_blocks(tmp_path, shared_data, byte_tokenizer):
+def test_labelled_sources_build_labelled_blocks(tmp_path, text_data, byte_tokenizer):
     from ddlm.data import DataConfig, build_datasets
 
-    data = DataConfig(**labelled_recipe(tmp_path, shared_data)["data"])
+    data = DataConfig(**labelled_recipe(tmp_path, text_data)["data"])
     train_blocks, validation = build_datasets(data, byte_tokenizer, seed=0)
     alone = [build_datasets(DataConfig(source=entry["source"], block_size=16, validation_fraction=0.05), byte_tokenizer)
              for entry in data.sources]
@@ -153,7 +153,7 @@ def test_label_dropout_statistics():
     assert torch.equal(again, drop_labels(labels, 0.3, 3, torch.Generator().manual_seed(7)))
 
 
-def test_a_labelled_recipe_trains_and_resumes_exactly(tmp_path, shared_data, monkeypatch):
+def test_a_labelled_recipe_trains_and_resumes_exactly(tmp_path, text_data, monkeypatch):
     import ddlm.train as training
     from ddlm.recipes import recipe_from_dict
     from ddlm.train import latest_checkpoint, train
@@ -166,7 +166,7 @@ def test_a_labelled_recipe_trains_and_resumes_exactly(tmp_path, shared_data, mon
         return real(model, x0, train_cfg, graph, noise, generator, class_labels, **kwargs)
 
     monkeypatch.setattr(training, "objective_loss", recording)
-    values = labelled_recipe(tmp_path, shared_data, output_dir=str(tmp_path / "straight"))
+    values = labelled_recipe(tmp_path, text_data, output_dir=str(tmp_path / "straight"))
     final = train(recipe_from_dict(values), progress=False)
     straight = losses(tmp_path / "straight")
     labels = torch.cat(seen)
@@ -211,20 +211,20 @@ def losses(run) -> dict[int, float]:
     ({"data": {"source": "c.txt"}}, "leave data.source unset"),
     ({"data": {"streaming": True}}, "leave data.streaming unset"),
 ])
-def test_labelled_recipe_errors(tmp_path, shared_data, change, message):
+def test_labelled_recipe_errors(tmp_path, text_data, change, message):
     from ddlm.recipes import recipe_from_dict
 
-    values = labelled_recipe(tmp_path, shared_data)
+    values = labelled_recipe(tmp_path, text_data)
     for section, fields in change.items():
         values[section].update(fields)
     with pytest.raises(ValueError, match=message):
         recipe_from_dict(values)
 
 
-def test_unlabelled_sources_and_conditional_model_without_labels(tmp_path, shared_data):
+def test_unlabelled_sources_and_conditional_model_without_labels(tmp_path, text_data):
     from ddlm.recipes import recipe_from_dict
 
-    values = labelled_recipe(tmp_path, shared_data)
+    values = labelled_recipe(tmp_path, text_data)
     for entry in values["data"]["sources"]:
         del entry["label"]
     with pytest.raises(ValueError, match="model.num_classes=2 needs labelled data"):
@@ -237,11 +237,11 @@ def test_unlabelled_sources_and_conditional_model_without_labels(tmp_path, share
     assert recipe.data.labels is None and recipe.train.label_dropout_rate == 0.1
 
 
-def test_a_labelled_recipe_trains_an_autoregressive_conditional_model(tmp_path, shared_data):
+def test_a_labelled_recipe_trains_an_autoregressive_conditional_model(tmp_path, text_data):
     from ddlm.recipes import recipe_from_dict
     from ddlm.train import train
 
-    values = labelled_recipe(tmp_path, shared_data, objective="ar", steps=2, eval_every=2, save_every=2)
+    values = labelled_recipe(tmp_path, text_data, objective="ar", steps=2, eval_every=2, save_every=2)
     final = train(recipe_from_dict(values), progress=False)
     model = DDLMForDiffusion.from_pretrained(final)
     assert model.config.is_autoregressive and model.config.num_classes == 2

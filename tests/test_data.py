@@ -191,10 +191,10 @@ def test_missing_local_sources(tmp_path):
         load_documents(DataConfig(source=str(tmp_path)), split="validation")
 
 
-def test_shared_data_files_are_sources(shared_data, byte_tokenizer):
-    docs = list(load_documents(DataConfig(source=str(shared_data / "*.valid.txt"))))
-    assert docs == [(shared_data / name).read_text(encoding="utf-8") for name in ("ptb.valid.txt", "wikitext2.valid.txt")]
-    train, val = build_datasets(DataConfig(source=str(shared_data / "ptb.valid.txt"), block_size=256, validation_fraction=0.05), byte_tokenizer)
+def test_text_data_files_are_sources(text_data, byte_tokenizer):
+    docs = list(load_documents(DataConfig(source=str(text_data / "*.txt"))))
+    assert docs == [(text_data / name).read_text(encoding="utf-8") for name in ("tinyshakespeare.txt", "wikitext2.valid.txt")]
+    train, val = build_datasets(DataConfig(source=str(text_data / "tinyshakespeare.txt"), block_size=256, validation_fraction=0.05), byte_tokenizer)
     full = packed(docs[:1], byte_tokenizer, 256)
     assert len(train) + len(val) == len(full) and len(val) == round(0.05 * len(full))
     assert next(train.batches(0, 8)).shape == (8, 256)

@@ -92,12 +92,12 @@ def test_prefix_and_suffix_prompting(byte_tokenizer):
     assert all(t.endswith("that is the question.") for t in pipe.infill([6, "that is the question."], 2, steps=4, seed=0, progress=False))
 
 
-def test_untrained_absorbing_model_bounds_text_at_log_n_per_token(byte_tokenizer, shared_data):
+def test_untrained_absorbing_model_bounds_text_at_log_n_per_token(byte_tokenizer, text_data):
     # adaLN-Zero + zero head: s_y = 1 / (N (e^sigma_bar - 1)) are the exact ratios of i.i.d. uniform tokens,
     # so the bound is -log p_uniform = n log N, also across blocks
     model = DDLMForDiffusion(DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), max_position_embeddings=64))
     pipe = DiffusionPipeline(model, byte_tokenizer)
-    text = (shared_data / "ptb.valid.txt").read_text(encoding="utf-8")[:700]
+    text = (text_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:700]
     (r,) = pipe.nll_bound([text], num_t=64, seed=0, progress=False)
     n = len(byte_tokenizer(text, add_special_tokens=False)["input_ids"])
     assert r.num_tokens == n and r.num_blocks == math.ceil(n / 64) > 1 and r.num_bytes == len(text.encode())

@@ -17,11 +17,11 @@ WINDOW = 16
 
 
 @pytest.fixture(scope="module")
-def other_tokenizer(shared_data):
+def other_tokenizer(text_data):
     """A byte-level BPE of 280 tokens trained on WikiText: not the samples' tokenizer (tinyshakespeare, 300)."""
     from ddlm.tokenization import train_byte_bpe
 
-    text = (shared_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:60_000]
+    text = (text_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:60_000]
     return train_byte_bpe([text[i:i + 10_000] for i in range(0, len(text), 10_000)], 280)
 
 
@@ -71,8 +71,8 @@ def test_a_samples_score_is_the_reference_log_likelihood_of_its_text(reference, 
     assert reference_perplexity(reference, samples, byte_tokenizer, batch_size=1) == pytest.approx(math.exp(nats / count), rel=1e-6)
 
 
-def test_long_samples_are_scored_in_sliding_windows(reference, shared_data):
-    ids = reference.tokenizer((shared_data / "ptb.valid.txt").read_text(encoding="utf-8")[:400])["input_ids"][:45]
+def test_long_samples_are_scored_in_sliding_windows(reference, text_data):
+    ids = reference.tokenizer((text_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:400])["input_ids"][:45]
     assert windows(45, WINDOW) == [(0, 16, 1), (8, 24, 16), (16, 32, 24), (24, 40, 32), (32, 45, 40)]
     stride = WINDOW // 2
     expected = 0.0
@@ -134,9 +134,9 @@ def test_mauve_without_its_package_is_a_clear_error(model_dir, gpt2_dir, tmp_pat
     assert exit_info.value.code == 2 and "needs the mauve-text package: pip install mauve-text" in capsys.readouterr().err
 
 
-def test_mauve_scores_texts_against_held_out_text(reference, shared_data):
+def test_mauve_scores_texts_against_held_out_text(reference, text_data):
     pytest.importorskip("mauve")
-    text = (shared_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:20_000]
+    text = (text_data / "wikitext2.valid.txt").read_text(encoding="utf-8")[:20_000]
     same = [text[i:i + 60] for i in range(10_000, 16_000, 200)]  # 30 pieces of the same source
     noise = ["zq xv " * 10 for _ in range(30)]
     close, far = mauve_score(reference, same, text[:10_000]), mauve_score(reference, noise, text[:10_000])

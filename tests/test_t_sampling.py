@@ -119,10 +119,10 @@ def test_an_autoregressive_recipe_refuses_time_sampling():
         recipe_from_dict(recipe)
 
 
-def tiny(tmp_path, shared_data, tokenizer_dir, output, **train):
+def tiny(tmp_path, text_data, tokenizer_dir, output, **train):
     corpus = tmp_path / "corpus.txt"
     if not corpus.exists():
-        corpus.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+        corpus.write_text((text_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
     return recipe_from_dict({
         "model": {"preset": "tiny", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "cond_dim": 16, "time_embed_dim": 16, "dropout": 0.1},
         "tokenizer": {"name": str(tokenizer_dir)},
@@ -140,14 +140,14 @@ def step_losses(run):
 
 
 @pytest.mark.parametrize("method, importance", [("stratified", None), ("antithetic", "power"), ("iid", "power")])
-def test_a_run_interrupted_mid_way_resumes_with_exactly_the_same_losses(tmp_path, shared_data, byte_tokenizer, monkeypatch,
+def test_a_run_interrupted_mid_way_resumes_with_exactly_the_same_losses(tmp_path, text_data, byte_tokenizer, monkeypatch,
                                                                         method, importance):
     import ddlm.train as training
 
     tokenizer_dir = tmp_path / "tokenizer"
     byte_tokenizer.save_pretrained(tokenizer_dir)
     settings = {"t_sampling": method, "t_importance": importance}
-    train(tiny(tmp_path, shared_data, tokenizer_dir, "straight", **settings), progress=False)
+    train(tiny(tmp_path, text_data, tokenizer_dir, "straight", **settings), progress=False)
     real, calls = training.objective_loss, {"n": 0}
 
     def killed_in_step_5(*args, **kwargs):
@@ -157,7 +157,7 @@ def test_a_run_interrupted_mid_way_resumes_with_exactly_the_same_losses(tmp_path
         return real(*args, **kwargs)
 
     monkeypatch.setattr(training, "objective_loss", killed_in_step_5)
-    recipe = tiny(tmp_path, shared_data, tokenizer_dir, "killed", **settings)
+    recipe = tiny(tmp_path, text_data, tokenizer_dir, "killed", **settings)
     with pytest.raises(KeyboardInterrupt):
         train(recipe, progress=False)
     assert max(step_losses(tmp_path / "killed")) == 4
@@ -166,6 +166,6 @@ def test_a_run_interrupted_mid_way_resumes_with_exactly_the_same_losses(tmp_path
     resumed, reference = step_losses(tmp_path / "killed"), step_losses(tmp_path / "straight")
     assert sorted(resumed) == list(range(1, 7))
     assert resumed == reference  # float for float
-    baseline = tiny(tmp_path, shared_data, tokenizer_dir, "iid")  # and the draws did change the losses
+    baseline = tiny(tmp_path, text_data, tokenizer_dir, "iid")  # and the draws did change the losses
     train(baseline, progress=False)
     assert step_losses(tmp_path / "iid") != reference

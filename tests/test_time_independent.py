@@ -191,13 +191,13 @@ def test_time_independent_model_sampling_with_and_without_cache():
     assert int(draws[True][0].max()) < 7
 
 
-def test_a_time_independent_recipe_trains_and_lowers_its_held_out_bound(tmp_path, shared_data):
+def test_a_time_independent_recipe_trains_and_lowers_its_held_out_bound(tmp_path, text_data):
     from ddlm.recipes import recipe_from_dict
     from ddlm.train import train
 
     from test_train import tiny_recipe
 
-    values = tiny_recipe(tmp_path, shared_data, steps=12, eval_every=12, save_every=12, sample_every=12, eval_blocks=8, eval_num_t=8)
+    values = tiny_recipe(tmp_path, text_data, steps=12, eval_every=12, save_every=12, sample_every=12, eval_blocks=8, eval_num_t=8)
     values["model"]["time_conditioning"] = False
     recipe = recipe_from_dict(values)
     assert recipe.model.config(300, 32, "diffusion").time_conditioning is False

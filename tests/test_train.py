@@ -21,10 +21,10 @@ from ddlm.train import EMA, latest_checkpoint, lr_lambda, train
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
 
-def tiny_recipe(tmp_path: Path, shared_data: Path, **train_overrides) -> dict:
+def tiny_recipe(tmp_path: Path, text_data: Path, **train_overrides) -> dict:
     corpus = tmp_path / "corpus.txt"
     if not corpus.exists():
-        corpus.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+        corpus.write_text((text_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
     train_section = dict(steps=12, global_batch_size=8, micro_batch_size=4, lr=2e-3, warmup_steps=3, decay="cosine",
                          ema=0.99, log_every=2, eval_every=6, eval_blocks=4, eval_num_t=4, sample_every=12,
                          num_samples=1, sample_steps=4, save_every=3, trackers=["none"], output_dir=str(tmp_path / "run"))
@@ -59,8 +59,8 @@ def test_shipped_recipes_validate():
     assert load_recipe("ar-small-owt").train.objective == "ar"
 
 
-def test_unknown_keys_and_bad_values_are_errors(tmp_path, shared_data):
-    values = tiny_recipe(tmp_path, shared_data)
+def test_unknown_keys_and_bad_values_are_errors(tmp_path, text_data):
+    values = tiny_recipe(tmp_path, text_data)
     for section, key in [("train", "learning_rate"), ("data", "path"), ("model", "width"), ("tokenizer", "vocab")]:
         bad = json.loads(json.dumps(values))
         bad[section][key] = 1
@@ -108,11 +108,11 @@ def test_ema_follows_the_warmed_up_decay_and_applies_temporarily():
     assert torch.equal(p.detach(), torch.full((3,), 5.0))
 
 
-def test_a_killed_run_resumes_with_exactly_the_same_losses(tmp_path, shared_data):
+def test_a_killed_run_resumes_with_exactly_the_same_losses(tmp_path, text_data):
     steps = 40
-    straight = write(tmp_path, tiny_recipe(tmp_path, shared_data, steps=steps, save_every=4, eval_every=100,
+    straight = write(tmp_path, tiny_recipe(tmp_path, text_data, steps=steps, save_every=4, eval_every=100,
                                            output_dir=str(tmp_path / "straight"), trackers=["tensorboard"]), "straight.yaml")
-    killed = write(tmp_path, tiny_recipe(tmp_path, shared_data, steps=steps, save_every=4, eval_every=100,
+    killed = write(tmp_path, tiny_recipe(tmp_path, text_data, steps=steps, save_every=4, eval_every=100,
                                          output_dir=str(tmp_path / "killed")), "killed.yaml")
     command = [sys.executable, "-m", "ddlm", "train", "--quiet"]
     subprocess.run(command + [str(straight)], env=ENV, check=True, capture_output=True)
@@ -137,7 +137,7 @@ def test_a_killed_run_resumes_with_exactly_the_same_losses(tmp_path, shared_data
 
 
 @pytest.mark.parametrize("failure", ["nan_loss", "nan_scores"])
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, shared_data, monkeypatch, failure):
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, text_data, monkeypatch, failure):
     import ddlm.train as training
     from ddlm.score import NonFiniteScoreError
 
@@ -153,13 +153,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
         return real(*args, **kwargs) * float("nan")
 
     monkeypatch.setattr(training, "objective_loss", poisoned)
-    recipe = recipe_from_dict(tiny_recipe(tmp_path, shared_data, save_every=2))
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, text_data, save_every=2))
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 6.*step_00000004"):
         train(recipe, progress=False)
     assert latest_checkpoint(tmp_path / "run").name == "step_00000004"
 
 
-def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path, shared_data, monkeypatch, capsys):
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path, text_data, monkeypatch, capsys):
     import ddlm.checkpoints as checkpoints
 
     real_save = checkpoints.save_file
@@ -173,7 +173,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path,
         real_save(tensors, path, *args, **kwargs)
 
     monkeypatch.setattr(checkpoints, "save_file", failing_save)
-    recipe = recipe_from_dict(tiny_recipe(tmp_path, shared_data))
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, text_data))
     with pytest.raises(OSError, match="No space left"):
         train(recipe, progress=False)
     assert latest_checkpoint(tmp_path / "run").name == "step_00000003"
@@ -192,9 +192,9 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_valid(tmp_path,
     assert len(pipe.generate(1, 8, steps=2, seed=0, progress=False)) == 1
 
 
-def test_resume_needs_a_checkpoint(tmp_path, shared_data):
+def test_resume_needs_a_checkpoint(tmp_path, text_data):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        train(recipe_from_dict(tiny_recipe(tmp_path, shared_data)), resume=True, progress=False)
+        train(recipe_from_dict(tiny_recipe(tmp_path, text_data)), resume=True, progress=False)
 
 
 def _free_port() -> int:
@@ -203,8 +203,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_keep_identical_weights_and_sum_their_batches(tmp_path, shared_data):
-    recipe = write(tmp_path, tiny_recipe(tmp_path, shared_data, steps=4, save_every=2, eval_every=4, global_batch_size=8, micro_batch_size=2))
+def test_two_processes_keep_identical_weights_and_sum_their_batches(tmp_path, text_data):
+    recipe = write(tmp_path, tiny_recipe(tmp_path, text_data, steps=4, save_every=2, eval_every=4, global_batch_size=8, micro_batch_size=2))
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "ddlm", "train", str(recipe), "--quiet"]

@@ -18,10 +18,10 @@ from ddlm.train import CompileUnavailableError, latest_checkpoint, train
 TEST_BACKEND = "aot_eager"  # inductor's first compile of the tiny model takes ~70 s on this 2-core CPU; see compiled_backend
 
 
-def tiny_values(tmp_path: Path, shared_data: Path, name: str, **train_overrides) -> dict:
+def tiny_values(tmp_path: Path, text_data: Path, name: str, **train_overrides) -> dict:
     corpus = tmp_path / "corpus.txt"
     if not corpus.exists():
-        corpus.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+        corpus.write_text((text_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000], encoding="utf-8")
     tokenizer = tmp_path / "first" / "tokenizer"  # the first run trains the BPE, later runs reuse it
     section = dict(steps=4, global_batch_size=4, micro_batch_size=2, lr=3e-3, warmup_steps=1, ema=0.9, log_every=1,
                    eval_every=100, eval_blocks=1, eval_num_t=2, sample_every=100, num_samples=1, sample_steps=2,
@@ -33,8 +33,8 @@ def tiny_values(tmp_path: Path, shared_data: Path, name: str, **train_overrides)
             "train": section}
 
 
-def run(tmp_path, shared_data, name, model=None, resume=False, allow=(), **train_overrides) -> Path:
-    values = tiny_values(tmp_path, shared_data, name, **train_overrides)
+def run(tmp_path, text_data, name, model=None, resume=False, allow=(), **train_overrides) -> Path:
+    values = tiny_values(tmp_path, text_data, name, **train_overrides)
     values["model"].update(model or {})
     train(recipe_from_dict(values), resume=resume, progress=False, allow_changes=allow)
     return tmp_path / name
@@ -83,17 +83,17 @@ def test_loss_and_gradients_match_the_standard_path(process, tie):
             assert ((other[name] - grad).abs().max() / scale).item() < 1e-5, (mode, name)
 
 
-def test_training_loss_sequences_match(tmp_path, shared_data):
-    standard = losses(run(tmp_path, shared_data, "first"))
+def test_training_loss_sequences_match(tmp_path, text_data):
+    standard = losses(run(tmp_path, text_data, "first"))
     assert len(standard) == 4 and all(v > 0 for v in standard)
     for mode in ("inplace", "fused_head"):
-        other = losses(run(tmp_path, shared_data, mode, loss_impl=mode))
+        other = losses(run(tmp_path, text_data, mode, loss_impl=mode))
         assert other == pytest.approx(standard, rel=1e-5), mode
     conditional = {"num_classes": 2}  # a class-conditional model: the labels travel through the fused path too
     labelled = tmp_path / "labelled.txt"
     labelled.write_text((tmp_path / "corpus.txt").read_text()[:15_000])
     for mode in ("standard", "fused_head"):
-        values = tiny_values(tmp_path, shared_data, f"cond-{mode}", loss_impl=mode)
+        values = tiny_values(tmp_path, text_data, f"cond-{mode}", loss_impl=mode)
         values["model"].update(conditional)
         values["data"].pop("source")
         values["data"]["sources"] = [{"source": str(tmp_path / "corpus.txt"), "label": 0}, {"source": str(labelled), "label": 1}]
@@ -101,26 +101,26 @@ def test_training_loss_sequences_match(tmp_path, shared_data):
     assert losses(tmp_path / "cond-fused_head") == pytest.approx(losses(tmp_path / "cond-standard"), rel=1e-5)
 
 
-def test_compiled_run_matches_eager_and_resumes_exactly(tmp_path, shared_data, compiled_backend):
+def test_compiled_run_matches_eager_and_resumes_exactly(tmp_path, text_data, compiled_backend):
     no_dropout = {"dropout": 0.0}  # a compiled graph may draw dropout masks differently; the comparison is of the arithmetic
-    eager = run(tmp_path, shared_data, "first", model=no_dropout)
-    compiled = run(tmp_path, shared_data, "compiled", model=no_dropout, compile=True)
+    eager = run(tmp_path, text_data, "first", model=no_dropout)
+    compiled = run(tmp_path, text_data, "compiled", model=no_dropout, compile=True)
     assert losses(compiled) == pytest.approx(losses(eager), rel=1e-5)
     saved = weights(latest_checkpoint(compiled) / "state.safetensors")
     assert saved.keys() == weights(latest_checkpoint(eager) / "state.safetensors").keys()
     assert not any("_orig_mod" in key for key in saved)
     # stop after 2 steps, resume to 4: float-equal to the uninterrupted compiled run
-    resumed = run(tmp_path, shared_data, "resumed", model=no_dropout, compile=True, steps=2)
-    run(tmp_path, shared_data, "resumed", model=no_dropout, compile=True, resume=True, allow={"train.steps"})
+    resumed = run(tmp_path, text_data, "resumed", model=no_dropout, compile=True, steps=2)
+    run(tmp_path, text_data, "resumed", model=no_dropout, compile=True, resume=True, allow={"train.steps"})
     assert losses(resumed) == losses(compiled)
     # an uncompiled run resumes a compiled run's checkpoint (the switch is named, as any resumable change)
-    mixed = run(tmp_path, shared_data, "mixed", model=no_dropout, compile=True, steps=2)
-    run(tmp_path, shared_data, "mixed", model=no_dropout, compile=False, resume=True, allow={"train.steps", "train.compile"})
+    mixed = run(tmp_path, text_data, "mixed", model=no_dropout, compile=True, steps=2)
+    run(tmp_path, text_data, "mixed", model=no_dropout, compile=False, resume=True, allow={"train.steps", "train.compile"})
     assert losses(mixed) == pytest.approx(losses(compiled), rel=1e-5)
 
 
-def test_bad_switches_are_refused_before_training(tmp_path, shared_data, monkeypatch):
-    values = tiny_values(tmp_path, shared_data, "bad")
+def test_bad_switches_are_refused_before_training(tmp_path, text_data, monkeypatch):
+    values = tiny_values(tmp_path, text_data, "bad")
     for mode in ("fused_head", "inplace"):
         ar = json.loads(json.dumps(values))
         ar["train"].update(objective="ar", loss_impl=mode)
