@@ -29,13 +29,13 @@ import sys
 import time
 
 import torch
+from corpora import add_data_dir_argument, corpus
 
 from ddlm.evaluation import text_blocks
 from ddlm.likelihood import block_estimates, nll_bound
 from ddlm.pipeline import DiffusionPipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def agreement(pipe, text: str, num_blocks: int, seeds: int) -> tuple[dict, list[dict]]:
@@ -88,10 +88,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "runs" / "sampling" / "absorbing" / "final"))
     parser.add_argument("--text", default=str(ROOT / "runs" / "sampling" / "heldout.txt"), help="held-out text for the agreement test")
-    parser.add_argument("--big-file", default=str(SHARED / "wikitext2.valid.txt"), help="a ~1 MB file for the memory test")
+    parser.add_argument("--big-file", type=pathlib.Path, help="a ~1 MB file for the memory test (default: wikitext2.valid.txt in --data-dir)")
+    add_data_dir_argument(parser)
     parser.add_argument("--blocks", type=int, default=48)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
+    args.big_file = args.big_file or corpus(args.data_dir, "wikitext2.valid.txt")
     torch.set_num_threads(1)
     if not os.path.isdir(args.model):
         raise SystemExit(f"{args.model} is not a model directory: run benchmarks/sampling.py (or `ddlm train quickstart`) first, "

@@ -1,6 +1,6 @@
 """Classifier-free guidance on text: how often a guided sample reads as its label, against the scale gamma.
 
-Two labelled sources of ../shared/data, split 90 % / 10 % (training / held-out): ``tinyshakespeare.txt``
+Two labelled sources of --data-dir (benchmarks/corpora.py), split 90 % / 10 % (training / held-out): ``tinyshakespeare.txt``
 (label 0) and ``wikitext2.valid.txt`` (label 1, split at an article boundary as benchmarks/quality.py
 does). One byte-level BPE of 1024 tokens is trained on both training parts. Two models of the
 quality.py kind (128 x 4 blocks, its batch, schedule and learning rate) are trained with recipes:
@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (data split, machine description, recipe settings)
+from corpora import add_data_dir_argument, corpus  # noqa: E402
 
 from ddlm.evaluation import load_model  # noqa: E402
 from ddlm.guidance import guided_model_score  # noqa: E402
@@ -53,22 +54,22 @@ SOURCES = {0: "tinyshakespeare.txt", 1: "wikitext2.valid.txt"}
 NAMES = {0: "Shakespeare", 1: "WikiText"}
 
 
-def split_source(label: int, fraction: float = 0.9) -> tuple[list[str], str]:
+def split_source(data_dir: Path | None, label: int, fraction: float = 0.9) -> tuple[list[str], str]:
     """(training documents, held-out text) of a source: WikiText at the article boundary nearest ``fraction``
     (quality.py's split), Shakespeare at the blank line nearest it (one training document)."""
-    text = (quality.DATA / SOURCES[label]).read_text(encoding="utf-8")
+    text = corpus(data_dir, SOURCES[label]).read_text(encoding="utf-8")
     if label == 1:
         return quality.split_articles(text, fraction)
     cut = text.rfind("\n\n", 0, int(fraction * len(text))) + 2
     return [text[:cut]], text[cut:]
 
 
-def prepare(work: Path) -> dict[int, str]:
+def prepare(work: Path, data_dir: Path | None) -> dict[int, str]:
     """Write each source's training documents (jsonl) and held-out text, and the shared tokenizer; -> label -> held-out text."""
     work.mkdir(parents=True, exist_ok=True)
     heldout, documents = {}, []
     for label in SOURCES:
-        docs, heldout[label] = split_source(label)
+        docs, heldout[label] = split_source(data_dir, label)
         (work / f"train{label}.jsonl").write_text("".join(json.dumps({"text": doc}) + "\n" for doc in docs))
         documents += docs
     if not (work / "tokenizer" / "tokenizer.json").is_file():
@@ -236,6 +237,7 @@ def markdown(out: dict, seconds: dict, params: int, args) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=quality.ROOT / "runs" / "guidance", help="runs, tokenizer and split text")
+    add_data_dir_argument(parser)
     parser.add_argument("--steps", type=int, default=400, help="training steps of the conditional model")
     parser.add_argument("--ar-steps", type=int, default=150, help="training steps of the AR reference model")
     parser.add_argument("--block-size", type=int, default=64)
@@ -253,7 +255,7 @@ def main() -> None:
         args.num_samples, args.length, args.sample_steps, args.block_size = 4, 16, 4, 16
     if args.threads:
         torch.set_num_threads(args.threads)
-    heldout = prepare(args.work)
+    heldout = prepare(args.work, args.data_dir)
     seconds = ensure_models(args.work, args)
     out = run(args.work, heldout, args)
     params = sum(p.numel() for p in load_model(args.work / "conditional" / FINAL)[0].parameters())

@@ -1,7 +1,7 @@
 """Diffusion vs autoregressive at equal size and token budget, on real text, with error bars.
 
 Trains six models of the same network (128 x 4 blocks) on the first 90 % of WikiText-2 (validation
-release, ../shared/data) with the same byte-level BPE (1024 tokens), batch, schedule and number of
+release, wikitext2.valid.txt in --data-dir: see benchmarks/corpora.py) with the same byte-level BPE (1024 tokens), batch, schedule and number of
 training tokens: absorbing diffusion (log-linear) with i.i.d. uniform t, with variance-reduced time
 sampling (stratified t = u^2 with importance weights) and time-independent (no time conditioning);
 uniform diffusion (geometric) with i.i.d. and with variance-reduced t; and the AR baseline. Then it
@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from corpora import add_data_dir_argument, corpus
 
 from ddlm.data import DataConfig, build_datasets
 from ddlm.evaluation import load_model, load_tokenizer, score_texts, text_blocks
@@ -57,7 +58,6 @@ from ddlm.tokenization import train_byte_bpe
 from ddlm.train import FINAL, latest_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 COMMAND = "python benchmarks/quality.py"
 EVAL_NUM_T = 16  # t per block of the held-out curves during training
@@ -363,7 +363,7 @@ def write_if_changed(path: Path, text: str) -> None:
 def prepare(work: Path, args) -> str:
     """Split the text, write train.jsonl / train-long.jsonl / heldout.txt and the tokenizer under ``work``; returns the held-out text."""
     work.mkdir(parents=True, exist_ok=True)
-    train_docs, heldout = split_articles((DATA / "wikitext2.valid.txt").read_text(encoding="utf-8"), 0.9)
+    train_docs, heldout = split_articles(corpus(args.data_dir, "wikitext2.valid.txt").read_text(encoding="utf-8"), 0.9)
     long_docs, _ = split_articles("".join(train_docs), args.long_fraction)
     for name, docs in (("train.jsonl", train_docs), ("train-long.jsonl", long_docs)):
         write_if_changed(work / name, "".join(json.dumps({"text": doc}) + "\n" for doc in docs))
@@ -376,6 +376,7 @@ def prepare(work: Path, args) -> str:
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "quality", help="runs, tokenizer and split text")
+    add_data_dir_argument(parser)
     parser.add_argument("--steps", type=int, default=1000, help="training steps of each model (32 x block_size tokens each)")
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--eval-blocks", type=int, default=64, help="held-out blocks of the training curves")
@@ -423,7 +424,7 @@ def main() -> None:
     for name in MODELS:
         models[name], tokenizer = load_model(work / name / FINAL)
     params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
-    texts = {"held-out": heldout, "ptb": (DATA / "ptb.valid.txt").read_text(encoding="utf-8")}
+    texts = {"held-out": heldout, "ptb": corpus(args.data_dir, "ptb.valid.txt").read_text(encoding="utf-8")}
     print("perplexities ...", flush=True)
     table = perplexity_table(models, tokenizer, texts, args)
     blocks = torch.tensor([b for b in text_blocks(tokenizer, [heldout], args.block_size)[0] if len(b) == args.block_size])

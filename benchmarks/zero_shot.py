@@ -1,8 +1,8 @@
 """The zero-shot suite on this project's own small models, under both protocols, offline.
 
 No hub here, so the benchmarks are the local files the project has, read through the same path as
-``ddlm eval --benchmark NAME=PATH``: ../shared/data/wikitext2.valid.txt (raw WikiText-2 validation
-text, one hub row per line) and ../shared/data/ptb.valid.txt (PTB validation sentences). Both are
+``ddlm eval --benchmark NAME=PATH``: wikitext2.valid.txt (WikiText-2 validation text, one hub row
+per line) and ptb.valid.txt (PTB validation sentences) in --data-dir (benchmarks/corpora.py). Both are
 validation splits, so every row says ``validation`` (the papers' SEDD protocol scores WikiText-2's
 train split and PTB's test split). Each model is scored under ``sedd`` and ``mdlm`` with the
 dataset-level estimator (diffusion; ``--num-t`` t per block) or exactly (AR), on the first ``--limit``
@@ -23,12 +23,12 @@ import platform
 import time
 
 import torch
+from corpora import add_data_dir_argument, corpus
 
 from ddlm.evaluation import load_model
 from ddlm.zero_shot import PROTOCOLS, evaluate_benchmark
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-FILES = {"wikitext2": DATA / "wikitext2.valid.txt", "ptb": DATA / "ptb.valid.txt"}
+FILES = {"wikitext2": "wikitext2.valid.txt", "ptb": "ptb.valid.txt"}  # benchmark -> file in --data-dir
 
 
 def main():
@@ -37,14 +37,16 @@ def main():
     parser.add_argument("--num-t", type=int, default=4, help="t per block of the dataset-level estimator (diffusion)")
     parser.add_argument("--limit", type=int, default=256, help="score the first N blocks of each file and protocol (0: all)")
     parser.add_argument("--seed", type=int, default=0)
+    add_data_dir_argument(parser)
     args = parser.parse_args()
+    files = {name: corpus(args.data_dir, file) for name, file in FILES.items()}
     torch.set_num_threads(1)
     rows = []
     for path in args.models:
         model, tokenizer = load_model(path)
         kind = "AR" if model.config.objective == "ar" else f"{model.config.process} diffusion"
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        for name, file in FILES.items():
+        for name, file in files.items():
             for protocol in PROTOCOLS:
                 start = time.perf_counter()
                 r = evaluate_benchmark(model, tokenizer, name, protocol, args.num_t, estimator="dataset", split="validation",
