@@ -3,9 +3,12 @@
 Forward processes (``Uniform``, ``Absorbing``), noise schedules (``LogLinear``, ``Geometric``),
 score-entropy losses (``ddlm.losses``), reverse samplers (``ddlm.sampling``), likelihood
 bounds (``ddlm.likelihood``), finite Markov chains and Brownian motion (``ddlm.markov``,
-``ddlm.brownian``), exact oracles (``SequenceOracle``) and the ratio network as a
-transformers model (``DDLMConfig``, ``DDLMForDiffusion``; registered with AutoConfig/AutoModel)
-and ``DiffusionPipeline`` to generate, infill and score text.
+``ddlm.brownian``), exact oracles (``SequenceOracle``), the ratio network as a transformers
+model (``DDLMConfig``, ``DDLMForDiffusion``; registered with AutoConfig/AutoModel when
+``ddlm.model`` is imported) and ``DiffusionPipeline`` to generate, infill and score text.
+
+Every public name is imported on first use, so ``import ddlm`` and the ``ddlm`` command line
+start without torch.
 """
 
 import sys as _sys
@@ -36,13 +39,29 @@ def _mount_checkout_folders() -> None:
 
 _mount_checkout_folders()
 
-from . import brownian, likelihood, losses, markov, sampling  # noqa: E402
-from .model import DDLMConfig, DDLMForDiffusion  # noqa: E402
-from .oracle import SequenceOracle  # noqa: E402
-from .pipeline import DiffusionPipeline  # noqa: E402
-from .processes import Absorbing, Graph, Uniform  # noqa: E402
-from .schedules import Geometric, LogLinear  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = ["Absorbing", "DDLMConfig", "DDLMForDiffusion", "DiffusionPipeline", "Geometric", "Graph", "LogLinear", "SequenceOracle", "Uniform", "brownian", "likelihood", "losses", "markov", "sampling"]
+# Public name -> the submodule that defines it (None: the name is a submodule itself). Imported on first
+# use (PEP 562), so that `import ddlm` and the command line start without torch; ddlm.model registers
+# DDLMConfig / DDLMForDiffusion with transformers' AutoConfig / AutoModel when it is imported.
+_LAZY = {"Absorbing": "processes", "DDLMConfig": "model", "DDLMForDiffusion": "model", "DiffusionPipeline": "pipeline",
+         "Geometric": "schedules", "Graph": "processes", "LogLinear": "schedules", "SequenceOracle": "oracle",
+         "Uniform": "processes", "brownian": None, "likelihood": None, "losses": None, "markov": None, "sampling": None}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    """Import a public name's submodule on first access and cache the name in this module."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    module = import_module(f"{__name__}.{_LAZY[name] or name}")
+    value = module if _LAZY[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

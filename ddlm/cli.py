@@ -1,14 +1,20 @@
-"""The ``ddlm`` command line."""
+"""The ``ddlm`` command line.
+
+Building the parser, ``--help`` and argument errors import nothing heavy (no torch, transformers,
+datasets or accelerate: ``benchmarks/startup.py`` measures it); each command imports what it needs
+when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import time
 
-SEPARATOR = "=" * 40
+from .choices import CONFIDENCES, PREDICTORS, T_SAMPLING, UNMASK_SCHEDULES
 
-import torch
+SEPARATOR = "=" * 40
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -78,26 +84,29 @@ DEMO_MAX_SEQUENCES = 10**6  # the demo's oracle enumerates every one of the N^L 
 
 
 def torch_device(text: str) -> str:
-    """argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps, xpu)."""
-    try:
-        parsed = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r} (use cpu, cuda, cuda:N or mps)") from None
-    if parsed.type == "cpu":
+    """argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps, xpu). Only a device other
+    than the CPU imports torch, to ask whether the machine has it."""
+    match = re.fullmatch(r"(cpu|cuda|mps|xpu)(?::(\d+))?", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"unknown or unsupported device {text!r} (use cpu, cuda, cuda:N or mps)")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
         return text
-    if parsed.type not in ("cuda", "mps", "xpu"):
-        raise argparse.ArgumentTypeError(f"unsupported device {text!r} (use cpu, cuda, cuda:N or mps)")
-    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type)
+    import torch
+
+    backend = torch.backends.mps if kind == "mps" else getattr(torch, kind)
     if not backend.is_available():
-        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine (torch sees no {parsed.type} device)")
+        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine (torch sees no {kind} device)")
     count = backend.device_count() if hasattr(backend, "device_count") else 1
-    if parsed.index is not None and parsed.index >= count:
-        raise argparse.ArgumentTypeError(f"device {text!r} does not exist: this machine has {count} {parsed.type} device(s)")
+    if index is not None and int(index) >= count:
+        raise argparse.ArgumentTypeError(f"device {text!r} does not exist: this machine has {count} {kind} device(s)")
     return text
 
 
 def demo(args: argparse.Namespace) -> None:
     """Sample a known distribution with every predictor and bound its likelihood, against exact answers."""
+    import torch
+
     from . import Absorbing, Geometric, LogLinear, SequenceOracle, Uniform
     from .likelihood import nll_bound
     from .sampling import ABSORBING_ONLY, PREDICTORS, sample
@@ -410,9 +419,6 @@ def _add_model_arguments(p: argparse.ArgumentParser, batch_default: str = "all a
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    from .decoding import CONFIDENCES, UNMASK_SCHEDULES
-    from .sampling import PREDICTORS
-
     p.add_argument("--num-samples", type=positive_int, default=1, help="texts to generate")
     p.add_argument("--steps", type=positive_int, default=128, help="sampling steps (first_hitting ignores it: one network "
                    "call per masked position)")
@@ -496,9 +502,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-t", type=even_count, default=64, help="t samples of the likelihood bound that ranks the lengths of "
                    "{{lo..hi}} gaps (even)")
     p.set_defaults(run=infill_command)
-
-    from .likelihood import T_SAMPLING
-    from .sampling import PREDICTORS
 
     p = _command(commands, "eval", "perplexity of text files: a diffusion model's bound with error bars, an AR model's exact value",
                  ["ddlm eval runs/quickstart/final held-out.txt",

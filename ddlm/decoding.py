@@ -51,11 +51,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import is_int, is_number
+from .choices import CONFIDENCES, UNMASK_SCHEDULES
 from .processes import Graph
 from .score_cache import ScoreEvaluator
 
-CONFIDENCES = ("max_prob", "margin", "entropy", "prob", "random")
-UNMASK_SCHEDULES = ("linear", "cosine")
 THRESHOLD_CONFIDENCES = ("max_prob", "margin", "prob")  # confidences that are probabilities in [0, 1]
 
 

@@ -22,11 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_count
+from .choices import T_SAMPLING
 from .losses import dse, dwdse
 from .processes import Graph
 from .score import ScoreFn, evaluate_score
 
-T_SAMPLING = ("stratified", "antithetic", "iid")
 T_IMPORTANCE = ("power",)  # proposal densities over t for the training loss (training_times)
 
 

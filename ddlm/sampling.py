@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_count
+from .choices import ABSORBING_ONLY, PREDICTORS
 from .correctors import check_corrector_args, corrector_step, in_window, remask_probability, remask_tokens
 from .decoding import check_confidence_args, check_shaping, inverse_cdf, sample_confidence, shape_log_weights
 from .dse_backends import triton_available
@@ -41,8 +42,6 @@ from .processes import Graph
 from .score import ScoreFn
 from .score_cache import ScoreEvaluator, is_time_independent
 
-PREDICTORS = ("euler", "tau_leaping", "analytic", "first_hitting", "confidence")
-ABSORBING_ONLY = ("first_hitting", "confidence")
 IMPLS = ("auto", "torch", "triton", "reference")
 
 
