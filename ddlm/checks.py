@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 
 def is_int(value, low: int) -> bool:
@@ -33,3 +34,18 @@ def check_count(name: str, value, allow_none: bool = False) -> None:
         return
     if not is_int(value, 1):
         raise ValueError(f"{name} must be an int >= 1{' or None' if allow_none else ''}, got {value!r}")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` means a local file or directory rather than a hub id (``name`` or ``owner/name``):
+    it exists, starts with ``.``, ``/`` or ``~``, or has a backslash or more than one ``/``."""
+    return (os.path.exists(os.path.expanduser(name)) or name.startswith((".", "/", "~")) or "\\" in name
+            or name.count("/") > 1)
+
+
+def check_local_path(what: str, name: str | os.PathLike) -> None:
+    """FileNotFoundError "``what`` NAME does not exist" if ``name`` looks like a local path that is not there
+    (a hub id passes)."""
+    name = os.fspath(name)
+    if looks_like_path(name) and not os.path.exists(os.path.expanduser(name)):
+        raise FileNotFoundError(f"{what} {name} does not exist")

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .checks import is_int, is_number, is_text, refuse_invalid
+from .checks import is_int, is_number, is_text, looks_like_path, refuse_invalid
 
 PYTHON_DOCS = "python-docs"  # the offline default corpus
 STREAM_VALIDATION_BLOCKS = 64  # validation blocks materialised from a stream
@@ -107,6 +107,21 @@ class DataConfig:
         if bad := [name for name, conflict in conflicts.items() if conflict]:
             raise ValueError(f"data.sources replaces data.source, holds out validation_fraction of its blocks and is read "
                              f"in memory: leave {', '.join('data.' + name for name in bad)} unset")
+
+    def check_local_files(self) -> None:
+        """FileNotFoundError (ValueError for an unsupported file type) naming the first local source, or local
+        ``validation_split``, that holds no readable file; hub datasets are not looked up."""
+        for i, config in enumerate(self.per_source()):
+            name = f"data.sources[{i}].source" if self.sources else "data.source"
+            paths = [(name, config.source)]
+            if config.validation_split is not None:  # a local path unless the source is a hub dataset
+                paths.append(("data.validation_split", _split_source(config, "validation")[0]))
+            for key, path in paths:
+                if _is_local(path):
+                    try:
+                        _local_files(path)
+                    except (FileNotFoundError, ValueError) as error:
+                        raise type(error)(f"{key}: {error}") from None
 
     @property
     def labels(self) -> list[int] | None:
@@ -220,10 +235,8 @@ def _split_source(config: DataConfig, split: str) -> tuple[str, str | None]:
 
 
 def _is_local(source: str) -> bool:
-    return (
-        source != PYTHON_DOCS
-        and (os.path.exists(os.path.expanduser(source)) or any(c in source for c in "*?[") or source.startswith((".", "/", "~")) or Path(source).suffix in SUFFIXES)
-    )
+    """A local file, directory or glob rather than the offline corpus or a hub dataset."""
+    return source != PYTHON_DOCS and (looks_like_path(source) or any(c in source for c in "*?[") or Path(source).suffix in SUFFIXES)
 
 
 def _local_files(source: str) -> list[Path]:

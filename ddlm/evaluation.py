@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_count
+from .checks import check_count, check_local_path, looks_like_path
 from .data import eos_id
 from .losses import ar_nll
 from .model import DDLMForDiffusion
@@ -211,6 +211,9 @@ def load_tokenizer(path: str | os.PathLike):
     and its tokenizer files."""
     from transformers import AutoTokenizer
 
+    check_local_path("tokenizer", path)
+    if looks_like_path(os.fspath(path)):
+        path = os.path.expanduser(path)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as error:  # missing or corrupt files; the tokenizers library raises bare Exceptions for some

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .checks import is_int, is_number, is_text, refuse_invalid
+from .checks import check_local_path, is_int, is_number, is_text, refuse_invalid
 from .data import DataConfig
 from .likelihood import T_IMPORTANCE, T_SAMPLING
 from .model import PRESETS, DDLMConfig
@@ -232,7 +232,8 @@ def _section(values: dict, name: str) -> dict:
 
 def recipe_from_dict(values: dict) -> Recipe:
     """Validate a recipe mapping (as read from YAML): every value's kind and range, and the sections against each
-    other (the model section by building its ``DDLMConfig``), before anything is tokenised, trained or written."""
+    other (the model section by building its ``DDLMConfig``), and that the local files it names exist, before anything
+    is tokenised, trained or written."""
     if not isinstance(values, dict):
         raise ValueError(f"a recipe must be a mapping of sections, got {type(values).__name__}")
     if unknown := sorted(set(values) - {"model", "tokenizer", "data", "train"}, key=str):
@@ -262,6 +263,9 @@ def recipe_from_dict(values: dict) -> Recipe:
     if recipe.train.objective == "ar" and (recipe.train.t_sampling != "iid" or recipe.train.t_importance is not None):
         raise ValueError("train.t_sampling and train.t_importance apply to the diffusion loss; an autoregressive model "
                          "(train.objective='ar') has no diffusion times: leave them at iid and null")
+    if recipe.tokenizer.name is not None:  # local paths must exist; hub ids and datasets are looked up when used
+        check_local_path("tokenizer", recipe.tokenizer.name)
+    recipe.data.check_local_files()
     return recipe
 
 
@@ -294,6 +298,26 @@ def _check_labels(num_classes: int, labels: list[int] | None, label_dropout: flo
         raise ValueError("train.label_dropout applies to class-conditional models (model.num_classes > 0); leave it unset")
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (at any depth) instead of keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with << may be overridden: that is what merging is for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: the base constructor refuses it
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {first.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Set ``section.key=value`` pairs (values parsed as YAML) in a recipe mapping, in place; returns it."""
     for item in overrides:
@@ -306,7 +330,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         if not isinstance(values[section], dict):
             raise ValueError(f"recipe section {section!r} is not a mapping")
         try:
-            values[section][name] = yaml.safe_load(raw)
+            values[section][name] = yaml.load(raw, Loader=RecipeLoader)
         except yaml.YAMLError as error:
             raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(error)})") from None
     return values
@@ -321,10 +345,10 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no recipe {name_or_path!r}: not a file, and not one of {known}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader) or {}
     except UnicodeDecodeError as error:
         raise ValueError(f"recipe {path} is not UTF-8 text ({error})") from None
-    except yaml.YAMLError as error:  # syntax errors, and tags such as !!python/object that safe_load refuses
+    except yaml.YAMLError as error:  # syntax errors, duplicate keys, and tags such as !!python/object that SafeLoader refuses
         raise ValueError(f"recipe {path} is not valid YAML: {_yaml_problem(error)}") from None
     if not isinstance(values, dict):
         raise ValueError(f"recipe {path} must be a mapping of sections")

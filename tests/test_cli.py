@@ -205,3 +205,14 @@ def test_words_that_are_not_overrides_are_still_refused(argv, capsys):
         main(argv)
     assert exit.value.code == 2
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tokenizer", ["./no-such-tokenizer", "no/such/tokenizer", "~/no-such-tokenizer-dir"])
+def test_a_missing_tokenizer_path_is_named_as_missing(model_dir, tmp_path, capsys, tokenizer):
+    for argv in [["sample", str(model_dir), "--tokenizer", tokenizer, "--quiet"],
+                 ["convert", "sedd", str(tmp_path / "source"), str(tmp_path / "out"), "--tokenizer", tokenizer]]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and lines == [f"ddlm {argv[0]}: error: tokenizer {tokenizer} does not exist"]
+    assert not (tmp_path / "out").exists()

@@ -83,6 +83,82 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path, text_data):
         load_recipe("nonexistent")
 
 
+DUPLICATES = {
+    "a nested key": ("train:\n  lr: 1.0e-3\n  steps: 3\n  lr: 2.0e-3\n", "duplicate key 'lr' (first given on line 2) (line 4, column 3)"),
+    "a section": ("train: {steps: 3}\ndata: {block_size: 32}\ntrain: {steps: 4}\n", "duplicate key 'train' (first given on line 1) (line 3, column 1)"),
+    "a key in a list entry": ("data:\n  sources:\n    - {source: a.txt, source: b.txt}\n", "duplicate key 'source' (first given on line 3) (line 3"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DUPLICATES))
+def test_a_recipe_with_a_duplicate_key_is_refused_naming_the_key_and_line(tmp_path, capsys, case):
+    from ddlm.cli import main
+
+    text, message = DUPLICATES[case]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_recipe(str(path))
+    with pytest.raises(ValueError, match="duplicate key 'lr'"):
+        load_recipe(str(write(tmp_path, {}, "ok.yaml")), ["train.betas={lr: 1, lr: 2}"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(path), f"train.output_dir={tmp_path / 'run'}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml", "recipe.yaml"]
+
+
+def test_yaml_merge_keys_may_still_override_what_they_merge(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("tokenizer: {train_vocab_size: 300}\ntrain:\n  <<: &base {steps: 3, lr: 1.0e-3}\n  lr: 2.0e-3\n")
+    train_config = load_recipe(str(path)).train
+    assert (train_config.steps, train_config.lr) == (3, 2e-3)
+
+
+MISSING = {
+    "data.source, a file": ({"source": "no/such/file.txt"}, None, "data.source: no .txt/.json/.jsonl/.parquet file found at 'no/such/file.txt'"),
+    "data.source, a directory": ({"source": "./no-such-directory"}, None, "data.source: no .txt"),
+    "data.source, a glob": ({"source": "GLOB/*.txt"}, None, "data.source: no .txt/.json/.jsonl/.parquet file found at"),
+    "data.sources[1]": ({"sources": [{"source": "CORPUS", "label": 0}, {"source": "no/such/b.txt", "label": 1}]}, None,
+                        "data.sources[1].source: no .txt/.json/.jsonl/.parquet file found at 'no/such/b.txt'"),
+    "data.validation_split": ({"validation_split": "no/such/valid.txt"}, None, "data.validation_split: no .txt"),
+    "tokenizer.name": ({}, "./no/such/tokenizer", "tokenizer ./no/such/tokenizer does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISSING))
+def test_a_recipe_naming_missing_local_files_is_refused_before_anything_is_written(tmp_path, text_data, capsys, case):
+    from ddlm.cli import main
+
+    data, tokenizer, message = MISSING[case]
+    values = tiny_recipe(tmp_path, text_data)
+    corpus = values["data"]["source"]
+    data = json.loads(json.dumps(data).replace("GLOB", str(tmp_path / "empty")).replace("CORPUS", corpus))
+    (tmp_path / "empty").mkdir()
+    values["data"].update(data)
+    if "sources" in data:
+        del values["data"]["source"]
+        values["model"]["num_classes"] = 2
+    if tokenizer:
+        values["tokenizer"] = {"name": tokenizer}
+    path = write(tmp_path, values)
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        recipe_from_dict(values)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(path), "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not Path(values["train"]["output_dir"]).exists()
+
+
+def test_hub_datasets_and_tokenizers_are_not_looked_up_while_validating(tmp_path, text_data):
+    values = tiny_recipe(tmp_path, text_data)
+    values["data"]["source"] = "Skylion007/openwebtext"
+    values["tokenizer"] = {"name": "openai-community/gpt2"}
+    recipe = recipe_from_dict(values)
+    assert (recipe.data.source, recipe.tokenizer.name) == ("Skylion007/openwebtext", "openai-community/gpt2")
+
+
 def test_learning_rate_warms_up_then_decays():
     config = TrainConfig(steps=110, warmup_steps=10, decay="cosine", min_lr_ratio=0.1)
     factor = lr_lambda(config)
