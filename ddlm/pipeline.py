@@ -23,6 +23,7 @@ from .processes import Graph
 from .sampling import sample
 from .score import ScoreFn, accepts_positions, evaluate_score, row_index
 from .score_cache import is_time_independent
+from .tokenization import decode_text
 
 GAP = re.compile(r"\{\{\s*([-+]?[\d.]+(?:\s*\.\.\s*[-+]?[\d.]+)?)\s*\}\}")  # {{n}} or {{lo..hi}}; signs and points are caught to be refused
 MASK_TEXT = "[MASK]"  # how a still-masked position reads when sampling ends without denoising
@@ -251,7 +252,8 @@ class DiffusionPipeline:
         return torch.cat(batches)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Text of token ids; mask ids (absorbing, undenoised) read as ``[MASK]``."""
+        """Text of token ids; mask ids (absorbing, undenoised) read as ``[MASK]``. A character that the ids
+        (or the run before a mask) cut in two is left out instead of shown as U+FFFD (``decode_text``)."""
         ids = torch.as_tensor(ids).tolist()
         pieces, run = [], []
         for token in ids + [None]:
@@ -259,7 +261,7 @@ class DiffusionPipeline:
                 run.append(token)
                 continue
             if run:
-                pieces.append(self.tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+                pieces.append(decode_text(self.tokenizer, run))
                 run = []
             if token is not None:
                 pieces.append(MASK_TEXT)

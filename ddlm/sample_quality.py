@@ -166,14 +166,16 @@ def _first_line(error: Exception) -> str:
 
 def sample_pieces(samples: torch.Tensor, tokenizer) -> list[list[str]]:
     """Per sample Long[B, L] of ``tokenizer``'s ids, its text between EOS tokens: k EOS tokens give k + 1 pieces
-    (special tokens other than EOS are decoded as their text)."""
+    (special tokens other than EOS are decoded as their text; ``decode_text``: no character cut in two)."""
+    from .tokenization import decode_text
+
     eos = tokenizer.eos_token_id
     pieces = []
     for row in samples.tolist():
         parts, run = [], []
         for token in row + [None]:
             if token is None or token == eos:
-                parts.append(tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+                parts.append(decode_text(tokenizer, run))
                 run = []
             else:
                 run.append(token)
