@@ -405,8 +405,8 @@ def train_command(args: argparse.Namespace) -> None:
     from .train import train
 
     named = {item.partition("=")[0] for item in args.overrides}  # what a resume may change: what the user named
-    final = train(load_recipe(args.recipe, args.overrides), resume=args.resume, progress=not args.quiet, allow_changes=named)
-    print(f"exported {final}")
+    # prints "exported DIR" from the main process only (under accelerate launch every process runs this)
+    train(load_recipe(args.recipe, args.overrides), resume=args.resume, progress=not args.quiet, allow_changes=named)
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, batch_default: str = "all at once") -> None:

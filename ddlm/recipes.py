@@ -167,12 +167,24 @@ class TrainConfig:
         return DEFAULT_LABEL_DROPOUT if self.label_dropout is None else float(self.label_dropout)
 
     def accumulation_steps(self, world_size: int) -> int:
-        """Micro-batches per process per optimizer step; the global batch must split evenly."""
+        """Micro-batches per process per optimizer step; the global batch must split evenly (the error says what to set)."""
         per_step = self.micro_batch_size * world_size
         if self.global_batch_size % per_step:
             raise ValueError(f"train.global_batch_size {self.global_batch_size} is not divisible by "
-                             f"micro_batch_size {self.micro_batch_size} x {world_size} processes")
+                             f"micro_batch_size {self.micro_batch_size} x {world_size} processes; "
+                             f"{batch_fix(self.global_batch_size, self.micro_batch_size, world_size)}")
         return self.global_batch_size // per_step
+
+
+def batch_fix(global_batch: int, micro: int, world: int) -> str:
+    """The recipe values that split a global batch over ``world`` processes in micro-batches (for the error)."""
+    options = [f"train.global_batch_size={-(-global_batch // (micro * world)) * micro * world}"]
+    if global_batch % world == 0:  # the same optimisation: smaller micro-batches, more accumulation steps
+        per_process = global_batch // world
+        fitting = max(d for d in range(1, micro + 1) if per_process % d == 0)
+        options.insert(0, f"train.micro_batch_size={fitting} (the same global batch: {per_process // fitting} "
+                          f"accumulation step(s) of {fitting} per process)")
+    return "set " + " or ".join(options)
 
 
 @dataclass

@@ -311,6 +311,32 @@ def report(recipe: Recipe, num_validation: int, metrics_file: Path, showcase_lin
     return "\n".join(lines + showcase_lines)
 
 
+def eval_line(step: int, metrics: dict) -> str:
+    """The console line of an evaluation: the held-out bound +- one standard error and the perplexity bound
+    (diffusion), or the exact NLL and perplexity (AR)."""
+    if "eval/bound_per_token" in metrics:
+        return (f"[step {step}] held-out bound {metrics['eval/bound_per_token']:.4f} +- {metrics['eval/bound_stderr']:.4f} "
+                f"nats/token, perplexity bound {metrics['eval/ppl_bound']:.2f}")
+    return f"[step {step}] held-out NLL {metrics['eval/nll_per_token']:.4f} nats/token (exact), perplexity {metrics['eval/ppl']:.2f}"
+
+
+def check_world_size(num_processes: int, environ=os.environ) -> None:
+    """Refuse a run that a launcher asked to start on several processes but that runs as ``num_processes``.
+
+    ``accelerate launch --num_processes N --cpu`` (or without ``--multi_gpu`` where there is no GPU) starts
+    one process: accelerate's single-process launcher, which sets MASTER_ADDR for the N it was asked for but
+    no WORLD_SIZE. torchrun-style launchers set WORLD_SIZE."""
+    fix = ("on CPUs launch with `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...` "
+           "(accelerate's --cpu flag starts one process); on GPUs pass --multi_gpu")
+    requested = environ.get("WORLD_SIZE")
+    if requested is not None and requested.isdigit() and int(requested) != num_processes:
+        raise ValueError(f"the launcher asked for {requested} processes (WORLD_SIZE) but this run has {num_processes}; {fix}")
+    launched = "ACCELERATE_MIXED_PRECISION" in environ or "ACCELERATE_DYNAMO_BACKEND" in environ
+    if requested is None and launched and "MASTER_ADDR" in environ and num_processes == 1:
+        raise ValueError(f"accelerate launch was asked for several processes (it set MASTER_ADDR) but started this one "
+                         f"alone; {fix}; for one process, launch without --num_processes (or unset MASTER_ADDR)")
+
+
 def check_sharding(accelerator, ema: bool) -> None:
     """Refuse the distributed set-ups whose parameters the EMA cannot average elementwise."""
     from accelerate.utils import DistributedType
@@ -393,7 +419,8 @@ def load_training_state(state: dict, base, optimizer, scheduler, ema: EMA | None
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, allow_changes=()) -> Path:
-    """Train per the recipe; returns the exported ``final`` directory (model with EMA weights + tokenizer).
+    """Train per the recipe; returns the exported ``final`` directory (model with EMA weights + tokenizer),
+    which the main process also prints. Refuses a launch that started fewer processes than it asked for.
 
     The run directory ``train.output_dir`` is locked for the whole run (a second run into it fails at
     once). resume: continue from its newest intact checkpoint. allow_changes: the recipe keys
@@ -407,6 +434,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, allow_
     trackers = [t for t in train_cfg.trackers if t != "none"]
     accelerator = Accelerator(mixed_precision=train_cfg.mixed_precision, log_with=trackers or None,
                               project_dir=str(output_dir))
+    check_world_size(accelerator.num_processes)
     with run_lock(output_dir) if accelerator.is_main_process else contextlib.nullcontext():
         return _train(recipe, accelerator, resume, progress, set(allow_changes), trackers)
 
@@ -475,6 +503,7 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     if start == 0:  # the untrained model's held-out numbers, for comparison
         untrained = evaluate(base, recipe, validation, accelerator, context)
         if accelerator.is_main_process:
+            tqdm.write(eval_line(0, untrained) + " (untrained)")
             with metrics_file.open("a") as f:
                 f.write(json.dumps({"step": 0, **untrained}) + "\n")
     bar = tqdm(total=train_cfg.steps, initial=start, desc="training", disable=not (progress and accelerator.is_main_process))
@@ -536,6 +565,8 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
             with ema.applied() if ema is not None else contextlib.nullcontext():
                 if evaluate_now:
                     record.update(evaluate(base, recipe, validation, accelerator, context))
+                    if accelerator.is_main_process:
+                        bar.write(eval_line(step, record))
                 if sample_now:
                     texts = generate_samples(base, tokenizer, recipe, accelerator.device)
                     if accelerator.is_main_process:
@@ -554,6 +585,8 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     bar.close()
     check_ranks_in_sync(accelerator, base, metrics_file)
     final = export(accelerator, model, ema, tokenizer, output_dir)
+    if accelerator.is_main_process:
+        print(f"exported {final}")
     if progress:
         lines = []
         if train_cfg.objective == "diffusion":

@@ -287,6 +287,7 @@ def test_two_processes_keep_identical_weights_and_sum_their_batches(tmp_path, te
     env = {**ENV, "ACCELERATE_USE_CPU": "true"}  # the accelerator forced to CPU: gloo backend
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("exported ") == 1  # the main process only
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
