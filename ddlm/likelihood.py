@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from .checks import check_count
 from .choices import T_SAMPLING
 from .losses import dse, dwdse
-from .processes import Graph
+from .processes import Graph, check_batch, check_graph
+from .schedules import check_schedule
 from .score import ScoreFn, evaluate_score
 
 T_IMPORTANCE = ("power",)  # proposal densities over t for the training loss (training_times)
@@ -218,6 +219,14 @@ def _integral(integrand, x0: torch.Tensor, num_t: int, generator, t_sampling: st
     return _mean_and_stderr(torch.cat(values).reshape(num_t, batch).t() * weights, t_sampling)
 
 
+def _check_inputs(graph: Graph, noise, x0: torch.Tensor) -> None:
+    """A TypeError / ValueError naming the argument unless graph and noise are a process and a schedule and
+    x0 is a non-empty Long[B, L] batch of clean tokens."""
+    check_graph(graph)
+    check_schedule(noise)
+    graph.check_clean(check_batch(x0))
+
+
 @torch.no_grad()
 def nll_bound(
     score_fn: ScoreFn,
@@ -246,9 +255,7 @@ def nll_bound(
     sliver between clean data and sigma_bar(0) is omitted, as in SEDD.
     """
     check_count("batch_size", batch_size, allow_none=True)
-    graph.check_clean(x0)
-    if x0.dim() != 2:
-        raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")
+    _check_inputs(graph, noise, x0)
     integral, integral_se = _integral(lambda rows, t: dwdse(score_fn, graph, noise, x0[rows], t, generator),
                                       x0, num_t, generator, t_sampling, t_power, batch_size, progress)
     prior, prior_se = _prior_term(graph, x0, noise.total(1.0), base, num_t, generator)
@@ -312,9 +319,7 @@ def conditional_nll_bound(
     model, so the value is not a bound on the data's conditional -log p.
     """
     check_count("batch_size", batch_size, allow_none=True)
-    graph.check_clean(x0)
-    if x0.dim() != 2:
-        raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")
+    _check_inputs(graph, noise, x0)
     free = ~check_fixed(x0, fixed)
     integral, integral_se = _integral(lambda rows, t: clamped_dwdse(score_fn, graph, noise, x0[rows], free[rows], t, generator),
                                       x0, num_t, generator, t_sampling, t_power, batch_size, progress)
@@ -427,6 +432,8 @@ def block_estimates(
     t_per_block / block length, against num_t / block length for ``nll_bound``.
     """
     check_count("batch_size", batch_size, allow_none=True)
+    check_graph(graph)
+    check_schedule(noise)
     if isinstance(blocks, torch.Tensor):
         blocks = list(blocks)
     if not len(blocks):

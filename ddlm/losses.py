@@ -24,7 +24,9 @@ from __future__ import annotations
 import torch
 
 from .dse_backends import LinearDSE, RowDSE, bregman, eager_dse, resolve_impl
-from .processes import Graph, check_token_ids
+from .checks import is_number
+from .processes import Graph, check_batch, check_graph, check_token_ids
+from .schedules import check_schedule
 from .score import NonFiniteScoreError, ScoreFn, evaluate_score
 
 
@@ -50,20 +52,33 @@ def _position_scalars(x_t, x0, sigma_bar, graph: Graph, shift):
         raise ValueError(f"x0 of shape {list(x0.shape)} must match x_t of shape {list(x_t.shape)}")
     if shift is not None and shift.shape != x_t.shape:
         raise ValueError(f"shift must have the shape of x_t {list(x_t.shape)}, got {list(shift.shape)}")
-    if isinstance(sigma_bar, torch.Tensor):
+    if isinstance(sigma_bar, torch.Tensor) and sigma_bar.is_floating_point():  # others are refused by the graph
         sigma_bar = sigma_bar.double()
     w, a, b = (t.expand(x_t.shape) for t in graph.dse_coefficients(x_t, x0, sigma_bar))
     shift = torch.zeros_like(w) if shift is None else shift.double()
     return w, a, b, shift
 
 
+def _check_rows(value, like: torch.Tensor, name: str, like_name: str, finite: bool) -> None:
+    """A TypeError / ValueError naming ``name`` unless ``value`` is a real tensor shaped like ``like`` (called
+    ``like_name``) whose entries are >= 0 (no NaN) and, if ``finite``, not inf."""
+    if not isinstance(value, torch.Tensor) or value.dtype.is_complex or value.dtype == torch.bool:
+        got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(f"{name} must be a real tensor [..., S], got {got}")
+    if value.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {like_name} {list(like.shape)}, got {list(value.shape)}")
+    valid = (value >= 0) & (value < torch.inf) if finite else value >= 0  # False at NaN
+    if not bool(valid.all()):
+        raise ValueError(f"{name} must be >= 0 and {'finite' if finite else 'not NaN'}, got {value[~valid][0].item()}")
+
+
 def _off_current(weight: torch.Tensor | None, like: torch.Tensor, x: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
     """The weights w_y [..., S] in ``dtype`` with the current token's entry zeroed (None: 1 on every y != x);
-    a ValueError unless shaped like ``like`` (called ``name``)."""
+    a ValueError unless finite, >= 0 and shaped like ``like`` (called ``name``)."""
     if weight is None:
         weight = torch.ones_like(like, dtype=dtype)
-    elif weight.shape != like.shape:
-        raise ValueError(f"weight must have the shape of {name} {list(like.shape)}, got {list(weight.shape)}")
+    else:
+        _check_rows(weight, like, "weight", name, finite=True)
     return weight.to(dtype).scatter(-1, x.unsqueeze(-1), 0.0)
 
 
@@ -74,8 +89,7 @@ def score_entropy(log_score: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor,
     y != x by 1. The y = x term is always excluded.
     """
     _check_log_score(log_score, x)
-    if ratio.shape != log_score.shape:
-        raise ValueError(f"ratio must have the shape of log_score {list(log_score.shape)}, got {list(ratio.shape)}")
+    _check_rows(ratio, log_score, "ratio", "log_score", finite=False)
     check_token_ids(x, log_score.shape[-1], "x", "log_score has states")
     dtype = _compute_dtype(log_score, ratio)
     weight = _off_current(weight, log_score, x, dtype, "log_score")
@@ -99,8 +113,7 @@ def concrete_score_matching(score: torch.Tensor, x: torch.Tensor, ratio: torch.T
         raise TypeError("score must be a floating tensor [..., S] of ratio estimates")
     if tuple(score.shape[:-1]) != tuple(x.shape):
         raise ValueError(f"score [..., S] of shape {list(score.shape)} does not match tokens of shape {list(x.shape)}")
-    if ratio.shape != score.shape:
-        raise ValueError(f"ratio must have the shape of score {list(score.shape)}, got {list(ratio.shape)}")
+    _check_rows(ratio, score, "ratio", "score", finite=False)
     check_token_ids(x, score.shape[-1], "x", "score has states")
     dtype = _compute_dtype(score, ratio)
     weight = _off_current(weight, score, x, dtype, "score")
@@ -197,6 +210,13 @@ def head_dse(score_fn, head, x_t: torch.Tensor, x0: torch.Tensor, sigma_bar: tor
     return linear_dse(hidden, head.lm_head.weight, head.lm_head.bias, x_t, x0, sigma_bar[:, None], graph, shift=shift, impl=impl)
 
 
+def _check_per_sequence(value, batch: int, name: str) -> None:
+    """A ValueError naming ``name`` unless ``value`` is a tensor of shape [batch]."""
+    if not isinstance(value, torch.Tensor) or value.shape != (batch,):
+        got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must have shape [B] = [{batch}] (a tensor, one value per sequence), got {got}")
+
+
 def dwdse(
     score_fn: ScoreFn, graph: Graph, noise, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None, *,
     impl: str = "auto", inplace: bool = False, head=None,
@@ -209,11 +229,10 @@ def dwdse(
     whose output head is fused into the loss (``head_dse``; score_fn then is that model or a
     wrapper of it), so the [B, L, S] log-scores are never stored; None: score_fn's log-scores.
     """
-    graph.check_clean(x0)
-    if x0.dim() != 2:
-        raise ValueError(f"x0 must be Long[B, L], got shape {list(x0.shape)}")
-    if t.shape != x0.shape[:1]:
-        raise ValueError(f"t must have shape [B] = [{x0.shape[0]}], got {list(t.shape)}")
+    check_graph(graph)
+    check_schedule(noise)
+    graph.check_clean(check_batch(x0))
+    _check_per_sequence(t, x0.shape[0], "t")
     sigma_bar = noise.total(t)
     x_t = graph.sample_transition(x0, sigma_bar[:, None], generator=generator)
     if head is not None:
@@ -231,16 +250,18 @@ def dwdse_loss(
     [t_min, 1] drawn by the caller (``ddlm.likelihood.training_times``: stratified, antithetic or
     importance-sampled), None: i.i.d. from ``generator``; weights: [B] importance weights p(t) / q(t)
     multiplying each sequence's loss, None: 1."""
-    if not 0 <= t_min < 1:
-        raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
+    check_batch(x0)
+    if not (is_number(t_min) and 0 <= t_min < 1):
+        raise ValueError(f"t_min must lie in [0, 1), got {t_min!r}")
+    if weights is not None:
+        _check_per_sequence(weights, x0.shape[0], "weights")
+        valid = (weights >= 0) & (weights < torch.inf)  # False at NaN
+        if not bool(valid.all()):
+            raise ValueError(f"weights must be finite and >= 0 (importance weights p(t) / q(t)), got {weights[~valid][0].item()}")
     if t is None:
         t = t_min + (1 - t_min) * torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=x0.device)
     loss = dwdse(score_fn, graph, noise, x0, t, generator=generator, impl=impl, inplace=inplace, head=head) / x0.shape[-1]
-    if weights is not None:
-        if weights.shape != t.shape:
-            raise ValueError(f"weights must have the shape of t, [{x0.shape[0]}], got {list(weights.shape)}")
-        loss = loss * weights
-    return loss
+    return loss if weights is None else loss * weights
 
 
 def implicit_score_entropy(score_fn: ScoreFn, x: torch.Tensor, sigma_bar: torch.Tensor, graph: Graph, batch_size: int = 1024) -> torch.Tensor:

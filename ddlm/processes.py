@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from .checks import is_int
+
 
 def check_token_ids(x: torch.Tensor, num_ids: int | None, name: str = "x", owner: str = "the model has tokens") -> torch.Tensor:
     """Raise unless x is an integer tensor of ids in [0, num_ids) (any ids if num_ids is None); returns x.
@@ -27,6 +29,32 @@ def check_token_ids(x: torch.Tensor, num_ids: int | None, name: str = "x", owner
     if num_ids is not None and x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_ids):
         raise ValueError(f"{name} holds ids in [{int(x.min())}, {int(x.max())}], but {owner} 0..{num_ids - 1}")
     return x
+
+
+def check_batch(x0: torch.Tensor, name: str = "x0") -> torch.Tensor:
+    """Raise unless x0 is an integer tensor [B, L] with B, L >= 1 (ids unchecked); returns x0."""
+    check_token_ids(x0, None, name)
+    if x0.dim() != 2 or not x0.numel():
+        raise ValueError(f"{name} must be Long[B, L] with B >= 1 sequences of L >= 1 tokens, got shape {list(x0.shape)}")
+    return x0
+
+
+def check_noise_level(sigma_bar, name: str = "sigma_bar") -> torch.Tensor:
+    """sigma_bar as a floating tensor (float64 unless it is one already): a number or a tensor of
+    finite values >= 0; a TypeError (bools, strings, integer tensors) or ValueError naming ``name`` otherwise."""
+    if not isinstance(sigma_bar, torch.Tensor):
+        if isinstance(sigma_bar, bool) or not isinstance(sigma_bar, (int, float, list, tuple)):
+            raise TypeError(f"{name} must be a float or a floating tensor, got {type(sigma_bar).__name__}")
+        try:
+            sigma_bar = torch.tensor(sigma_bar, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a float or a floating tensor, got {sigma_bar!r:.80}") from None
+    if not sigma_bar.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {sigma_bar.dtype}")
+    valid = (sigma_bar >= 0) & (sigma_bar < math.inf)  # False at NaN
+    if not bool(valid.all()):
+        raise ValueError(f"{name} must be >= 0 and finite, got {sigma_bar[~valid].flatten()[0].item()}")
+    return sigma_bar
 
 
 class Graph(ABC):
@@ -46,10 +74,8 @@ class Graph(ABC):
         return self.check_tokens(x0, name)
 
     def check_sigma(self, sigma_bar, x: torch.Tensor, name: str = "sigma_bar") -> torch.Tensor:
-        """Return sigma_bar as a floating tensor broadcast to x's shape, or raise."""
-        sigma = torch.as_tensor(sigma_bar, dtype=torch.float64) if not isinstance(sigma_bar, torch.Tensor) else sigma_bar
-        if not sigma.is_floating_point():
-            raise TypeError(f"{name} must be a floating tensor, got dtype {sigma.dtype}")
+        """Return sigma_bar (checked by ``check_noise_level``) broadcast to x's shape, or raise."""
+        sigma = check_noise_level(sigma_bar, name)
         try:
             shape = torch.broadcast_shapes(sigma.shape, x.shape)
         except RuntimeError:
@@ -59,8 +85,6 @@ class Graph(ABC):
                 f"{name} of shape {list(sigma.shape)} must broadcast against tokens of shape "
                 f"{list(x.shape)} (for one value per sequence of x[B, L] pass sigma_bar[:, None])"
             )
-        if sigma.numel() and (bool(torch.any(sigma < 0)) or bool(torch.any(torch.isnan(sigma)))):
-            raise ValueError(f"{name} must be >= 0 and not NaN, got min {sigma.min().item()}")
         return sigma.to(x.device).expand(x.shape)
 
     # ----------------------------------------------------------------- the chain
@@ -140,11 +164,17 @@ class Graph(ABC):
         return f"{type(self).__name__}({self.num_tokens})"
 
 
+def check_graph(graph) -> None:
+    """TypeError unless ``graph`` is a forward process (a ``Graph``: Uniform, Absorbing)."""
+    if not isinstance(graph, Graph):
+        raise TypeError(f"graph must be a forward process such as ddlm.Absorbing(N) or ddlm.Uniform(N), got {graph!r:.80}")
+
+
 class Uniform(Graph):
     """Uniform(N): ``Q = (1/N) 1 1^T - I``; every token jumps to a uniformly random token."""
 
     def __init__(self, num_tokens: int):
-        if not isinstance(num_tokens, int) or num_tokens < 2:
+        if not is_int(num_tokens, 2):
             raise ValueError(f"num_tokens must be an int >= 2, got {num_tokens!r}")
         self.num_tokens = num_tokens
         self.num_states = num_tokens
@@ -211,11 +241,11 @@ class Uniform(Graph):
         return torch.randint(self.num_tokens, shape, generator=generator, device=device)
 
     def prior(self, sigma_bar):
-        sigma = torch.as_tensor(sigma_bar, dtype=torch.float64)
+        sigma = check_noise_level(sigma_bar).double()
         return torch.full((*sigma.shape, self.num_states), 1.0 / self.num_tokens, dtype=sigma.dtype)
 
     def prior_kl(self, sigma_bar):
-        sigma = torch.as_tensor(sigma_bar, dtype=torch.float64)
+        sigma = check_noise_level(sigma_bar).double()
         n = self.num_tokens
         other = self._other(sigma)
         same = torch.exp(-sigma) + other
@@ -226,7 +256,7 @@ class Absorbing(Graph):
     """Absorbing(N): N real tokens plus the mask (id N); each real token jumps to the mask at rate 1."""
 
     def __init__(self, num_tokens: int):
-        if not isinstance(num_tokens, int) or num_tokens < 1:
+        if not is_int(num_tokens, 1):
             raise ValueError(f"num_tokens must be an int >= 1, got {num_tokens!r}")
         self.num_tokens = num_tokens
         self.num_states = num_tokens + 1
@@ -309,11 +339,11 @@ class Absorbing(Graph):
         return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
 
     def prior(self, sigma_bar):
-        sigma = torch.as_tensor(sigma_bar, dtype=torch.float64)
+        sigma = check_noise_level(sigma_bar).double()
         keep = torch.exp(-sigma).unsqueeze(-1)
         real = (keep / self.num_tokens).expand(*sigma.shape, self.num_tokens)
         return torch.cat([real, 1 - keep], dim=-1)
 
     def prior_kl(self, sigma_bar):
-        sigma = torch.as_tensor(sigma_bar, dtype=torch.float64)
+        sigma = check_noise_level(sigma_bar).double()
         return torch.exp(-sigma) * math.log(self.num_tokens)

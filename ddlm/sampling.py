@@ -32,13 +32,14 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_count
+from .checks import check_count, is_number
 from .choices import ABSORBING_ONLY, PREDICTORS
 from .correctors import check_corrector_args, corrector_step, in_window, remask_probability, remask_tokens
 from .decoding import check_confidence_args, check_shaping, inverse_cdf, sample_confidence, shape_log_weights
 from .dse_backends import triton_available
 from .first_hitting import sample_first_hitting
-from .processes import Graph
+from .processes import Graph, check_graph
+from .schedules import check_schedule
 from .score import ScoreFn
 from .score_cache import ScoreEvaluator, is_time_independent
 
@@ -209,7 +210,9 @@ def movable(graph: Graph, x: torch.Tensor, fixed: torch.Tensor | None = None) ->
     return rows & ~fixed if fixed is not None else rows
 
 
-def _check_args(graph: Graph, shape, steps, predictor, x_init, fixed):
+def _check_args(graph: Graph, noise, shape, steps, predictor, x_init, fixed):
+    check_graph(graph)
+    check_schedule(noise)
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
     if predictor in ABSORBING_ONLY and graph.mask_id is None:
@@ -228,10 +231,22 @@ def _check_args(graph: Graph, shape, steps, predictor, x_init, fixed):
     if fixed is not None:
         if x_init is None:
             raise ValueError("fixed needs x_init: the tokens to clamp the fixed positions to")
-        if fixed.dtype != torch.bool or tuple(fixed.shape) != shape:
-            raise ValueError(f"fixed must be a Bool tensor of shape {list(shape)}, got {fixed.dtype} {list(fixed.shape)}")
+        if not isinstance(fixed, torch.Tensor) or fixed.dtype != torch.bool or tuple(fixed.shape) != shape:
+            got = f"{fixed.dtype} {list(fixed.shape)}" if isinstance(fixed, torch.Tensor) else type(fixed).__name__
+            raise ValueError(f"fixed must be a Bool tensor of shape {list(shape)}, got {got}")
         graph.check_clean(x_init[fixed], "x_init at fixed positions")
     return shape
+
+
+def check_sampling_options(denoise, generator, dtype) -> None:
+    """A ValueError naming the argument unless denoise is a bool, generator a torch.Generator or None and
+    dtype torch.float32 or torch.float64 (the precision of the sampling arithmetic)."""
+    if not isinstance(denoise, bool):
+        raise ValueError(f"denoise must be True or False, got {denoise!r:.80}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {generator!r:.80}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64 (the sampling arithmetic), got {dtype!r:.80}")
 
 
 @torch.no_grad()
@@ -317,7 +332,8 @@ def sample(
     uses the unshaped ratios whatever temperature / top_k / top_p are).
     remask = 0 and corrector_steps = 0 (the defaults) are the plain sampler draw for draw.
     """
-    shape = _check_args(graph, shape, steps, predictor, x_init, fixed)
+    shape = _check_args(graph, noise, shape, steps, predictor, x_init, fixed)
+    check_sampling_options(denoise, generator, dtype)
     check_corrector_args(graph, predictor, remask, remask_window, corrector_steps, corrector_size)
     shaping = check_shaping(graph, temperature, top_k, top_p)
     check_confidence_args(graph, predictor, steps, confidence, unmask_schedule, threshold, entropy_bound)
@@ -331,8 +347,8 @@ def sample(
     scores = ScoreEvaluator(score_fn, graph, is_time_independent(score_fn) if cache is None else cache)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if not 0 < t_min < 1:
-        raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
+    if not (is_number(t_min) and 0 < t_min < 1):
+        raise ValueError(f"t_min must lie in (0, 1), got {t_min!r}")
     if shaper is not None and impl == "reference":
         raise ValueError("temperature / top_k / top_p need impl 'auto', 'torch' or 'triton', not 'reference' (the full-row "
                          "comparison path draws the plain law only)")
@@ -345,7 +361,7 @@ def sample(
         raise RuntimeError(f"impl='triton' needs Triton and a CUDA device, or TRITON_INTERPRET=1; got {device}")
     x = graph.sample_limit(*shape, generator=generator, device=device)
     if x_init is not None:
-        x = torch.where(fixed, x_init, x) if fixed is not None else x_init.clone()
+        x = torch.where(fixed, x_init, x) if fixed is not None else x_init.to(torch.long, copy=True)
 
     def clamp(x: torch.Tensor) -> torch.Tensor:
         return torch.where(fixed, x_init, x) if fixed is not None else x

@@ -11,9 +11,20 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import is_number
+
+
+def check_schedule(noise) -> None:
+    """TypeError unless ``noise`` is a schedule: an object with methods ``total(t)`` and ``rate(t)`` (LogLinear, Geometric, ...)."""
+    if isinstance(noise, type) or not (callable(getattr(noise, "total", None)) and callable(getattr(noise, "rate", None))):
+        raise TypeError(f"noise must be a schedule with total(t) and rate(t), e.g. ddlm.LogLinear(), got {noise!r:.80}")
+
 
 def _as_time(t: float | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(t, dtype=torch.float64) if not isinstance(t, torch.Tensor) else t
+    if not isinstance(t, torch.Tensor):
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise TypeError(f"t must be a float or a floating tensor of times in [0, 1], got {type(t).__name__}")
+        t = torch.tensor(float(t), dtype=torch.float64)
     if not t.is_floating_point():
         raise TypeError(f"t must be a floating tensor of times in [0, 1], got dtype {t.dtype}")
     if t.numel() and (bool(torch.any(t < 0)) or bool(torch.any(t > 1)) or bool(torch.any(torch.isnan(t)))):
@@ -31,8 +42,8 @@ class LogLinear:
     eps: float = 1e-3
 
     def __post_init__(self):
-        if not 0 < self.eps < 1:
-            raise ValueError(f"eps must lie in (0, 1), got {self.eps}")
+        if not (is_number(self.eps) and 0 < self.eps < 1):
+            raise ValueError(f"eps must lie in (0, 1), got {self.eps!r}")
 
     def total(self, t: float | torch.Tensor) -> torch.Tensor:
         """sigma_bar(t), same shape as t."""
@@ -54,9 +65,9 @@ class Geometric:
     sigma_max: float = 20.0
 
     def __post_init__(self):
-        if not 0 < self.sigma_min < self.sigma_max:
+        if not (is_number(self.sigma_min) and is_number(self.sigma_max) and 0 < self.sigma_min < self.sigma_max):
             raise ValueError(
-                f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}"
+                f"need finite numbers 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min!r}, sigma_max={self.sigma_max!r}"
             )
 
     def total(self, t: float | torch.Tensor) -> torch.Tensor:

@@ -19,10 +19,11 @@ import pytest
 import torch
 import yaml
 
-from ddlm import Absorbing, DDLMConfig, DDLMForDiffusion, LogLinear
+from ddlm import Absorbing, DDLMConfig, DDLMForDiffusion, Geometric, LogLinear, Uniform
 from ddlm.cli import main
 from ddlm.evaluation import ar_text_nll, load_model, score_texts
-from ddlm.likelihood import nll_bound
+from ddlm.likelihood import conditional_nll_bound, nll_bound
+from ddlm.losses import concrete_score_matching, dse, dwdse, dwdse_loss, score_entropy
 from ddlm.pipeline import DiffusionPipeline
 from ddlm.recipes import load_recipe, recipe_from_dict
 from ddlm.sampling import sample
@@ -136,6 +137,172 @@ def test_nll_bound_is_the_same_for_every_batch_size():
     whole = nll_bound(score_fn, GRAPH, NOISE, X0, 4, torch.Generator().manual_seed(1))
     ones = nll_bound(score_fn, GRAPH, NOISE, X0, 4, torch.Generator().manual_seed(1), batch_size=1)
     assert torch.equal(whole.integral, ones.integral) and torch.equal(whole.prior, ones.prior)
+
+
+# ----------------------------------------------------------------------------- processes, schedules, losses
+
+@pytest.mark.parametrize("cls, value", [(Absorbing, True), (Absorbing, False), (Uniform, True), (Absorbing, 4.0), (Uniform, "4"),
+                                        (Absorbing, None), (Uniform, 1)], ids=repr)
+def test_graph_size(cls, value):
+    """Absorbing(True) used to be a one-token graph."""
+    with pytest.raises(ValueError, match=r"num_tokens must be an int >= \d, got "):
+        cls(value)
+
+
+@pytest.mark.parametrize("make", [lambda: LogLinear("0.1"), lambda: LogLinear(None), lambda: LogLinear(True), lambda: LogLinear(INF)],
+                         ids=["eps-string", "eps-none", "eps-bool", "eps-inf"])
+def test_loglinear_eps(make):
+    with pytest.raises(ValueError, match=r"eps must lie in \(0, 1\), got "):
+        make()
+
+
+@pytest.mark.parametrize("low, high", [(True, 20.0), (1e-4, True), (1e-4, INF), ("1e-4", 20.0), (1e-4, NAN), (None, 20.0)], ids=repr)
+def test_geometric_range(low, high):
+    """Geometric(1e-4, inf) used to give sigma_bar = inf at every t > 0."""
+    with pytest.raises(ValueError, match=r"need finite numbers 0 < sigma_min < sigma_max, got sigma_min="):
+        Geometric(low, high)
+
+
+@pytest.mark.parametrize("t", [True, "0.5", None, [0.5]], ids=repr)
+@pytest.mark.parametrize("method", ["total", "rate"])
+def test_schedule_time_kind(t, method):
+    """LogLinear().total(True) used to be sigma_bar(1)."""
+    with pytest.raises(TypeError, match="t must be a float or a floating tensor"):
+        getattr(NOISE, method)(t)
+
+
+SIGMA_CALLS = {
+    "transition": lambda g, x, s: g.transition(x, s),
+    "transition_into": lambda g, x, s: g.transition_into(x, s),
+    "transition_prob": lambda g, x, s: g.transition_prob(x, x, s),
+    "sample_transition": lambda g, x, s: g.sample_transition(x, s),
+    "ratio": lambda g, x, s: g.ratio(x, x, s),
+    "prior": lambda g, x, s: g.prior(s),
+    "prior_kl": lambda g, x, s: g.prior_kl(s),
+    "dse": lambda g, x, s: dse(torch.zeros(*x.shape, g.num_states), x, x, s, g),
+}
+BAD_SIGMAS = [(-1.0, ValueError), (INF, ValueError), (NAN, ValueError), (-INF, ValueError), (torch.tensor([[1.0, INF, 2.0]]), ValueError),
+              (torch.tensor([[0.5, -0.5, 1.0]]), ValueError), (True, TypeError), ("1.0", TypeError), (None, TypeError),
+              (torch.tensor([[1, 2, 3]]), TypeError), (torch.tensor([[True, False, True]]), TypeError)]
+
+
+@pytest.mark.parametrize("value, error", BAD_SIGMAS, ids=[repr(v) for v, _ in BAD_SIGMAS])
+@pytest.mark.parametrize("call", SIGMA_CALLS.values(), ids=SIGMA_CALLS.keys())
+@pytest.mark.parametrize("graph", [GRAPH, Uniform(4)], ids=repr)
+def test_noise_level(graph, call, value, error):
+    """Infinite sigma_bar, bools and (for prior / prior_kl) negative values used to give numbers; strings a torch error."""
+    with pytest.raises(error, match="sigma_bar must be"):
+        call(graph, torch.tensor([[0, 1, 2]]), value)
+
+
+LOG_S, X_S = torch.zeros(2, 5), torch.tensor([0, 4])
+BAD_RATIOS = [(torch.full((2, 5), -1.0), ValueError, "ratio must be >= 0 and not NaN, got -1.0"),
+              (torch.full((2, 5), NAN), ValueError, "ratio must be >= 0 and not NaN, got nan"),
+              (torch.ones(2, 5, dtype=torch.bool), TypeError, "ratio must be a real tensor"),
+              ([[1.0] * 5] * 2, TypeError, "ratio must be a real tensor"), (None, TypeError, "ratio must be a real tensor")]
+
+
+@pytest.mark.parametrize("ratio, error, message", BAD_RATIOS, ids=["negative", "nan", "bool", "list", "none"])
+@pytest.mark.parametrize("loss", [score_entropy, concrete_score_matching])
+def test_loss_ratio(loss, ratio, error, message):
+    """A negative or NaN ratio used to give the finite loss 4.0; a list an AttributeError."""
+    with pytest.raises(error, match=re.escape(message)):
+        loss(LOG_S, X_S, ratio)
+
+
+@pytest.mark.parametrize("weight, error, message", [(torch.full((2, 5), -1.0), ValueError, "weight must be >= 0 and finite, got -1.0"),
+                                                    (torch.full((2, 5), NAN), ValueError, "weight must be >= 0 and finite, got nan"),
+                                                    (torch.full((2, 5), INF), ValueError, "weight must be >= 0 and finite, got inf"),
+                                                    ("w", TypeError, "weight must be a real tensor")], ids=["negative", "nan", "inf", "str"])
+def test_score_entropy_weight(weight, error, message):
+    """Negative or NaN weights used to drop their terms silently (a loss of 0)."""
+    with pytest.raises(error, match=re.escape(message)):
+        score_entropy(LOG_S, X_S, torch.ones(2, 5), weight)
+
+
+def test_score_entropy_boundaries_give_exact_results():
+    """A zero ratio, an infinite ratio and an empty batch are valid: s, inf and an empty loss."""
+    ratio = torch.ones(2, 5)
+    ratio[:, 1] = 0.0
+    assert torch.allclose(score_entropy(LOG_S, X_S, ratio), torch.tensor([1.0, 1.0]))
+    assert math.isinf(score_entropy(LOG_S, X_S, torch.full((2, 5), INF))[0])
+    assert score_entropy(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), torch.ones(0, 5)).shape == (0,)
+
+
+EMPTY_BATCHES = [torch.zeros(0, 3, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long),
+                 torch.zeros(3, dtype=torch.long)]
+BATCH_CALLS = {
+    "nll_bound": lambda x0: nll_bound(score_fn, GRAPH, NOISE, x0, 4),
+    "conditional_nll_bound": lambda x0: conditional_nll_bound(score_fn, GRAPH, NOISE, x0, torch.zeros(x0.shape, dtype=torch.bool), 4),
+    "dwdse_loss": lambda x0: dwdse_loss(score_fn, GRAPH, NOISE, x0),
+    "dwdse": lambda x0: dwdse(score_fn, GRAPH, NOISE, x0, torch.full(x0.shape[:1], 0.5, dtype=torch.float64)),
+}
+
+
+@pytest.mark.parametrize("x0", EMPTY_BATCHES, ids=lambda x0: str(list(x0.shape)))
+@pytest.mark.parametrize("call", BATCH_CALLS.values(), ids=BATCH_CALLS.keys())
+def test_empty_batch(call, x0):
+    """nll_bound of B = 0 used to fail in range(), of L = 0 to give a perplexity of NaN; dwdse_loss of L = 0 NaN (0 / 0)."""
+    with pytest.raises(ValueError, match=r"x0 must be Long\[B, L\] with B >= 1 sequences of L >= 1 tokens, got shape "):
+        call(x0)
+
+
+@pytest.mark.parametrize("name, value", [("t_min", "0.1"), ("t_min", True), ("t", [0.5, 0.5]), ("weights", [1.0, 1.0]),
+                                         ("weights", torch.tensor([1.0, -1.0])), ("weights", torch.tensor([1.0, NAN])),
+                                         ("weights", torch.tensor([INF, 1.0]))], ids=repr)
+def test_dwdse_loss_arguments(name, value):
+    """Negative importance weights used to give a loss of -0; lists an AttributeError."""
+    with pytest.raises(ValueError, match=rf"{name} must "):
+        dwdse_loss(score_fn, GRAPH, NOISE, X0, **{name: value})
+
+
+@pytest.mark.parametrize("graph, noise", [(None, NOISE), ("absorbing", NOISE), (4, NOISE), (GRAPH, None), (GRAPH, "loglinear"),
+                                          (GRAPH, LogLinear), (GRAPH, 0.5)], ids=repr)
+@pytest.mark.parametrize("call", [lambda g, n: sample(score_fn, g, n, (2, 3), 2, progress=False),
+                                  lambda g, n: nll_bound(score_fn, g, n, X0, 4), lambda g, n: dwdse_loss(score_fn, g, n, X0)],
+                         ids=["sample", "nll_bound", "dwdse_loss"])
+def test_graph_and_noise_kinds(call, graph, noise):
+    """These used to end in an AttributeError from inside the sampler or the loss."""
+    with pytest.raises(TypeError, match="graph must be a forward process" if noise is NOISE else "noise must be a schedule"):
+        call(graph, noise)
+
+
+@pytest.mark.parametrize("name, value", [("dtype", torch.int64), ("dtype", torch.float16), ("dtype", torch.bfloat16), ("dtype", "float64"),
+                                         ("dtype", None), ("dtype", torch.complex64), ("generator", 3), ("denoise", "no"), ("denoise", None),
+                                         ("t_min", "0.1"), ("fixed", [[True] * 3] * 2)], ids=repr)
+def test_sample_options(name, value):
+    """dtype int64 / str used to fail inside torch, float16 to sample silently in half precision; denoise='no' to denoise."""
+    extra = {"x_init": torch.zeros(2, 3, dtype=torch.long)} if name == "fixed" else {}
+    with pytest.raises(ValueError, match=rf"{name} must "):
+        sample(score_fn, GRAPH, NOISE, (2, 3), 2, progress=False, **extra, **{name: value})
+
+
+def test_sample_x_init_of_another_integer_dtype_gives_long_tokens():
+    x_init = torch.tensor([[0, 1, 2], [3, 2, 1]], dtype=torch.int32)
+    out = sample(score_fn, GRAPH, NOISE, (2, 3), 2, x_init=x_init, dtype=torch.float32, progress=False)
+    assert out.dtype == torch.long and torch.equal(out, x_init.long())  # no masked position: nothing moves
+
+
+MODEL_SIGMAS = [(True, TypeError), ("1.0", TypeError), (torch.tensor([1, 2]), TypeError), (-1.0, ValueError), (INF, ValueError),
+                (NAN, ValueError), (torch.tensor([1.0, -1.0]), ValueError), (torch.tensor([1.0, INF]), ValueError),
+                (torch.tensor([1.0, 2.0, 3.0]), ValueError), (torch.zeros(2, 4), ValueError)]
+
+
+@pytest.mark.parametrize("value, error", MODEL_SIGMAS, ids=[repr(v) for v, _ in MODEL_SIGMAS])
+def test_model_sigma_bar(pipe, value, error):
+    """The model used to run on sigma_bar True, -1, inf or NaN (the log-scores of a wrong or NaN noise level)."""
+    with pytest.raises(error, match="sigma_bar must be"), torch.no_grad():
+        pipe.model(torch.zeros(2, 4, dtype=torch.long), value)
+
+
+def test_model_input_ids_kind_and_empty_batches(pipe):
+    """A list used to raise an AttributeError; B = 0 or L = 0 a reshape error. Empty in, empty out."""
+    with pytest.raises(TypeError, match="input_ids must be a LongTensor"):
+        pipe.model([[0, 1]], 1.0)
+    with torch.no_grad():
+        for shape in [(0, 4), (2, 0)]:
+            out = pipe.model(torch.zeros(shape, dtype=torch.long), torch.ones(shape[0]))
+            assert out.shape == (*shape, VOCAB + 1)
 
 
 PIPE_SAMPLE = [("num_samples", v) for v in [0, -1, 1.5, "2", True, None]] + \
@@ -508,9 +675,13 @@ def test_recipe_from_dict_shape(values, message):
 # ----------------------------------------------------------------------------- model directories
 
 
-def corrupt(model_dir: Path, tmp_path: Path, change) -> Path:
+def corrupt(model_dir: Path, tmp_path: Path, change, keep_manifest: bool = False) -> Path:
+    """A damaged copy of ``model_dir``; without ``keep_manifest`` the copy has no manifest (an export of ddlm
+    before manifests, or a plain ``save_pretrained``), so the loaders' own checks meet the damage."""
     path = tmp_path / "model"
     shutil.copytree(model_dir, path)
+    if not keep_manifest:
+        (path / "manifest.json").unlink()
     change(path)
     return path
 
@@ -579,6 +750,16 @@ def test_model_directory(model_dir, tmp_path, change, message):
     with pytest.raises((ValueError, OSError), match=message) as error:
         load_model(path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("change, message", [(c, m) for _, c, m in MODEL_DIRS], ids=[name for name, _, _ in MODEL_DIRS])
+def test_model_directory_with_its_manifest(model_dir, tmp_path, change, message):
+    """The same damage to a directory that keeps its manifest: the config checks, or the manifest, name the file."""
+    path = corrupt(model_dir, tmp_path, change, keep_manifest=True)
+    with pytest.raises((ValueError, OSError)) as error:
+        load_model(path)
+    assert str(path) in str(error.value)
+    assert re.search(message, str(error.value)) or re.search(r"(does not match the manifest|is missing \(listed in)", str(error.value))
 
 
 def test_model_directory_paths(tmp_path, model_dir):
@@ -709,9 +890,10 @@ def test_cli_boundaries_give_exact_results(capsys, model_dir, text_file):
     rows = []
     for extra in [[], ["--batch-size", "1"]]:
         main(["eval", str(model_dir), str(text_file), "--num-t", "8", "--t-power", "1", "--quiet", *extra])
-        rows.append(capsys.readouterr().out.splitlines()[2].split())
+        lines = capsys.readouterr().out.splitlines()  # the model, the file, then a header and a row each: the estimate, per token
+        rows.append(lines[3].split() + lines[5].split())
     assert rows[0] == rows[1]
-    tokens, bound, stderr, ppl = int(rows[0][2]), float(rows[0][7]), float(rows[0][9]), float(rows[0][13])
+    tokens, bound, stderr, ppl = int(rows[0][1]), float(rows[0][8]), float(rows[0][10]), float(rows[0][15])
     assert tokens == len(TEXT[:60]) and ppl == pytest.approx(math.exp(bound / tokens), rel=1e-3)
     assert abs(bound - tokens * math.log(VOCAB)) < 3 * stderr + 1e-3 * tokens
 

@@ -41,7 +41,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging as transformers_logging
 
-from ..processes import check_token_ids
+from ..processes import check_noise_level, check_token_ids
 from ..score import row_index
 from .configuration import DDLMConfig
 
@@ -346,7 +346,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         that head with the loss so the [B, L, S] log-scores are never stored (``train.loss_impl:
         fused_head``).
         """
-        if input_ids.dim() != 2:
+        if check_token_ids(input_ids, None, "input_ids").dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         autoregressive = self.config.objective == "ar"
         if output_hidden and (autoregressive or not self.config.time_conditioning or positions is not None):
@@ -366,6 +366,9 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
                 raise ValueError("a diffusion model needs sigma_bar, the total noise of input_ids: call model(x_t, sigma_bar)")
             if not torch.compiler.is_compiling():
                 self.graph.check_tokens(input_ids, "input_ids")
+                sigma_bar = check_noise_level(sigma_bar)
+                if sigma_bar.dim() > 1 or (sigma_bar.dim() == 1 and sigma_bar.shape[0] != input_ids.shape[0]):
+                    raise ValueError(f"sigma_bar must be a scalar or [batch] = [{input_ids.shape[0]}], got shape {list(sigma_bar.shape)}")
         batch, length = input_ids.shape
         rows = None if positions is None else row_index(positions.to(input_ids.device), (batch, length))
         sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=torch.float32)
@@ -400,12 +403,12 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         if not self.config.time_conditioning:
             shift = self.log_score_shift(sigma_bar, scale_by_vocabulary=False).repeat_interleave(length)
             return self.time_independent_log_scores(logits, ids.squeeze(1), shift if rows is None else shift[rows]).view(
-                (batch, length, -1) if rows is None else (-1, logits.shape[-1]))
+                (batch, length, logits.shape[-1]) if rows is None else (-1, logits.shape[-1]))
         if self.config.scale_by_sigma:
             shift = self.log_score_shift(sigma_bar).repeat_interleave(length)
             logits.sub_((shift if rows is None else shift[rows])[:, None])
         logits.scatter_(-1, ids, 0.0)
-        return logits if rows is not None else logits.view(batch, length, -1)
+        return logits if rows is not None else logits.view(batch, length, logits.shape[-1])
 
     def log_score_shift(self, sigma_bar: torch.Tensor, scale_by_vocabulary: bool = True) -> torch.Tensor:
         """The absorbing "scale by sigma" offset log(e^sigma_bar - 1) + log N per sequence, [B] float32
