@@ -196,7 +196,7 @@ def eval_command(args: argparse.Namespace) -> None:
     bars, an AR model's exact value, and each perplexity's ratio to the first model's."""
     import sys
 
-    from .evaluation import DEFAULT_NUM_T, score_texts
+    from .evaluation import DEFAULT_NUM_T, eval_table, score_texts
 
     if args.context is not None or args.continuation is not None or args.conditional:
         return conditional_command(args)
@@ -218,7 +218,7 @@ def eval_command(args: argparse.Namespace) -> None:
             raise ValueError(f"{path} is not UTF-8 text ({error})") from None
         if not texts[-1].strip():
             raise ValueError(f"{path} is empty; nothing to score")
-    models, per_model, kinds = [args.model] + args.compare, [], set()
+    models, per_model = [args.model] + args.compare, []
     for index, name in enumerate(models, 1):
         model, tokenizer = _load(args, name)
         results = score_texts(model, tokenizer, texts, args.num_t, estimator=args.estimator, batch_size=args.batch_size, seed=args.seed,
@@ -228,26 +228,10 @@ def eval_command(args: argparse.Namespace) -> None:
             if r.num_tokens < block:
                 print(f"ddlm eval: warning: {path} has {r.num_tokens} tokens, fewer than model #{index}'s block of {block}; "
                       "scored as one shorter block", file=sys.stderr)
-        kinds.add(model.config.objective)
         kind = "AR, exact" if model.config.objective == "ar" else f"{model.config.process} diffusion, bound"
         print(f"#{index}: {name} ({kind}); blocks of {block} tokens")
         per_model.append(results)
-    print(f"{'model':<5} {'file':<30} {'tokens':>8} {'blocks':>6} {'t/block':>7} {'integral':>10} {'prior':>8} {'-log p (nats)':>20}"
-          f" {'nats/token':>16} {'ppl':>10} {'ppl ~95% interval':>20} {'ppl / #1':>8} {'bits/byte':>9} {'estimator':>9} {'calls/tok':>9}")
-    for f, path in enumerate(args.files):
-        for index, results in enumerate(per_model, 1):
-            r = results[f]
-            low, high = r.ppl_interval
-            print(f"{f'#{index}':<5} {str(path):<30} {r.num_tokens:>8} {r.num_blocks:>6} {r.num_t if not r.exact else 'exact':>7}"
-                  f" {r.integral:>10.2f} {r.prior:>8.2f} {r.bound:>11.2f} +- {r.stderr:<6.2f} {r.per_token:>7.4f} +- {r.stderr / r.num_tokens:<6.4f}"
-                  f" {r.ppl:>10.3f} {f'[{low:.3f}, {high:.3f}]':>20} {r.ppl / per_model[0][f].ppl:>8.3f} {r.bits_per_byte:>9.4f}"
-                  f" {r.estimator:>9} {r.calls_per_token:>9.4f}")
-    if "ar" in kinds:
-        print("(AR: exact chain-rule -log p; each block's first token is conditioned on EOS)")
-    if "diffusion" in kinds:
-        print(f"(diffusion: upper bound = integral + prior; {args.t_sampling} u, t = u^{args.t_power:g}; +- is one standard error; "
-              "per-text: every block gets t/block times; dataset: t/block times per block, stratified over all the file's blocks, "
-              "the error from the strata; calls/tok: model calls (one block each) per token)")
+    print(eval_table(args.files, per_model, args.t_sampling, args.t_power))
 
 
 def _conditional_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:

@@ -246,6 +246,38 @@ def score_texts(model: DDLMForDiffusion, tokenizer, texts: Sequence[str], num_t:
                                                          progress=progress, **bound_kwargs)
 
 
+def eval_table(files: Sequence[str], per_model: Sequence[Sequence[TextBound]], t_sampling: str = "stratified",
+               t_power: float = 2.0, width: int = 100) -> str:
+    """``ddlm eval``'s table within ``width`` columns: per file its name, the estimate in nats (one row per model:
+    tokens, blocks, t per block, estimator, model calls per token, integral, prior, -log p +- SE), then the same per
+    token (nats +- SE, perplexity with a ~95 % interval, its ratio to model #1's, bits per UTF-8 byte); notes last.
+    per_model[m][f]: model m+1's result on files[f]."""
+    import textwrap
+
+    lines = []
+    for f, path in enumerate(files):
+        lines += [f"file: {path}", f"{'model':<5} {'tokens':>8} {'blocks':>6} {'t/block':>7} {'estimator':>9} {'calls/tok':>9} "
+                  f"{'integral':>11} {'prior':>8} {'-log p (nats) +- SE':>24}"]
+        for m, results in enumerate(per_model, 1):
+            r = results[f]
+            lines.append(f"{f'#{m}':<5} {r.num_tokens:>8} {r.num_blocks:>6} {'exact' if r.exact else r.num_t:>7} {r.estimator:>9} "
+                         f"{r.calls_per_token:>9.4f} {r.integral:>11.2f} {r.prior:>8.2f} {r.bound:>12.2f} +- {r.stderr:.2f}")
+        lines.append(f"{'model':<5} {'nats/token +- SE':>17} {'ppl':>10} {'ppl ~95% interval':>22} {'ppl / #1':>8} {'bits/byte':>9}")
+        for m, results in enumerate(per_model, 1):
+            r = results[f]
+            low, high = r.ppl_interval
+            lines.append(f"{f'#{m}':<5} {r.per_token:>7.4f} +- {r.stderr / r.num_tokens:<6.4f} {r.ppl:>10.3f} "
+                         f"{f'[{low:.3f}, {high:.3f}]':>22} {r.ppl / per_model[0][f].ppl:>8.3f} {r.bits_per_byte:>9.4f}")
+    notes = []
+    if any(r.exact for results in per_model for r in results):
+        notes.append("(AR: exact chain-rule -log p; each block's first token is conditioned on EOS)")
+    if any(not r.exact for results in per_model for r in results):
+        notes.append(f"(diffusion: upper bound = integral + prior; {t_sampling} u, t = u^{t_power:g}; +- is one standard error; "
+                     "per-text: every block gets t/block times; dataset: t/block times per block, stratified over all the "
+                     "file's blocks, the error from the strata; calls/tok: model calls (one block each) per token)")
+    return "\n".join(lines + [wrapped for note in notes for wrapped in textwrap.wrap(note, width, break_on_hyphens=False)])
+
+
 # --------------------------------------------------------------------------- conditional scores
 
 

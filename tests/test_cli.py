@@ -37,10 +37,27 @@ def test_infill_prints_the_template_with_its_gaps_filled(model_dir, capsys):
     assert len(texts) == 2 and all(t.startswith("Now is the winter") and " of our" in t for t in texts)
 
 
-def table_row(out: str, line: int = 2) -> list[str]:
-    """A row of ``ddlm eval``'s table without its model column (by default the first: after the model line
-    and the header)."""
-    return out.splitlines()[line].split()[1:]
+ESTIMATE = ("tokens", "blocks", "t/block", "estimator", "calls/tok", "integral", "prior", "bound", "+-", "stderr")
+PER_TOKEN = ("per_token", "+-", "stderr_per_token", "ppl", "low", "high", "ratio", "bits_per_byte")
+
+
+def eval_rows(out: str) -> dict[tuple[str, str], dict[str, str]]:
+    """``ddlm eval``'s table by (file, model): each model's two rows (the estimate, then per token) by column name."""
+    rows, file, names = {}, None, None
+    for line in out.splitlines():
+        if line.startswith("file: "):
+            file = line[len("file: "):]
+        elif line.startswith("model "):
+            names = ESTIMATE if "tokens" in line else PER_TOKEN
+        elif re.match(r"#\d+ ", line):
+            model, *values = line.replace("[", "").replace(",", "").replace("]", "").split()
+            rows.setdefault((file, model), {}).update(zip(names, values, strict=True))
+    return rows
+
+
+def table_row(out: str, model: str = "#1") -> dict[str, str]:
+    """The columns of ``model``'s rows for the first file of ``ddlm eval``'s table."""
+    return next(row for (file, name), row in eval_rows(out).items() if name == model)
 
 
 def test_eval_prints_a_bound_per_file_with_error_bars(model_dir, text_data, tmp_path, capsys):
@@ -48,7 +65,8 @@ def test_eval_prints_a_bound_per_file_with_error_bars(model_dir, text_data, tmp_
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")
     main(["eval", str(model_dir), str(tmp_path / "a.txt"), "--num-t", "32", "--quiet"])
     row = table_row(capsys.readouterr().out)
-    tokens, num_t, integral, prior, bound, stderr, ppl = int(row[1]), int(row[3]), float(row[4]), float(row[5]), float(row[6]), float(row[8]), float(row[12])
+    tokens, num_t, integral, prior = int(row["tokens"]), int(row["t/block"]), float(row["integral"]), float(row["prior"])
+    bound, stderr, ppl = float(row["bound"]), float(row["stderr"]), float(row["ppl"])
     assert num_t == 32 and bound == pytest.approx(integral + prior, abs=0.02)
     assert abs(bound - tokens * math.log(300)) < 3 * stderr + 1e-3 * tokens
     assert ppl == pytest.approx(math.exp(bound / tokens), rel=1e-3)
@@ -77,12 +95,12 @@ def test_eval_on_exact_ratios_gives_the_core_bound_and_the_true_likelihood(tmp_p
     main(["eval", "oracle", str(tmp_path / "t.txt"), "--num-t", "256", "--seed", "5", "--quiet"])
     row = table_row(capsys.readouterr().out)
     core = nll_bound(oracle.score_fn, model.graph, model.noise, x0, 256, torch.Generator().manual_seed(5))
-    assert (int(row[1]), int(row[2]), int(row[3])) == (6, 2, 256)
-    assert float(row[4]) == pytest.approx(float(core.integral.sum()), abs=0.006)
-    assert float(row[5]) == pytest.approx(float(core.prior.sum()), abs=0.006)
-    assert float(row[8]) == pytest.approx(float(core.stderr.square().sum().sqrt()), abs=0.006)
+    assert (int(row["tokens"]), int(row["blocks"]), int(row["t/block"])) == (6, 2, 256)
+    assert float(row["integral"]) == pytest.approx(float(core.integral.sum()), abs=0.006)
+    assert float(row["prior"]) == pytest.approx(float(core.prior.sum()), abs=0.006)
+    assert float(row["stderr"]) == pytest.approx(float(core.stderr.square().sum().sqrt()), abs=0.006)
     true_nll = -float(oracle.log_prob(x0).sum())
-    assert abs(float(row[6]) - true_nll) < 3 * float(row[8]) + 0.01
+    assert abs(float(row["bound"]) - true_nll) < 3 * float(row["stderr"]) + 0.01
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +129,10 @@ def test_eval_gives_an_ar_model_its_exact_perplexity(ar_dir, byte_tokenizer, tex
             model(torch.cat([torch.tensor([byte_tokenizer.eos_token_id]), block[:-1]])[None])
             total += float(torch.nn.functional.cross_entropy(captured["logits"][0].double(), block, reduction="sum"))
     handle.remove()
-    assert "AR, exact" in out and row[3] == "exact" and float(row[8]) == 0
-    assert int(row[1]) == ids.numel() and int(row[2]) == math.ceil(ids.numel() / 32)
-    assert float(row[6]) == pytest.approx(total, abs=0.006)
-    assert float(row[12]) == pytest.approx(math.exp(total / ids.numel()), rel=1e-4)
+    assert "AR, exact" in out and row["t/block"] == row["estimator"] == "exact" and float(row["stderr"]) == 0
+    assert int(row["tokens"]) == ids.numel() and int(row["blocks"]) == math.ceil(ids.numel() / 32)
+    assert float(row["bound"]) == pytest.approx(total, abs=0.006)
+    assert float(row["ppl"]) == pytest.approx(math.exp(total / ids.numel()), rel=1e-4)
 
 
 def test_eval_compares_models_on_the_same_files_in_one_table(model_dir, ar_dir, text_data, tmp_path, capsys):
@@ -126,12 +144,15 @@ def test_eval_compares_models_on_the_same_files_in_one_table(model_dir, ar_dir, 
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].startswith("#1: ") and "absorbing diffusion, bound" in lines[0] and "AR, exact" in lines[1]
-    rows = [line.split() for line in lines[3:7]]
-    assert [(r[0], r[1]) for r in rows] == [("#1", files[0]), ("#2", files[0]), ("#1", files[1]), ("#2", files[1])]
-    for first, second in [(rows[0], rows[1]), (rows[2], rows[3])]:
-        assert first[2] == second[2] and first[3] == second[3]  # the same tokens and blocks under one tokenizer
-        assert float(first[16]) == 1.0 and float(second[16]) == pytest.approx(float(second[13]) / float(first[13]), abs=2e-3)
+    rows = eval_rows(out)
+    assert list(rows) == [(files[0], "#1"), (files[0], "#2"), (files[1], "#1"), (files[1], "#2")]
+    for path in files:
+        first, second = rows[path, "#1"], rows[path, "#2"]
+        assert first["tokens"] == second["tokens"] and first["blocks"] == second["blocks"]  # one tokenizer
+        assert float(first["ratio"]) == 1.0
+        assert float(second["ratio"]) == pytest.approx(float(second["ppl"]) / float(first["ppl"]), abs=2e-3)
     assert "(AR: exact" in out and "(diffusion: upper bound" in out
+    assert max(len(line) for line in lines if not line.startswith(("#1: ", "#2: ", "file: "))) <= 100
 
 
 def test_quality_prints_the_metrics_of_the_samples_each_setting_draws(model_dir, ar_dir, capsys):
@@ -170,7 +191,7 @@ def test_eval_scores_a_file_shorter_than_a_block_and_says_so(model_dir, tmp_path
     main(["eval", str(model_dir), str(tmp_path / "short.txt"), "--num-t", "8", "--quiet"])
     captured = capsys.readouterr()
     assert "has 9 tokens, fewer than model #1's block of 32; scored as one shorter block" in captured.err
-    assert int(table_row(captured.out)[2]) == 1
+    assert int(table_row(captured.out)["blocks"]) == 1
 
 
 def test_bad_paths_exit_with_a_message(model_dir, tmp_path, capsys):
