@@ -203,7 +203,8 @@ def sample_confidence(
     start = float(noise.total(torch.ones((), dtype=torch.float64)))
     floor = float(noise.total(torch.tensor(t_min, dtype=torch.float64)))
     positions = torch.arange(length, device=device)
-    bar = tqdm(total=int(n0.max()) if adaptive and batch else steps, desc="sampling (confidence)", disable=not progress)
+    bar = tqdm(total=int(n0.max()) if adaptive and batch else steps, desc="sampling (confidence)", disable=not progress,
+               leave=None)  # kept alone, cleared when nested under another bar
     j = 0
     while bool(free.any()):
         if adaptive:

@@ -16,6 +16,7 @@ the standard error from the strata; ``ddlm.likelihood.block_estimates``). Condit
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -194,9 +195,36 @@ def ar_text_nll(model: DDLMForDiffusion, tokenizer, texts: Sequence[str], *, bat
             for text, blocks, total in zip(texts, per_text, totals)]
 
 
-def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None):
-    """A ``save_pretrained`` directory (or hub id) -> (model in eval mode, tokenizer), diffusion or AR."""
-    model = DDLMForDiffusion.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {})).to(device or "cpu").eval()
+@contextlib.contextmanager
+def loading_progress(enabled: bool):
+    """transformers' progress bars ("Loading weights", downloads) left as they are (``enabled``) or turned off for
+    the block, the previous setting restored afterwards."""
+    import warnings
+
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging
+
+    if enabled or not logging.is_progress_bar_enabled():
+        yield
+        return
+    hub_was_disabled = hub.are_progress_bars_disabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():  # the hub warns when HF_HUB_DISABLE_PROGRESS_BARS pins its own setting
+            warnings.simplefilter("ignore")
+            logging.enable_progress_bar()
+            if hub_was_disabled:
+                hub.disable_progress_bars()
+
+
+def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None, progress: bool = True):
+    """A ``save_pretrained`` directory (or hub id) -> (model in eval mode, tokenizer), diffusion or AR.
+    progress=False: no "Loading weights" bar from transformers."""
+    with loading_progress(progress):
+        model = DDLMForDiffusion.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+    model = model.to(device or "cpu").eval()
     if tokenizer is None:
         tokenizer = load_tokenizer(path)
     check_vocabulary(model, tokenizer)

@@ -53,7 +53,7 @@ def sample_first_hitting(
     floor = noise.total(torch.tensor(t_min, dtype=torch.float64)).item()
     m = torch.full((batch,), -torch.expm1(torch.tensor(-start, dtype=torch.float64)).item(), dtype=torch.float64, device=device)
     running = n > 0
-    bar = tqdm(total=int(n.max()) if batch else 0, desc="sampling (first_hitting)", disable=not progress)
+    bar = tqdm(total=int(n.max()) if batch else 0, desc="sampling (first_hitting)", disable=not progress, leave=None)  # leave=None: kept alone, cleared when nested under another bar (no blank lines)
     while bool(running.any()):
         active = running.nonzero().squeeze(1)
         u = torch.rand(active.shape, dtype=torch.float64, device=device, generator=generator)

@@ -212,7 +212,7 @@ def _integral(integrand, x0: torch.Tensor, num_t: int, generator, t_sampling: st
     flat_t = times.t().reshape(-1)  # time-major, so a chunk covers whole sequences
     chunk = batch_size or batch
     values = []
-    for start in tqdm(range(0, flat_t.numel(), chunk), desc="nll bound", disable=not progress):
+    for start in tqdm(range(0, flat_t.numel(), chunk), desc="nll bound", disable=not progress, leave=None):  # leave=None: kept alone, cleared when nested under another bar (no blank lines)
         stop = min(start + chunk, flat_t.numel())
         rows = torch.arange(start, stop, device=x0.device) % batch
         values.append(integrand(rows, flat_t[start:stop]).double())
@@ -448,7 +448,7 @@ def block_estimates(
     per_block = torch.bincount(slot_block, minlength=len(blocks)).to(torch.float64)  # t_per_block (+1 for one block)
     slot_values = torch.zeros(len(times), dtype=torch.float64, device=device)
     prior = torch.zeros(len(blocks), dtype=torch.float64, device=device)
-    with tqdm(total=len(blocks), desc="nll bound", unit="block", disable=not progress) as bar:
+    with tqdm(total=len(blocks), desc="nll bound", unit="block", disable=not progress, leave=None) as bar:  # leave=None: as above
         for length in lengths.unique().tolist():
             members = (lengths == length).nonzero().squeeze(1)
             x0 = torch.stack([blocks[i] for i in members.tolist()])

@@ -137,9 +137,11 @@ class DiffusionPipeline:
         self.device = torch.device(device or "cpu")
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None) -> "DiffusionPipeline":
-        """Load a ``save_pretrained`` directory (or hub id): the model, and its tokenizer unless one is given."""
-        model, tokenizer = load_model(path, tokenizer=tokenizer, device=device, dtype=dtype)
+    def from_pretrained(cls, path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None,
+                        progress: bool = True) -> "DiffusionPipeline":
+        """Load a ``save_pretrained`` directory (or hub id): the model, and its tokenizer unless one is given
+        (progress=False: no "Loading weights" bar)."""
+        model, tokenizer = load_model(path, tokenizer=tokenizer, device=device, dtype=dtype, progress=progress)
         return cls(model, tokenizer, device=device)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:

@@ -132,12 +132,13 @@ def _context_window(config, tokenizer) -> int:
     raise ValueError("the reference LM states no context window (config n_positions / max_position_embeddings)")
 
 
-def load_reference(name: str | os.PathLike, *, device=None) -> ReferenceLM:
+def load_reference(name: str | os.PathLike, *, device=None, progress: bool = True) -> ReferenceLM:
     """A reference LM for generative perplexity: a directory or hub id of a transformers causal LM with its
-    tokenizer (never running code it names), or of an AR model trained by ddlm; a ValueError naming it otherwise."""
+    tokenizer (never running code it names), or of an AR model trained by ddlm; a ValueError naming it otherwise.
+    progress=False: no "Loading weights" bar."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .evaluation import load_model
+    from .evaluation import load_model, loading_progress
 
     hint = "" if os.path.isdir(name) else " (a hub id is downloaded: that needs a network; or pass a local directory)"
     try:
@@ -145,14 +146,16 @@ def load_reference(name: str | os.PathLike, *, device=None) -> ReferenceLM:
     except Exception as error:  # noqa: BLE001 - a missing directory, a bad config, no network: all say the same
         raise ValueError(f"cannot load the reference LM {name}: {type(error).__name__}: {_first_line(error)}{hint}") from None
     if config.model_type == "ddlm":
-        model, tokenizer = load_model(name, device=device)
+        model, tokenizer = load_model(name, device=device, progress=progress)
         if model.config.objective != "ar":
             raise ValueError(f"{name} is not an autoregressive model (objective='ar'); the reference must be one")
         return ReferenceLM(model, tokenizer, model.config.max_position_embeddings, str(name), ddlm=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
         # weights_only: pickled weights (pytorch_model.bin) are read as tensors only, never as code
-        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=False, weights_only=True).to(device or "cpu").eval()
+        with loading_progress(progress):
+            model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=False, weights_only=True)
+        model = model.to(device or "cpu").eval()
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"cannot load the reference LM {name} as a causal LM with its tokenizer: "
                          f"{type(error).__name__}: {_first_line(error)}{hint}") from None

@@ -397,7 +397,7 @@ def sample(
         out[rows] = reverse_step(graph, x[rows], log_score, kind, dt, rate, dsigma, impl, dtype, generator, shaper)
         return out
 
-    bar = tqdm(range(steps), desc=f"sampling ({predictor})", disable=not progress)
+    bar = tqdm(range(steps), desc=f"sampling ({predictor})", disable=not progress, leave=None)  # leave=None: kept alone, cleared when nested under another bar (no blank lines)
     for k in bar:
         dsigma = float(totals[k] - totals[k + 1])
         rho = remask_probability(remask, float(totals[k]), float(totals[k + 1]), float(totals[0])) \
