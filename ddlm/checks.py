@@ -49,3 +49,16 @@ def check_local_path(what: str, name: str | os.PathLike) -> None:
     name = os.fspath(name)
     if looks_like_path(name) and not os.path.exists(os.path.expanduser(name)):
         raise FileNotFoundError(f"{what} {name} does not exist")
+
+
+def check_text(name: str, value) -> str:
+    """``value`` if it is a str that has a UTF-8 form; a TypeError naming ``name`` for another kind, a ValueError
+    for a lone surrogate (a half of a UTF-16 pair, e.g. from ``json.loads('"\\ud800"')``, which no tokenizer reads)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{name} holds a lone surrogate {value[error.start]!r} at index {error.start}: "
+                         "text must be valid Unicode (encodable as UTF-8)") from None
+    return value

@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_count, check_local_path, looks_like_path
+from .checks import check_count, check_local_path, check_text, looks_like_path
 from .data import eos_id
 from .losses import ar_nll
 from .model import DDLMForDiffusion
@@ -95,7 +95,7 @@ def text_blocks(tokenizer, texts: Sequence[str], block_size: int) -> list[list[l
         raise TypeError("texts must be a list of strings; wrap a single text in a list")
     blocks = []
     for index, text in enumerate(texts):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(check_text(f"texts[{index}]", text), add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError(f"text {index} tokenises to nothing; nothing to score")
         blocks.append([ids[i:i + block_size] for i in range(0, len(ids), block_size)])
@@ -351,8 +351,8 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     continuation is tokenised on its own instead, so the context's tokens are always exactly
     tokenise(context) and the scored sequence is their concatenation.
     """
-    if not isinstance(context, str) or not isinstance(continuation, str):
-        raise TypeError(f"context and continuation must be str, got {type(context).__name__} and {type(continuation).__name__}")
+    check_text("context", context)
+    check_text("continuation", continuation)
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
@@ -382,7 +382,8 @@ def encode_pairs(tokenizer, contexts: Sequence[str], continuations: Sequence[str
         raise ValueError(f"truncate_context must be True or False, got {truncate_context!r}")
     pairs = []
     for index, (context, continuation) in enumerate(zip(contexts, continuations)):
-        if isinstance(continuation, str) and not continuation:
+        check_text(f"contexts[{index}]", context)
+        if not check_text(f"continuations[{index}]", continuation):
             raise ValueError(f"continuation {index} is empty; nothing to score")
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
         if not continuation_ids:

@@ -6,20 +6,21 @@ import dataclasses
 import functools
 import itertools
 import math
+import numbers
 import os
 import re
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_count, is_int
+from .checks import check_count, check_text, is_int
 from .evaluation import (DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, ConditionalScore, TextBound, blocks_by_length, encode_pairs,
                          load_model, model_batch_size, text_blocks)
 from .guidance import check_scale, guided_model_score
 from .likelihood import block_estimates, conditional_nll_bound, nll_bound
 from .model import DDLMForDiffusion
-from .processes import Graph
+from .processes import Graph, check_token_ids
 from .sampling import sample
 from .score import ScoreFn, accepts_positions, evaluate_score, row_index
 from .score_cache import is_time_independent
@@ -53,6 +54,24 @@ def _gap_length(text: str) -> int | range:
 
 def _gap_name(segment: range) -> str:
     return f"{{{{{segment.start}..{segment.stop - 1}}}}}"
+
+
+def _token_list(ids, graph: Graph) -> list[int]:
+    """``ids`` (a 1-D integer tensor or a sequence of ints) as a list of states of ``graph``; a TypeError or
+    ValueError naming ids otherwise."""
+    if isinstance(ids, torch.Tensor):
+        if check_token_ids(ids, graph.num_states, "ids", f"{graph!r} has states").dim() != 1:
+            raise ValueError(f"ids must be one sequence of token ids (1-D), got shape {list(ids.shape)}")
+        return ids.tolist()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise TypeError(f"ids must be a 1-D integer tensor or a sequence of int token ids, got {type(ids).__name__}")
+    ids = list(ids)
+    for token in ids:
+        if isinstance(token, bool) or not isinstance(token, numbers.Integral):
+            raise TypeError(f"ids must hold int token ids, got {token!r:.80}")
+    if ids and (min(ids) < 0 or max(ids) >= graph.num_states):
+        raise ValueError(f"ids holds ids in [{min(ids)}, {max(ids)}], but {graph!r} has states 0..{graph.num_states - 1}")
+    return [int(token) for token in ids]
 
 
 class _MaskedFuture:
@@ -255,8 +274,9 @@ class DiffusionPipeline:
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of token ids; mask ids (absorbing, undenoised) read as ``[MASK]``. A character that the ids
-        (or the run before a mask) cut in two is left out instead of shown as U+FFFD (``decode_text``)."""
-        ids = torch.as_tensor(ids).tolist()
+        (or the run before a mask) cut in two is left out instead of shown as U+FFFD (``decode_text``).
+        ids: a 1-D integer tensor or a sequence of ints in [0, num_states); others are a TypeError / ValueError."""
+        ids = _token_list(ids, self.graph)
         pieces, run = [], []
         for token in ids + [None]:
             if token is not None and token < self.graph.num_tokens:
@@ -302,8 +322,8 @@ class DiffusionPipeline:
             raise ValueError("pass length= or max_new_tokens= (the same thing for block decoding), not both")
         if max_new_tokens is None:
             max_new_tokens = self.max_length if length is None else length
-        if prompt is not None and not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if prompt is not None:
+            check_text("prompt", prompt)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         if block_size is None and isinstance(max_new_tokens, int):
             block_size = max_new_tokens if len(prompt_ids) + max_new_tokens <= self.max_length else max(1, self.max_length // 2)
@@ -450,7 +470,7 @@ class DiffusionPipeline:
         a list mixes strings, ints and ``range(lo, hi + 1)`` objects. A range of one count is that int.
         """
         if isinstance(template, str):
-            parts = GAP.split(template)
+            parts = GAP.split(check_text("template", template))
             segments = [_gap_length(part) if i % 2 else part for i, part in enumerate(parts)]
         elif isinstance(template, Sequence):
             segments = list(template)
@@ -462,6 +482,7 @@ class DiffusionPipeline:
                 raise TypeError(f"template segments must be str (given text), int (gap length) or range (candidate gap "
                                 f"lengths), got {segment!r}")
             if isinstance(segment, str):
+                check_text(f"template[{k}]", segment)
                 continue
             gap_index += 1
             if isinstance(segment, int):

@@ -21,7 +21,7 @@ import yaml
 
 from ddlm import Absorbing, DDLMConfig, DDLMForDiffusion, Geometric, LogLinear, Uniform
 from ddlm.cli import main
-from ddlm.evaluation import ar_text_nll, load_model, score_texts
+from ddlm.evaluation import ar_text_nll, encode_pair, load_model, score_texts
 from ddlm.likelihood import conditional_nll_bound, nll_bound
 from ddlm.losses import concrete_score_matching, dse, dwdse, dwdse_loss, score_entropy
 from ddlm.pipeline import DiffusionPipeline
@@ -379,6 +379,55 @@ def test_infill_template(pipe, template, message):
 def test_infill_template_kind(pipe, template):
     with pytest.raises(TypeError, match="template"):
         pipe.infill(template, steps=2, progress=False)
+
+
+BAD_IDS = [([65, 258], ValueError, "ids holds ids in [65, 258], but Absorbing(257) has states 0..257"),
+           ([65, 10**30], ValueError, f"ids holds ids in [65, {10**30}]"), ([65, -1], ValueError, "ids holds ids in [-1, 65]"),
+           (torch.tensor([65, 300]), ValueError, "ids holds ids in [65, 300]"), ([True, 66], TypeError, "ids must hold int token ids, got True"),
+           ([1.5], TypeError, "ids must hold int token ids, got 1.5"), ([[65, 66]], TypeError, "ids must hold int token ids, got [65, 66]"),
+           (torch.tensor([[65, 66]]), ValueError, "ids must be one sequence of token ids (1-D), got shape [1, 2]"),
+           (torch.tensor([65.0]), TypeError, "ids must be an integer tensor"), (65, TypeError, "ids must be a 1-D integer tensor or a sequence"),
+           ("AB", TypeError, "ids must be a 1-D integer tensor or a sequence"), (None, TypeError, "ids must be a 1-D integer tensor")]
+
+
+@pytest.mark.parametrize("ids, error, message", BAD_IDS, ids=[repr(i)[:30] for i, _, _ in BAD_IDS])
+def test_decode_ids(pipe, ids, error, message):
+    """Ids past the mask used to read as [MASK], negative ones to raise an OverflowError inside the tokenizer, True as token 1."""
+    with pytest.raises(error, match=re.escape(message)):
+        pipe.decode(ids)
+
+
+def test_decode_boundaries_give_exact_text(pipe):
+    assert pipe.decode([]) == ""
+    assert pipe.decode(torch.tensor([VOCAB, 0, VOCAB])) == "[MASK]" + pipe.tokenizer.decode([0]) + "[MASK]"
+    assert pipe.decode((65, 66)) == pipe.decode(torch.tensor([65, 66], dtype=torch.int32)) == pipe.tokenizer.decode([65, 66])
+
+
+LONE = "a\ud800b"  # a lone surrogate: a str with no UTF-8 form
+TEXT_CALLS = {
+    "nll_bound": (lambda pipe: pipe.nll_bound([LONE], 2, progress=False), "texts[0]"),
+    "score_texts": (lambda pipe: score_texts(pipe.model, pipe.tokenizer, ["ok", LONE], 2, progress=False), "texts[1]"),
+    "generate-prompt": (lambda pipe: pipe.generate(1, prompt=LONE, max_new_tokens=2, steps=1, progress=False), "prompt"),
+    "infill-str": (lambda pipe: pipe.infill(LONE + "{{2}}", steps=1, progress=False), "template"),
+    "infill-list": (lambda pipe: pipe.infill(["x", 2, LONE], steps=1, progress=False), "template[2]"),
+    "context": (lambda pipe: pipe.conditional_nll([LONE], ["x"], num_t=2), "contexts[0]"),
+    "continuation": (lambda pipe: pipe.conditional_nll(["x", "y"], ["z", LONE], num_t=2), "continuations[1]"),
+    "encode_pair": (lambda pipe: encode_pair(pipe.tokenizer, "x", "\udfff"), "continuation"),
+}
+
+
+@pytest.mark.parametrize("call, name", TEXT_CALLS.values(), ids=TEXT_CALLS.keys())
+def test_text_with_a_lone_surrogate(pipe, call, name):
+    """These used to raise the tokenizer's TypeError 'TextEncodeInput must be Union[...]', naming nothing."""
+    with pytest.raises(ValueError, match=re.escape(f"{name} holds a lone surrogate")):
+        call(pipe)
+
+
+@pytest.mark.parametrize("texts", [[5], [None], [b"abc"], ["ok", 3.5]], ids=repr)
+def test_nll_bound_text_kind(pipe, texts):
+    """These used to raise transformers' ValueError about `text` or `text_target`."""
+    with pytest.raises(TypeError, match=rf"texts\[{len(texts) - 1}\] must be a str"):
+        pipe.nll_bound(texts, 2, progress=False)
 
 
 @pytest.mark.parametrize("name, value", [("num_samples", 0), ("num_samples", "3"), ("steps", 0), ("steps", -1), ("batch_size", 0)],
