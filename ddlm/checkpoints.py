@@ -11,19 +11,19 @@ Nothing here unpickles: tensors are stored as safetensors, everything else as JS
     checkpoints/step_N/    state.safetensors (every tensor), state.json (everything else, the recipe
                            included), manifest.json (size and SHA-256 of both, written last)
     checkpoints/latest     the newest checkpoint's name: a hint for people, never followed
-    final/                 the exported model (``from_pretrained``)
+    final/                 the exported model (``from_pretrained``) with a manifest of its files (``ddlm.manifest``)
 
 A checkpoint is written into ``checkpoints/.tmp_step_N`` (every file flushed to disk) and renamed,
 so a ``step_N`` directory is whole unless its files were damaged later; the manifest is checked
 before anything is loaded. A damaged checkpoint is moved to ``checkpoints/corrupt_step_N`` and the
-one before it is used.
+one before it is used. One whose files match but whose recorded step disagrees with its name, its
+manifest or its run's ``train.steps`` was edited by hand and is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -37,13 +37,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from . import manifest as manifests
+from .manifest import FORMAT, MANIFEST
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 LOCK = ".lock"
-MANIFEST = "manifest.json"
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
-FORMAT = 1
 STEP_DIR = re.compile(r"step_(\d{8})")
 
 # Recipe keys a resume may change when the user names them as overrides; every other difference
@@ -159,32 +160,6 @@ def decode(value, tensors: dict[str, torch.Tensor]):
 # ----------------------------------------------------------------------------- writing
 
 
-def _durable(path: Path) -> None:
-    """Flush a written file, or a directory's entries after a rename, to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file durably, replacing ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    _durable(tmp)
-    os.replace(tmp, path)
-    _durable(path.parent)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_checkpoint(output_dir: Path, step: int, state: dict, meta: dict, *, write: bool, keep: int) -> Path:
     """Write ``checkpoints/step_N`` via a temporary directory, point ``latest`` at it and remove the
     checkpoints older than the newest ``keep``.
@@ -206,18 +181,18 @@ def save_checkpoint(output_dir: Path, step: int, state: dict, meta: dict, *, wri
         save_file(tensors, tmp / STATE_TENSORS)
     except SafetensorError as error:  # a full disk or a file-size limit reaches us as this
         raise OSError(f"could not write {tmp / STATE_TENSORS}: {error}") from error
-    _durable(tmp / STATE_TENSORS)
+    manifests.durable(tmp / STATE_TENSORS)
     (tmp / STATE_JSON).write_text(json.dumps({"format": FORMAT, **meta, "state": skeleton}, allow_nan=True))
-    _durable(tmp / STATE_JSON)
-    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in (STATE_TENSORS, STATE_JSON)}
+    manifests.durable(tmp / STATE_JSON)
+    files = manifests.describe(tmp, (STATE_TENSORS, STATE_JSON))
     (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1))
-    _durable(tmp / MANIFEST)
-    _durable(tmp)
+    manifests.durable(tmp / MANIFEST)
+    manifests.durable(tmp)
     if final.exists():
         raise FileExistsError(f"{final} exists already; it was not written by this run (moved it away or resume)")
     os.replace(tmp, final)
-    _durable(root)
-    write_atomic(root / LATEST, final.name)
+    manifests.durable(root)
+    manifests.write_atomic(root / LATEST, final.name)
     for old in complete_checkpoints(output_dir)[:-keep]:
         if old != final:
             shutil.rmtree(old)
@@ -247,35 +222,48 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def verify(checkpoint: Path) -> dict:
     """Check every file against the manifest (size, SHA-256); returns the manifest or raises CorruptCheckpoint."""
     try:
-        manifest = json.loads((checkpoint / MANIFEST).read_text())
-        files = manifest["files"]
-        if set(files) != {STATE_TENSORS, STATE_JSON} or manifest.get("format") != FORMAT:
-            raise ValueError(f"it lists {sorted(files)} in format {manifest.get('format')!r}")
+        manifest = manifests.read_manifest(checkpoint, CorruptCheckpoint, {STATE_TENSORS, STATE_JSON})
     except FileNotFoundError:
         raise CorruptCheckpoint(f"{checkpoint / MANIFEST} is missing (the checkpoint is incomplete)") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CorruptCheckpoint(f"{checkpoint / MANIFEST} is not a ddlm checkpoint manifest ({error})") from None
-    for name, expected in files.items():
-        path = checkpoint / name
-        if not path.is_file():
-            raise CorruptCheckpoint(f"{path} is missing")
-        if path.stat().st_size != expected.get("bytes") or _sha256(path) != expected.get("sha256"):
-            raise CorruptCheckpoint(f"{path} does not match the manifest (size or SHA-256 differs: the file was damaged)")
+    manifests.check_files(checkpoint, manifest["files"], CorruptCheckpoint)
     return manifest
 
 
 def load_checkpoint(checkpoint: Path) -> tuple[dict, dict]:
     """(state, meta) of a verified checkpoint: the nested state with CPU tensors, and the JSON values
     stored beside it (step, tokens, recipe)."""
-    verify(checkpoint)
+    manifest = verify(checkpoint)
     try:
         tensors = load_file(checkpoint / STATE_TENSORS)
         meta = json.loads((checkpoint / STATE_JSON).read_text())
         state = decode(meta.pop("state"), tensors)
-        int(meta["step"]), int(meta["tokens"]), dict(meta["recipe"])
+        recipe = dict(meta["recipe"])
+        steps, batch, block = recipe["train"]["steps"], recipe["train"]["global_batch_size"], recipe["data"]["block_size"]
+        step, tokens = meta["step"], meta["tokens"]
     except (SafetensorError, ValueError, KeyError, TypeError) as error:
         raise CorruptCheckpoint(f"{checkpoint} cannot be read: {error}") from None
+    _check_step(checkpoint, manifest.get("step"), step, tokens, (steps, batch, block))
     return state, meta
+
+
+def _check_step(checkpoint: Path, manifest_step, step, tokens, run: tuple) -> None:
+    """CorruptCheckpoint unless the step ``state.json`` records agrees with the directory's name and the manifest,
+    lies within the ``train.steps`` of the run that wrote it, and ``tokens`` is what that many steps read."""
+    steps, batch, block = run
+    named = STEP_DIR.fullmatch(checkpoint.name)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (step, steps, batch, block)):
+        problem = f"step {step!r}, train.steps {steps!r}, global_batch_size {batch!r} and block_size {block!r} (each must be an int >= 1)"
+    elif named and int(named.group(1)) != step:
+        problem = f"step {step}, but its directory is named {checkpoint.name}"
+    elif manifest_step != step:
+        problem = f"step {step}, but its {MANIFEST} says step {manifest_step!r}"
+    elif step > steps:
+        problem = f"step {step}, beyond the train.steps={steps} of the run that wrote it"
+    elif tokens != step * batch * block:
+        problem = f"{tokens!r} tokens, but {step} steps of {batch} x {block} tokens read {step * batch * block}"
+    else:
+        return
+    raise CorruptCheckpoint(f"{checkpoint} records {problem}: its state was edited or forged, so it is not resumed")
 
 
 def _pointer_problem(output_dir: Path, newest: Path | None) -> str | None:

@@ -19,6 +19,7 @@ from .evaluation import (DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, Conditio
                          load_model, model_batch_size, text_blocks)
 from .guidance import check_scale, guided_model_score
 from .likelihood import block_estimates, conditional_nll_bound, nll_bound
+from .manifest import write_model_manifest
 from .model import DDLMForDiffusion
 from .processes import Graph, check_token_ids
 from .sampling import sample
@@ -164,11 +165,12 @@ class DiffusionPipeline:
         return cls(model, tokenizer, device=device)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the model (safetensors + config) and the tokenizer into one directory."""
+        """Write the model (safetensors + config), the tokenizer and a manifest of their files into one directory."""
         if not isinstance(self.model, DDLMForDiffusion):
             raise TypeError("only a DDLMForDiffusion model can be saved")
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+        write_model_manifest(path)  # the size and SHA-256 of every file, checked when the directory is loaded
 
     @torch.inference_mode()
     def score_fn(self, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:

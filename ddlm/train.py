@@ -29,10 +29,11 @@ from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from .checkpoints import (CorruptCheckpoint, latest_checkpoint, like, load_checkpoint, prepare_run_directory,
-                          recipe_changes, run_lock, save_checkpoint, whole, write_atomic)
+                          recipe_changes, run_lock, save_checkpoint, whole)
 from .data import build_datasets, eos_id, load_documents
 from .likelihood import batch_uniforms, nll_bound, training_times
 from .losses import ar_loss, ar_nll, dwdse_loss
+from .manifest import write_atomic, write_model_manifest
 from .model import DDLMConfig, DDLMForDiffusion
 from .recipes import Recipe, TrainConfig
 from .score import NonFiniteScoreError
@@ -439,6 +440,18 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, allow_
         return _train(recipe, accelerator, resume, progress, set(allow_changes), trackers)
 
 
+def resume_state(checkpoint: Path | None, steps: int) -> tuple[dict | None, dict | None]:
+    """(state, meta) of the checkpoint to resume from, or (None, None) without one; a checkpoint beyond the
+    run's ``steps`` is refused (the loop would export it as a model of ``steps`` steps)."""
+    if checkpoint is None:
+        return None, None
+    saved, meta = load_checkpoint(checkpoint)
+    if meta["step"] > steps:
+        raise ValueError(f"cannot resume: {checkpoint.name} is at step {meta['step']}, beyond train.steps={steps}; "
+                         f"pass train.steps=N with N >= {meta['step']} to train on, or start a new run in another train.output_dir")
+    return saved, meta
+
+
 def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_changes: set[str], trackers: list[str]) -> Path:
     train_cfg = recipe.train
     output_dir = Path(train_cfg.output_dir)
@@ -448,7 +461,7 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
         prepare_run_directory(output_dir, resume)
     accelerator.wait_for_everyone()
     checkpoint = latest_checkpoint(output_dir) if resume else None  # the main process verified it, or moved it aside
-    saved, meta = load_checkpoint(checkpoint) if checkpoint is not None else (None, None)
+    saved, meta = resume_state(checkpoint, train_cfg.steps)
 
     tokenizer = load_tokenizer(recipe, output_dir, accelerator)
     config = recipe.model.config(len(tokenizer), recipe.data.block_size, train_cfg.objective)
@@ -624,5 +637,6 @@ def export(accelerator, model, ema: EMA | None, tokenizer, output_dir: Path) -> 
             accelerator.unwrap_model(model).save_pretrained(final, state_dict=state)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(final)
+        write_model_manifest(final)
     accelerator.wait_for_everyone()
     return final

@@ -52,7 +52,8 @@ def check_checkpoint_round_trip(out: Path, replica, sharded, optimizers, emas) -
     train_cfg = TrainConfig(lr=1e-2, weight_decay=0.01, warmup_steps=0, decay="constant")
     schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train_cfg)) for name, opt in optimizers.items()}
     state = training_state(sharded, optimizers["sharded"], schedulers["sharded"], emas["sharded"], None)
-    meta = {"step": 4, "tokens": 0, "recipe": {}, "model": {}}
+    recipe = {"train": {"steps": 4, "global_batch_size": 2}, "data": {"block_size": 8}}  # what load_checkpoint checks the step against
+    meta = {"step": 4, "tokens": 4 * 2 * 8, "recipe": recipe, "model": {}}
     path = save_checkpoint(out / "run", 4, state, meta, write=dist.get_rank() == 0, keep=1)
     dist.barrier()
     saved, _ = load_checkpoint(path)

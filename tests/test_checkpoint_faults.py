@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import resource
 import shutil
 import signal
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import ddlm.checkpoints as checkpoints
+import ddlm.manifest as manifests
 from ddlm.checkpoints import CorruptCheckpoint, RunDirectoryInUse, latest_checkpoint, run_lock
 from ddlm.recipes import recipe_from_dict
 from ddlm.train import train
@@ -159,12 +161,59 @@ def test_a_forged_manifest_over_a_hostile_state_file_is_named_and_nothing_change
     newest = run / "checkpoints" / f"step_{STEPS:08d}"
     (newest / "state.json").write_text(json.dumps({"format": 1, "step": STEPS, "tokens": 1, "recipe": {}, "state": {"evil": 1}}))
     manifest = json.loads((newest / "manifest.json").read_text())
-    manifest["files"]["state.json"] = {"bytes": (newest / "state.json").stat().st_size, "sha256": checkpoints._sha256(newest / "state.json")}
+    manifest["files"]["state.json"] = {"bytes": (newest / "state.json").stat().st_size, "sha256": manifests.sha256(newest / "state.json")}
     (newest / "manifest.json").write_text(json.dumps(manifest))
     before = snapshot(run)
     with pytest.raises(CorruptCheckpoint, match=r"step_00000006 cannot be read: state.json holds an object that is not an encoded value"):
         train(recipe_from_dict(values), resume=True, progress=False)
     assert snapshot(run) == before
+
+
+def forge(checkpoint: Path, manifest_step=None, rename_to: str | None = None, **meta) -> Path:
+    """Edit state.json's ``meta`` values (and the manifest's step) and rehash, so the manifest matches the edit."""
+    if rename_to is not None:
+        checkpoint = checkpoint.rename(checkpoint.with_name(rename_to))
+    state = json.loads((checkpoint / "state.json").read_text())
+    (checkpoint / "state.json").write_text(json.dumps({**state, **meta}))
+    listed = json.loads((checkpoint / "manifest.json").read_text())
+    listed["files"]["state.json"] = manifests.describe(checkpoint, ["state.json"])["state.json"]
+    if manifest_step is not None:
+        listed["step"] = manifest_step
+    (checkpoint / "manifest.json").write_text(json.dumps(listed))
+    return checkpoint
+
+
+FORGED_STEPS = {
+    "a step that disagrees with the directory": (dict(step=4, manifest_step=4), "records step 4, but its directory is named step_00000006"),
+    "a step that disagrees with the manifest": (dict(manifest_step=5), "records step 6, but its manifest.json says step 5"),
+    "a step beyond the run's train.steps": (dict(step=9, manifest_step=9, tokens=9 * 8 * 32, rename_to="step_00000009"),
+                                            "records step 9, beyond the train.steps=6 of the run that wrote it"),
+    "a step that is not an int": (dict(step=6.0), "records step 6.0, train.steps 6, global_batch_size 8 and block_size 32 (each must be an int >= 1)"),
+    "a token count that disagrees with the step": (dict(tokens=6 * 8 * 32 + 1), "records 1537 tokens, but 6 steps of 8 x 32 tokens read 1536"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED_STEPS))
+def test_a_checkpoint_whose_recorded_step_was_edited_is_refused_even_with_matching_hashes(workspace, tmp_path, case):
+    run, values = copy_run(workspace, tmp_path)
+    changes, message = FORGED_STEPS[case]
+    forged = forge(run / "checkpoints" / f"step_{STEPS:08d}", **changes)
+    checkpoints.verify(forged)  # every hash matches
+    before = snapshot(run)
+    with pytest.raises(CorruptCheckpoint, match=re.escape(f"{forged} {message}: its state was edited or forged")):
+        train(recipe_from_dict(values), resume=True, progress=False)
+    assert snapshot(run) == before and not (run / "resumes.jsonl").exists()
+
+
+def test_a_checkpoint_beyond_the_resumed_runs_steps_is_refused(workspace, tmp_path):
+    run, values = copy_run(workspace, tmp_path)
+    values["train"]["steps"] = 4
+    before = snapshot(run)
+    message = ("cannot resume: step_00000006 is at step 6, beyond train.steps=4; pass train.steps=N with N >= 6 to train on, "
+               "or start a new run in another train.output_dir")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(recipe_from_dict(values), resume=True, progress=False, allow_changes={"train.steps"})
+    assert snapshot(run) == before and not (run / "resumes.jsonl").exists()
 
 
 def test_every_checkpoint_damaged_means_nothing_to_resume(workspace, tmp_path):
@@ -174,6 +223,56 @@ def test_every_checkpoint_damaged_means_nothing_to_resume(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume: no complete checkpoint"):
         train(recipe_from_dict(values), resume=True, progress=False)
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["corrupt_step_00000004", "corrupt_step_00000006"]
+
+
+# ----------------------------------------------------------------------------- the exported model's manifest
+
+
+EXPORT_DAMAGES = {
+    "a weight's bit flipped": ("model.safetensors", _flip_last),
+    "weights truncated": ("model.safetensors", _truncate_half),
+    "weights missing": ("model.safetensors", _delete),
+    "config.json edited": ("config.json", lambda p: p.write_text(p.read_text().replace("\n", "\n "))),
+    "tokenizer.json byte flipped": ("tokenizer.json", _flip_middle),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(EXPORT_DAMAGES))
+def test_a_damaged_export_is_named_by_its_manifest_instead_of_loaded(workspace, tmp_path, capsys, damage):
+    from ddlm.cli import main
+    from ddlm.pipeline import DiffusionPipeline
+
+    run, _ = copy_run(workspace, tmp_path)
+    final = run / "final"
+    listed = json.loads((final / "manifest.json").read_text())
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(listed["files"])
+    assert set(listed["files"]) == {p.name for p in final.iterdir()} - {"manifest.json"}
+    name, corrupt = EXPORT_DAMAGES[damage]
+    corrupt(final / name)
+    message = f"{final / name} " + ("is missing (listed in" if damage == "weights missing" else "does not match the manifest")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DiffusionPipeline.from_pretrained(final)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(final), "--length", "4", "--steps", "1", "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_model_directories_without_a_manifest_still_load_and_a_bad_manifest_is_named(workspace, tmp_path):
+    from ddlm.model import DDLMForDiffusion
+    from ddlm.pipeline import DiffusionPipeline
+
+    run, _ = copy_run(workspace, tmp_path)
+    final = run / "final"
+    DiffusionPipeline.from_pretrained(final)  # verified
+    model = DDLMForDiffusion.from_pretrained(final)
+    model.save_pretrained(final)  # a plain save over the export: the old manifest no longer describes it, so it goes
+    assert not (final / "manifest.json").exists()
+    DiffusionPipeline.from_pretrained(final)
+    for text in ["{not json", json.dumps({"format": 1, "files": {"../../state.json": {"bytes": 1, "sha256": "0"}}}), "[]"]:
+        (final / "manifest.json").write_text(text)
+        with pytest.raises(ValueError, match=re.escape(f"{final / 'manifest.json'} is not a ddlm manifest")):
+            DDLMForDiffusion.from_pretrained(final)
 
 
 # ----------------------------------------------------------------------------- the latest pointer
@@ -393,7 +492,7 @@ def test_a_kill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp_path, t
     run = tmp_path / "run"
     values = recipe_values(workspace[0], text_data, run)
     calls = {"durable": 0, "rmtree": 0}
-    durable, rmtree = checkpoints._durable, checkpoints.shutil.rmtree
+    durable, rmtree = manifests.durable, checkpoints.shutil.rmtree
 
     def counted_durable(path):
         calls["durable"] += 1
@@ -409,7 +508,7 @@ def test_a_kill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp_path, t
                 raise Killed
         rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoints, "_durable", counted_durable)
+    monkeypatch.setattr(manifests, "durable", counted_durable)
     monkeypatch.setattr(checkpoints.shutil, "rmtree", counted_rmtree)
     with pytest.raises(Killed):
         train(recipe_from_dict(values), progress=False)
@@ -424,15 +523,15 @@ def test_a_real_sigkill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp
     recipe.write_text(json.dumps(recipe_values(workspace[0], text_data, run)))
     script = textwrap.dedent(f"""
         import os, signal
-        import ddlm.checkpoints as checkpoints
+        import ddlm.manifest as manifests
         from ddlm.cli import main
-        real, calls = checkpoints._durable, [0]
+        real, calls = manifests.durable, [0]
         def durable(path):
             calls[0] += 1
             if calls[0] == 13:  # step 4's temporary directory is complete, not yet renamed
                 os.kill(os.getpid(), signal.SIGKILL)
             real(path)
-        checkpoints._durable = durable
+        manifests.durable = durable
         main(["train", {str(recipe)!r}, "--quiet"])
         """)
     killed = subprocess.run([sys.executable, "-c", script], env=SAME_THREADS, capture_output=True, text=True)

@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import os
+import re
 import shlex
 
 import pytest
@@ -413,3 +414,24 @@ def test_convert_command_writes_a_directory_the_pipeline_loads(tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(["convert", "sedd", str(tmp_path / "missing"), str(tmp_path / "out2")])
     assert "no such file or directory" in capsys.readouterr().err
+    listed = json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(listed)
+    assert set(listed) == {p.name for p in (tmp_path / "out").iterdir()} - {"manifest.json"}
+    weights = tmp_path / "out" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # one bit of the last weight: still a readable file, a different model
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(tmp_path / "out"), "--length", "4", "--steps", "1", "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and f"{weights} does not match the manifest" in lines[0]
+
+
+def test_a_converted_directory_carries_a_manifest_without_a_tokenizer_too(tmp_path):
+    config = sedd_config("absorb-loglinear")
+    source = write_hub_dir(tmp_path / "sedd", config, SEDDLayout(num_outputs(config), seed=2).state_dict(), "safetensors")
+    convert_sedd(source, tmp_path / "out")
+    assert set(json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]) == {"config.json", "model.safetensors"}
+    (tmp_path / "out" / "config.json").write_text((tmp_path / "out" / "config.json").read_text().replace("\n", "\n "))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'out' / 'config.json'} does not match the manifest")):
+        DDLMForDiffusion.from_pretrained(tmp_path / "out")

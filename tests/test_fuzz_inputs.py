@@ -724,9 +724,13 @@ def test_recipe_from_dict_shape(values, message):
 # ----------------------------------------------------------------------------- model directories
 
 
-def corrupt(model_dir: Path, tmp_path: Path, change) -> Path:
+def corrupt(model_dir: Path, tmp_path: Path, change, keep_manifest: bool = False) -> Path:
+    """A damaged copy of ``model_dir``; without ``keep_manifest`` the copy has no manifest (an export of ddlm
+    before manifests, or a plain ``save_pretrained``), so the loaders' own checks meet the damage."""
     path = tmp_path / "model"
     shutil.copytree(model_dir, path)
+    if not keep_manifest:
+        (path / "manifest.json").unlink()
     change(path)
     return path
 
@@ -795,6 +799,16 @@ def test_model_directory(model_dir, tmp_path, change, message):
     with pytest.raises((ValueError, OSError), match=message) as error:
         load_model(path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("change, message", [(c, m) for _, c, m in MODEL_DIRS], ids=[name for name, _, _ in MODEL_DIRS])
+def test_model_directory_with_its_manifest(model_dir, tmp_path, change, message):
+    """The same damage to a directory that keeps its manifest: the config checks, or the manifest, name the file."""
+    path = corrupt(model_dir, tmp_path, change, keep_manifest=True)
+    with pytest.raises((ValueError, OSError)) as error:
+        load_model(path)
+    assert str(path) in str(error.value)
+    assert re.search(message, str(error.value)) or re.search(r"(does not match the manifest|is missing \(listed in)", str(error.value))
 
 
 def test_model_directory_paths(tmp_path, model_dir):

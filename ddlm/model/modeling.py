@@ -41,6 +41,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging as transformers_logging
 
+from ..manifest import remove_model_manifest, verify_model_dir
 from ..processes import check_noise_level, check_token_ids
 from ..score import row_index
 from .configuration import DDLMConfig
@@ -442,11 +443,19 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         out.masked_fill_(~masked, float("-inf"))
         return out.scatter_(-1, ids[:, None], 0.0)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, first removing the manifest of an earlier save there (it would no longer
+        match); ``DiffusionPipeline.save_pretrained`` and the training export write a new one once the tokenizer is saved."""
+        remove_model_manifest(save_directory)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained`` that refuses checkpoints with missing or unexpected weights."""
+        """``PreTrainedModel.from_pretrained`` that refuses checkpoints with missing or unexpected weights, and a
+        directory whose files differ from its manifest (``ddlm.manifest``; one without a manifest loads unchecked)."""
         if args and isinstance(args[0], (str, os.PathLike)):
             _check_local_checkpoint(args[0])
+            verify_model_dir(args[0])
         # Pickled weights (pytorch_model*.bin) are read only with torch.load(weights_only=True), which refuses
         # anything but tensors and containers; beside safetensors weights they are not read at all.
         if kwargs.get("weights_only", True) is not True:

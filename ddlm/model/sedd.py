@@ -2,7 +2,7 @@
 
 SEDD's network is the same DiT-style ratio network as ours under other parameter names. A
 checkpoint is read (safe loaders only), its config becomes a ``DDLMConfig``, every weight is
-renamed and loaded strictly, and the model is written with ``save_pretrained``. Sources:
+renamed and loaded strictly, and the model is written with ``save_pretrained`` and a manifest. Sources:
 
 * a hub-mixin directory: ``config.json`` (SEDD's config dict) + ``model.safetensors`` or
   ``pytorch_model.bin``;
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..manifest import write_model_manifest
 from .configuration import DDLMConfig
 from .modeling import DDLMForDiffusion, pickle_refused
 
@@ -72,6 +73,7 @@ def convert_sedd(source: str | os.PathLike, out: str | os.PathLike, *, ema: bool
     load_sedd_state(model, state)
     model.eval()
     model.save_pretrained(out)
+    write_model_manifest(out)
     return model
 
 
