@@ -279,7 +279,7 @@ def eval_table(files: Sequence[str], per_model: Sequence[Sequence[TextBound]], t
     """``ddlm eval``'s table within ``width`` columns: per file its name, the estimate in nats (one row per model:
     tokens, blocks, t per block, estimator, model calls per token, integral, prior, -log p +- SE), then the same per
     token (nats +- SE, perplexity with a ~95 % interval, its ratio to model #1's, bits per UTF-8 byte); notes last.
-    per_model[m][f]: model m+1's result on files[f]."""
+    per_model: one list per model (#1 first) of its results, in the order of ``files``."""
     import textwrap
 
     lines = []

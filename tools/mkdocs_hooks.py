@@ -38,6 +38,15 @@ WRITERS = {  # the script that writes each results file, for the note shown befo
     "sampler_overhead_cpu.md": "benchmarks/sampler_overhead.py",
     "train_throughput_cpu.md": "benchmarks/train_throughput.py",
     "guidance.md": "benchmarks/guidance.py --threads 1",
+    # the output of the getting-started and tutorial pages' own commands
+    "tutorial_demo.md": "benchmarks/tutorials.py demo",
+    "tutorial_quickstart.md": "benchmarks/tutorials.py quickstart",
+    "tutorial_text_train.md": "benchmarks/tutorials.py text",
+    "tutorial_text_eval.md": "benchmarks/tutorials.py text",
+    "tutorial_ar_compare.md": "benchmarks/tutorials.py text ar",
+    "tutorial_ar_naive.md": "benchmarks/tutorials.py text ar",
+    "tutorial_ar_quality.md": "benchmarks/tutorials.py text ar",
+    "tutorial_continuous.md": "benchmarks/tutorials.py continuous",
 }
 
 
