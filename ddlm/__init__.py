@@ -52,11 +52,16 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
-    """Import a public name's submodule on first access and cache the name in this module."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """Import a public name's submodule (or any submodule, as ``ddlm.pipeline``) on first access and cache it here."""
     from importlib import import_module
 
+    if name not in _LAZY:
+        try:
+            return import_module(f"{__name__}.{name}")  # the import binds it in this module
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     module = import_module(f"{__name__}.{_LAZY[name] or name}")
     value = module if _LAZY[name] is None else getattr(module, name)
     globals()[name] = value
