@@ -607,6 +607,7 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
                 lines = showcase(base, tokenizer, recipe, validation, accelerator.device)
         if accelerator.is_main_process:
             print(report(recipe, len(validation), metrics_file, lines))
+    accelerator.wait_for_everyone()  # destroying the process group while a peer still works can hang (gloo; seen once in the suite)
     accelerator.end_training()
     return final
 
