@@ -26,9 +26,8 @@ def text_data() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def byte_tokenizer(text_data):
-    """A 300-token byte-level BPE trained on the first 200 kB of tinyshakespeare."""
-    from ddlm.tokenization import train_byte_bpe
+def byte_tokenizer():
+    """A 300-token byte-level BPE trained on the first 200 kB of tinyshakespeare (``helpers.byte_tokenizer``)."""
+    from helpers import byte_tokenizer
 
-    text = (text_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
-    return train_byte_bpe([text[i:i + 10_000] for i in range(0, len(text), 10_000)], 300)
+    return byte_tokenizer()

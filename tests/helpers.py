@@ -1,8 +1,20 @@
 """Helpers shared by test modules (import as ``from helpers import ...``; pytest puts tests/ on sys.path)."""
 
+import functools
+import pathlib
+
 import torch
 
 from ddlm import DDLMConfig, DDLMForDiffusion
+
+
+@functools.cache
+def byte_tokenizer():
+    """A 300-token byte-level BPE trained on the first 200 kB of tests/data/tinyshakespeare.txt (the same on every run)."""
+    from ddlm.tokenization import train_byte_bpe
+
+    text = (pathlib.Path(__file__).resolve().parent / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
+    return train_byte_bpe([text[i:i + 10_000] for i in range(0, len(text), 10_000)], 300)
 
 
 def randomised(config, seed: int = 0, std: float = 0.2) -> DDLMForDiffusion:
