@@ -49,10 +49,10 @@ import os
 
 import torch
 
+from .dse_numerics import BIG_U, SMALL_U, split_offset
+
 IMPLS = ("auto", "eager", "torch", "triton")
 CHUNK_ELEMENTS = 1 << 22  # log-scores per chunk of the torch backend (CHUNK_ELEMENTS // V rows)
-SMALL_U = 1.0  # |u| below this: phi and expm1 from the Taylor polynomial
-BIG_U = 80.0  # u above this: a e^u from e^{u + log a} (e^u would overflow in float32)
 
 
 def taylor_degree(dtype: torch.dtype) -> int:
@@ -66,15 +66,6 @@ def phi_polynomial(u: torch.Tensor, degree: int) -> torch.Tensor:
     for k in range(degree - 2, -1, -1):
         p.mul_(u).add_(1 / math.factorial(k + 2))
     return p
-
-
-def split_offset(a: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype):
-    """(hi, lo, log_a) [N] in dtype: c = log a - shift = hi + lo to float64 precision; log a := 0 where a = 0."""
-    log_a = torch.log(torch.where(a > 0, a, torch.ones_like(a)))
-    c = log_a - shift
-    hi = c.to(dtype)
-    lo = (c - hi.double()).to(dtype)
-    return hi, lo, log_a.to(dtype)
 
 
 def bregman(log_s: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:

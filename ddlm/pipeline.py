@@ -15,16 +15,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_count, check_text, is_int
-from .evaluation import (DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, ConditionalScore, TextBound, blocks_by_length, encode_pairs,
-                         load_model, model_batch_size, text_blocks)
 from .guidance import check_scale, guided_model_score
 from .likelihood import block_estimates, conditional_nll_bound, nll_bound
+from .loading import load_model
 from .manifest import write_model_manifest
 from .model import DDLMForDiffusion
 from .processes import Graph, check_token_ids
 from .sampling import sample
 from .score import ScoreFn, accepts_positions, evaluate_score, row_index
 from .score_cache import is_time_independent
+from .text_scores import (DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, ConditionalScore, TextBound, blocks_by_length, encode_pairs,
+                          model_batch_size, text_blocks)
 from .tokenization import decode_text
 
 GAP = re.compile(r"\{\{\s*([-+]?[\d.]+(?:\s*\.\.\s*[-+]?[\d.]+)?)\s*\}\}")  # {{n}} or {{lo..hi}}; signs and points are caught to be refused
@@ -655,7 +656,7 @@ class DiffusionPipeline:
         of at least ``DATASET_MIN_BLOCKS`` (16) blocks, "per-text" otherwise. Model calls per
         token: num_t / block length either way, so the dataset estimator at its default costs
         1/128 of the per-text one. batch_size: sequences per model call (default
-        ``ddlm.evaluation.default_batch_size``: bounded by the available memory); other keyword
+        ``ddlm.text_scores.default_batch_size``: bounded by the available memory); other keyword
         arguments go to the bound (t_sampling, t_power, base). The progress bar counts blocks.
         """
         if estimator not in ESTIMATORS:
@@ -725,7 +726,7 @@ class DiffusionPipeline:
     ) -> list[ConditionalScore]:
         """-log p(continuation | context) per pair: an upper bound in nats with its standard error.
 
-        Each pair is tokenised as lm-evaluation-harness does (``ddlm.evaluation.encode_pair``) and
+        Each pair is tokenised as lm-evaluation-harness does (``ddlm.text_scores.encode_pair``) and
         the sequence context + continuation (no padding; at most the model's length, else a
         ValueError naming the pair, or with ``truncate_context`` the context keeps its last tokens)
         is bounded with the context clamped (``ddlm.likelihood.conditional_nll_bound``, ``num_t``
