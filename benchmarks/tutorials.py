@@ -184,10 +184,10 @@ def main() -> None:
         if name in NEEDS and NEEDS[name] not in args.parts and not (args.work / "runs" / "my-model" / "final").is_dir():
             parser.error(f"part {name} needs part {NEEDS[name]}'s work directory: run `{NEEDS[name]} {name}` together")
     store = RESULTS / "tutorials.json"
-    recorded = json.loads(store.read_text()) if store.exists() else {}
     for name in args.parts:
-        recorded[name] = {"machine": machine(args.threads), "commands": run_part(name, args.work.resolve(), RESULTS, args.threads)}
-        store.write_text(json.dumps(recorded, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        entry = {"machine": machine(args.threads), "commands": run_part(name, args.work.resolve(), RESULTS, args.threads)}
+        recorded = json.loads(store.read_text()) if store.exists() else {}  # read now: another run may have written a part
+        store.write_text(json.dumps({**recorded, name: entry}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
