@@ -19,10 +19,9 @@ def check_vocabulary(model: DDLMForDiffusion, tokenizer) -> None:
                          "use the tokenizer the model was trained with")
 
 
-
 @contextlib.contextmanager
 def loading_progress(enabled: bool):
-    """transformers' progress bars ("Loading weights", downloads) left as they are (``enabled``) or turned off for
+    """transformers' progress bars ("Loading weights", "Writing model shards", downloads) left as they are (``enabled``) or turned off for
     the block, the previous setting restored afterwards."""
     import warnings
 

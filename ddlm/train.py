@@ -32,6 +32,7 @@ from .checkpoints import (CorruptCheckpoint, latest_checkpoint, like, load_check
                           recipe_changes, run_lock, save_checkpoint, whole)
 from .data import build_datasets, eos_id, load_documents
 from .likelihood import batch_uniforms, nll_bound, training_times
+from .loading import loading_progress
 from .losses import ar_loss, ar_nll, dwdse_loss
 from .manifest import write_atomic, write_model_manifest
 from .model import DDLMConfig, DDLMForDiffusion
@@ -597,7 +598,7 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
             accelerator.wait_for_everyone()
     bar.close()
     check_ranks_in_sync(accelerator, base, metrics_file)
-    final = export(accelerator, model, ema, tokenizer, output_dir)
+    final = export(accelerator, model, ema, tokenizer, output_dir, progress=progress)
     if accelerator.is_main_process:
         print(f"exported {final}")
     if progress:
@@ -625,17 +626,19 @@ def check_ranks_in_sync(accelerator, model, metrics_file: Path) -> None:
         raise RuntimeError("the processes' weights diverged; see weight_fingerprints in " + str(metrics_file))
 
 
-def export(accelerator, model, ema: EMA | None, tokenizer, output_dir: Path) -> Path:
+def export(accelerator, model, ema: EMA | None, tokenizer, output_dir: Path, *, progress: bool = True) -> Path:
     """Save the EMA weights and the tokenizer as a ``from_pretrained`` directory, ``output_dir/final``.
 
     model: the prepared model. Its whole state dict is gathered on every rank (a collective under FSDP
     and DeepSpeed ZeRO-3) while the EMA weights are loaded, and the main process writes it.
+    progress=False: no "Writing model shards" bar from transformers.
     """
     final = output_dir / FINAL
     with ema.applied() if ema is not None else contextlib.nullcontext():
         state = accelerator.get_state_dict(model)
         if accelerator.is_main_process:
-            accelerator.unwrap_model(model).save_pretrained(final, state_dict=state)
+            with loading_progress(progress):
+                accelerator.unwrap_model(model).save_pretrained(final, state_dict=state)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(final)
         write_model_manifest(final)

@@ -1,4 +1,5 @@
-"""Progress bars: nested bars leave no blank lines, and progress=False silences transformers' "Loading weights"."""
+"""Progress bars: nested bars leave no blank lines, and progress=False silences transformers' "Loading weights"
+and, at the training export, "Writing model shards"."""
 
 import re
 
@@ -39,4 +40,16 @@ def test_progress_false_silences_the_loading_bar_and_restores_the_setting(model_
     assert "Loading weights" in capsys.readouterr().err  # the bar this test looks for
     DiffusionPipeline.from_pretrained(model_dir, progress=False)
     assert "Loading weights" not in capsys.readouterr().err
+    assert logging.is_progress_bar_enabled()
+
+
+def test_training_with_progress_false_writes_no_bar_at_the_export(tmp_path, text_data, transformers_bars_on, capfd):
+    from ddlm.recipes import recipe_from_dict
+    from ddlm.train import train
+    from test_train import tiny_recipe
+
+    values = tiny_recipe(tmp_path, text_data, steps=2, eval_every=2, save_every=2, sample_every=2)
+    train(recipe_from_dict(values), progress=False)
+    err = capfd.readouterr().err
+    assert "Writing model shards" not in err and "training" not in err
     assert logging.is_progress_bar_enabled()
