@@ -47,8 +47,10 @@ import ddlm.model
 from ddlm.recipes import RECIPES_DIR
 
 venv = Path(sys.argv[1]).resolve()
-for module in (ddlm, ddlm.model, ddlm.continuous, ddlm.kernels):
-    assert venv in Path(module.__file__).resolve().parents, f"{module.__name__} imported from {module.__file__}, not the venv"
+for module in (ddlm, ddlm.model, ddlm.continuous, ddlm.kernels):  # ddlm.kernels: a folder without __init__.py
+    where = Path(module.__file__ or list(module.__path__)[0]).resolve()
+    assert venv in where.parents, f"{module.__name__} imported from {where}, not the venv"
+assert Path(list(ddlm.kernels.__path__)[0], "score_entropy.py").is_file(), list(ddlm.kernels.__path__)
 assert venv in RECIPES_DIR.resolve().parents, RECIPES_DIR
 assert (RECIPES_DIR / "quickstart.yaml").is_file(), sorted(RECIPES_DIR.iterdir())
 EOF
