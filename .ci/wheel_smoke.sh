@@ -43,11 +43,11 @@ from pathlib import Path
 import ddlm
 import ddlm.continuous
 import ddlm.kernels
-import ddlm.model
-from ddlm.recipes import RECIPES_DIR
+import ddlm.models
+from ddlm.training.recipes import RECIPES_DIR
 
 venv = Path(sys.argv[1]).resolve()
-for module in (ddlm, ddlm.model, ddlm.continuous, ddlm.kernels):  # ddlm.kernels: a folder without __init__.py
+for module in (ddlm, ddlm.models, ddlm.continuous, ddlm.kernels):  # ddlm.kernels: a folder without __init__.py
     where = Path(module.__file__ or list(module.__path__)[0]).resolve()
     assert venv in where.parents, f"{module.__name__} imported from {where}, not the venv"
 assert Path(list(ddlm.kernels.__path__)[0], "score_entropy.py").is_file(), list(ddlm.kernels.__path__)

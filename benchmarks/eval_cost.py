@@ -33,7 +33,7 @@ from corpora import add_data_dir_argument, corpus
 
 from ddlm.evaluation import text_blocks
 from ddlm.likelihood import block_estimates, nll_bound
-from ddlm.pipeline import DiffusionPipeline
+from ddlm.text.pipeline import DiffusionPipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,7 @@ import time
 import torch
 
 import ddlm
-from ddlm.losses import dse, linear_dse
+from ddlm.core.losses import dse, linear_dse
 
 GRAPH_TOKENS = 50257
 

@@ -40,14 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (data split, machine description, recipe settings)
 from corpora import add_data_dir_argument, corpus  # noqa: E402
 
+from ddlm.core.losses import ar_nll  # noqa: E402
 from ddlm.evaluation import load_model  # noqa: E402
-from ddlm.guidance import guided_model_score  # noqa: E402
-from ddlm.losses import ar_nll  # noqa: E402
-from ddlm.recipes import recipe_from_dict  # noqa: E402
-from ddlm.sample_quality import unigram_entropies  # noqa: E402
+from ddlm.evaluation.sample_quality import unigram_entropies  # noqa: E402
 from ddlm.sampling import sample  # noqa: E402
-from ddlm.tokenization import train_byte_bpe  # noqa: E402
-from ddlm.train import FINAL, latest_checkpoint, train  # noqa: E402
+from ddlm.sampling.guidance import guided_model_score  # noqa: E402
+from ddlm.text.tokenization import train_byte_bpe  # noqa: E402
+from ddlm.training.loop import FINAL, latest_checkpoint, train  # noqa: E402
+from ddlm.training.recipes import recipe_from_dict  # noqa: E402
 
 RESULTS = quality.RESULTS
 SOURCES = {0: "tinyshakespeare.txt", 1: "wikitext2.valid.txt"}

@@ -23,9 +23,9 @@ import time
 import torch
 
 import ddlm
-from ddlm.guidance import guided_model_score
-from ddlm.oracle import ConditionalSequenceOracle
 from ddlm.sampling import sample
+from ddlm.sampling.guidance import guided_model_score
+from ddlm.theory.oracle import ConditionalSequenceOracle
 
 SETTINGS = {  # predictor, steps, extra keywords
     "Absorbing(3)": [("confidence", 3, {"confidence": "random"}), ("first_hitting", 1, {}), ("analytic", 64, {}),

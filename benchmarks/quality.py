@@ -48,14 +48,14 @@ from pathlib import Path
 import torch
 from corpora import add_data_dir_argument, corpus
 
-from ddlm.data import DataConfig, build_datasets
 from ddlm.evaluation import load_model, load_tokenizer, score_texts, text_blocks
+from ddlm.evaluation.sample_quality import ar_sample, sample_metrics
 from ddlm.likelihood import nll_bound
-from ddlm.pipeline import DiffusionPipeline
-from ddlm.recipes import recipe_from_dict
-from ddlm.sample_quality import ar_sample, sample_metrics
-from ddlm.tokenization import train_byte_bpe
-from ddlm.train import FINAL, latest_checkpoint, train
+from ddlm.text.corpora import DataConfig, build_datasets
+from ddlm.text.pipeline import DiffusionPipeline
+from ddlm.text.tokenization import train_byte_bpe
+from ddlm.training.loop import FINAL, latest_checkpoint, train
+from ddlm.training.recipes import recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -38,13 +38,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (the models, data split and recipes of quality.py)
 
+from ddlm.core.losses import ar_nll  # noqa: E402
 from ddlm.evaluation import load_model  # noqa: E402
-from ddlm.losses import ar_nll  # noqa: E402
-from ddlm.pipeline import DiffusionPipeline  # noqa: E402
-from ddlm.recipes import recipe_from_dict  # noqa: E402
-from ddlm.sample_quality import ar_sample, distinct_n, unigram_entropies  # noqa: E402
-from ddlm.tokenization import train_byte_bpe  # noqa: E402
-from ddlm.train import FINAL, latest_checkpoint, train  # noqa: E402
+from ddlm.evaluation.sample_quality import ar_sample, distinct_n, unigram_entropies  # noqa: E402
+from ddlm.text.pipeline import DiffusionPipeline  # noqa: E402
+from ddlm.text.tokenization import train_byte_bpe  # noqa: E402
+from ddlm.training.loop import FINAL, latest_checkpoint, train  # noqa: E402
+from ddlm.training.recipes import recipe_from_dict  # noqa: E402
 
 RESULTS = quality.RESULTS
 BASELINE = ("absorbing", "analytic 1024")

@@ -39,8 +39,8 @@ TEXT = "The cat sat on the mat. The dog sat on the log. A bird sang in the tree 
 SAVE_TINY_MODEL = """
 import sys
 from ddlm import DDLMConfig, DDLMForDiffusion
-from ddlm.pipeline import DiffusionPipeline
-from ddlm.tokenization import train_byte_bpe
+from ddlm.text.pipeline import DiffusionPipeline
+from ddlm.text.tokenization import train_byte_bpe
 tokenizer = train_byte_bpe([sys.argv[2]], 300)
 config = DDLMConfig.from_preset("tiny", vocab_size=len(tokenizer), max_position_embeddings=8)
 DiffusionPipeline(DDLMForDiffusion(config), tokenizer).save_pretrained(sys.argv[1])
@@ -90,7 +90,7 @@ def model_work_seconds(model: str, repeats: int) -> float:
     """Median seconds of the sample command's model work after loading: generate(1, 8, steps=1), decoded."""
     import transformers
 
-    from ddlm.pipeline import DiffusionPipeline
+    from ddlm.text.pipeline import DiffusionPipeline
 
     transformers.utils.logging.disable_progress_bar()
     pipe = DiffusionPipeline.from_pretrained(model)

@@ -23,9 +23,9 @@ import time
 import torch
 
 from ddlm import DDLMForDiffusion
+from ddlm.core.losses import dwdse_loss
 from ddlm.evaluation import load_tokenizer
 from ddlm.likelihood import batch_uniforms, training_times
-from ddlm.losses import dwdse_loss
 
 SCHEMES = [("iid", None), ("stratified", None), ("antithetic", None), ("iid", "power"), ("stratified", "power")]
 ROOT = pathlib.Path(__file__).resolve().parents[1]

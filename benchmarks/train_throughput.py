@@ -57,7 +57,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ddlm import DDLMConfig, DDLMForDiffusion
-from ddlm.losses import ar_loss, dwdse_loss
+from ddlm.core.losses import ar_loss, dwdse_loss
 
 
 def command_line(argv) -> str:
@@ -164,8 +164,8 @@ def step_peak_bytes(trainer: "Trainer") -> int:
 
 def loss_paths(args, command: str) -> None:
     """The --loss-paths comparison (see the module docstring)."""
-    from ddlm.recipes import TrainConfig
-    from ddlm.train import objective_loss
+    from ddlm.training.recipes import TrainConfig
+    from ddlm.training.loop import objective_loss
 
     torch.manual_seed(0)
     config = DDLMConfig(process="absorbing", schedule="loglinear", vocab_size=args.vocab, hidden_size=args.hidden,

@@ -26,7 +26,7 @@ import torch
 from corpora import add_data_dir_argument, corpus
 
 from ddlm.evaluation import load_model
-from ddlm.zero_shot import PROTOCOLS, evaluate_benchmark
+from ddlm.evaluation.zero_shot import PROTOCOLS, evaluate_benchmark
 
 FILES = {"wikitext2": "wikitext2.valid.txt", "ptb": "ptb.valid.txt"}  # benchmark -> file in --data-dir
 

@@ -5,7 +5,10 @@ score-entropy losses (``ddlm.losses``), reverse samplers (``ddlm.sampling``), li
 bounds (``ddlm.likelihood``), finite Markov chains and Brownian motion (``ddlm.markov``,
 ``ddlm.brownian``), exact oracles (``SequenceOracle``), the ratio network as a transformers
 model (``DDLMConfig``, ``DDLMForDiffusion``; registered with AutoConfig/AutoModel when
-``ddlm.model`` is imported) and ``DiffusionPipeline`` to generate, infill and score text.
+``ddlm.models`` is imported) and ``DiffusionPipeline`` to generate, infill and score text.
+The packages, lowest layer first: ``core``, ``models`` / ``theory`` / ``continuous``,
+``sampling`` / ``likelihood``, ``text``, ``evaluation``, ``training``, then ``cli``
+(docs/reference/development.md draws them).
 
 Every public name is imported on first use, so ``import ddlm`` and the ``ddlm`` command line
 start without torch.
@@ -15,6 +18,8 @@ import sys as _sys
 from importlib.machinery import ModuleSpec as _ModuleSpec
 from importlib.util import module_from_spec as _module_from_spec
 from pathlib import Path as _Path
+
+from . import _moved
 
 
 def _mount_checkout_folders() -> None:
@@ -41,18 +46,24 @@ _mount_checkout_folders()
 
 __version__ = "0.1.0"
 
-# Public name -> the submodule that defines it (None: the name is a submodule itself). Imported on first
-# use (PEP 562), so that `import ddlm` and the command line start without torch; ddlm.model registers
-# DDLMConfig / DDLMForDiffusion with transformers' AutoConfig / AutoModel when it is imported.
-_LAZY = {"Absorbing": "processes", "DDLMConfig": "model", "DDLMForDiffusion": "model", "DiffusionPipeline": "pipeline",
-         "Geometric": "schedules", "Graph": "processes", "LogLinear": "schedules", "SequenceOracle": "oracle",
-         "Uniform": "processes", "brownian": None, "likelihood": None, "losses": None, "markov": None, "sampling": None}
+_moved.install()  # the module names of 0.1's flat layout (ddlm.losses, ddlm.train, ...) stay importable
+
+# Public name -> (module, attribute; None: the module itself). Imported on first use (PEP 562), so that
+# `import ddlm` and the command line start without torch; ddlm.models registers DDLMConfig /
+# DDLMForDiffusion with transformers' AutoConfig / AutoModel when it is imported.
+_LAZY = {"Absorbing": ("core.processes", "Absorbing"), "Graph": ("core.processes", "Graph"),
+         "Uniform": ("core.processes", "Uniform"), "Geometric": ("core.schedules", "Geometric"),
+         "LogLinear": ("core.schedules", "LogLinear"), "DDLMConfig": ("models", "DDLMConfig"),
+         "DDLMForDiffusion": ("models", "DDLMForDiffusion"), "DiffusionPipeline": ("text.pipeline", "DiffusionPipeline"),
+         "SequenceOracle": ("theory.oracle", "SequenceOracle"), "brownian": ("theory.brownian", None),
+         "likelihood": ("likelihood", None), "losses": ("core.losses", None), "markov": ("theory.markov", None),
+         "sampling": ("sampling", None)}
 
 __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
-    """Import a public name's submodule (or any submodule, as ``ddlm.pipeline``) on first access and cache it here."""
+    """Import a public name's module (or any submodule, as ``ddlm.pipeline``) on first access and cache it here."""
     from importlib import import_module
 
     if name not in _LAZY:
@@ -62,8 +73,9 @@ def __getattr__(name: str):
             if error.name != f"{__name__}.{name}":
                 raise
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    module = import_module(f"{__name__}.{_LAZY[name] or name}")
-    value = module if _LAZY[name] is None else getattr(module, name)
+    module_name, attribute = _LAZY[name]
+    module = import_module(f"{__name__}.{module_name}")
+    value = module if attribute is None else getattr(module, attribute)
     globals()[name] = value
     return value
 

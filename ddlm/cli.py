@@ -12,7 +12,7 @@ import math
 import re
 import time
 
-from .choices import CONFIDENCES, PREDICTORS, T_SAMPLING, UNMASK_SCHEDULES
+from .core.choices import CONFIDENCES, PREDICTORS, T_SAMPLING, UNMASK_SCHEDULES
 
 SEPARATOR = "=" * 40
 
@@ -108,8 +108,8 @@ def demo(args: argparse.Namespace) -> None:
     import torch
 
     from . import Absorbing, Geometric, LogLinear, SequenceOracle, Uniform
-    from .likelihood import nll_bound
-    from .sampling import ABSORBING_ONLY, PREDICTORS, sample
+    from .likelihood.bounds import nll_bound
+    from .sampling.loop import ABSORBING_ONLY, PREDICTORS, sample
 
     if args.tokens ** args.length > DEMO_MAX_SEQUENCES:
         raise ValueError(f"--tokens {args.tokens} and --length {args.length} make {args.tokens}^{args.length} sequences; "
@@ -141,7 +141,7 @@ def _load(args: argparse.Namespace, path: str | None = None):
     and --quiet."""
     import transformers
 
-    from .evaluation import load_model, load_tokenizer
+    from .evaluation.scoring import load_model, load_tokenizer
 
     if args.quiet:
         transformers.utils.logging.disable_progress_bar()
@@ -150,7 +150,7 @@ def _load(args: argparse.Namespace, path: str | None = None):
 
 
 def _pipeline(args: argparse.Namespace):
-    from .pipeline import DiffusionPipeline
+    from .text.pipeline import DiffusionPipeline
 
     return DiffusionPipeline(*_load(args))
 
@@ -196,7 +196,7 @@ def eval_command(args: argparse.Namespace) -> None:
     bars, an AR model's exact value, and each perplexity's ratio to the first model's."""
     import sys
 
-    from .evaluation import DEFAULT_NUM_T, eval_table, score_texts
+    from .evaluation.scoring import DEFAULT_NUM_T, eval_table, score_texts
 
     if args.context is not None or args.continuation is not None or args.conditional:
         return conditional_command(args)
@@ -267,7 +267,7 @@ def _conditional_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 def conditional_command(args: argparse.Namespace) -> None:
     """Print -log p(continuation | context) per pair under each model: a diffusion model's conditional bound with
     its standard error, an AR model's exact value, and whether the continuation is the greedy prediction."""
-    from .evaluation import DEFAULT_NUM_T, score_continuations
+    from .evaluation.scoring import DEFAULT_NUM_T, score_continuations
 
     contexts, continuations = _conditional_pairs(args)
     num_t = args.num_t or DEFAULT_NUM_T["per-text"]
@@ -300,7 +300,7 @@ def zero_shot_command(args: argparse.Namespace) -> None:
     """Print the zero-shot table of ``ddlm eval --benchmark``: per model and benchmark, -log p per token and
     the perplexity (a diffusion model's bound with one standard error, an AR model's exact value); for
     LAMBADA also the last-word accuracy and perplexity."""
-    from .zero_shot import default_split, evaluate_benchmark, get_benchmark
+    from .evaluation.zero_shot import default_split, evaluate_benchmark, get_benchmark
 
     requests = [(get_benchmark(name), path or None) for name, _, path in (item.partition("=") for item in args.benchmark)]
     estimator = "per-block" if args.estimator == "per-text" else args.estimator
@@ -331,8 +331,8 @@ def zero_shot_command(args: argparse.Namespace) -> None:
 
 def quality_command(args: argparse.Namespace) -> None:
     """Print sample-quality metrics of a diffusion model per predictor and number of steps."""
-    from .pipeline import DiffusionPipeline
-    from .sample_quality import load_reference, mauve_score, reference_metrics, sample_metrics
+    from .text.pipeline import DiffusionPipeline
+    from .evaluation.sample_quality import load_reference, mauve_score, reference_metrics, sample_metrics
 
     model, tokenizer = _load(args)
     human_text = None
@@ -369,9 +369,9 @@ def quality_command(args: argparse.Namespace) -> None:
 
 def convert_command(args: argparse.Namespace) -> None:
     """Import an official SEDD checkpoint as a ddlm model directory (with a tokenizer if given)."""
-    from .evaluation import load_tokenizer
-    from .model.sedd import convert_sedd
-    from .pipeline import DiffusionPipeline
+    from .evaluation.scoring import load_tokenizer
+    from .models.sedd import convert_sedd
+    from .text.pipeline import DiffusionPipeline
 
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     model = convert_sedd(args.source, args.out, ema=not args.no_ema, config=args.config)
@@ -385,8 +385,8 @@ def convert_command(args: argparse.Namespace) -> None:
 
 def train_command(args: argparse.Namespace) -> None:
     """Train per a recipe (under ``accelerate launch`` for several processes)."""
-    from .recipes import load_recipe
-    from .train import train
+    from .training.recipes import load_recipe
+    from .training.loop import train
 
     named = {item.partition("=")[0] for item in args.overrides}  # what a resume may change: what the user named
     # prints "exported DIR" from the main process only (under accelerate launch every process runs this)

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dse_numerics import BIG_U, SMALL_U, split_offset
+from ..core.dse_numerics import BIG_U, SMALL_U, split_offset
 
 BLOCK = 4096
 

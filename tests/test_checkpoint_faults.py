@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import ddlm.checkpoints as checkpoints
-import ddlm.manifest as manifests
+import ddlm.core.manifest as manifests
 from ddlm.checkpoints import CorruptCheckpoint, RunDirectoryInUse, latest_checkpoint, run_lock
 from ddlm.recipes import recipe_from_dict
 from ddlm.train import train
@@ -523,7 +523,7 @@ def test_a_real_sigkill_inside_a_checkpoint_write_resumes_exactly(workspace, tmp
     recipe.write_text(json.dumps(recipe_values(workspace[0], text_data, run)))
     script = textwrap.dedent(f"""
         import os, signal
-        import ddlm.manifest as manifests
+        import ddlm.core.manifest as manifests
         from ddlm.cli import main
         real, calls = manifests.durable, [0]
         def durable(path):

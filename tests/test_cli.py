@@ -79,7 +79,7 @@ def test_eval_on_exact_ratios_gives_the_core_bound_and_the_true_likelihood(tmp_p
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    import ddlm.evaluation
+    import ddlm.evaluation.scoring
     from ddlm import SequenceOracle
     from ddlm.likelihood import nll_bound
 
@@ -89,7 +89,7 @@ def test_eval_on_exact_ratios_gives_the_core_bound_and_the_true_likelihood(tmp_p
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
     oracle = SequenceOracle.random(ddlm.Absorbing(4), 3, torch.Generator().manual_seed(11))
     model = OracleModel(oracle)
-    monkeypatch.setattr(ddlm.evaluation, "load_model", lambda path, **kwargs: (model, tokenizer))
+    monkeypatch.setattr(ddlm.evaluation.scoring, "load_model", lambda path, **kwargs: (model, tokenizer))
     x0 = oracle.sample(2, torch.Generator().manual_seed(3))  # two blocks of one file
     (tmp_path / "t.txt").write_text(" ".join(words[i] for i in x0.flatten().tolist()))
     main(["eval", "oracle", str(tmp_path / "t.txt"), "--num-t", "256", "--seed", "5", "--quiet"])

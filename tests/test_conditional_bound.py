@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 import ddlm
-import ddlm.evaluation
+import ddlm.evaluation.scoring
 from ddlm import DDLMConfig, LogLinear, SequenceOracle
 from ddlm.cli import main
 from ddlm.evaluation import ar_conditional_scores, default_batch_size, encode_pair, lambada, split_last_word
@@ -305,7 +305,7 @@ def test_default_batch_size_follows_memory_vocabulary_and_length():
 def test_cli_prints_conditional_bounds_and_refuses_bad_pairs_in_one_line(oracle_pipe, ar_model, tmp_path, monkeypatch, capsys):
     oracle, pipe = oracle_pipe
     models_by_name = {"oracle": (OracleModel(oracle), pipe.tokenizer), "ar": ar_model}
-    monkeypatch.setattr(ddlm.evaluation, "load_model", lambda path, **kwargs: models_by_name[str(path)])
+    monkeypatch.setattr(ddlm.evaluation.scoring, "load_model", lambda path, **kwargs: models_by_name[str(path)])
     main(["eval", "oracle", "--context", "a b", "--continuation", " c", "--num-t", "64", "--seed", "3", "--quiet"])
     row = capsys.readouterr().out.splitlines()[1].split()
     core = pipe.conditional_nll(["a b"], [" c"], 64, seed=3)[0]
@@ -339,7 +339,7 @@ def test_cli_prints_conditional_bounds_and_refuses_bad_pairs_in_one_line(oracle_
 
 def test_cli_eval_picks_the_dataset_estimator_for_long_files(oracle_pipe, tmp_path, monkeypatch, capsys):
     oracle, pipe = oracle_pipe
-    monkeypatch.setattr(ddlm.evaluation, "load_model", lambda path, **kwargs: (OracleModel(oracle), pipe.tokenizer))
+    monkeypatch.setattr(ddlm.evaluation.scoring, "load_model", lambda path, **kwargs: (OracleModel(oracle), pipe.tokenizer))
     (tmp_path / "long.txt").write_text(" ".join(["a b c", "c a b"] * 10))  # 20 blocks of 3
     (tmp_path / "short.txt").write_text("a b c c a b")  # 2 blocks
     main(["eval", "oracle", str(tmp_path / "long.txt"), str(tmp_path / "short.txt"), "--quiet"])

@@ -19,24 +19,21 @@ ROOT = "ddlm"
 # Lowest first. An entry names a module, or a package and everything in it (the root package only by
 # name); a module may import its own layer and those below, never one above.
 LAYERS = [
-    # core: argument checks, option names, the score protocol, processes, schedules, the score-entropy
-    # losses with their backends, shared numerics and Triton kernels
-    ("ddlm.checks", "ddlm.choices", "ddlm.score", "ddlm.processes", "ddlm.schedules", "ddlm.dse_numerics", "ddlm.kernels",
-     "ddlm.dse_backends", "ddlm.losses"),
-    # data, tokenizers, manifests, the ratio network; exact oracles, Brownian motion, the Gaussian companion
-    ("ddlm.manifest", "ddlm.tokenization", "ddlm.data", "ddlm.model", "ddlm.oracle", "ddlm.brownian", "ddlm.continuous"),
-    # sampling pieces: score evaluation and cache, decoding, first hitting, correctors, guidance
-    ("ddlm.score_cache", "ddlm.decoding", "ddlm.first_hitting", "ddlm.correctors", "ddlm.guidance"),
-    # the sampler, Markov chains (they draw with decoding's inverse_cdf), the likelihood bound, records and
-    # blocking of text scores, model loading
-    ("ddlm.sampling", "ddlm.markov", "ddlm.likelihood", "ddlm.text_scores", "ddlm.loading"),
-    ("ddlm.pipeline",),
-    # scoring any model (the pipeline for diffusion models), the zero-shot suite, lm-eval, sample quality
-    ("ddlm.evaluation", "ddlm.zero_shot", "ddlm.lm_eval_model", "ddlm.sample_quality"),
-    # training
-    ("ddlm.recipes", "ddlm.checkpoints", "ddlm.train"),
-    # the command line and the package's lazy front door
-    ("ddlm.cli", "ddlm.__main__", "ddlm"),
+    # the mathematics: processes, schedules, score-entropy losses and backends, the score protocol, draws,
+    # argument checks, option names, manifests; the Triton kernels
+    ("ddlm.core", "ddlm.kernels"),
+    # the ratio network and SEDD import; exact oracles, Markov chains, Brownian motion; the Gaussian companion
+    ("ddlm.models", "ddlm.theory", "ddlm.continuous"),
+    # reverse samplers; likelihood bounds
+    ("ddlm.sampling", "ddlm.likelihood"),
+    # corpora, tokenizers, model loading, text scores, DiffusionPipeline
+    ("ddlm.text",),
+    # scoring texts and files, the zero-shot suite, lm-eval, sample quality
+    ("ddlm.evaluation",),
+    # recipes, the training loop, checkpoints
+    ("ddlm.training",),
+    # the command line, the old module names, and the package's lazy front door
+    ("ddlm.cli", "ddlm.__main__", "ddlm._moved", "ddlm"),
 ]
 
 
@@ -119,9 +116,9 @@ def layer_of(module: str) -> int | None:
 
 def test_the_graph_sees_relative_absolute_and_lazy_imports():
     graph = import_graph()
-    assert "ddlm.dse_numerics" in graph["ddlm.kernels.score_entropy"]  # from ..dse_numerics import ...
-    assert "ddlm.kernels.score_entropy" in graph["ddlm.dse_backends"]  # inside a function
-    assert "ddlm.model.sedd" in graph["ddlm.cli"] and "ddlm.model" in graph["ddlm.pipeline"]
+    assert "ddlm.core.dse_numerics" in graph["ddlm.kernels.score_entropy"]  # from ..core.dse_numerics import ...
+    assert "ddlm.kernels.score_entropy" in graph["ddlm.core.dse_backends"]  # inside a function
+    assert "ddlm.models.sedd" in graph["ddlm.cli"] and "ddlm.models" in graph["ddlm.text.pipeline"]
     assert "ddlm.continuous.sde" in graph["ddlm.continuous.samplers"]
     assert cycle_through({"a": {"b"}, "b": {"c", "a"}, "c": set()}, "b") == ["b", "a", "b"]
 

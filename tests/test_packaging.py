@@ -43,7 +43,8 @@ def test_wheel_holds_every_package_and_recipe_and_nothing_else(tmp_path):
         assert files, f"no {pattern} files in {folder}/"
         expected |= {f"{target}/{path.relative_to(source / folder).as_posix()}" for path in files}
     packages = {name.rsplit("/", 1)[0] for name in expected if name.endswith(".py")}
-    assert {"ddlm", "ddlm/model", "ddlm/continuous", "ddlm/kernels"} <= packages
+    assert {"ddlm", "ddlm/core", "ddlm/models", "ddlm/theory", "ddlm/continuous", "ddlm/sampling", "ddlm/likelihood", "ddlm/text",
+            "ddlm/evaluation", "ddlm/training", "ddlm/kernels"} <= packages
     mounted = {"ddlm/kernels", "ddlm/builtin_recipes"}  # no __init__.py in the source folders (see the shadowing test)
     assert {f"{package}/__init__.py" for package in packages - mounted} <= names, "a package without its __init__.py"
     assert sorted(expected - names) == [], "files of the source tree missing from the wheel"

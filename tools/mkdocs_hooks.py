@@ -5,7 +5,7 @@ Markers in a page's markdown are replaced at build time:
 - ``<!-- generated: cli -->``: every ``ddlm`` command's options, defaults and examples, read from
   ``ddlm.cli.build_parser()`` (the parser the command line itself uses);
 - ``<!-- generated: recipe-fields -->``: every recipe section's fields with types and defaults, read from
-  the dataclasses that validate recipes (``ddlm.recipes``, ``ddlm.data.DataConfig``, ``DDLMConfig``);
+  the dataclasses that validate recipes (``ddlm.training.recipes``, ``ddlm.text.corpora.DataConfig``, ``DDLMConfig``);
 - ``<!-- include: benchmarks/results/NAME.md -->``: a table a benchmark script wrote, with links to
   ``benchmarks/results/*.png`` pointed at the copies this hook adds to the site under ``results/``;
   a file that does not exist yet becomes a note naming the script that writes it.
@@ -122,8 +122,8 @@ def _cell(text: str) -> str:
 def recipe_reference() -> str:
     """Markdown tables of the four recipe sections' fields, from the dataclasses that validate them."""
     from ddlm import DDLMConfig
-    from ddlm.data import DataConfig
-    from ddlm.recipes import ModelRecipe, TokenizerRecipe, TrainConfig
+    from ddlm.text.corpora import DataConfig
+    from ddlm.training.recipes import ModelRecipe, TokenizerRecipe, TrainConfig
 
     out = ["### `model`", "",
            "`preset` (one of `tiny`, `small`, `medium`; default `tiny`) picks the sizes; every other key is a "
@@ -148,21 +148,21 @@ def recipe_reference() -> str:
 
 def _allowed_values() -> dict[str, dict[str, str]]:
     """What each recipe field accepts, in the words of the checks that validate it: the messages the dataclasses
-    pass to ``ddlm.checks.refuse_invalid``, captured by building each section once with its defaults."""
+    pass to ``ddlm.core.checks.refuse_invalid``, captured by building each section once with its defaults."""
     from unittest import mock
 
-    import ddlm.data
-    import ddlm.recipes
+    import ddlm.text.corpora
+    import ddlm.training.recipes
 
     captured: dict[str, dict[str, str]] = {}
 
     def capture(section, checks, obj=None):
         captured[section] = {name: message for name, (_, message) in checks.items()}
 
-    with mock.patch.object(ddlm.recipes, "refuse_invalid", capture), mock.patch.object(ddlm.data, "refuse_invalid", capture):
-        ddlm.recipes.TokenizerRecipe(train_vocab_size=1024)
-        ddlm.data.DataConfig()
-        ddlm.recipes.TrainConfig()
+    with mock.patch.object(ddlm.training.recipes, "refuse_invalid", capture), mock.patch.object(ddlm.text.corpora, "refuse_invalid", capture):
+        ddlm.training.recipes.TokenizerRecipe(train_vocab_size=1024)
+        ddlm.text.corpora.DataConfig()
+        ddlm.training.recipes.TrainConfig()
     return captured
 
 

@@ -1,0 +1,79 @@
+"""Loading a saved model directory (or hub id) and its tokenizer, for ``ddlm.pipeline`` and ``ddlm.evaluation``
+(which re-exports these names)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from ..core.checks import check_local_path, looks_like_path
+from ..models import DDLMForDiffusion
+
+
+def check_vocabulary(model: DDLMForDiffusion, tokenizer) -> None:
+    """The tokenizer must be the one the model was trained with: exactly its real tokens."""
+    if len(tokenizer) != model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model has {model.config.vocab_size}; "
+                         "use the tokenizer the model was trained with")
+
+
+@contextlib.contextmanager
+def loading_progress(enabled: bool):
+    """transformers' progress bars ("Loading weights", "Writing model shards", downloads) left as they are (``enabled``) or turned off for
+    the block, the previous setting restored afterwards."""
+    import warnings
+
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging
+
+    if enabled or not logging.is_progress_bar_enabled():
+        yield
+        return
+    hub_was_disabled = hub.are_progress_bars_disabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():  # the hub warns when HF_HUB_DISABLE_PROGRESS_BARS pins its own setting
+            warnings.simplefilter("ignore")
+            logging.enable_progress_bar()
+            if hub_was_disabled:
+                hub.disable_progress_bars()
+
+
+def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None, progress: bool = True):
+    """A ``save_pretrained`` directory (or hub id) -> (model in eval mode, tokenizer), diffusion or AR.
+    progress=False: no "Loading weights" bar from transformers."""
+    with loading_progress(progress):
+        model = DDLMForDiffusion.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+    model = model.to(device or "cpu").eval()
+    if tokenizer is None:
+        tokenizer = load_tokenizer(path)
+    check_vocabulary(model, tokenizer)
+    return model, tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A tokenizer directory or hub id (never running code it names), or a ValueError naming the directory
+    and its tokenizer files."""
+    from transformers import AutoTokenizer
+
+    check_local_path("tokenizer", path)
+    if looks_like_path(os.fspath(path)):
+        path = os.path.expanduser(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as error:  # missing or corrupt files; the tokenizers library raises bare Exceptions for some
+        if not os.path.isdir(path) and isinstance(error, OSError):
+            raise  # a hub id: transformers says what is missing (or that the hub cannot be reached)
+        files = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(path, name))]
+        if not os.path.isdir(path) or not files:
+            raise ValueError(f"{path} holds no tokenizer (no {' or '.join(TOKENIZER_FILES[:2])}); pass tokenizer= "
+                             "(ddlm CLI: --tokenizer; SEDD models use the GPT-2 tokenizer)") from error
+        raise ValueError(f"cannot load the tokenizer saved in {path} ({', '.join(files)}): "
+                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None

@@ -1,0 +1,646 @@
+"""The training loop: one loop for CPU, DDP, FSDP and DeepSpeed as ``accelerate`` configures them.
+
+``ddlm train RECIPE`` (or ``accelerate launch -m ddlm train RECIPE``) runs ``train(recipe)``:
+AdamW with warm-up and decay, gradient accumulation and clipping, mixed precision, EMA weights,
+periodic likelihood-bound evaluation and samples, trackers and a tqdm bar with tokens/s. A
+class-conditional model (``model.num_classes``) trains on labelled blocks (``data.sources``), each
+label replaced by the null class with probability ``train.label_dropout`` at every step.
+Checkpoints (model, optimizer, scheduler, EMA and gradient-scaler states as safetensors + JSON; the
+data position and every random draw are functions of the step) are written by ``ddlm.checkpoints``:
+a locked run directory, whole-or-nothing checkpoints with a verified manifest, no pickle anywhere.
+``resume=True`` continues exactly from the newest intact checkpoint, refusing recipe changes that
+would make another run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.distributed.tensor import DTensor
+from tqdm.auto import tqdm
+
+from ..core.losses import ar_loss, ar_nll, dwdse_loss
+from ..core.manifest import write_atomic, write_model_manifest
+from ..core.score import NonFiniteScoreError
+from ..likelihood.bounds import batch_uniforms, nll_bound, training_times
+from ..models import DDLMConfig, DDLMForDiffusion
+from ..text.corpora import build_datasets, eos_id, load_documents
+from ..text.loading import loading_progress
+from .checkpoints import (CorruptCheckpoint, latest_checkpoint, like, load_checkpoint, prepare_run_directory,
+                          recipe_changes, run_lock, save_checkpoint, whole)
+from .recipes import Recipe, TrainConfig
+
+FINAL = "final"
+TOKENIZER = "tokenizer"
+METRICS = "metrics.jsonl"
+RESUMES = "resumes.jsonl"
+
+
+class EMA:
+    """Exponential moving average of parameters (float32 shadow copies), with SEDD's warm-up:
+    decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update.
+
+    The average is elementwise, so with FSDP2-sharded parameters (DTensors) each rank averages its own
+    shard. The state dict holds whole tensors on the CPU (``state_dict`` is a collective then), so a
+    checkpoint does not depend on the number of processes or the sharding it was written under.
+    """
+
+    def __init__(self, parameters, decay: float):
+        self.parameters = list(parameters)
+        self.decay = decay
+        self.updates = 0
+        self.shadow = [p.detach().float().clone() for p in self.parameters]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for shadow, p in zip(self.shadow, self.parameters):
+            shadow.lerp_(p.detach().float(), 1 - decay)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Temporarily load the averaged weights into the parameters."""
+        saved = [p.detach().clone() for p in self.parameters]
+        with torch.no_grad():
+            for p, shadow in zip(self.parameters, self.shadow):
+                p.copy_(shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, value in zip(self.parameters, saved):
+                    p.copy_(value)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": [whole(s).cpu() for s in self.shadow]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.parameters):
+            raise ValueError(f"the EMA state holds {len(state['shadow'])} tensors, the model has {len(self.parameters)} parameters")
+        self.shadow = [like(saved, shadow, f"EMA tensor {i}") for i, (saved, shadow) in enumerate(zip(state["shadow"], self.shadow))]
+        self.decay, self.updates = state["decay"], state["updates"]
+
+
+def lr_lambda(train) -> callable:
+    """Multiplier of the base learning rate at an optimizer step: linear warm-up, then the decay."""
+
+    def factor(step: int) -> float:
+        if step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        progress = min(1.0, (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps))
+        floor = train.min_lr_ratio
+        if train.decay == "linear":
+            return 1 - (1 - floor) * progress
+        if train.decay == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def step_generator(seed: int, step: int, rank: int, device) -> torch.Generator:
+    """The generator of one step on one process: a function of (seed, step, rank) only, so a resumed run
+    draws exactly what the uninterrupted run drew."""
+    state = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    torch.manual_seed(state)  # dropout
+    return torch.Generator(device).manual_seed(state)
+
+
+def time_generator(seed: int, step: int, device) -> torch.Generator:
+    """The generator of one step's diffusion times over the whole global batch: a function of (seed, step)
+    only, the same on every process, and independent of every ``step_generator``."""
+    state = int(np.random.SeedSequence([seed, step], spawn_key=(2,)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device).manual_seed(state)
+
+
+def micro_batch_uniforms(train, step: int, rank: int, world_size: int, device) -> list[torch.Tensor] | None:
+    """This process's uniforms for the diffusion times of one step: one Float64[micro_batch_size] tensor per
+    micro-batch, sliced from a single draw over the global batch (``batch_uniforms`` with train.t_sampling,
+    from ``time_generator``) the way the data is sliced: process ``rank`` takes the rank-th contiguous
+    part, then its micro-batches in order. So global slot j belongs to the step's j-th sequence whatever the
+    split into processes x accumulation. None for t_sampling='iid' (each micro-batch draws its times from
+    the step's generator, as the loop always did)."""
+    if train.t_sampling == "iid":
+        return None
+    u = batch_uniforms(train.global_batch_size, train.t_sampling, time_generator(train.seed, step, device), device)
+    local = train.global_batch_size // world_size
+    return list(u[rank * local:(rank + 1) * local].split(train.micro_batch_size))
+
+
+def drop_labels(labels: torch.Tensor, probability: float, null_class: int, generator: torch.Generator) -> torch.Tensor:
+    """Labels Long[B] with each one replaced by ``null_class`` with ``probability``, independently (one
+    uniform draw per label from ``generator``): the label dropout that trains the unconditional score of
+    a class-conditional model for classifier-free guidance."""
+    coins = torch.rand(labels.shape, generator=generator, device=labels.device, dtype=torch.float64)
+    return torch.where(coins < probability, null_class, labels)
+
+
+def with_labels(model, class_labels: torch.Tensor | None):
+    """``model`` as a function of (input_ids, sigma_bar, ...) with ``class_labels`` fixed (Long[B], or a
+    0-dim class id for every sequence of every call); ``model`` itself for None."""
+    if class_labels is None:
+        return model
+    return lambda *args, **kwargs: model(*args, class_labels=class_labels, **kwargs)
+
+
+def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator, class_labels: torch.Tensor | None = None,
+                   head=None, uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """Scalar loss of a micro-batch, nats per token; graph and noise are the (unwrapped) model's.
+    class_labels: Long[B] class ids of a class-conditional model (after label dropout), else None.
+    head: the unwrapped model, whose output head ``train.loss_impl: fused_head`` fuses into the loss.
+    uniforms: Float64[B], this micro-batch's slice of the global draw (``micro_batch_uniforms``); None:
+    drawn i.i.d. from ``generator``. train.t_importance turns them into importance-weighted times."""
+    if train.objective == "ar":
+        return ar_loss(with_labels(model, class_labels), x0)
+    fused = train.loss_impl == "fused_head"
+    if fused and head is None:
+        raise ValueError("train.loss_impl='fused_head' needs head, the unwrapped model whose output head the loss applies")
+    t = weights = None
+    if uniforms is not None or train.t_importance is not None:
+        if uniforms is None:  # i.i.d. from the step's generator, the same draws the default path makes
+            uniforms = torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=x0.device)
+        t, weights = training_times(uniforms, train.t_min, train.t_importance, train.t_importance_power)
+    return dwdse_loss(with_labels(model, class_labels), graph, noise, x0, train.t_min, generator,
+                      inplace=train.loss_impl == "inplace", head=head if fused else None, t=t, weights=weights).mean()
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for train.compile (tests use a lighter one)
+
+
+class CompileUnavailableError(ValueError):
+    """``train.compile: true`` where ``torch.compile`` cannot run (unsupported platform, no C++ compiler, a failed compile)."""
+
+
+def compile_for_training(model, device: torch.device):
+    """``torch.compile(model)`` for the training steps, after checking that it can run here; the module
+    itself is unchanged (checkpoints, evaluation and sampling use it, uncompiled, with its own key names).
+    Raises CompileUnavailableError saying how to turn it off."""
+    off = "set train.compile=false (or compile: false in the recipe's train section) to train without it"
+    compile_fn = getattr(torch, "compile", None)
+    try:
+        from torch import _dynamo
+
+        supported = compile_fn is not None and _dynamo.is_dynamo_supported()
+    except Exception as error:  # noqa: BLE001 - any failure to import or query dynamo means no compile
+        raise CompileUnavailableError(f"train.compile: torch.compile is unavailable here ({type(error).__name__}: {error}); {off}") from None
+    if not supported:
+        raise CompileUnavailableError(f"train.compile: torch.compile does not support this platform (torch {torch.__version__}); {off}")
+    if COMPILE_BACKEND == "inductor" and device.type == "cpu":
+        compilers = [os.environ.get("CXX")] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+        if not any(shutil.which(name) for name in compilers):
+            raise CompileUnavailableError(f"train.compile: torch.compile's inductor backend needs a C++ compiler on the CPU "
+                                          f"(none of {compilers} found on PATH); install one or {off}")
+    return compile_fn(model, backend=COMPILE_BACKEND)
+
+
+def compile_failure(error: Exception) -> CompileUnavailableError:
+    """The error to raise when the compiled model fails to compile at its first call."""
+    cause = getattr(error, "inner_exception", None) or error  # a backend's failure is wrapped in BackendCompilerFailed
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return CompileUnavailableError(f"train.compile: torch.compile failed on the first training step ({type(cause).__name__}: "
+                                   f"{first[:300]}); set train.compile=false to train without it")
+
+
+def field_defaults(cls) -> dict:
+    """The plain defaults of a dataclass's fields (those with a ``default``), by name."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
+    """The recipe's tokenizer; a trained BPE is trained once (main process) and saved in the run directory."""
+    from ..evaluation.scoring import load_tokenizer as load_saved
+
+    if recipe.tokenizer.name is not None:
+        return load_saved(recipe.tokenizer.name)
+    saved = output_dir / TOKENIZER
+    if accelerator.is_main_process and not saved.is_dir():
+        from ..text.tokenization import train_byte_bpe
+
+        tokenizer = train_byte_bpe(load_documents(recipe.data, "train"), recipe.tokenizer.train_vocab_size)
+        partial = saved.with_name(f".{TOKENIZER}.tmp")  # renamed once whole: a kill never leaves half a tokenizer
+        shutil.rmtree(partial, ignore_errors=True)
+        tokenizer.save_pretrained(partial)
+        os.replace(partial, saved)
+    accelerator.wait_for_everyone()
+    return load_saved(saved)
+
+
+@torch.no_grad()
+def evaluate(model, recipe: Recipe, validation, accelerator, context: int | None = None) -> dict:
+    """Validation metrics in nats per token: the likelihood bound (diffusion) or the exact NLL (AR, every
+    token of a block scored, the first conditioned on the ``context`` token as ``ddlm eval`` does).
+    Blocks with labels (a class-conditional model) are scored given their label, one class at a time."""
+    train = recipe.train
+    count = min(train.eval_blocks, len(validation))
+    x0 = validation[:count].to(accelerator.device)
+    labels = None if validation.labels is None else validation.labels[:count].to(accelerator.device)
+    groups = [(x0, None)] if labels is None else [(x0[labels == c], c) for c in labels.unique(sorted=True)]
+    model.eval()
+    if train.objective == "ar":
+        nll = sum(ar_nll(with_labels(model, c), x, context=context).sum().item() for x, c in groups) / x0.numel()
+        metrics = {"eval/nll_per_token": nll, "eval/ppl": math.exp(nll)}
+    else:
+        generator = torch.Generator(accelerator.device).manual_seed(train.seed)
+        bounds = [nll_bound(with_labels(model, c), model.graph, model.noise, x, train.eval_num_t, generator) for x, c in groups]
+        per_token = sum(b.bound.sum().item() for b in bounds) / x0.numel()
+        stderr = math.sqrt(sum(b.stderr.square().sum().item() for b in bounds)) / x0.numel()
+        metrics = {"eval/bound_per_token": per_token, "eval/bound_stderr": stderr, "eval/ppl_bound": math.exp(per_token)}
+    model.train()
+    return metrics
+
+
+def generate_samples(model, tokenizer, recipe: Recipe, device) -> list[str]:
+    """Unconditional samples of the current (EMA) weights, seeded by the recipe (identical on every rank)."""
+    from ..text.pipeline import DiffusionPipeline
+
+    train = recipe.train
+    pipe = DiffusionPipeline(model, tokenizer)
+    texts = pipe.generate(train.num_samples, min(recipe.data.block_size, 128), train.sample_steps,
+                          generator=torch.Generator(device).manual_seed(train.seed), progress=False)
+    model.train()
+    return texts
+
+
+def write_samples(texts: list[str], step: int, output_dir: Path) -> None:
+    """Write samples to ``samples/step_N.txt``."""
+    (output_dir / "samples").mkdir(exist_ok=True)
+    (output_dir / "samples" / f"step_{step:08d}.txt").write_text("\n\n=====\n\n".join(texts))
+
+
+def showcase(model, tokenizer, recipe: Recipe, validation, device) -> list[str]:
+    """Report lines of a diffusion model: two samples and an infill of the middle third of a held-out block
+    (model calls only, so under FSDP every rank runs it)."""
+    from ..text.pipeline import DiffusionPipeline
+
+    pipe = DiffusionPipeline(model, tokenizer)
+    generator = torch.Generator(device).manual_seed(recipe.train.seed)
+    length, steps = min(recipe.data.block_size, 128), recipe.train.sample_steps
+    lines = []
+    for text in pipe.generate(2, length, steps, generator=generator, progress=False):
+        lines += ["sample:", text]
+    block = validation[0][:length].to(device)
+    third = length // 3
+    fixed = torch.ones(length, dtype=torch.bool)
+    fixed[third:length - third] = False
+    filled = pipe.sample(1, length, steps, x_init=block, fixed=fixed, generator=generator, progress=False)[0]
+    lines += [f"infill of the middle {length - 2 * third} tokens of a held-out block (in [[ ]]):",
+              pipe.decode(filled[:third]) + "[[" + pipe.decode(filled[third:length - third]) + "]]" + pipe.decode(filled[length - third:]),
+              "original middle: [[" + pipe.decode(block[third:length - third]) + "]]"]
+    model.train()
+    return lines
+
+
+def report(recipe: Recipe, num_validation: int, metrics_file: Path, showcase_lines: list[str]) -> str:
+    """The end-of-training summary: held-out metrics before (step 0) and after training as recorded in
+    ``metrics.jsonl``, then the showcase lines."""
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    evaluations = [r for r in records if any(key.startswith("eval/") for key in r)]  # step 0 first, the last step last
+    untrained, trained = evaluations[0], {key: value for key, value in evaluations[-1].items() if key.startswith("eval/")}
+    lines = [f"held-out ({min(recipe.train.eval_blocks, num_validation)} blocks of {recipe.data.block_size} tokens), nats per token:"]
+    for key, value in trained.items():
+        before = f"untrained {untrained[key]:.4f} -> " if untrained.get("step") == 0 else ""
+        lines.append(f"  {key}: {before}trained {value:.4f}")
+    return "\n".join(lines + showcase_lines)
+
+
+def eval_line(step: int, metrics: dict) -> str:
+    """The console line of an evaluation: the held-out bound +- one standard error and the perplexity bound
+    (diffusion), or the exact NLL and perplexity (AR)."""
+    if "eval/bound_per_token" in metrics:
+        return (f"[step {step}] held-out bound {metrics['eval/bound_per_token']:.4f} +- {metrics['eval/bound_stderr']:.4f} "
+                f"nats/token, perplexity bound {metrics['eval/ppl_bound']:.2f}")
+    return f"[step {step}] held-out NLL {metrics['eval/nll_per_token']:.4f} nats/token (exact), perplexity {metrics['eval/ppl']:.2f}"
+
+
+def check_world_size(num_processes: int, environ=os.environ) -> None:
+    """Refuse a run that a launcher asked to start on several processes but that runs as ``num_processes``.
+
+    ``accelerate launch --num_processes N --cpu`` (or without ``--multi_gpu`` where there is no GPU) starts
+    one process: accelerate's single-process launcher, which sets MASTER_ADDR for the N it was asked for but
+    no WORLD_SIZE. torchrun-style launchers set WORLD_SIZE."""
+    fix = ("on CPUs launch with `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...` "
+           "(accelerate's --cpu flag starts one process); on GPUs pass --multi_gpu")
+    requested = environ.get("WORLD_SIZE")
+    if requested is not None and requested.isdigit() and int(requested) != num_processes:
+        raise ValueError(f"the launcher asked for {requested} processes (WORLD_SIZE) but this run has {num_processes}; {fix}")
+    launched = "ACCELERATE_MIXED_PRECISION" in environ or "ACCELERATE_DYNAMO_BACKEND" in environ
+    if requested is None and launched and "MASTER_ADDR" in environ and num_processes == 1:
+        raise ValueError(f"accelerate launch was asked for several processes (it set MASTER_ADDR) but started this one "
+                         f"alone; {fix}; for one process, launch without --num_processes (or unset MASTER_ADDR)")
+
+
+def check_sharding(accelerator, ema: bool) -> None:
+    """Refuse the distributed set-ups whose parameters the EMA cannot average elementwise."""
+    from accelerate.utils import DistributedType
+
+    if not ema:
+        return
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ValueError("EMA weights under FSDP need FSDP2 (fsdp_version: 2 in the accelerate config), "
+                         "whose parameters are DTensors; or set train.ema=0")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.deepspeed_config["zero_optimization"].get("stage", 0) == 3:
+        raise ValueError("EMA weights are not supported under DeepSpeed ZeRO-3 (partitioned parameters); "
+                         "use ZeRO-1/2 or FSDP2, or set train.ema=0")
+
+
+def set_aside_later_metrics(metrics_file: Path, step: int) -> None:
+    """On a resume from ``step``: move the records of later steps (the interrupted run's, which this run
+    writes again) and any unreadable line (a write cut by a kill) to ``metrics.after-<step>-<time>.jsonl``,
+    so ``metrics.jsonl`` holds one record per step."""
+    if not metrics_file.is_file():
+        return
+
+    def earlier(line: str) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step
+
+    lines = metrics_file.read_text().splitlines(keepends=True)
+    later = [line for line in lines if not earlier(line)]
+    if later:
+        aside = metrics_file.with_name(f"metrics.after-{step}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+        aside.write_text("".join(later))
+        write_atomic(metrics_file, "".join(line for line in lines if earlier(line)))
+
+
+def model_fields(config: DDLMConfig) -> dict:
+    """The ``DDLMConfig`` fields of a config (what a checkpoint records of the model's shape)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(DDLMConfig)}
+
+
+def training_state(base, optimizer, scheduler, ema: EMA | None, scaler) -> dict:
+    """What a checkpoint stores besides the step: the model, optimizer, scheduler, EMA and gradient-scaler
+    states (FSDP2 shards are gathered into whole tensors when it is written)."""
+    state = {"model": base.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def load_training_state(state: dict, base, optimizer, scheduler, ema: EMA | None, scaler, train_cfg) -> None:
+    """Load a checkpoint's ``training_state`` into this run's objects (each rank keeps its FSDP2 shards),
+    then set the learning rate and weight decay of the current recipe (a resume may change them)."""
+    try:
+        current = base.state_dict()
+        if missing := sorted(current.keys() - state["model"].keys()):
+            raise CorruptCheckpoint(f"the checkpoint's model lacks {missing[:5]}")
+        if unexpected := sorted(state["model"].keys() - current.keys()):
+            raise CorruptCheckpoint(f"the checkpoint's model has parameters this model has not: {unexpected[:5]}")
+        base.load_state_dict({name: like(state["model"][name], value, name) for name, value in current.items()})
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for index, values in state["optimizer"]["state"].items():
+            for key, value in values.items():  # moments of FSDP2-sharded parameters: keep this rank's shard
+                if isinstance(params[index], DTensor) and isinstance(value, torch.Tensor) and value.dim():
+                    values[key] = like(value, params[index], f"optimizer state {key} of parameter {index}")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+    except (KeyError, IndexError, TypeError) as error:
+        raise CorruptCheckpoint(f"the checkpoint's training state does not fit this run ({type(error).__name__}: {error})") from None
+    factor = lr_lambda(train_cfg)
+    scheduler.base_lrs = [train_cfg.lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group.update(initial_lr=train_cfg.lr, lr=train_cfg.lr * factor(scheduler.last_epoch), weight_decay=train_cfg.weight_decay)
+
+
+def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, allow_changes=()) -> Path:
+    """Train per the recipe; returns the exported ``final`` directory (model with EMA weights + tokenizer),
+    which the main process also prints. Refuses a launch that started fewer processes than it asked for.
+
+    The run directory ``train.output_dir`` is locked for the whole run (a second run into it fails at
+    once). resume: continue from its newest intact checkpoint. allow_changes: the recipe keys
+    (``"train.steps"``, ...) that may differ from the checkpoint's recipe on resume — the CLI passes
+    the overrides on its command line; ``ddlm.checkpoints.RESUMABLE_CHANGES`` lists which can.
+    """
+    from accelerate import Accelerator
+
+    train_cfg = recipe.train
+    output_dir = Path(train_cfg.output_dir)
+    trackers = [t for t in train_cfg.trackers if t != "none"]
+    accelerator = Accelerator(mixed_precision=train_cfg.mixed_precision, log_with=trackers or None,
+                              project_dir=str(output_dir))
+    check_world_size(accelerator.num_processes)
+    with run_lock(output_dir) if accelerator.is_main_process else contextlib.nullcontext():
+        return _train(recipe, accelerator, resume, progress, set(allow_changes), trackers)
+
+
+def resume_state(checkpoint: Path | None, steps: int) -> tuple[dict | None, dict | None]:
+    """(state, meta) of the checkpoint to resume from, or (None, None) without one; a checkpoint beyond the
+    run's ``steps`` is refused (the loop would export it as a model of ``steps`` steps)."""
+    if checkpoint is None:
+        return None, None
+    saved, meta = load_checkpoint(checkpoint)
+    if meta["step"] > steps:
+        raise ValueError(f"cannot resume: {checkpoint.name} is at step {meta['step']}, beyond train.steps={steps}; "
+                         f"pass train.steps=N with N >= {meta['step']} to train on, or start a new run in another train.output_dir")
+    return saved, meta
+
+
+def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_changes: set[str], trackers: list[str]) -> Path:
+    train_cfg = recipe.train
+    output_dir = Path(train_cfg.output_dir)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accumulation = train_cfg.accumulation_steps(world)
+    if accelerator.is_main_process:
+        prepare_run_directory(output_dir, resume)
+    accelerator.wait_for_everyone()
+    checkpoint = latest_checkpoint(output_dir) if resume else None  # the main process verified it, or moved it aside
+    saved, meta = resume_state(checkpoint, train_cfg.steps)
+
+    tokenizer = load_tokenizer(recipe, output_dir, accelerator)
+    config = recipe.model.config(len(tokenizer), recipe.data.block_size, train_cfg.objective)
+    changes = {}
+    if meta is not None:
+        comparable = lambda recipe_dict, model: json.loads(json.dumps({**recipe_dict, "model": model}))  # noqa: E731
+        # a field the checkpoint does not record did not exist when it was written: it had its default (time_conditioning)
+        saved_model = {**field_defaults(DDLMConfig), **meta["model"]}
+        # likewise a train key the checkpoint's recipe lacks (loss_impl, compile) had its default
+        saved_train = {**field_defaults(TrainConfig), **meta["recipe"].get("train", {})}
+        changes = recipe_changes(comparable({**meta["recipe"], "train": saved_train}, saved_model),
+                                 comparable(recipe.to_dict(), model_fields(config)), allow_changes)
+    if accelerator.is_main_process:
+        write_atomic(output_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+        if meta is not None:
+            set_aside_later_metrics(output_dir / METRICS, meta["step"])
+            with (output_dir / RESUMES).open("a") as f:
+                f.write(json.dumps({"step": meta["step"], "checkpoint": checkpoint.name, "changes": changes}) + "\n")
+    with accelerator.main_process_first():
+        train_blocks, validation = build_datasets(recipe.data, tokenizer, seed=train_cfg.seed, progress=progress and accelerator.is_main_process)
+    torch.manual_seed(train_cfg.seed)
+    model = DDLMForDiffusion(config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
+    # Stepped by the loop once per optimizer step (accelerate's prepared scheduler steps once per process).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    base = accelerator.unwrap_model(model)  # under FSDP2 the same module, its parameters sharded
+    check_sharding(accelerator, train_cfg.ema > 0)
+    ema = EMA(base.parameters(), train_cfg.ema) if train_cfg.ema > 0 else None
+    if train_cfg.loss_impl == "fused_head" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        raise ValueError(f"train.loss_impl='fused_head' reads the output head's weight outside the model's forward, "
+                         f"which {accelerator.distributed_type.value} shards; use train.loss_impl='inplace'")
+    # the training steps call step_model; checkpoints, EMA, evaluation and sampling use base (uncompiled key names)
+    step_model, compile_errors = model, ()
+    if train_cfg.compile:
+        from torch._dynamo.exc import TorchDynamoException
+
+        step_model, compile_errors = compile_for_training(model, accelerator.device), (TorchDynamoException,)
+
+    start, tokens = 0, 0
+    if saved is not None:
+        load_training_state(saved, base, optimizer, scheduler, ema, accelerator.scaler, train_cfg)
+        start, tokens = meta["step"], meta["tokens"]
+    if trackers:
+        accelerator.init_trackers(output_dir.name, config={k: str(v) for k, v in recipe.to_dict()["train"].items()})
+    tokens_per_step = train_cfg.global_batch_size * recipe.data.block_size
+    metrics_file = output_dir / METRICS
+    context = eos_id(tokenizer) if train_cfg.objective == "ar" else None
+    # Every rank runs each evaluation and sample with the same seed (a sharded model needs all ranks in a
+    # forward); the main process writes the results.
+    if start == 0:  # the untrained model's held-out numbers, for comparison
+        untrained = evaluate(base, recipe, validation, accelerator, context)
+        if accelerator.is_main_process:
+            tqdm.write(eval_line(0, untrained) + " (untrained)")
+            with metrics_file.open("a") as f:
+                f.write(json.dumps({"step": 0, **untrained}) + "\n")
+    bar = tqdm(total=train_cfg.steps, initial=start, desc="training", disable=not (progress and accelerator.is_main_process))
+    conditional = config.num_classes > 0
+    batches = train_blocks.batches(start, train_cfg.global_batch_size, rank, world, train_cfg.seed, with_labels=conditional)
+    clock, clock_tokens = time.perf_counter(), 0
+    for step in range(start + 1, train_cfg.steps + 1):
+        local, labels = next(batches) if conditional else (next(batches), None)
+        local = local.to(accelerator.device)
+        generator = step_generator(train_cfg.seed, step, rank, accelerator.device)
+        if conditional:  # the dropout coins come first from the step's generator: a function of (seed, step, rank)
+            labels = drop_labels(labels.to(accelerator.device), train_cfg.label_dropout_rate, config.null_class, generator)
+        micro_labels = labels.split(train_cfg.micro_batch_size) if conditional else [None] * accumulation
+        micro_uniforms = micro_batch_uniforms(train_cfg, step, rank, world, accelerator.device) or [None] * accumulation
+        loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+        for i, (micro, micro_label, uniforms) in enumerate(zip(local.split(train_cfg.micro_batch_size), micro_labels, micro_uniforms)):
+            sync = contextlib.nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
+            with sync:
+                try:
+                    with accelerator.autocast():
+                        loss = objective_loss(step_model, micro, train_cfg, base.graph, base.noise, generator, micro_label,
+                                              head=base, uniforms=uniforms)
+                except NonFiniteScoreError:  # the network itself diverged: stop below, naming the step
+                    loss_sum += math.nan
+                    break
+                except compile_errors as error:  # () without train.compile: torch._dynamo is not imported
+                    raise compile_failure(error) from error
+                accelerator.backward(loss / accumulation)
+            loss_sum += loss.detach().double()
+        loss_mean = accelerator.reduce(loss_sum / accumulation, reduction="mean").item()
+        sequences = int(accelerator.reduce(torch.tensor(local.shape[0], device=accelerator.device), reduction="sum"))
+        if not math.isfinite(loss_mean):
+            last = latest_checkpoint(output_dir)
+            raise FloatingPointError(f"the training loss is {loss_mean} at step {step}; stopped before updating the weights. "
+                                     f"The last good checkpoint is {last if last else 'none (no checkpoint was written yet)'}")
+        grad_norm = None
+        if train_cfg.clip_grad_norm is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update()
+        tokens += tokens_per_step
+        clock_tokens += tokens_per_step
+        bar.update(1)
+
+        record = {"step": step, "train/loss": loss_mean, "lr": scheduler.get_last_lr()[0], "tokens": tokens, "sequences": sequences}
+        if grad_norm is not None:
+            record["train/grad_norm"] = grad_norm
+        if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+            elapsed = time.perf_counter() - clock
+            record["tokens_per_s"] = clock_tokens / elapsed
+            clock, clock_tokens = time.perf_counter(), 0
+            bar.set_postfix(loss=f"{loss_mean:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
+        sample_now = train_cfg.objective == "diffusion" and (step % train_cfg.sample_every == 0 or step == train_cfg.steps)
+        if evaluate_now or sample_now:
+            with ema.applied() if ema is not None else contextlib.nullcontext():
+                if evaluate_now:
+                    record.update(evaluate(base, recipe, validation, accelerator, context))
+                    if accelerator.is_main_process:
+                        bar.write(eval_line(step, record))
+                if sample_now:
+                    texts = generate_samples(base, tokenizer, recipe, accelerator.device)
+                    if accelerator.is_main_process:
+                        write_samples(texts, step, output_dir)
+                        for text in texts:
+                            bar.write(f"[step {step}] {text[:200]!r}")
+        accelerator.log(record, step=step)
+        if accelerator.is_main_process:
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if step % train_cfg.save_every == 0 or step == train_cfg.steps:
+            meta = {"step": step, "tokens": tokens, "recipe": recipe.to_dict(), "model": model_fields(config)}
+            save_checkpoint(output_dir, step, training_state(base, optimizer, scheduler, ema, accelerator.scaler), meta,
+                            write=accelerator.is_main_process, keep=train_cfg.keep_checkpoints)
+            accelerator.wait_for_everyone()
+    bar.close()
+    check_ranks_in_sync(accelerator, base, metrics_file)
+    final = export(accelerator, model, ema, tokenizer, output_dir, progress=progress)
+    if accelerator.is_main_process:
+        print(f"exported {final}")
+    if progress:
+        lines = []
+        if train_cfg.objective == "diffusion":
+            with ema.applied() if ema is not None else contextlib.nullcontext():
+                lines = showcase(base, tokenizer, recipe, validation, accelerator.device)
+        if accelerator.is_main_process:
+            print(report(recipe, len(validation), metrics_file, lines))
+    accelerator.wait_for_everyone()  # destroying the process group while a peer still works can hang (gloo; seen once in the suite)
+    accelerator.end_training()
+    return final
+
+
+def check_ranks_in_sync(accelerator, model, metrics_file: Path) -> None:
+    """Gather a fingerprint of every process's weights (per-parameter sums of squares), record them, and
+    raise if any process differs from the first."""
+    fingerprint = torch.stack([whole(p.detach()).double().square().sum() for p in model.parameters()])
+    gathered = accelerator.gather(fingerprint[None].to(accelerator.device)).cpu()
+    in_sync = bool((gathered == gathered[:1]).all())
+    if accelerator.is_main_process:
+        with metrics_file.open("a") as f:
+            f.write(json.dumps({"ranks_in_sync": in_sync, "weight_fingerprints": gathered.tolist()}) + "\n")
+    if not in_sync:
+        raise RuntimeError("the processes' weights diverged; see weight_fingerprints in " + str(metrics_file))
+
+
+def export(accelerator, model, ema: EMA | None, tokenizer, output_dir: Path, *, progress: bool = True) -> Path:
+    """Save the EMA weights and the tokenizer as a ``from_pretrained`` directory, ``output_dir/final``.
+
+    model: the prepared model. Its whole state dict is gathered on every rank (a collective under FSDP
+    and DeepSpeed ZeRO-3) while the EMA weights are loaded, and the main process writes it.
+    progress=False: no "Writing model shards" bar from transformers.
+    """
+    final = output_dir / FINAL
+    with ema.applied() if ema is not None else contextlib.nullcontext():
+        state = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            with loading_progress(progress):
+                accelerator.unwrap_model(model).save_pretrained(final, state_dict=state)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(final)
+        write_model_manifest(final)
+    accelerator.wait_for_everyone()
+    return final
