@@ -22,11 +22,11 @@ with the held-out text as reference.
 
     python benchmarks/guidance.py --threads 1   # trains what runs/guidance lacks, then samples
     python benchmarks/guidance.py --quick       # smoke run of the whole pipeline (runs/guidance-quick); results/ untouched
+    python benchmarks/guidance.py --report-only # rewrite guidance.md from guidance.json (no runs)
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import math
@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402  (data split, machine description, recipe settings)
+import harness  # noqa: E402
+import quality  # noqa: E402  (data split, recipe settings)
 from corpora import add_data_dir_argument, corpus  # noqa: E402
 
 from ddlm.core.losses import ar_nll  # noqa: E402
@@ -49,7 +50,6 @@ from ddlm.text.tokenization import train_byte_bpe  # noqa: E402
 from ddlm.training.loop import FINAL, latest_checkpoint, train  # noqa: E402
 from ddlm.training.recipes import recipe_from_dict  # noqa: E402
 
-RESULTS = quality.RESULTS
 SOURCES = {0: "tinyshakespeare.txt", 1: "wikitext2.valid.txt"}
 NAMES = {0: "Shakespeare", 1: "WikiText"}
 
@@ -197,8 +197,10 @@ def run(work: Path, heldout: dict[int, str], args) -> dict:
     return out
 
 
-def markdown(out: dict, seconds: dict, params: int, args) -> str:
-    acc = out["classifier"]
+def markdown(out: dict) -> str:
+    """guidance.md from a guidance.json record (its labels are strings there)."""
+    args, seconds, params = harness.recorded(out), out["seconds"], out["params"]
+    acc = out["classifier"]["0"], out["classifier"]["1"]
     lines = [
         f"A class-conditional absorbing model of {params / 1e6:.2f}M parameters (128 × 4 blocks, `model.num_classes: 2`, label dropout 0.1) "
         f"trained {args.steps} steps × 32 × {args.block_size} tokens on two labelled sources ({seconds['conditional'] / 60:.1f} min): "
@@ -208,7 +210,7 @@ def markdown(out: dict, seconds: dict, params: int, args) -> str:
         f"Judge: naive Bayes over token unigrams and bigrams fitted on the training parts; on held-out {args.length}-token blocks it is right "
         f"{acc[0]['rate']:.1%} (Shakespeare, {acc[0]['n']} blocks) and {acc[1]['rate']:.1%} (WikiText, {acc[1]['n']} blocks) of the time. "
         f"Generative perplexity under an unconditional AR model of the same size trained {args.ar_steps} steps on both sources. "
-        f"Machine: {quality.machine()}. Command: `python benchmarks/guidance.py --threads 1`.",
+        f"Machine: {out['machine']}. Command: `python benchmarks/guidance.py --threads 1`.",
         "",
         "Columns per label (Shakespeare / WikiText): the rate classified as the label, the judge's mean log-odds for the label "
         "against the other class in nats per token (± 2 SE; it keeps measuring once the rate saturates), the generative "
@@ -217,25 +219,34 @@ def markdown(out: dict, seconds: dict, params: int, args) -> str:
         "| γ | classified as label | mean rate ± 2 SE | log-odds / token | gen. ppl | entropy |",
         "|---|---|---|---|---|---|",
     ]
-    held = [out["heldout"][label] for label in SOURCES]
+    held = [out["heldout"][str(label)] for label in SOURCES]
     def cells(a: dict, b: dict, mean: str) -> str:
         return (f"{a['rate']:.3f} / {b['rate']:.3f} | {mean} | {a['log_odds']:.3f} ± {2 * a['log_odds_se']:.3f} / "
                 f"{b['log_odds']:.3f} ± {2 * b['log_odds_se']:.3f} | {a['gen_ppl']:.0f} / {b['gen_ppl']:.0f} | {a['entropy']:.3f} / {b['entropy']:.3f} |")
 
     lines.append("| held-out text | " + cells({**acc[0], **held[0]}, {**acc[1], **held[1]}, f"{(acc[0]['rate'] + acc[1]['rate']) / 2:.3f}"))
     for row in out["rows"]:
-        lines.append(f"| {row['scale']:g} | " + cells(row["labels"][0], row["labels"][1],
+        lines.append(f"| {row['scale']:g} | " + cells(row["labels"]["0"], row["labels"]["1"],
                                                       f"{row['mean_rate']:.3f} ± {2 * row['mean_rate_se']:.3f}"))
     lines += ["", "First 48 tokens of the first sample per label and γ:", ""]
     for row in out["rows"]:
         for label in SOURCES:
-            text = row["labels"][label]["example"].replace("\n", " ⏎ ").replace("`", "'")
+            text = row["labels"][str(label)]["example"].replace("\n", " ⏎ ").replace("`", "'")
             lines.append(f"- γ = {row['scale']:g}, {NAMES[label]}: `{text}`")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def measure(args) -> dict:
+    """Train what the work dir lacks, then sample and judge: the guidance.json record's numbers."""
+    heldout = prepare(args.work, args.data_dir)
+    seconds = ensure_models(args.work, args)
+    out = run(args.work, heldout, args)
+    params = sum(p.numel() for p in load_model(args.work / "conditional" / FINAL)[0].parameters())
+    return {"seconds": seconds, **out, "params": params}
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
     parser.add_argument("--work", type=Path, default=quality.ROOT / "runs" / "guidance", help="runs, tokenizer and split text")
     add_data_dir_argument(parser)
     parser.add_argument("--steps", type=int, default=400, help="training steps of the conditional model")
@@ -246,27 +257,19 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--sample-steps", type=int, default=32)
     parser.add_argument("--scales", type=float, nargs="+", default=[0, 1, 1.5, 2, 3])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="tiny settings in runs/guidance-quick; results/ untouched")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="tiny settings in runs/guidance-quick, which also gets the results; "
+                        "results/ untouched")
+    args = harness.parse(parser, argv)
     if args.quick:
-        args.work, args.steps, args.ar_steps, args.eval_blocks = args.work.with_name("guidance-quick"), 4, 4, 2
+        args.work = args.results = args.work.with_name("guidance-quick")
+        args.steps, args.ar_steps, args.eval_blocks = 4, 4, 2
         args.num_samples, args.length, args.sample_steps, args.block_size = 4, 16, 4, 16
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    heldout = prepare(args.work, args.data_dir)
-    seconds = ensure_models(args.work, args)
-    out = run(args.work, heldout, args)
-    params = sum(p.numel() for p in load_model(args.work / "conditional" / FINAL)[0].parameters())
-    report = markdown(out, seconds, params, args)
-    print(report)
-    (args.work / "guidance.md").write_text(report)
-    if not args.quick:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "guidance.md").write_text(report)
-        (RESULTS / "guidance.json").write_text(json.dumps({"seconds": seconds, "settings": {k: str(v) if isinstance(v, Path) else v
-                                                                                         for k, v in vars(args).items()}, **out}, indent=1))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    harness.report("guidance", args, lambda: measure(args), markdown)
 
 
 if __name__ == "__main__":

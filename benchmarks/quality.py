@@ -37,14 +37,13 @@ resumes from its checkpoint), so the runs can also be trained in parallel lanes 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import platform
 import re
 import time
 from pathlib import Path
 
+import harness
 import torch
 from corpora import add_data_dir_argument, corpus
 
@@ -53,12 +52,12 @@ from ddlm.evaluation.sample_quality import ar_sample, sample_metrics
 from ddlm.likelihood import nll_bound
 from ddlm.text.corpora import DataConfig, build_datasets
 from ddlm.text.pipeline import DiffusionPipeline
+from ddlm.text.scores import TextBound
 from ddlm.text.tokenization import train_byte_bpe
 from ddlm.training.loop import FINAL, latest_checkpoint, train
 from ddlm.training.recipes import recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 COMMAND = "python benchmarks/quality.py"
 EVAL_NUM_T = 16  # t per block of the held-out curves during training
 VARIANCE_REDUCED = {"t_sampling": "stratified", "t_importance": "power"}  # train.t_sampling, t = t_min + (1 - t_min) u^2, p/q weights
@@ -204,12 +203,6 @@ def sample_sweep(models, tokenizer, heldout_blocks: torch.Tensor, args) -> dict:
     return out
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def curve_label(name: str) -> str:
     return f"{MODELS[name][0]} ({'exact' if MODELS[name][1] == 'ar' else 'bound'})"
 
@@ -223,7 +216,9 @@ def pyplot():
     return plt
 
 
-def write_plots(runs, sweep, args, out: Path) -> None:
+def write_plots(record: dict, out: Path) -> None:
+    """quality_training.png and quality_sampling.png in ``out``, from a quality.json record."""
+    args, runs, sweep = harness.recorded(record), record["runs"], record["samples"]
     plot_curves(runs, 1e6, "training tokens (millions)", f"WikiText-2 held-out, {args.eval_blocks} blocks of {args.block_size}",
                 out / "quality_training.png")
     plt = pyplot()
@@ -249,7 +244,11 @@ def write_plots(runs, sweep, args, out: Path) -> None:
     fig.savefig(out / "quality_sampling.png", dpi=120)
 
 
-def markdown(runs, table, estimators, sweep, params, args) -> str:
+def markdown(record: dict) -> str:
+    """quality.md from a quality.json record."""
+    args, runs, estimators, sweep, params = (harness.recorded(record), record["runs"], record["estimators"], record["samples"],
+                                             record["params"])
+    table = {name: {text: TextBound(**r) for text, r in results.items()} for name, results in record["perplexity"].items()}
     ar = table["ar"]
     lines = [
         f"Six models of the same network (128 × 4 blocks, 4 heads; byte-level BPE of 1024 tokens trained on the training text), "
@@ -258,7 +257,7 @@ def markdown(runs, table, estimators, sweep, params, args) -> str:
         f"({ar['ptb'].num_tokens} tokens). \"stratified t = u^2\": `train.t_sampling: stratified` with `train.t_importance: power` "
         "(the others draw t i.i.d. uniform); \"time-independent\": `model.time_conditioning: false`. Loss noise: the standard deviation "
         f"of the per-step training loss over the last {args.noise_steps} steps (from successive differences; cross-entropy for AR). "
-        f"Machine: {machine()}. Command: `{COMMAND}`.",
+        f"Machine: {record['machine']}. Command: `{COMMAND}`.",
         "",
         "| model | params | train time | loss noise | held-out ppl | ± 2 SE | × AR | PTB ppl (zero-shot) | × AR | held-out bits/byte |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -290,9 +289,11 @@ def markdown(runs, table, estimators, sweep, params, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def long_experiment(work: Path, heldout: str, args) -> None:
-    """Train (or reuse) the data-constrained runs, score their final models on the whole held-out text, write
-    quality_long.md / quality_long.json / quality_long.png."""
+def long_experiment(args) -> dict:
+    """Train (or reuse) the data-constrained runs and score their final models on the whole held-out text: the
+    quality_long.json record's numbers."""
+    work = args.work
+    heldout = prepare(work, args)
     runs = train_runs(work, LONG_MODELS, args, long=True)
     epoch_tokens = count_blocks(work, work / "train-long.jsonl", args) * args.block_size
     final = {}
@@ -300,24 +301,19 @@ def long_experiment(work: Path, heldout: str, args) -> None:
         model, tokenizer = load_model(run_dir(work, name, long=True) / FINAL)
         final[name] = score_texts(model, tokenizer, [heldout], args.num_t, estimator="dataset", batch_size=256, seed=0,
                                   progress=not args.quiet)[0]
-    report = long_markdown(runs, final, epoch_tokens, args)
-    print(report)
-    plot_long(runs, epoch_tokens, args, work)
-    if not args.quick:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "quality_long.md").write_text(report)
-        (RESULTS / "quality_long.json").write_text(json.dumps({"epoch_tokens": epoch_tokens, "runs": runs,
-                                                               "final": {name: vars(r) for name, r in final.items()}}, indent=1))
-        plot_long(runs, epoch_tokens, args, RESULTS)
+    return {"epoch_tokens": epoch_tokens, "runs": runs, "final": {name: vars(r) for name, r in final.items()}}
 
 
-def long_markdown(runs, final, epoch_tokens: int, args) -> str:
+def long_markdown(record: dict) -> str:
+    """quality_long.md from a quality_long.json record."""
+    args, runs, epoch_tokens = harness.recorded(record), record["runs"], record["epoch_tokens"]
+    final = {name: TextBound(**r) for name, r in record["final"].items()}
     lines = [
         f"The same networks and recipes as above, trained for {args.long_epochs:g} epochs over the first {args.long_fraction:.0%} of the "
         f"training text ({epoch_tokens} tokens, {epoch_tokens // args.block_size} blocks; {runs['ar']['tokens'] / 1e6:.2f}M training tokens "
         f"per model). Curve: held-out perplexity on {args.eval_blocks} blocks at {args.long_evals} points, the AR model's at "
         f"{evaluations('ar', args, True)} (EMA weights; bound for diffusion, {EVAL_NUM_T} t per block); final: the whole held-out "
-        f"text ({args.num_t} t per block, dataset estimator). Machine: {machine()}. Command: `{COMMAND} --long`.",
+        f"text ({args.num_t} t per block, dataset estimator). Machine: {record['machine']}. Command: `{COMMAND} --long`.",
         "",
         "| model | train time | best held-out ppl (curve) | at epoch | final held-out ppl (curve) | final, whole held-out ± 2 SE |",
         "|---|---|---|---|---|---|",
@@ -331,8 +327,10 @@ def long_markdown(runs, final, epoch_tokens: int, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_long(runs, epoch_tokens: int, args, out: Path) -> None:
-    plot_curves(runs, epoch_tokens, "epochs over the training text", f"Data-constrained: {epoch_tokens} training tokens, best marked",
+def plot_long(record: dict, out: Path) -> None:
+    """quality_long.png in ``out``, from a quality_long.json record."""
+    epoch_tokens = record["epoch_tokens"]
+    plot_curves(record["runs"], epoch_tokens, "epochs over the training text", f"Data-constrained: {epoch_tokens} training tokens, best marked",
                 out / "quality_long.png", mark_best=True)
 
 
@@ -373,8 +371,8 @@ def prepare(work: Path, args) -> str:
     return heldout
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "quality", help="runs, tokenizer and split text")
     add_data_dir_argument(parser)
     parser.add_argument("--steps", type=int, default=1000, help="training steps of each model (32 x block_size tokens each)")
@@ -394,36 +392,25 @@ def parse_args():
     parser.add_argument("--long-evals", type=int, default=20, help="held-out evaluations along each long diffusion run (the AR run: 8 times as many)")
     parser.add_argument("--train-only", nargs="+", metavar="RUN", choices=list(MODELS) + [f"long-{n}" for n in LONG_MODELS],
                         help="train (or resume) these runs and stop: parallel lanes on a many-core machine, then the full command reuses them")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="tiny settings in a separate work dir (runs/quality-quick); results/ untouched")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="tiny settings in a separate work dir (runs/quality-quick), "
+                        "which also gets the results; results/ untouched")
+    args = harness.parse(parser, argv)
     if args.quick:
-        args.work, args.steps, args.eval_blocks, args.num_t = args.work.with_name("quality-quick"), 20, 4, 4
+        args.work = args.results = args.work.with_name("quality-quick")
+        args.steps, args.eval_blocks, args.num_t = 20, 4, 4
         args.variance_blocks, args.variance_num_t, args.repeats, args.num_samples, args.sample_steps = 2, 4, 2, 4, [4, 8]
         args.long_epochs, args.long_evals = 2, 2
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def experiment(args) -> dict:
+    """Train (or reuse) the six runs and measure them: the quality.json record's numbers."""
     work = args.work
     heldout = prepare(work, args)
-    if args.train_only:
-        for run in args.train_only:
-            name = run.removeprefix("long-")
-            train_runs(work, [name], args, long=run != name)
-        return
-    if args.long:
-        return long_experiment(work, heldout, args)
-
     runs = train_runs(work, MODELS, args)
     models, tokenizer = {}, None
     for name in MODELS:
         models[name], tokenizer = load_model(work / name / FINAL)
-    params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
     texts = {"held-out": heldout, "ptb": corpus(args.data_dir, "ptb.valid.txt").read_text(encoding="utf-8")}
     print("perplexities ...", flush=True)
     table = perplexity_table(models, tokenizer, texts, args)
@@ -432,16 +419,22 @@ def main() -> None:
     estimators = t_estimators(models["absorbing"], blocks[:args.variance_blocks], args)
     print("sample quality ...", flush=True)
     sweep = sample_sweep(models, tokenizer, blocks, args)
-    report = markdown(runs, table, estimators, sweep, params, args)
-    print(report)
-    (work / "quality.md").write_text(report)
-    write_plots(runs, sweep, args, work)
-    if not args.quick:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "quality.md").write_text(report)
-        (RESULTS / "quality.json").write_text(json.dumps({"runs": runs, "estimators": estimators, "samples": sweep, "perplexity": {
-            name: {text: vars(r) for text, r in results.items()} for name, results in table.items()}}, indent=1))
-        write_plots(runs, sweep, args, RESULTS)
+    return {"runs": runs, "estimators": estimators, "samples": sweep,
+            "perplexity": {name: {text: vars(r) for text, r in results.items()} for name, results in table.items()},
+            "params": {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.train_only:
+        prepare(args.work, args)
+        for run in args.train_only:
+            name = run.removeprefix("long-")
+            train_runs(args.work, [name], args, long=run != name)
+    elif args.long:
+        harness.report("quality_long", args, lambda: long_experiment(args), long_markdown, plot_long)
+    else:
+        harness.report("quality", args, lambda: experiment(args), markdown, write_plots)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ perplexity and entropy against network calls).
     python benchmarks/sampling.py --threads 1  # trains what is missing, then the sweep (see results/sampling.md for the time)
     python benchmarks/sampling.py --quick      # smoke run of the whole pipeline in runs/sampling-quick; results/ untouched
     python benchmarks/sampling.py --device cuda
+    python benchmarks/sampling.py --report-only  # rewrite sampling.md and the PNG from sampling.json (no runs)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -36,7 +36,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 import quality  # noqa: E402  (the models, data split and recipes of quality.py)
+from corpora import add_data_dir_argument, corpus  # noqa: E402
 
 from ddlm.core.losses import ar_nll  # noqa: E402
 from ddlm.evaluation import load_model  # noqa: E402
@@ -46,7 +48,6 @@ from ddlm.text.tokenization import train_byte_bpe  # noqa: E402
 from ddlm.training.loop import FINAL, latest_checkpoint, train  # noqa: E402
 from ddlm.training.recipes import recipe_from_dict  # noqa: E402
 
-RESULTS = quality.RESULTS
 BASELINE = ("absorbing", "analytic 1024")
 
 
@@ -81,7 +82,7 @@ def settings(args) -> list[tuple[str, str, str, dict]]:
 
 def ensure_models(work: Path, args) -> None:
     """Train (or resume) the AR, absorbing and time-independent absorbing models that the work dir lacks."""
-    train_docs, heldout = quality.split_articles((quality.DATA / "wikitext2.valid.txt").read_text(encoding="utf-8"), 0.9)
+    train_docs, heldout = quality.split_articles(corpus(args.data_dir, "wikitext2.valid.txt").read_text(encoding="utf-8"), 0.9)
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "train.jsonl").is_file():
         (work / "train.jsonl").write_text("".join(json.dumps({"text": doc}) + "\n" for doc in train_docs))
@@ -192,14 +193,9 @@ def own_baseline(rows: list[dict], row: dict) -> dict:
     return next(r for r in rows if (r["model"], r["label"]) == (row["model"], "analytic 1024"))
 
 
-def device_name(device: str | None) -> str:
-    if device and device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
-    return quality.machine()
-
-
-def markdown(result: dict, args) -> str:
-    rows, refs = result["rows"], result["references"]
+def markdown(result: dict) -> str:
+    """sampling.md from a sampling.json record."""
+    args, rows, refs = harness.recorded(result), result["rows"], result["references"]
     base = next(r for r in rows if (r["model"], r["label"]) == BASELINE)
     trained = ", ".join(f"{name} {t['seconds'] / 60:.0f} min" for name, t in result.get("training", {}).items())
     lines = [
@@ -210,7 +206,7 @@ def markdown(result: dict, args) -> str:
         f"(nats, ± 2 SE); calls: score-function calls for the batch; forwards / sample: sequences passed to them per sample (the cache passes only the sequences that changed); time: wall-clock of the batch. Baseline: "
         f"`analytic` 1024 steps on the time-conditioned model (the × columns). ✓: generative perplexity and entropy within 2 "
         f"combined SE of the same model's `analytic` 1024 row (the two models differ in quality, so each is compared with "
-        f"its own). Machine: {result.get('machine') or device_name(args.device)}. Command: `python benchmarks/sampling.py"
+        f"its own). Machine: {result['machine']}. Command: `python benchmarks/sampling.py"
         f"{' --device ' + args.device if args.device else ''}{f' --threads {args.threads}' if args.threads else ''}`.",
         "",
         "| model | sampler | calls | × baseline calls | forwards / sample | time (s) | × baseline time | gen. ppl [± 2 SE] | entropy ± 2 SE | distinct-2 | distinct-4 | ✓ |",
@@ -240,7 +236,8 @@ def markdown(result: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plot(result: dict, path: Path) -> None:
+def write_plot(result: dict, out: Path) -> None:
+    """sampling_frontier.png in ``out``, from a sampling.json record."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,12 +268,22 @@ def write_plot(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(out / "sampling_frontier.png", dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def measure(args) -> dict:
+    """Train what the work dir lacks, then the sweep: the sampling.json record's numbers."""
+    ensure_models(args.work, args)
+    result = run_sweep(args.work, args)
+    result["training"] = {name: json.loads((args.work / name / "seconds.json").read_text())
+                          for name in ("ar", "absorbing", "absorbing_ti") if (args.work / name / "seconds.json").is_file()}
+    return result
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
     parser.add_argument("--work", type=Path, default=quality.ROOT / "runs" / "sampling", help="models, tokenizer and split text")
+    add_data_dir_argument(parser)
     parser.add_argument("--steps", type=int, default=600, help="training steps of each model (32 x block_size tokens each)")
     parser.add_argument("--block-size", type=int, default=128, help="training block size")
     parser.add_argument("--eval-blocks", type=int, default=64)
@@ -289,32 +296,20 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="*", default=[0.9, 0.5, 0.2, 0.1, 0.05])
     parser.add_argument("--entropy-bounds", type=float, nargs="*", default=[0.5, 2.0, 4.0, 8.0])
     parser.add_argument("--device", default=None, help="torch device for sampling (default cpu); training uses what accelerate picks (a GPU when there is one)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="tiny settings in runs/sampling-quick; results/ untouched")
-    parser.add_argument("--report-only", action="store_true", help="rewrite sampling.md and the PNG from sampling.json (no runs)")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="tiny settings in runs/sampling-quick, which also gets the results; "
+                        "results/ untouched")
+    args = harness.parse(parser, argv)
     if args.quick:
-        args.work, args.steps, args.eval_blocks = args.work.with_name("sampling-quick"), 20, 4
+        args.work = args.results = args.work.with_name("sampling-quick")
+        args.steps, args.eval_blocks = 20, 4
         args.num_samples, args.length, args.grid_steps, args.remask_steps = 4, 16, [1024, 16], [16]
         args.confidence_steps, args.thresholds, args.entropy_bounds = [16, 4], [0.5], [1.0]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = RESULTS if not args.quick else args.work
-    if args.report_only:
-        result = json.loads((out / "sampling.json").read_text())
-    else:
-        ensure_models(args.work, args)
-        result = run_sweep(args.work, args)
-    if not result.get("training"):
-        result["training"] = {name: json.loads((args.work / name / "seconds.json").read_text())
-                              for name in ("ar", "absorbing", "absorbing_ti") if (args.work / name / "seconds.json").is_file()}
-    report = markdown(result, args)
-    print(report)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sampling.md").write_text(report)
-    (out / "sampling.json").write_text(json.dumps({"machine": device_name(args.device), **result}, indent=1))
-    write_plot(result, out / "sampling_frontier.png")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    harness.report("sampling", args, lambda: measure(args), markdown, write_plot)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""The shared benchmark harness (benchmarks/harness.py) and the scripts that use it: machine header,
+JSON -> Markdown round trip with --report-only, each script's --help, and each stored table rebuilt
+byte for byte from its stored JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import harness  # noqa: E402
+
+SCRIPTS = ["quality", "sampling", "guidance"]  # the scripts that use the harness
+TABLES = [("quality", "quality", "markdown"), ("quality", "quality_long", "long_markdown"), ("sampling", "sampling", "markdown"),
+          ("guidance", "guidance", "markdown")]  # (script, results name, its markdown function)
+
+
+def test_machine_header_fields():
+    fields = harness.machine_fields()
+    assert set(fields) == {"cpu", "cores", "threads", "torch", "gpu"}
+    assert fields["cpu"] and fields["cores"] >= 1 and fields["gpu"] is None
+    assert fields["threads"] == torch.get_num_threads() and fields["torch"] == torch.__version__
+    header = harness.machine()
+    assert f"{fields['threads']} torch threads" in header and f"torch {torch.__version__}" in header
+
+
+def args_for(tmp_path: Path, *extra: str):
+    parser = harness.parser("A toy benchmark.")
+    parser.add_argument("--size", type=int, default=3)
+    return harness.parse(parser, ["--results", str(tmp_path), "--quiet", *extra])
+
+
+def table(record: dict) -> str:
+    return f"size {record['settings']['size']} on {record['machine']}: {record['rows']['1']}\n"
+
+
+def test_report_round_trip(tmp_path):
+    plotted = []
+    record = harness.report("toy", args_for(tmp_path, "--size", "5"), lambda: {"rows": {1: (2.5, 3)}}, table,
+                            lambda r, out: plotted.append((r["rows"], out)))
+    stored = (tmp_path / "toy.json").read_text()
+    assert json.loads(stored) == record and record["rows"] == {"1": [2.5, 3]} and record["settings"]["size"] == 5
+    assert record["machine"] == harness.machine()
+    text = (tmp_path / "toy.md").read_text()
+    assert text == table(record) and plotted == [({"1": [2.5, 3]}, tmp_path)]
+    (tmp_path / "toy.md").unlink()
+
+    def no_measuring():
+        raise AssertionError("--report-only measured")
+
+    harness.report("toy", args_for(tmp_path, "--report-only"), no_measuring, table)
+    assert (tmp_path / "toy.md").read_text() == text and (tmp_path / "toy.json").read_text() == stored
+
+
+def test_threads_option_sets_torch_threads(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        assert args_for(tmp_path, "--threads", "1").threads == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--report-only" in result.stdout and "--threads" in result.stdout
+
+
+@pytest.mark.parametrize("script, name, function", TABLES)
+def test_stored_table_rebuilt_from_json(script, name, function):
+    module = __import__(script)
+    record = json.loads((BENCHMARKS / "results" / f"{name}.json").read_text(encoding="utf-8"))
+    assert getattr(module, function)(record) == (BENCHMARKS / "results" / f"{name}.md").read_text(encoding="utf-8")
