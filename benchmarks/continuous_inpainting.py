@@ -7,20 +7,17 @@ the table gives the mean over seeds and the spread across seeds (one standard de
 error of the seed-mean. Writes benchmarks/results/continuous_inpainting.{md,json}.
 
     python benchmarks/continuous_inpainting.py [--samples 20000] [--seeds 3] [--steps 100 1000]
+    python benchmarks/continuous_inpainting.py --report-only   # the table again from continuous_inpainting.json
 """
 
-import argparse
-import json
 import math
-import pathlib
-import platform
 import time
 
+import harness
 import torch
 
 import ddlm.continuous as dc
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 SPLIT = 0.4  # between the two conditional modes of x[0]
 
 
@@ -33,15 +30,9 @@ def left_mass(mixture, split):
     )
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--samples", type=int, default=20000)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--values", type=float, nargs="+", default=[0.0, -1.0])
-    args = parser.parse_args()
+def measure(args) -> dict:
+    """Weight, mean and std of x[0] (mean and spread over seeds) per y, method, sampler and steps, in float64."""
     torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
     sde = dc.VPSDE()
     mixture = dc.GaussianMixture(
         [0.3, 0.7], [[-2.0, -1.0], [2.0, 1.0]],
@@ -76,7 +67,14 @@ def main():
                     row[key] = vals.mean().item()
                     row[key + "_spread"] = vals.std().item() if len(vals) > 1 else float("nan")
                 rows.append(row)
-                print(value, method, sampler, steps, {k: round(row[k], 4) for k in ("weight", "mean", "std")}, exact)
+                if not args.quiet:
+                    print(value, method, sampler, steps, {k: round(row[k], 4) for k in ("weight", "mean", "std")}, exact)
+    return {"rows": rows}
+
+
+def markdown(record: dict) -> str:
+    """continuous_inpainting.md from a continuous_inpainting.json record."""
+    args, rows = harness.recorded(record), record["rows"]
     se_weight = max(math.sqrt(r["exact"]["weight"] * (1 - r["exact"]["weight"]) / args.samples) for r in rows)
     se_mean = max(r["exact"]["std"] / math.sqrt(args.samples) for r in rows)
     lines = [
@@ -98,11 +96,23 @@ def main():
             f"| {r['mean'] - ex['mean']:+.3f} (±{r['mean_spread']:.3f}) | {r['std'] - ex['std']:+.3f} "
             f"| {r['known']:.1e} | {r['seconds_per_run']:.1f} |"
         )
-    lines += ["", f"Machine: {platform.processor() or platform.machine()} (the shared 2-core development CPU), torch {torch.__version__}, one thread, float64."]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "continuous_inpainting.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "continuous_inpainting.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    print("\n".join(lines))
+    lines += ["", f"Machine: {record['machine']}, float64."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
+    parser.add_argument("--samples", type=int, default=20000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--values", type=float, nargs="+", default=[0.0, -1.0])
+    parser.set_defaults(threads=1)
+    return harness.parse(parser, argv)
+
+
+def main():
+    args = parse_args()
+    harness.report("continuous_inpainting", args, lambda: measure(args), markdown)
 
 
 if __name__ == "__main__":

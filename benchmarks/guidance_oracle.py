@@ -11,15 +11,12 @@ sharpened law have their exact values in the header rows). TV of the same number
 the noise floor. LogLinear schedule. Writes benchmarks/results/guidance_oracle.md (+ .json).
 
     python benchmarks/guidance_oracle.py [--samples 50000]
+    python benchmarks/guidance_oracle.py --report-only   # the table again from guidance_oracle.json
 """
 
-import argparse
-import json
-import os
-import pathlib
-import platform
 import time
 
+import harness
 import torch
 
 import ddlm
@@ -45,11 +42,8 @@ def empirical(oracle: ConditionalSequenceOracle, x: torch.Tensor) -> torch.Tenso
     return counts.double() / x.shape[0]
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--samples", type=int, default=50_000)
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 2.0, 4.0])
-    args = parser.parse_args()
+def measure(args) -> dict:
+    """TV to the sharpened law and to p(x | c), and E p(c | x0), per process, gamma and predictor."""
     label, rows = 1, []
     for graph in [ddlm.Absorbing(3), ddlm.Uniform(3)]:
         oracle = ConditionalSequenceOracle.random(graph, 3, 2, torch.Generator().manual_seed(0))
@@ -68,24 +62,40 @@ def main():
                              "p_c": mean_posterior(oracle, law, label), "p_c_sharpened": mean_posterior(oracle, target.probs, label),
                              "p_c_conditional": mean_posterior(oracle, exact.probs, label), "tv_exact_draws": floor,
                              "seconds": time.perf_counter() - start})
-                print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+                if not args.quiet:
+                    print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+    return {"rows": rows}
+
+
+def markdown(record: dict) -> str:
+    """guidance_oracle.md from a guidance_oracle.json record."""
+    args = harness.recorded(record)
     lines = [
         f"# Guidance with gamma != 1 against the sharpened law ({args.samples} draws; 2-class oracle over 3^3 sequences)",
         "",
-        f"Machine: {os.cpu_count()}-core CPU ({platform.machine()}), torch {torch.__version__}. Exact ratios; "
+        f"Machine: {record['machine']}. Exact ratios; "
         "confidence uses random order and one position per step (exact sequential sampling).",
         "",
         "| process | gamma | predictor | steps | TV to sharpened | TV to p(x\\|c) | E p(c\\|x0) | sharpened: E p(c\\|x0) | p(x\\|c): E p(c\\|x0) | TV of exact draws |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in record["rows"]:
         lines.append(f"| {r['process']} | {r['gamma']:g} | {r['predictor']} | {r['steps']} | {r['tv_sharpened']:.4f} | "
                      f"{r['tv_conditional']:.4f} | {r['p_c']:.4f} | {r['p_c_sharpened']:.4f} | {r['p_c_conditional']:.4f} | "
                      f"{r['tv_exact_draws']:.4f} |")
-    out = pathlib.Path(__file__).parent / "results" / "guidance_oracle"
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
+    parser.add_argument("--samples", type=int, default=50_000)
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 2.0, 4.0])
+    return harness.parse(parser, argv)
+
+
+def main():
+    args = parse_args()
+    harness.report("guidance_oracle", args, lambda: measure(args), markdown)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,14 @@ Each scheme draws its times exactly as the training loop does (``batch_uniforms`
 ``training_times``). Writes benchmarks/results/t_sampling.md and .json.
 
     OMP_NUM_THREADS=1 python benchmarks/t_sampling.py [--model runs/sampling/absorbing/final] [--loss-steps 48] [--grad-steps 12]
+    python benchmarks/t_sampling.py --report-only   # the table again from t_sampling.json
 """
 
-import argparse
-import json
 import math
 import pathlib
-import platform
 import time
 
+import harness
 import torch
 
 from ddlm import DDLMForDiffusion
@@ -43,16 +42,8 @@ def robust_std(values: torch.Tensor) -> float:
     return float(q3 - q1) / 1.349
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default=str(ROOT / "runs/sampling/absorbing/final"))
-    parser.add_argument("--text", default=str(ROOT / "runs/sampling/heldout.txt"))
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--loss-steps", type=int, default=48)
-    parser.add_argument("--grad-steps", type=int, default=12)
-    parser.add_argument("--power", type=float, default=2.0)
-    parser.add_argument("--t-min", type=float, default=1e-3)
-    args = parser.parse_args()
+def measure(args) -> dict:
+    """Loss and gradient spread per scheme, on the same batches: the t_sampling.json record's numbers."""
     torch.manual_seed(0)
     model = DDLMForDiffusion.from_pretrained(args.model).eval()
     tokenizer = load_tokenizer(args.model)
@@ -83,26 +74,33 @@ def main():
                "grad_total_variance": float(grads.var(0).sum()), "grad_mean_norm": float(grads.mean(0).norm()),
                "losses_fresh": fresh_losses.tolist(), "losses_fixed": fixed_losses.tolist()}
         rows.append(row)
-        print(row, flush=True)
+        if not args.quiet:
+            print(row, flush=True)
     iid = rows[0]
     for row in rows:
         for key in ("loss_std_fresh", "loss_std_fixed", "loss_robust_std_fixed", "grad_total_variance"):
             row[key + "_vs_iid"] = row[key] / iid[key]
-    seconds = time.perf_counter() - start
+    model_path = pathlib.Path(args.model)
+    return {"model": str(model_path.relative_to(ROOT)) if model_path.is_relative_to(ROOT) else args.model,
+            "params": sum(p.numel() for p in params), "length": length, "seconds": time.perf_counter() - start, "rows": rows}
+
+
+def markdown(record: dict) -> str:
+    """t_sampling.md from a t_sampling.json record."""
+    args, rows = harness.recorded(record), record["rows"]
     std_rel = 1 / math.sqrt(2 * (args.loss_steps - 1))  # relative standard error of a standard deviation (normal data)
     var_rel = math.sqrt(2 / (args.grad_steps - 1))
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
     lines = [
-        f"# Training-loss variance by time sampling (batch {args.batch}, fixed weights; {machine})",
+        f"# Training-loss variance by time sampling (batch {args.batch}, fixed weights; {record['machine']})",
         "",
-        f"Model `{pathlib.Path(args.model).relative_to(ROOT) if pathlib.Path(args.model).is_relative_to(ROOT) else args.model}` "
-        f"({sum(p.numel() for p in params) / 1e6:.2f}M parameters, absorbing, blocks of {length}), dropout off, "
+        f"Model `{record['model']}` "
+        f"({record['params'] / 1e6:.2f}M parameters, absorbing, blocks of {record['length']}), dropout off, "
         f"t_min = {args.t_min:g}. Loss: standard deviation of the batch-mean loss (nats/token) over {args.loss_steps} steps, "
         f"fresh held-out batches each step (the same batches for every scheme) or one fixed batch; each standard deviation "
         f"carries a relative standard error of about {100 * std_rel:.0f}%. Gradient: trace of the gradient's covariance over "
         f"{args.grad_steps} draws on the fixed batch (relative standard error about {100 * var_rel:.0f}%). "
         f"Robust std: interquartile range / 1.349 of the fixed-batch losses (the loss is heavy-tailed; the largest is shown). "
-        f"{seconds:.0f} s in all. `OMP_NUM_THREADS=1 python benchmarks/t_sampling.py`",
+        f"{record['seconds']:.0f} s in all. `OMP_NUM_THREADS=1 python benchmarks/t_sampling.py`",
         "",
         "| t_sampling | t_importance | mean loss | loss std, fresh batches | vs iid | loss std, fixed batch | vs iid "
         "| robust std, fixed | vs iid | largest, fixed | gradient variance | vs iid |",
@@ -112,10 +110,24 @@ def main():
           f"{r['loss_robust_std_fixed']:.4f} | {r['loss_robust_std_fixed_vs_iid']:.2f} | {r['loss_max_fixed']:.3f} | "
           f"{r['grad_total_variance']:.4g} | {r['grad_total_variance_vs_iid']:.2f} |" for r in rows],
     ]
-    out = ROOT / "benchmarks" / "results" / "t_sampling"
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "machine": machine, "seconds": seconds, "rows": rows}, indent=2) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
+    parser.add_argument("--model", default=str(ROOT / "runs/sampling/absorbing/final"))
+    parser.add_argument("--text", default=str(ROOT / "runs/sampling/heldout.txt"))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--loss-steps", type=int, default=48)
+    parser.add_argument("--grad-steps", type=int, default=12)
+    parser.add_argument("--power", type=float, default=2.0)
+    parser.add_argument("--t-min", type=float, default=1e-3)
+    return harness.parse(parser, argv)
+
+
+def main():
+    args = parse_args()
+    harness.report("t_sampling", args, lambda: measure(args), markdown)
 
 
 if __name__ == "__main__":
