@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..core.checks import check_count
+from ..core.checks import check_count, is_int
 from ..core.choices import T_SAMPLING
 from ..core.losses import dse, dwdse
 from ..core.processes import Graph, check_batch, check_graph
@@ -58,32 +58,95 @@ class NLLBound:
         return torch.exp(self.per_token)
 
 
+T_LAYOUTS = ("sequence", "pooled", "batch")  # how stratified_uniforms lays its strata over the slots
+
+
+def _check_method(method: str) -> None:
+    """Refuse a t_sampling method that is not one of T_SAMPLING."""
+    if method not in T_SAMPLING:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {method!r}")
+
+
+def _check_slots(name: str, value, method: str, even: bool, low: int = 1) -> None:
+    """Refuse an unknown method, or a number of slots ``name`` that is not an int >= low (an even one if ``even``)."""
+    _check_method(method)
+    if not is_int(value, low) or (even and value % 2):
+        raise ValueError(f"{name} must be {'an even int >= 2' if even else f'an int >= {low}'} for t_sampling={method!r}, got {value!r}")
+
+
+def _check_power(name: str, power) -> None:
+    """Refuse a power of the time warp that is not a finite number >= 1."""
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 1 <= power < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 1, got {power!r}")
+
+
+def stratified_uniforms(size: int, method: str, layout: str = "sequence", generator: torch.Generator | None = None,
+                        device=None, *, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Uniforms for the Monte Carlo estimate of a t integral, one per slot: (u, stratum).
+
+    u: Float64[size] ([rows, size] with ``rows``), each slot marginally uniform. method: iid
+    (independent draws), stratified (u = (stratum + v) / strata for v uniform: each stratum, an
+    equal piece of the unit interval, holds the same number of slots) or antithetic (slots 2i and
+    2i + 1 get a and 1 - a; an even size). stratum: Long[size] for stratified, else None.
+    layout, which slots form one estimate:
+    - sequence: each row (``rows`` of them, independent; ``sample_times``); size / 2 strata in
+      order, two adjacent slots each (even size).
+    - pooled: all slots (``pooled_times``); size / 2 strata, two slots each (even size), dealt to
+      the slots in a random order, so each slot's u is uniform on its own.
+    - batch: all slots and any slice of them (``batch_uniforms``); size strata, one slot each,
+      dealt in a random order.
+    u lies in (0, 1], for batch in [0, 1). Each layout's draws from ``generator`` are fixed (in
+    number and order): stored estimates and the exact resume of training runs depend on them.
+    """
+    if layout not in T_LAYOUTS:
+        raise ValueError(f"layout must be one of {T_LAYOUTS}, got {layout!r}")
+    if rows is not None and (layout != "sequence" or not is_int(rows, 0)):
+        raise ValueError(f"rows must be an int >= 0 with layout='sequence' (else None), got rows={rows!r}, layout={layout!r}")
+    _check_slots("size", size, method, method == "antithetic" or (method == "stratified" and layout != "batch"))
+    v, stratum = _layout_draws(size, method, layout, () if rows is None else (rows,), generator, device)
+    if method == "antithetic":
+        return torch.stack([v, 1 - v], dim=-1).reshape(v.shape[:-1] + (size,)), None
+    if method == "stratified":
+        return (stratum.to(torch.float64) + v) / (size if layout == "batch" else size // 2), stratum
+    return v, None
+
+
+def _layout_draws(size: int, method: str, layout: str, lead: tuple, generator, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layout's random draws, in its fixed order: v (for antithetic the first slot of each pair) and the strata."""
+    def uniform(n: int) -> torch.Tensor:
+        return torch.rand(*lead, n, generator=generator, dtype=torch.float64, device=device)
+
+    if layout == "batch":  # [0, 1): the strata first; antithetic draws the pairs' first slots only
+        stratum = torch.randperm(size, generator=generator, device=device) if method == "stratified" else None
+        return uniform(size // 2 if method == "antithetic" else size), stratum
+    v = 1 - uniform(size)  # (0, 1]; antithetic keeps half of it
+    if method == "antithetic":
+        return (v[..., : size // 2] if layout == "sequence" else v[..., 0::2]), None
+    if method == "iid":
+        return v, None
+    if layout == "sequence":
+        return v, torch.arange(size, device=device) // 2
+    return v, torch.randperm(size, generator=generator, device=device) // 2
+
+
+def _warped_times(u: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, dt/du) for the bound from u in (0, 1]: u clamped to [eps, 1] (so t > 0), then t = u^power."""
+    return power_warp(u.clamp(min=torch.finfo(torch.float64).eps, max=1.0), power)
+
+
 def sample_times(batch: int, num_t: int, method: str = "stratified", power: float = 2.0, generator: torch.Generator | None = None, device=None):
     """Times for the t integral and their weights: (t, dt/du), each [batch, num_t] float64.
 
     The integral over t is taken over u in (0, 1] with t = u^power, so that
     integral_0^1 f(t) dt = integral_0^1 f(u^power) power u^(power - 1) du. The integrand is
     heavy-tailed near t = 0 (values ~ 1/t with probability ~ t); power > 1 gives the estimate
-    finite variance. u is drawn by method: stratified (num_t / 2 equal strata, two uniform draws
-    each), antithetic (pairs u, 1 - u) or iid. stratified and antithetic need an even num_t.
+    finite variance. u is drawn by method (``stratified_uniforms``, layout sequence: each row one
+    estimate): stratified (num_t / 2 equal strata, two uniform draws each), antithetic (pairs u,
+    1 - u) or iid. stratified and antithetic need an even num_t.
     """
-    if method not in T_SAMPLING:
-        raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {method!r}")
-    if isinstance(num_t, bool) or not isinstance(num_t, int) or num_t < 2 or (method != "iid" and num_t % 2):
-        need = "an int >= 2" if method == "iid" else "an even int >= 2"
-        raise ValueError(f"num_t must be {need} for t_sampling={method!r}, got {num_t!r}")
-    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 1 <= power < math.inf:
-        raise ValueError(f"t_power must be a finite number >= 1, got {power!r}")
-    u = 1 - torch.rand(batch, num_t, generator=generator, dtype=torch.float64, device=device)  # (0, 1]
-    if method == "stratified":
-        strata = num_t // 2
-        start = torch.arange(strata, dtype=torch.float64, device=device).repeat_interleave(2)
-        u = (start + u) / strata
-    elif method == "antithetic":
-        half = u[:, : num_t // 2]
-        u = torch.stack([half, 1 - half], dim=-1).reshape(batch, num_t)
-    u = u.clamp(min=torch.finfo(torch.float64).eps, max=1.0)
-    return power_warp(u, power)
+    _check_slots("num_t", num_t, method, method != "iid", low=2)
+    _check_power("t_power", power)
+    return _warped_times(stratified_uniforms(num_t, method, "sequence", generator, device, rows=batch)[0], power)
 
 
 def power_warp(u: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +157,8 @@ def power_warp(u: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tenso
 
 
 def batch_uniforms(size: int, method: str, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """One uniform per slot of a batch, Float64[size] in [0, 1), each marginally U[0, 1):
+    """One uniform per slot of a batch, Float64[size] in [0, 1), each marginally U[0, 1)
+    (``stratified_uniforms`` with layout batch):
 
     iid: independent draws. stratified: slot j gets (pi_j + v_j) / size for a random permutation pi
     and independent v_j ~ U[0, 1): every stratum [k / size, (k + 1) / size) holds exactly one draw,
@@ -102,17 +166,7 @@ def batch_uniforms(size: int, method: str, generator: torch.Generator | None = N
     unbiased estimate too). antithetic: slots 2i and 2i + 1 get v_i and 1 - v_i (size must be even).
     The training loop draws this over the global batch and hands each process and micro-batch its slice.
     """
-    if method not in T_SAMPLING:
-        raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {method!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or (method == "antithetic" and size % 2):
-        raise ValueError(f"size must be {'an even int >= 2' if method == 'antithetic' else 'an int >= 1'} for t_sampling={method!r}, got {size!r}")
-    if method == "stratified":
-        strata = torch.randperm(size, generator=generator, device=device).to(torch.float64)
-        return (strata + torch.rand(size, generator=generator, dtype=torch.float64, device=device)) / size
-    if method == "antithetic":
-        half = torch.rand(size // 2, generator=generator, dtype=torch.float64, device=device)
-        return torch.stack([half, 1 - half], dim=-1).reshape(size)
-    return torch.rand(size, generator=generator, dtype=torch.float64, device=device)
+    return stratified_uniforms(size, method, "batch", generator, device)[0]
 
 
 def training_times(u: torch.Tensor, t_min: float, importance: str | None = None, power: float = 2.0) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -127,8 +181,7 @@ def training_times(u: torch.Tensor, t_min: float, importance: str | None = None,
         return t_min + (1 - t_min) * u, None
     if importance not in T_IMPORTANCE:
         raise ValueError(f"t_importance must be one of {T_IMPORTANCE} or None, got {importance!r}")
-    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 1 <= power < math.inf:
-        raise ValueError(f"t_importance_power must be a finite number >= 1, got {power!r}")
+    _check_power("t_importance_power", power)
     s, weight = power_warp(u, power)
     return t_min + (1 - t_min) * s, weight
 
@@ -337,30 +390,21 @@ def pooled_times(num_blocks: int, t_per_block: int, method: str = "stratified", 
     its own (each block's estimate is unbiased) while the dataset's times cover (0, 1] evenly; with
     an odd number of slots one random block gets one extra slot. stratum[s] is the slot's stratum
     (for the standard error of the sum). antithetic: pairs u, 1 - u within each block (even
-    t_per_block); iid: independent u; stratum is None for both. t = u^power as in ``sample_times``.
+    t_per_block); iid: independent u; stratum is None for both (``stratified_uniforms``, layout pooled).
+    t = u^power as in ``sample_times``.
     """
-    if method not in T_SAMPLING:
-        raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {method!r}")
+    _check_method(method)
     check_count("num_blocks", num_blocks)
     check_count("t_per_block", t_per_block)
     if method == "antithetic" and t_per_block % 2:
         raise ValueError(f"antithetic t needs an even t_per_block (pairs u, 1 - u), got {t_per_block}")
-    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 1 <= power < math.inf:
-        raise ValueError(f"t_power must be a finite number >= 1, got {power!r}")
+    _check_power("t_power", power)
     block = torch.arange(num_blocks, device=device).repeat_interleave(t_per_block)
-    stratum = None
     if method == "stratified" and block.numel() % 2:
         extra = torch.randint(num_blocks, (1,), generator=generator, device=device)
         block = torch.cat([block, extra]).sort().values
-    u = 1 - torch.rand(block.numel(), generator=generator, dtype=torch.float64, device=device)  # (0, 1]
-    if method == "stratified":
-        stratum = torch.randperm(block.numel(), generator=generator, device=device) // 2
-        u = (stratum.to(torch.float64) + u) / (block.numel() // 2)
-    elif method == "antithetic":
-        pairs = u.reshape(-1, 2)
-        u = torch.stack([pairs[:, 0], 1 - pairs[:, 0]], dim=-1).reshape(-1)
-    u = u.clamp(min=torch.finfo(torch.float64).eps, max=1.0)
-    return u**power, power * u ** (power - 1), block, stratum
+    u, stratum = stratified_uniforms(block.numel(), method, "pooled", generator, device)
+    return *_warped_times(u, power), block, stratum
 
 
 @dataclass
