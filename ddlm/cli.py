@@ -303,7 +303,6 @@ def zero_shot_command(args: argparse.Namespace) -> None:
     from .evaluation.zero_shot import default_split, evaluate_benchmark, get_benchmark
 
     requests = [(get_benchmark(name), path or None) for name, _, path in (item.partition("=") for item in args.benchmark)]
-    estimator = "per-block" if args.estimator == "per-text" else args.estimator
     rows = []
     for index, name in enumerate([args.model] + args.compare, 1):
         model, tokenizer = _load(args, name)
@@ -312,7 +311,7 @@ def zero_shot_command(args: argparse.Namespace) -> None:
         for benchmark, path in requests:
             split = args.split or default_split(benchmark, args.protocol)
             rows.append((index, evaluate_benchmark(
-                model, tokenizer, benchmark, args.protocol, args.num_t, estimator=estimator, split=split, path=path,
+                model, tokenizer, benchmark, args.protocol, args.num_t, estimator=args.estimator, split=split, path=path,
                 data_dir=None if path else args.data_dir, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
                 progress=not args.quiet, t_sampling=args.t_sampling, t_power=args.t_power)))
     print(f"{'model':<5} {'benchmark':<12} {'protocol':<8} {'split':<10} {'blocks':>6} {'tokens':>9} {'t/block':>7} {'estimator':>9}"
@@ -324,7 +323,7 @@ def zero_shot_command(args: argparse.Namespace) -> None:
         print(f"{f'#{index}':<5} {r.benchmark:<12} {r.protocol:<8} {r.split:<10} {r.num_blocks:>6} {r.num_tokens:>9}"
               f" {r.num_t or 'exact':>7} {r.estimator:>9} {r.per_token:>8.4f} +- {r.stderr / r.num_tokens:<6.4f}"
               f" {r.ppl:>10.3f} +- {r.ppl_stderr:<7.3f} {acc:>13} {ppl:>20}")
-    print(f"({args.protocol} protocol; diffusion: upper bound, +- one standard error; per-block: t/block times for every block, "
+    print(f"({args.protocol} protocol; diffusion: upper bound, +- one standard error; per-text: t/block times for every block, "
           "dataset: t/block times per block stratified over the benchmark's blocks, the error taken across blocks; "
           "docs/how-to/zero-shot.md states each protocol's rules)")
 

@@ -193,7 +193,7 @@ def test_eval_benchmark_prints_the_suite_table(model_dir, byte_tokenizer, data_d
     for name, split, blocks, tokens in [("wikitext2", "validation", wiki, 16 * wiki), ("ptb", "validation", ptb, 16 * ptb),
                                         ("lm1b", "test", 3, lm1b)]:
         row = rows[name]
-        assert row[2:8] == ["mdlm", split, str(blocks), str(tokens), "64", "per-block"] and row[-2:] == ["-", "-"]
+        assert row[2:8] == ["mdlm", split, str(blocks), str(tokens), "64", "per-text"] and row[-2:] == ["-", "-"]
         per_token, stderr, ppl = float(row[8]), float(row[10]), float(row[11])  # untrained: E[bound] = log 300 per token
         assert abs(per_token - math.log(300)) < 3 * stderr + 1e-3 and ppl == pytest.approx(math.exp(per_token), rel=1e-3)
 
@@ -217,6 +217,15 @@ def test_the_dataset_estimator_and_lambadas_last_word(model_dir, ar_model, byte_
     main(["eval", str(model_dir), "--benchmark", "lambada", "--data-dir", str(data_dir), "--num-t", "2", "--quiet"])
     row = table(capsys.readouterr().out)["lambada"]
     assert row[2:4] == ["sedd", "test"] and 0 <= float(row[-4]) <= 1 and float(row[-3]) > 1  # accuracy, last-word ppl +- se
+
+
+def test_per_block_is_still_accepted_as_the_per_text_estimator(model_dir, data_dir):
+    from ddlm.evaluation import load_model
+
+    model, tokenizer = load_model(model_dir)
+    old, new = (evaluate_benchmark(model, tokenizer, "wikitext2", "sedd", 2, estimator=name, split="validation", data_dir=data_dir,
+                                   limit=2, progress=False) for name in ("per-block", "per-text"))
+    assert old == new and new.estimator == "per-text" and new.num_blocks == 2
 
 
 @pytest.mark.parametrize("argv, message", [

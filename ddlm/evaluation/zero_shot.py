@@ -340,20 +340,29 @@ class ZeroShotScore(BoundTotals):
     prior: float
     stderr: float
     num_t: int
-    estimator: str = "per-block"  # or "dataset", or "exact" (AR)
+    estimator: str = "per-text"  # or "dataset", or "exact" (AR)
     last_word: dict | None = None  # LAMBADA: ddlm.evaluation.lambada's accuracy, ppl, ... of the passages
 
 
-ESTIMATORS = ("per-block", "dataset")
+ESTIMATORS = ("per-text", "dataset")  # the names of ``ddlm eval``
+ESTIMATOR_ALIASES = {"per-block": "per-text"}  # the name this module used before; still accepted
+
+
+def _estimator(name: str, allowed: tuple[str, ...]) -> str:
+    """The estimator ``name`` (an alias resolved) if it is one of ``allowed``, else a ValueError."""
+    resolved = ESTIMATOR_ALIASES.get(name, name)
+    if resolved not in allowed:
+        raise ValueError(f"estimator must be one of {', '.join(allowed)}, got {name!r}")
+    return resolved
 
 
 @torch.no_grad()
 def score_blocks(model, tokenizer, blocks: Sequence[Sequence[int]], protocol: str = "sedd", num_t: int = 128, *,
-                 estimator: str = "per-block", batch_size: int | None = None, seed: int | None = 0, progress: bool = True,
+                 estimator: str = "per-text", batch_size: int | None = None, seed: int | None = 0, progress: bool = True,
                  **bound_kwargs) -> tuple[float, float, float, int]:
     """(integral, prior, stderr, scored tokens) summed over ``blocks``.
 
-    A diffusion model bounds every token of every block. estimator "per-block": ``num_t`` t per block
+    A diffusion model bounds every token of every block. estimator "per-text": ``num_t`` t per block
     (``ddlm.likelihood.nll_bound``), the standard error from each block's own spread; "dataset": ``num_t``
     t per block stratified over all blocks (``ddlm.likelihood.block_estimates``, what the papers' tables
     use), the standard error taken across blocks (at least 2). ``bound_kwargs`` (t_sampling, t_power)
@@ -367,8 +376,7 @@ def score_blocks(model, tokenizer, blocks: Sequence[Sequence[int]], protocol: st
     _check_protocol(protocol)
     check_count("num_t", num_t)
     check_count("batch_size", batch_size, allow_none=True)
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    estimator = _estimator(estimator, ESTIMATORS)
     if not blocks:
         raise ValueError("no blocks to score")
     model.eval()
@@ -415,16 +423,15 @@ def evaluate_benchmark(model, tokenizer, benchmark: Benchmark | str, protocol: s
     """Score one benchmark: load its rows (``load_rows``), cut them into the protocol's blocks of the
     model's length, keep the first ``limit`` blocks, and score them (``score_blocks``).
 
-    estimator: "per-block", "dataset", or "auto" (dataset for 16 blocks or more); num_t: t per block
-    (default 128 per block, 1 for the dataset estimator). For LAMBADA with ``last_word`` the result also
+    estimator: "per-text" (alias "per-block"), "dataset", or "auto" (dataset for 16 blocks or more); num_t:
+    t per block (default 128 per block, 1 for the dataset estimator). For LAMBADA with ``last_word`` the result also
     holds ``ddlm.evaluation.lambada`` of its passages (the first ``limit`` of them): last-word accuracy
     and perplexity, contexts cut to their last tokens where a passage exceeds the model's length,
-    ``num_t`` (per-block) or ``LAST_WORD_NUM_T`` t per passage.
+    ``num_t`` (per-text) or ``LAST_WORD_NUM_T`` t per passage.
     """
     check_count("limit", limit, allow_none=True)
     check_count("num_t", num_t, allow_none=True)
-    if estimator not in (*ESTIMATORS, "auto"):
-        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)} or auto, got {estimator!r}")
+    estimator = _estimator(estimator, (*ESTIMATORS, "auto"))
     benchmark = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     split = split or default_split(benchmark, protocol)
     rows = load_rows(benchmark, split, path=path, data_dir=data_dir)
@@ -435,7 +442,7 @@ def evaluate_benchmark(model, tokenizer, benchmark: Benchmark | str, protocol: s
                          f"under the {protocol} protocol")
     blocks = blocks[:limit] if limit is not None else blocks
     if estimator == "auto":
-        estimator = "dataset" if len(blocks) >= DATASET_MIN_BLOCKS else "per-block"
+        estimator = "dataset" if len(blocks) >= DATASET_MIN_BLOCKS else "per-text"
     block_t = num_t or (1 if estimator == "dataset" else LAST_WORD_NUM_T)
     integral, prior, stderr, tokens = score_blocks(model, tokenizer, blocks, protocol, block_t, estimator=estimator,
                                                    batch_size=batch_size, seed=seed, progress=progress, **bound_kwargs)
@@ -444,7 +451,7 @@ def evaluate_benchmark(model, tokenizer, benchmark: Benchmark | str, protocol: s
                           "exact" if exact else estimator)
     if benchmark.name == "lambada" and last_word:
         passages = [row for row in rows if row.strip()][:limit]
-        pair_t = block_t if estimator == "per-block" else LAST_WORD_NUM_T
+        pair_t = block_t if estimator == "per-text" else LAST_WORD_NUM_T
         score.last_word = lambada((model, tokenizer), passages, pair_t, seed=seed, batch_size=batch_size, truncate_context=True,
                                   progress=progress, **bound_kwargs)
     return score
