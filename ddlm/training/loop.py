@@ -10,6 +10,11 @@ data position and every random draw are functions of the step) are written by ``
 a locked run directory, whole-or-nothing checkpoints with a verified manifest, no pickle anywhere.
 ``resume=True`` continues exactly from the newest intact checkpoint, refusing recipe changes that
 would make another run.
+
+A run goes in phases: ``set_up`` (run directory, resume point, tokenizer, data, the prepared model,
+optimizer, scheduler and EMA, held in a ``TrainingRun``), then for each step ``train_step`` (one
+optimizer step) and ``after_step`` (tokens/s, evaluation and samples, metrics, checkpoint), then
+``finish`` (export and report).
 """
 
 from __future__ import annotations
@@ -453,36 +458,172 @@ def resume_state(checkpoint: Path | None, steps: int) -> tuple[dict | None, dict
     return saved, meta
 
 
+@dataclasses.dataclass
+class TrainingRun:
+    """What the phases of one run share, built by ``set_up``: the recipe and accelerator, the data, the
+    prepared model / optimizer / scheduler and EMA, the step it starts after and the tokens seen so far.
+
+    model is the prepared (wrapped) model, for backward, gradient sync, clipping and export; base the
+    unwrapped module, for checkpoints, the EMA, evaluation and sampling (uncompiled key names);
+    step_model what the training steps call (``torch.compile``d under train.compile, whose errors are
+    compile_errors; () without it)."""
+
+    recipe: Recipe
+    accelerator: object
+    tokenizer: object
+    config: DDLMConfig
+    train_blocks: object
+    validation: object
+    model: object
+    base: DDLMForDiffusion
+    step_model: object
+    compile_errors: tuple
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: EMA | None
+    start: int
+    tokens: int
+    context: int | None  # an AR model's context token for evaluation (EOS), else None
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.recipe.train
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.train.output_dir)
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.output_dir / METRICS
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.num_classes > 0
+
+    @property
+    def accumulation(self) -> int:
+        return self.train.accumulation_steps(self.accelerator.num_processes)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.global_batch_size * self.recipe.data.block_size
+
+
+def due(step: int, every: int, steps: int) -> bool:
+    """Whether a periodic action (every ``every`` steps, and at the last one) falls on ``step``."""
+    return step % every == 0 or step == steps
+
+
+def ema_weights(ema: EMA | None):
+    """A context with the EMA weights loaded into the model (none to load without an EMA)."""
+    return ema.applied() if ema is not None else contextlib.nullcontext()
+
+
+def append_metrics(run: TrainingRun, record: dict) -> None:
+    """Append a record to ``metrics.jsonl`` (main process only)."""
+    if run.accelerator.is_main_process:
+        with run.metrics_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_changes: set[str], trackers: list[str]) -> Path:
+    """The run in phases: ``set_up``, then per step ``train_step`` and ``after_step`` (throughput, evaluation
+    and samples, metrics, checkpoint), then ``finish`` (export and report)."""
+    run = set_up(recipe, accelerator, resume, progress, allow_changes, trackers)
+    train_cfg = recipe.train
+    if run.start == 0:  # the untrained model's held-out numbers, for comparison
+        untrained = evaluate(run.base, recipe, run.validation, accelerator, run.context)
+        if accelerator.is_main_process:
+            tqdm.write(eval_line(0, untrained) + " (untrained)")
+        append_metrics(run, {"step": 0, **untrained})
+    bar = tqdm(total=train_cfg.steps, initial=run.start, desc="training", disable=not (progress and accelerator.is_main_process))
+    batches = run.train_blocks.batches(run.start, train_cfg.global_batch_size, accelerator.process_index,
+                                       accelerator.num_processes, train_cfg.seed, with_labels=run.conditional)
+    throughput = Throughput(run.tokens)
+    for step in range(run.start + 1, train_cfg.steps + 1):
+        record = train_step(run, step, next(batches))
+        bar.update(1)
+        after_step(run, record, bar, throughput)
+    bar.close()
+    return finish(run, progress)
+
+
+def set_up(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_changes: set[str], trackers: list[str]) -> TrainingRun:
+    """Everything before the first step: the run directory and the checkpoint to resume from (its recipe
+    changes checked and recorded), the tokenizer, the data, the prepared model, optimizer, scheduler and
+    EMA with the checkpoint's state loaded, and the trackers."""
     train_cfg = recipe.train
     output_dir = Path(train_cfg.output_dir)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    accumulation = train_cfg.accumulation_steps(world)
+    train_cfg.accumulation_steps(accelerator.num_processes)  # refuse a global batch that does not split, first
+    checkpoint, saved, meta = resume_point(output_dir, accelerator, resume, train_cfg.steps)
+    tokenizer = load_tokenizer(recipe, output_dir, accelerator)
+    config = recipe.model.config(len(tokenizer), recipe.data.block_size, train_cfg.objective)
+    changes = {} if meta is None else resume_changes(recipe, config, meta, allow_changes)
+    if accelerator.is_main_process:
+        record_start(recipe, output_dir, checkpoint, meta, changes)
+    with accelerator.main_process_first():
+        train_blocks, validation = build_datasets(recipe.data, tokenizer, seed=train_cfg.seed, progress=progress and accelerator.is_main_process)
+    model, optimizer, scheduler = prepare_model(recipe, config, accelerator)
+    base = accelerator.unwrap_model(model)  # under FSDP2 the same module, its parameters sharded
+    check_sharding(accelerator, train_cfg.ema > 0)
+    ema = EMA(base.parameters(), train_cfg.ema) if train_cfg.ema > 0 else None
+    if train_cfg.loss_impl == "fused_head" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        raise ValueError(f"train.loss_impl='fused_head' reads the output head's weight outside the model's forward, "
+                         f"which {accelerator.distributed_type.value} shards; use train.loss_impl='inplace'")
+    step_model, compile_errors = model, ()
+    if train_cfg.compile:
+        from torch._dynamo.exc import TorchDynamoException
+
+        step_model, compile_errors = compile_for_training(model, accelerator.device), (TorchDynamoException,)
+    start, tokens = 0, 0
+    if saved is not None:
+        load_training_state(saved, base, optimizer, scheduler, ema, accelerator.scaler, train_cfg)
+        start, tokens = meta["step"], meta["tokens"]
+    if trackers:
+        accelerator.init_trackers(output_dir.name, config={k: str(v) for k, v in recipe.to_dict()["train"].items()})
+    context = eos_id(tokenizer) if train_cfg.objective == "ar" else None
+    return TrainingRun(recipe, accelerator, tokenizer, config, train_blocks, validation, model, base, step_model,
+                       compile_errors, optimizer, scheduler, ema, start, tokens, context)
+
+
+def resume_point(output_dir: Path, accelerator, resume: bool, steps: int) -> tuple[Path | None, dict | None, dict | None]:
+    """(checkpoint, state, meta) to resume from, all None for a new run, after the main process has
+    prepared the run directory (``prepare_run_directory``: a new run refuses a used one)."""
     if accelerator.is_main_process:
         prepare_run_directory(output_dir, resume)
     accelerator.wait_for_everyone()
     checkpoint = latest_checkpoint(output_dir) if resume else None  # the main process verified it, or moved it aside
-    saved, meta = resume_state(checkpoint, train_cfg.steps)
+    saved, meta = resume_state(checkpoint, steps)
+    return checkpoint, saved, meta
 
-    tokenizer = load_tokenizer(recipe, output_dir, accelerator)
-    config = recipe.model.config(len(tokenizer), recipe.data.block_size, train_cfg.objective)
-    changes = {}
+
+def resume_changes(recipe: Recipe, config: DDLMConfig, meta: dict, allow_changes: set[str]) -> dict:
+    """The recipe keys that differ from the checkpoint's recipe (``recipe_changes`` refuses those not in
+    allow_changes or not resumable)."""
+    comparable = lambda recipe_dict, model: json.loads(json.dumps({**recipe_dict, "model": model}))  # noqa: E731
+    # a field the checkpoint does not record did not exist when it was written: it had its default (time_conditioning)
+    saved_model = {**field_defaults(DDLMConfig), **meta["model"]}
+    # likewise a train key the checkpoint's recipe lacks (loss_impl, compile) had its default
+    saved_train = {**field_defaults(TrainConfig), **meta["recipe"].get("train", {})}
+    return recipe_changes(comparable({**meta["recipe"], "train": saved_train}, saved_model),
+                          comparable(recipe.to_dict(), model_fields(config)), allow_changes)
+
+
+def record_start(recipe: Recipe, output_dir: Path, checkpoint: Path | None, meta: dict | None, changes: dict) -> None:
+    """Write the run's ``recipe.json``; on a resume, set aside the metrics of later steps and append the
+    checkpoint and the recipe changes to ``resumes.jsonl`` (main process)."""
+    write_atomic(output_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
     if meta is not None:
-        comparable = lambda recipe_dict, model: json.loads(json.dumps({**recipe_dict, "model": model}))  # noqa: E731
-        # a field the checkpoint does not record did not exist when it was written: it had its default (time_conditioning)
-        saved_model = {**field_defaults(DDLMConfig), **meta["model"]}
-        # likewise a train key the checkpoint's recipe lacks (loss_impl, compile) had its default
-        saved_train = {**field_defaults(TrainConfig), **meta["recipe"].get("train", {})}
-        changes = recipe_changes(comparable({**meta["recipe"], "train": saved_train}, saved_model),
-                                 comparable(recipe.to_dict(), model_fields(config)), allow_changes)
-    if accelerator.is_main_process:
-        write_atomic(output_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
-        if meta is not None:
-            set_aside_later_metrics(output_dir / METRICS, meta["step"])
-            with (output_dir / RESUMES).open("a") as f:
-                f.write(json.dumps({"step": meta["step"], "checkpoint": checkpoint.name, "changes": changes}) + "\n")
-    with accelerator.main_process_first():
-        train_blocks, validation = build_datasets(recipe.data, tokenizer, seed=train_cfg.seed, progress=progress and accelerator.is_main_process)
+        set_aside_later_metrics(output_dir / METRICS, meta["step"])
+        with (output_dir / RESUMES).open("a") as f:
+            f.write(json.dumps({"step": meta["step"], "checkpoint": checkpoint.name, "changes": changes}) + "\n")
+
+
+def prepare_model(recipe: Recipe, config: DDLMConfig, accelerator) -> tuple:
+    """(model, optimizer, scheduler): the model initialised from train.seed, AdamW and the learning-rate
+    schedule, model and optimizer prepared by accelerate."""
+    train_cfg = recipe.train
     torch.manual_seed(train_cfg.seed)
     model = DDLMForDiffusion(config)
     model.train()
@@ -490,124 +631,145 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     # Stepped by the loop once per optimizer step (accelerate's prepared scheduler steps once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg))
     model, optimizer = accelerator.prepare(model, optimizer)
-    base = accelerator.unwrap_model(model)  # under FSDP2 the same module, its parameters sharded
-    check_sharding(accelerator, train_cfg.ema > 0)
-    ema = EMA(base.parameters(), train_cfg.ema) if train_cfg.ema > 0 else None
-    if train_cfg.loss_impl == "fused_head" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
-        raise ValueError(f"train.loss_impl='fused_head' reads the output head's weight outside the model's forward, "
-                         f"which {accelerator.distributed_type.value} shards; use train.loss_impl='inplace'")
-    # the training steps call step_model; checkpoints, EMA, evaluation and sampling use base (uncompiled key names)
-    step_model, compile_errors = model, ()
-    if train_cfg.compile:
-        from torch._dynamo.exc import TorchDynamoException
+    return model, optimizer, scheduler
 
-        step_model, compile_errors = compile_for_training(model, accelerator.device), (TorchDynamoException,)
 
-    start, tokens = 0, 0
-    if saved is not None:
-        load_training_state(saved, base, optimizer, scheduler, ema, accelerator.scaler, train_cfg)
-        start, tokens = meta["step"], meta["tokens"]
-    if trackers:
-        accelerator.init_trackers(output_dir.name, config={k: str(v) for k, v in recipe.to_dict()["train"].items()})
-    tokens_per_step = train_cfg.global_batch_size * recipe.data.block_size
-    metrics_file = output_dir / METRICS
-    context = eos_id(tokenizer) if train_cfg.objective == "ar" else None
-    # Every rank runs each evaluation and sample with the same seed (a sharded model needs all ranks in a
-    # forward); the main process writes the results.
-    if start == 0:  # the untrained model's held-out numbers, for comparison
-        untrained = evaluate(base, recipe, validation, accelerator, context)
-        if accelerator.is_main_process:
-            tqdm.write(eval_line(0, untrained) + " (untrained)")
-            with metrics_file.open("a") as f:
-                f.write(json.dumps({"step": 0, **untrained}) + "\n")
-    bar = tqdm(total=train_cfg.steps, initial=start, desc="training", disable=not (progress and accelerator.is_main_process))
-    conditional = config.num_classes > 0
-    batches = train_blocks.batches(start, train_cfg.global_batch_size, rank, world, train_cfg.seed, with_labels=conditional)
-    clock, clock_tokens = time.perf_counter(), 0
-    for step in range(start + 1, train_cfg.steps + 1):
-        local, labels = next(batches) if conditional else (next(batches), None)
-        local = local.to(accelerator.device)
-        generator = step_generator(train_cfg.seed, step, rank, accelerator.device)
-        if conditional:  # the dropout coins come first from the step's generator: a function of (seed, step, rank)
-            labels = drop_labels(labels.to(accelerator.device), train_cfg.label_dropout_rate, config.null_class, generator)
-        micro_labels = labels.split(train_cfg.micro_batch_size) if conditional else [None] * accumulation
-        micro_uniforms = micro_batch_uniforms(train_cfg, step, rank, world, accelerator.device) or [None] * accumulation
-        loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-        for i, (micro, micro_label, uniforms) in enumerate(zip(local.split(train_cfg.micro_batch_size), micro_labels, micro_uniforms)):
-            sync = contextlib.nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
-            with sync:
-                try:
-                    with accelerator.autocast():
-                        loss = objective_loss(step_model, micro, train_cfg, base.graph, base.noise, generator, micro_label,
-                                              head=base, uniforms=uniforms)
-                except NonFiniteScoreError:  # the network itself diverged: stop below, naming the step
-                    loss_sum += math.nan
-                    break
-                except compile_errors as error:  # () without train.compile: torch._dynamo is not imported
-                    raise compile_failure(error) from error
-                accelerator.backward(loss / accumulation)
-            loss_sum += loss.detach().double()
-        loss_mean = accelerator.reduce(loss_sum / accumulation, reduction="mean").item()
-        sequences = int(accelerator.reduce(torch.tensor(local.shape[0], device=accelerator.device), reduction="sum"))
-        if not math.isfinite(loss_mean):
-            last = latest_checkpoint(output_dir)
-            raise FloatingPointError(f"the training loss is {loss_mean} at step {step}; stopped before updating the weights. "
-                                     f"The last good checkpoint is {last if last else 'none (no checkpoint was written yet)'}")
-        grad_norm = None
-        if train_cfg.clip_grad_norm is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update()
-        tokens += tokens_per_step
-        clock_tokens += tokens_per_step
-        bar.update(1)
+def train_step(run: TrainingRun, step: int, batch) -> dict:
+    """One optimizer step on this process's part of the global batch (blocks, or (blocks, labels) for a
+    class-conditional model): the micro-batches' losses and gradients, a stop before the update on a
+    non-finite loss, the update; returns the step's record for ``metrics.jsonl``."""
+    accelerator = run.accelerator
+    local, labels = batch if run.conditional else (batch, None)
+    local = local.to(accelerator.device)
+    generator = step_generator(run.train.seed, step, accelerator.process_index, accelerator.device)
+    loss_sum = accumulate_gradients(run, generator, micro_batches(run, step, local, labels, generator))
+    loss_mean = accelerator.reduce(loss_sum / run.accumulation, reduction="mean").item()
+    sequences = int(accelerator.reduce(torch.tensor(local.shape[0], device=accelerator.device), reduction="sum"))
+    if not math.isfinite(loss_mean):
+        last = latest_checkpoint(run.output_dir)
+        raise FloatingPointError(f"the training loss is {loss_mean} at step {step}; stopped before updating the weights. "
+                                 f"The last good checkpoint is {last if last else 'none (no checkpoint was written yet)'}")
+    grad_norm = optimizer_step(run)
+    run.tokens += run.tokens_per_step
+    record = {"step": step, "train/loss": loss_mean, "lr": run.scheduler.get_last_lr()[0], "tokens": run.tokens, "sequences": sequences}
+    if grad_norm is not None:
+        record["train/grad_norm"] = grad_norm
+    return record
 
-        record = {"step": step, "train/loss": loss_mean, "lr": scheduler.get_last_lr()[0], "tokens": tokens, "sequences": sequences}
-        if grad_norm is not None:
-            record["train/grad_norm"] = grad_norm
-        if step % train_cfg.log_every == 0 or step == train_cfg.steps:
-            elapsed = time.perf_counter() - clock
-            record["tokens_per_s"] = clock_tokens / elapsed
-            clock, clock_tokens = time.perf_counter(), 0
-            bar.set_postfix(loss=f"{loss_mean:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-        evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
-        sample_now = train_cfg.objective == "diffusion" and (step % train_cfg.sample_every == 0 or step == train_cfg.steps)
-        if evaluate_now or sample_now:
-            with ema.applied() if ema is not None else contextlib.nullcontext():
-                if evaluate_now:
-                    record.update(evaluate(base, recipe, validation, accelerator, context))
-                    if accelerator.is_main_process:
-                        bar.write(eval_line(step, record))
-                if sample_now:
-                    texts = generate_samples(base, tokenizer, recipe, accelerator.device)
-                    if accelerator.is_main_process:
-                        write_samples(texts, step, output_dir)
-                        for text in texts:
-                            bar.write(f"[step {step}] {text[:200]!r}")
-        accelerator.log(record, step=step)
-        if accelerator.is_main_process:
-            with metrics_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        if step % train_cfg.save_every == 0 or step == train_cfg.steps:
-            meta = {"step": step, "tokens": tokens, "recipe": recipe.to_dict(), "model": model_fields(config)}
-            save_checkpoint(output_dir, step, training_state(base, optimizer, scheduler, ema, accelerator.scaler), meta,
-                            write=accelerator.is_main_process, keep=train_cfg.keep_checkpoints)
-            accelerator.wait_for_everyone()
-    bar.close()
-    check_ranks_in_sync(accelerator, base, metrics_file)
-    final = export(accelerator, model, ema, tokenizer, output_dir, progress=progress)
+
+def micro_batches(run: TrainingRun, step: int, local: torch.Tensor, labels: torch.Tensor | None, generator) -> zip:
+    """The step's micro-batches as (blocks, labels after dropout or None, time uniforms or None)."""
+    train_cfg, device, accumulation = run.train, run.accelerator.device, run.accumulation
+    if run.conditional:  # the dropout coins come first from the step's generator: a function of (seed, step, rank)
+        labels = drop_labels(labels.to(device), train_cfg.label_dropout_rate, run.config.null_class, generator)
+    micro_labels = labels.split(train_cfg.micro_batch_size) if run.conditional else [None] * accumulation
+    uniforms = micro_batch_uniforms(train_cfg, step, run.accelerator.process_index, run.accelerator.num_processes, device)
+    return zip(local.split(train_cfg.micro_batch_size), micro_labels, uniforms or [None] * accumulation)
+
+
+def accumulate_gradients(run: TrainingRun, generator, batches) -> torch.Tensor:
+    """Forward and backward over the micro-batches, the gradients synchronised at the last one; the sum of
+    their losses (Float64), NaN if the network's scores diverged (the remaining micro-batches are skipped)."""
+    accelerator, base = run.accelerator, run.base
+    loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    for i, (micro, micro_label, uniforms) in enumerate(batches):
+        sync = contextlib.nullcontext() if i == run.accumulation - 1 else accelerator.no_sync(run.model)
+        with sync:
+            try:
+                with accelerator.autocast():
+                    loss = objective_loss(run.step_model, micro, run.train, base.graph, base.noise, generator, micro_label,
+                                          head=base, uniforms=uniforms)
+            except NonFiniteScoreError:  # the network itself diverged: the step stops, naming the step
+                loss_sum += math.nan
+                break
+            except run.compile_errors as error:  # () without train.compile: torch._dynamo is not imported
+                raise compile_failure(error) from error
+            accelerator.backward(loss / run.accumulation)
+        loss_sum += loss.detach().double()
+    return loss_sum
+
+
+def optimizer_step(run: TrainingRun) -> float | None:
+    """Clip the gradients (train.clip_grad_norm), step the optimizer and the schedule, clear the gradients,
+    update the EMA; the gradient norm before clipping, None without clipping."""
+    grad_norm = None
+    if run.train.clip_grad_norm is not None:
+        grad_norm = float(run.accelerator.clip_grad_norm_(run.model.parameters(), run.train.clip_grad_norm))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update()
+    return grad_norm
+
+
+class Throughput:
+    """Training tokens per second between two readings."""
+
+    def __init__(self, tokens: int):
+        self.clock, self.tokens = time.perf_counter(), tokens
+
+    def read(self, tokens: int) -> float:
+        """Tokens per second since the last reading (or the start); ``tokens`` is the run's count so far."""
+        rate = (tokens - self.tokens) / (time.perf_counter() - self.clock)
+        self.clock, self.tokens = time.perf_counter(), tokens
+        return rate
+
+
+def after_step(run: TrainingRun, record: dict, bar, throughput: Throughput) -> None:
+    """The rest of a step, each when due: tokens/s (train.log_every), evaluation and samples, the record
+    to the trackers and ``metrics.jsonl``, a checkpoint (train.save_every)."""
+    train_cfg, step = run.train, record["step"]
+    if due(step, train_cfg.log_every, train_cfg.steps):
+        record["tokens_per_s"] = throughput.read(run.tokens)
+        bar.set_postfix(loss=f"{record['train/loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+    evaluate_and_sample(run, record, bar)
+    run.accelerator.log(record, step=step)
+    append_metrics(run, record)
+    if due(step, train_cfg.save_every, train_cfg.steps):
+        meta = {"step": step, "tokens": run.tokens, "recipe": run.recipe.to_dict(), "model": model_fields(run.config)}
+        save_checkpoint(run.output_dir, step, training_state(run.base, run.optimizer, run.scheduler, run.ema, run.accelerator.scaler),
+                        meta, write=run.accelerator.is_main_process, keep=train_cfg.keep_checkpoints)
+        run.accelerator.wait_for_everyone()
+
+
+def evaluate_and_sample(run: TrainingRun, record: dict, bar) -> None:
+    """When due (train.eval_every, train.sample_every, the last step): the held-out metrics of the EMA
+    weights into record, and samples (diffusion) to ``samples/`` and the console. Every rank runs them with
+    the same seed (a sharded model needs all ranks in a forward); the main process writes the results."""
+    train_cfg, accelerator, step = run.train, run.accelerator, record["step"]
+    evaluate_now = due(step, train_cfg.eval_every, train_cfg.steps)
+    sample_now = train_cfg.objective == "diffusion" and due(step, train_cfg.sample_every, train_cfg.steps)
+    if not (evaluate_now or sample_now):
+        return
+    with ema_weights(run.ema):
+        if evaluate_now:
+            record.update(evaluate(run.base, run.recipe, run.validation, accelerator, run.context))
+            if accelerator.is_main_process:
+                bar.write(eval_line(step, record))
+        if sample_now:
+            texts = generate_samples(run.base, run.tokenizer, run.recipe, accelerator.device)
+            if accelerator.is_main_process:
+                write_samples(texts, step, run.output_dir)
+                for text in texts:
+                    bar.write(f"[step {step}] {text[:200]!r}")
+
+
+def finish(run: TrainingRun, progress: bool) -> Path:
+    """After the last step: check that the processes agree, export ``final`` (EMA weights + tokenizer),
+    print the report with a showcase (progress=True), end the trackers; returns ``final``."""
+    accelerator = run.accelerator
+    check_ranks_in_sync(accelerator, run.base, run.metrics_file)
+    final = export(accelerator, run.model, run.ema, run.tokenizer, run.output_dir, progress=progress)
     if accelerator.is_main_process:
         print(f"exported {final}")
     if progress:
         lines = []
-        if train_cfg.objective == "diffusion":
-            with ema.applied() if ema is not None else contextlib.nullcontext():
-                lines = showcase(base, tokenizer, recipe, validation, accelerator.device)
+        if run.train.objective == "diffusion":
+            with ema_weights(run.ema):
+                lines = showcase(run.base, run.tokenizer, run.recipe, run.validation, accelerator.device)
         if accelerator.is_main_process:
-            print(report(recipe, len(validation), metrics_file, lines))
+            print(report(run.recipe, len(run.validation), run.metrics_file, lines))
     accelerator.wait_for_everyone()  # destroying the process group while a peer still works can hang (gloo; seen once in the suite)
     accelerator.end_training()
     return final
@@ -634,7 +796,7 @@ def export(accelerator, model, ema: EMA | None, tokenizer, output_dir: Path, *, 
     progress=False: no "Writing model shards" bar from transformers.
     """
     final = output_dir / FINAL
-    with ema.applied() if ema is not None else contextlib.nullcontext():
+    with ema_weights(ema):
         state = accelerator.get_state_dict(model)
         if accelerator.is_main_process:
             with loading_progress(progress):
