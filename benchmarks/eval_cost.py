@@ -15,19 +15,18 @@ default: the one `benchmarks/sampling.py` trains into runs/sampling/absorbing/fi
 Writes benchmarks/results/eval_cost.md and .json.
 
     python benchmarks/eval_cost.py [--model DIR] [--text FILE] [--big-file FILE] [--blocks 48] [--seeds 3]
+    python benchmarks/eval_cost.py --report-only   # the tables again from eval_cost.json
 """
 
-import argparse
-import json
 import math
 import os
 import pathlib
-import platform
 import re
 import subprocess
 import sys
 import time
 
+import harness
 import torch
 from corpora import add_data_dir_argument, corpus
 
@@ -77,41 +76,39 @@ def measure_eval(model: str, path: str, extra: list[str]) -> dict:
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
-    row = next(line for line in result.stdout.splitlines() if line.startswith("#1 "))
-    fields = row.split()
+    # the table's two rows of model #1: tokens blocks t/block estimator calls/tok ..., then nats/token +- SE ppl ...
+    totals, per_token = (line.split() for line in result.stdout.splitlines() if line.startswith("#1 "))
     return {"command": " ".join(["ddlm eval MODEL FILE --quiet", *extra]), "peak_rss_mb": peak_kb / 1024, "seconds": seconds,
-            "tokens": int(fields[2]), "blocks": int(fields[3]), "t_per_block": fields[4], "nats_per_token": float(fields[10]),
-            "stderr_per_token": float(fields[12]), "ppl": float(fields[13]), "estimator": fields[-2], "calls_per_token": float(fields[-1])}
+            "tokens": int(totals[1]), "blocks": int(totals[2]), "t_per_block": totals[3], "nats_per_token": float(per_token[1]),
+            "stderr_per_token": float(per_token[3]), "ppl": float(per_token[4]), "estimator": totals[4], "calls_per_token": float(totals[5])}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "runs" / "sampling" / "absorbing" / "final"))
-    parser.add_argument("--text", default=str(ROOT / "runs" / "sampling" / "heldout.txt"), help="held-out text for the agreement test")
-    parser.add_argument("--big-file", type=pathlib.Path, help="a ~1 MB file for the memory test (default: wikitext2.valid.txt in --data-dir)")
-    add_data_dir_argument(parser)
-    parser.add_argument("--blocks", type=int, default=48)
-    parser.add_argument("--seeds", type=int, default=3)
-    args = parser.parse_args()
-    args.big_file = args.big_file or corpus(args.data_dir, "wikitext2.valid.txt")
-    torch.set_num_threads(1)
+def measure(args) -> dict:
+    """The agreement of the estimators and two `ddlm eval` runs of the big file: the eval_cost.json record's numbers."""
+    big_file = args.big_file or corpus(args.data_dir, "wikitext2.valid.txt")
     if not os.path.isdir(args.model):
         raise SystemExit(f"{args.model} is not a model directory: run benchmarks/sampling.py (or `ddlm train quickstart`) first, "
                          "or pass --model")
     pipe = DiffusionPipeline.from_pretrained(args.model)
     reference, rows = agreement(pipe, pathlib.Path(args.text).read_text(encoding="utf-8"), args.blocks, args.seeds)
-    size_mb = os.path.getsize(args.big_file) / 1e6
-    runs = [measure_eval(args.model, args.big_file, []), measure_eval(args.model, args.big_file, ["--estimator", "per-text", "--num-t", "2"])]
-    for run in runs:
-        print(run, flush=True)
-    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, 1 torch thread, torch {torch.__version__}"
+    runs = [measure_eval(args.model, big_file, []), measure_eval(args.model, big_file, ["--estimator", "per-text", "--num-t", "2"])]
+    if not args.quiet:
+        print(*runs, sep="\n", flush=True)
+    model = pathlib.Path(args.model)
+    return {"model": str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else args.model, "block_size": pipe.max_length,
+            "vocabulary": pipe.graph.num_tokens, "text": pathlib.Path(args.text).name, "big_file": pathlib.Path(big_file).name,
+            "big_file_mb": os.path.getsize(big_file) / 1e6, "reference": reference, "dataset": rows, "eval_runs": runs}
+
+
+def markdown(record: dict) -> str:
+    """eval_cost.md from an eval_cost.json record."""
+    reference, rows, runs = record["reference"], record["dataset"], record["eval_runs"]
     lines = [
-        f"# Evaluation cost: the dataset-level estimator and memory ({machine})",
+        f"# Evaluation cost: the dataset-level estimator and memory ({record['machine']})",
         "",
-        f"Model: {pathlib.Path(args.model).relative_to(ROOT) if args.model.startswith(str(ROOT)) else args.model} "
-        f"(absorbing, {pipe.max_length}-token blocks, vocabulary {pipe.graph.num_tokens}). "
+        f"Model: {record['model']} (absorbing, {record['block_size']}-token blocks, vocabulary {record['vocabulary']}). "
         f"Agreement on the first {reference['blocks']} full blocks ({reference['tokens']} tokens) of "
-        f"{pathlib.Path(args.text).name}; nats per token, +- one reported standard error; distance: "
+        f"{record['text']}; nats per token, +- one reported standard error; distance: "
         "|dataset - per-text| in the dataset estimate's own standard errors and in both combined.",
         "",
         "| estimator | t / block | calls / token | seed | nats / token | distance (own se) | distance (combined se) | seconds |",
@@ -125,7 +122,7 @@ def main():
                      f"{row['seconds']:.1f} |")
     lines += [
         "",
-        f"`ddlm eval` of {pathlib.Path(args.big_file).name} ({size_mb:.2f} MB), peak resident memory from /usr/bin/time -v:",
+        f"`ddlm eval` of {record['big_file']} ({record['big_file_mb']:.2f} MB), peak resident memory from /usr/bin/time -v:",
         "",
         "| command | estimator | t / block | blocks | tokens | calls / token | nats / token | ppl | peak RSS (MB) | wall (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -134,10 +131,24 @@ def main():
         lines.append(f"| `{run['command']}` | {run['estimator']} | {run['t_per_block']} | {run['blocks']} | {run['tokens']} | "
                      f"{run['calls_per_token']:.4f} | {run['nats_per_token']:.4f} +- {run['stderr_per_token']:.4f} | {run['ppl']:.2f} | "
                      f"{run['peak_rss_mb']:.0f} | {run['seconds']:.0f} |")
-    out = ROOT / "benchmarks" / "results" / "eval_cost"
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "reference": reference, "dataset": rows, "eval_runs": runs}, indent=1))
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
+    parser.add_argument("--model", default=str(ROOT / "runs" / "sampling" / "absorbing" / "final"))
+    parser.add_argument("--text", default=str(ROOT / "runs" / "sampling" / "heldout.txt"), help="held-out text for the agreement test")
+    parser.add_argument("--big-file", type=pathlib.Path, help="a ~1 MB file for the memory test (default: wikitext2.valid.txt in --data-dir)")
+    add_data_dir_argument(parser)
+    parser.add_argument("--blocks", type=int, default=48)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.set_defaults(threads=1)
+    return harness.parse(parser, argv)
+
+
+def main():
+    args = parse_args()
+    harness.report("eval_cost", args, lambda: measure(args), markdown)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A script builds its parser with ``parser(__doc__)``, parses with ``parse`` and hands ``report`` its
 measurement and its table: ``report`` writes RESULTS/NAME.json (the machine, the settings and the
 raw numbers) and RESULTS/NAME.md (the table made from that JSON alone), and with ``--report-only``
-rebuilds the table (and plots) from the stored JSON without measuring.
+rebuilds the table (and plots) from the stored JSON without measuring. torch is imported only when
+needed (--threads, the machine header after measuring), so a script can time what loading it costs.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import os
 import platform
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,6 +34,8 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
     """Parse ``argv`` and apply --threads."""
     args = parser.parse_args(argv)
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
     return args
 
@@ -49,6 +50,8 @@ def cpu_name() -> str:
 
 def machine_fields(device: str | None = None) -> dict:
     """cpu, cores, threads, torch and gpu (the CUDA device's name when ``device`` is one, else None)."""
+    import torch
+
     cuda = device is not None and device.startswith("cuda")
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(torch.device(device)) if cuda else None}
@@ -75,14 +78,16 @@ def report(name: str, args: argparse.Namespace, measure: Callable[[], dict], mar
            plots: Callable[[dict, Path], None] | None = None) -> dict:
     """Measure (or, with --report-only, read args.results/NAME.json), write NAME.md and the plots; return the record.
 
-    A measured record is ``{"machine", "settings", **measure()}``, written to NAME.json and read back from it
-    for the table and plots, so they see what --report-only sees (string keys, lists for tuples)."""
+    A measured record is ``{"machine", "settings", **measure()}`` (the header taken after measuring; a "machine"
+    from ``measure`` replaces it), written to NAME.json and read back from it for the table and plots, so they see
+    what --report-only sees (string keys, lists for tuples)."""
     out = Path(args.results)
     path = out / f"{name}.json"
     if args.report_only:
         record = json.loads(path.read_text(encoding="utf-8"))
     else:
-        record = {"machine": machine(getattr(args, "device", None)), "settings": settings(args), **measure()}
+        numbers = measure()
+        record = {"machine": machine(getattr(args, "device", None)), "settings": settings(args), **numbers}
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         record = json.loads(path.read_text(encoding="utf-8"))  # the table is made from what is stored

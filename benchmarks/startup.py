@@ -18,12 +18,10 @@ subprocess runs in a temporary directory so that neither checkout is found by ac
 benchmark checks which one each interpreter imports). Writes benchmarks/results/startup.{md,json}.
 
     OMP_NUM_THREADS=1 python benchmarks/startup.py [--repeats 7] [--baseline-ref 3563136]
+    python benchmarks/startup.py --report-only   # the table again from startup.json
 """
 
-import argparse
 import contextlib
-import importlib.metadata
-import json
 import os
 import pathlib
 import platform
@@ -33,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import harness
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT = "The cat sat on the mat. The dog sat on the log. A bird sang in the tree by the house. " * 20
@@ -121,7 +121,7 @@ def measure(versions: dict[str, dict], repeats: int, work: pathlib.Path) -> tupl
     return baseline, sorted(table, key=lambda row: (order.index(row["command"]), row["version"] != "before"))
 
 
-def report(result: dict) -> str:
+def markdown(result: dict) -> str:
     """The markdown table of ``result``."""
     b = result["baseline"]
     lines = [f"# Command-line start-up ({result['machine']})", "",
@@ -155,12 +155,8 @@ def worktree(ref: str | None):
         path.parent.rmdir()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7, help="measured rounds (after one warm-up round)")
-    parser.add_argument("--baseline-ref", default=None, help="a git commit to time as 'before' (default: none)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "startup"), help="results path without suffix")
-    args = parser.parse_args()
+def run_all(args) -> dict:
+    """Time the cases of this checkout (and of --baseline-ref) against the baseline: the startup.json record's numbers."""
     with tempfile.TemporaryDirectory(prefix="ddlm-startup-") as tmp, worktree(args.baseline_ref) as before:
         work = pathlib.Path(tmp)
         versions = {} if before is None else {"before": prepare("before", before, work)}
@@ -169,13 +165,20 @@ def main() -> None:
         model_work = model_work_seconds(versions["after"]["model"], 5)
     command = "OMP_NUM_THREADS=1 python benchmarks/startup.py" + (f" --baseline-ref {args.baseline_ref}" if args.baseline_ref else "") \
         + (f" --repeats {args.repeats}" if args.repeats != 7 else "")
-    result = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, Python {platform.python_version()}, "
-                         f"torch {importlib.metadata.version('torch')}", "command": command, "repeats": args.repeats,
-              "baseline_ref": args.baseline_ref, "baseline": baseline, "model_work_s": model_work, "rows": rows}
-    text = report(result)
-    print(text)
-    pathlib.Path(args.out + ".md").write_text(text)
-    pathlib.Path(args.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
+    return {"machine": f"{harness.machine()}, Python {platform.python_version()}", "command": command, "repeats": args.repeats,
+            "baseline_ref": args.baseline_ref, "baseline": baseline, "model_work_s": model_work, "rows": rows}
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
+    parser.add_argument("--repeats", type=int, default=7, help="measured rounds (after one warm-up round)")
+    parser.add_argument("--baseline-ref", default=None, help="a git commit to time as 'before' (default: none)")
+    return harness.parse(parser, argv)
+
+
+def main() -> None:
+    args = parse_args()
+    harness.report("startup", args, lambda: run_all(args), markdown)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import harness  # noqa: E402
 
-SCRIPTS = ["quality", "sampling", "guidance", "guidance_oracle", "continuous_inpainting", "t_sampling", "zero_shot"]  # on the harness
+SCRIPTS = ["quality", "sampling", "guidance", "guidance_oracle", "continuous_inpainting", "t_sampling", "zero_shot",
+           "eval_cost", "startup"]  # the scripts on the harness
 TABLES = [("quality", "quality", "markdown"), ("quality", "quality_long", "long_markdown")] + [
     (script, script, "markdown") for script in SCRIPTS[1:]]  # (script, results name, its markdown function)
 
