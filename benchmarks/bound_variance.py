@@ -2,26 +2,22 @@
 
 Exact oracle ratios (so the only error is Monte Carlo), random distributions over 3^3 sequences,
 LogLinear schedule. For each scheme: the mean reported standard error and the spread of repeated
-estimates, per sequence, averaged over the oracle's sequences. Writes benchmarks/results/bound_variance.md.
+estimates, per sequence, averaged over the oracle's sequences. Writes benchmarks/results/bound_variance.md
+and .json.
 
     python benchmarks/bound_variance.py [--num-t 256] [--repeats 64]
+    python benchmarks/bound_variance.py --report-only   # the table again from bound_variance.json
 """
 
-import argparse
-import pathlib
-import platform
-
+import harness
 import torch
 
 import ddlm
 from ddlm.likelihood import T_SAMPLING, nll_bound
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--num-t", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=64)
-    args = parser.parse_args()
+def measure(args) -> dict:
+    """Reported standard error, mean and worst spread of repeated estimates per graph, t power and u sampling."""
     gen = torch.Generator().manual_seed(0)
     rows = []
     for graph in [ddlm.Absorbing(3), ddlm.Uniform(3)]:
@@ -31,23 +27,40 @@ def main():
             for method in T_SAMPLING:
                 result = nll_bound(oracle.score_fn, graph, ddlm.LogLinear(), x0, num_t=args.num_t, generator=gen,
                                    t_sampling=method, t_power=power, batch_size=x0.shape[0] * 16)
-                spread = result.bound.reshape(-1, args.repeats).std(1).mean()
-                reported = result.stderr.reshape(-1, args.repeats).mean(1).mean()
-                worst = result.bound.reshape(-1, args.repeats).std(1).max()
-                rows.append((repr(graph), power, method, float(reported), float(spread), float(worst)))
-                print(*rows[-1])
+                spread = result.bound.reshape(-1, args.repeats).std(1)
+                rows.append({"graph": repr(graph), "power": power, "method": method,
+                             "reported": float(result.stderr.reshape(-1, args.repeats).mean(1).mean()),
+                             "spread": float(spread.mean()), "worst": float(spread.max())})
+                if not args.quiet:
+                    print(rows[-1], flush=True)
+    return {"sequences": oracle.sequences.shape[0], "rows": rows}
+
+
+def markdown(record: dict) -> str:
+    """bound_variance.md from a bound_variance.json record."""
+    args = harness.recorded(record)
     lines = [
         f"# Bound standard error by t sampling ({args.num_t} t per estimate, {args.repeats} repeats, "
-        f"27 sequences; {platform.machine()} CPU, torch {torch.__version__})",
+        f"{record['sequences']} sequences; {record['machine']})",
         "",
         "| graph | t = u^p | u sampling | mean reported stderr | mean spread of estimates | worst spread |",
         "|---|---|---|---|---|---|",
-        *[f"| {g} | {p:g} | {m} | {r:.4f} | {s:.4f} | {w:.4f} |" for g, p, m, r, s, w in rows],
+        *[f"| {r['graph']} | {r['power']:g} | {r['method']} | {r['reported']:.4f} | {r['spread']:.4f} | {r['worst']:.4f} |"
+          for r in record["rows"]],
     ]
-    out = pathlib.Path(__file__).parent / "results" / "bound_variance.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
+    parser.add_argument("--num-t", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=64)
+    return harness.parse(parser, argv)
+
+
+def main():
+    args = parse_args()
+    harness.report("bound_variance", args, lambda: measure(args), markdown)
 
 
 if __name__ == "__main__":
