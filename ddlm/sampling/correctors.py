@@ -99,28 +99,104 @@ from ..core.processes import Graph
 GRID_PREDICTORS = ("euler", "tau_leaping", "analytic")
 
 
-def check_corrector_args(graph: Graph, predictor: str, remask, remask_window, corrector_steps, corrector_size) -> None:
-    """ValueError naming the argument for bad remask / remask_window / corrector_steps / corrector_size."""
-    if not is_number(remask) or not 0 <= remask <= 1:
-        raise ValueError(f"remask must be a number in [0, 1] (eta: 0 off, 1 ReMDM's largest remasking probability), got {remask!r}")
-    if remask_window is not None:
-        ok = (isinstance(remask_window, (tuple, list)) and len(remask_window) == 2 and all(is_number(t) for t in remask_window)
-              and 0 <= remask_window[1] < remask_window[0] <= 1)
-        if not ok:
-            raise ValueError(f"remask_window must be None or two numbers (t_hi, t_lo) with 0 <= t_lo < t_hi <= 1, got {remask_window!r}")
-    if not is_int(corrector_steps, 0):
-        raise ValueError(f"corrector_steps must be an int >= 0 (0: no corrector), got {corrector_steps!r}")
-    if not is_number(corrector_size) or not corrector_size > 0:
-        raise ValueError(f"corrector_size must be a finite number > 0 (the corrector's dt in units of the sampler's dt), "
-                         f"got {corrector_size!r}")
-    if remask > 0:
+class Corrector:
+    """Base of the correctors of the grid loop (``ddlm.sampling.loop``): hooks before and after each predictor step.
+
+    ``loop``: a ``ddlm.sampling.loop.Loop`` (graph, scores, fixed, clamp, dtype, generator); ``grid``: its
+    ``Grid`` (times, totals = sigma_bar, rates = sigma, each float64 [steps + 1]); k: the step from t_k to t_{k+1}.
+    """
+
+    def check(self, graph: Graph, predictor: str, on_grid: bool) -> None:
+        """ValueError unless this corrector can run with graph and the predictor (its name; on_grid: a grid predictor)."""
+        if not on_grid:
+            raise ValueError(f"{self.option} needs one of the predictors {GRID_PREDICTORS}, got predictor={predictor!r}")
+
+    def before_step(self, loop, x: torch.Tensor, grid, k: int) -> tuple[torch.Tensor, float | None]:
+        """x Long[B, L] before step k, and the sigma_bar the step starts from (None: sigma_bar(t_k))."""
+        return x, None
+
+    def after_step(self, loop, x: torch.Tensor, grid, k: int) -> torch.Tensor:
+        """x Long[B, L] after step k (at t_{k+1})."""
+        return x
+
+
+class Remask(Corrector):
+    """ReMDM-style remasking (module docstring): eta in [0, 1]; window (t_hi, t_lo) or None (every step). Absorbing only."""
+
+    option = "remask"
+
+    def __init__(self, eta: float, window: tuple[float, float] | None = None):
+        if not is_number(eta) or not 0 <= eta <= 1:
+            raise ValueError(f"remask must be a number in [0, 1] (eta: 0 off, 1 ReMDM's largest remasking probability), got {eta!r}")
+        if window is not None:
+            ok = (isinstance(window, (tuple, list)) and len(window) == 2 and all(is_number(t) for t in window)
+                  and 0 <= window[1] < window[0] <= 1)
+            if not ok:
+                raise ValueError(f"remask_window must be None or two numbers (t_hi, t_lo) with 0 <= t_lo < t_hi <= 1, got {window!r}")
+        self.eta, self.window = eta, window
+
+    def check(self, graph: Graph, predictor: str, on_grid: bool) -> None:
         if graph.mask_id is None:
             raise ValueError(f"remask needs an absorbing process, got {graph!r}; allowed for it: remask=0 (use corrector_steps "
                              "for a corrector that works on any process)")
-        if predictor not in GRID_PREDICTORS:
-            raise ValueError(f"remask needs one of the predictors {GRID_PREDICTORS}, got predictor={predictor!r}")
-    if corrector_steps > 0 and predictor not in GRID_PREDICTORS:
-        raise ValueError(f"corrector_steps needs one of the predictors {GRID_PREDICTORS}, got predictor={predictor!r}")
+        super().check(graph, predictor, on_grid)
+
+    def before_step(self, loop, x: torch.Tensor, grid, k: int) -> tuple[torch.Tensor, float | None]:
+        """Mask unmasked free tokens with probability rho_k; the step then starts from sigma_bar_k - log(1 - rho_k)."""
+        if not in_window(self.window, float(grid.times[k])):
+            return x, None
+        rho = remask_probability(self.eta, float(grid.totals[k]), float(grid.totals[k + 1]), float(grid.totals[0]))
+        if rho <= 0:
+            return x, None
+        x = remask_tokens(loop.graph, loop.clamp(x), rho, loop.fixed, loop.generator, loop.dtype)
+        return x, float(grid.totals[k]) - math.log1p(-rho)
+
+    def __repr__(self) -> str:
+        return f"Remask({self.eta!r}, window={self.window!r})"
+
+
+class PredictorCorrector(Corrector):
+    """``steps`` Euler steps of length size * dt of the p_t-invariant chain after each predictor step (module docstring)."""
+
+    option = "corrector_steps"
+
+    def __init__(self, steps: int, size: float = 1.0):
+        if not is_int(steps, 0):
+            raise ValueError(f"corrector_steps must be an int >= 0 (0: no corrector), got {steps!r}")
+        if not is_number(size) or not size > 0:
+            raise ValueError(f"corrector_size must be a finite number > 0 (the corrector's dt in units of the sampler's dt), "
+                             f"got {size!r}")
+        self.steps, self.size = steps, size
+
+    def after_step(self, loop, x: torch.Tensor, grid, k: int) -> torch.Tensor:
+        dt = self.size * float(grid.times[k] - grid.times[k + 1])
+        for _ in range(self.steps):
+            x = corrector_step(loop.scores, loop.graph, loop.clamp(x), loop.fixed, float(grid.totals[k + 1]),
+                               float(grid.rates[k + 1]), dt, loop.generator)
+        return x
+
+    def __repr__(self) -> str:
+        return f"PredictorCorrector({self.steps!r}, size={self.size!r})"
+
+
+def correctors_from_options(graph: Graph, predictor: str, on_grid: bool, correctors, remask, remask_window, corrector_steps,
+                            corrector_size) -> list[Corrector]:
+    """The correctors that ``sample(remask=..., corrector_steps=...)`` or ``sample(correctors=[...])`` name, checked.
+
+    predictor: the predictor's name; on_grid: whether it is a grid predictor. At most one ``Remask``.
+    """
+    options = [Remask(remask, remask_window), PredictorCorrector(corrector_steps, corrector_size)]
+    if correctors is None:
+        correctors = [c for c in options if (c.eta if isinstance(c, Remask) else c.steps) > 0]
+    elif remask != 0 or remask_window is not None or corrector_steps != 0 or corrector_size != 1.0:
+        raise ValueError("pass correctors=[...] or the keywords remask / remask_window / corrector_steps / corrector_size, not both")
+    if not isinstance(correctors, (list, tuple)) or not all(isinstance(c, Corrector) for c in correctors):
+        raise ValueError(f"correctors must be a list of ddlm.sampling.correctors.Corrector, got {correctors!r:.80}")
+    if sum(isinstance(c, Remask) for c in correctors) > 1:
+        raise ValueError("pass at most one Remask corrector")
+    for corrector in correctors:
+        corrector.check(graph, predictor, on_grid)
+    return list(correctors)
 
 
 def remask_probability(eta: float, total_k: float, total_next: float, total_start: float) -> float:

@@ -4,8 +4,9 @@ Under absorbing noise the ratios at a masked position are s_y = p(y | x_t) / (e^
 for the real tokens y (``ddlm.first_hitting``), so normalising s over the real tokens gives the
 model's p(x0_i = y | x_t), whatever sigma_bar. Two families of decoding strategies act on it.
 
-Reshaping (``temperature``, ``top_k``, ``top_p``; ``shape_log_weights``). Where a sampler
-unmasks a position it draws the token from p(y | x_t); a reshaped sampler draws it instead from
+Reshaping (``temperature``, ``top_k``, ``top_p``: the transforms ``Temperature``, ``TopK`` and ``TopP``,
+composed by ``Decoding``). Where a sampler unmasks a position it draws the token from p(y | x_t);
+a reshaped sampler draws it instead from
 
     q(y) ~ p(y | x_t)^(1 / temperature), restricted to the top_k most likely tokens, then to the
     smallest set of most likely tokens whose mass under q reaches top_p (nucleus),
@@ -59,20 +60,85 @@ from .score_cache import ScoreEvaluator
 THRESHOLD_CONFIDENCES = ("max_prob", "margin", "prob")  # confidences that are probabilities in [0, 1]
 
 
-def check_shaping(graph: Graph, temperature, top_k, top_p) -> bool:
-    """Validate temperature / top_k / top_p (ValueError naming the argument); True when they change the draw."""
-    if not is_number(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy, the most likely token; 1: the model's "
-                         f"distribution), got {temperature!r}")
-    if top_k is not None and not is_int(top_k, 1):
-        raise ValueError(f"top_k must be an int >= 1 or None (no top-k filter), got {top_k!r}")
-    if not is_number(top_p) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be a number in (0, 1] (1: no nucleus filter), got {top_p!r}")
-    active = temperature != 1 or (top_k is not None and top_k < graph.num_tokens) or top_p < 1
-    if active and graph.mask_id is None:
-        raise ValueError(f"temperature, top_k and top_p reshape p(x0 | x_t) at masked positions and need an absorbing "
-                         f"process, got {graph!r}; allowed for it: temperature=1, top_k=None, top_p=1")
-    return active
+def _weights(log_weights: torch.Tensor) -> torch.Tensor:
+    """Unnormalised weights exp(log_weights - row max) [M, S]; a row of -inf stays all zero."""
+    top = log_weights.amax(-1, keepdim=True)
+    return torch.exp(log_weights - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
+
+
+class Temperature:
+    """log-weights [M, S] -> (log_weights - row max) / value; value 0 keeps only the largest (the first on ties): greedy."""
+
+    def __init__(self, value: float):
+        if not is_number(value) or value < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy, the most likely token; 1: the model's "
+                             f"distribution), got {value!r}")
+        self.value = value
+
+    def __call__(self, log_weights: torch.Tensor) -> torch.Tensor:
+        top = log_weights.amax(-1, keepdim=True)
+        alive = torch.isfinite(top)  # a row without a finite entry stays all -inf
+        if self.value == 0:
+            best = torch.where(alive, 0.0, -math.inf).to(log_weights.dtype)
+            return torch.full_like(log_weights, -math.inf).scatter_(-1, log_weights.argmax(-1, keepdim=True), best)
+        return (log_weights - torch.where(alive, top, torch.zeros_like(top))) / self.value
+
+    def __repr__(self) -> str:
+        return f"Temperature({self.value!r})"
+
+
+class TopK:
+    """log-weights [M, S] -> -inf outside the k largest of each row."""
+
+    def __init__(self, k: int):
+        if not is_int(k, 1):
+            raise ValueError(f"top_k must be an int >= 1 or None (no top-k filter), got {k!r}")
+        self.k = k
+
+    def __call__(self, log_weights: torch.Tensor) -> torch.Tensor:
+        if self.k >= log_weights.shape[-1]:
+            return log_weights
+        keep = torch.zeros_like(log_weights, dtype=torch.bool).scatter_(-1, _weights(log_weights).topk(self.k, -1).indices, True)
+        return log_weights.masked_fill(~keep, -math.inf)
+
+    def __repr__(self) -> str:
+        return f"TopK({self.k!r})"
+
+
+class TopP:
+    """log-weights [M, S] -> -inf outside the smallest set of largest weights holding p of the row's mass (nucleus)."""
+
+    def __init__(self, p: float):
+        if not is_number(p) or not 0 < p <= 1:
+            raise ValueError(f"top_p must be a number in (0, 1] (1: no nucleus filter), got {p!r}")
+        self.p = p
+
+    def __call__(self, log_weights: torch.Tensor) -> torch.Tensor:
+        ordered, order = torch.sort(_weights(log_weights), stable=True, dim=-1, descending=True)
+        before = torch.cumsum(ordered, -1) - ordered  # mass of the strictly larger ones
+        keep_sorted = before < self.p * ordered.sum(-1, keepdim=True)
+        return log_weights.masked_fill(~torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted), -math.inf)
+
+    def __repr__(self) -> str:
+        return f"TopP({self.p!r})"
+
+
+class Decoding:
+    """Decoding transforms composed: each maps log-weights [M, S] to log-weights (-inf: excluded), in order;
+    the result is the unnormalised weights [M, S] of the draw (a row of -inf stays all zero)."""
+
+    def __init__(self, *transforms):
+        if not all(callable(t) for t in transforms):
+            raise ValueError(f"decoding transforms must be callables from log-weights [M, S] to log-weights, got {transforms!r:.80}")
+        self.transforms = transforms
+
+    def __call__(self, log_weights: torch.Tensor) -> torch.Tensor:
+        for transform in self.transforms:
+            log_weights = transform(log_weights)
+        return _weights(log_weights)
+
+    def __repr__(self) -> str:
+        return f"Decoding({', '.join(map(repr, self.transforms))})"
 
 
 def shape_log_weights(log_weights: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -84,33 +150,37 @@ def shape_log_weights(log_weights: torch.Tensor, temperature: float = 1.0, top_k
     temperature 0: one-hot at the largest (the first on ties). Every row keeps positive mass if
     it has a finite entry; a row of -inf stays all zero.
     """
-    top = log_weights.amax(-1, keepdim=True)
-    alive = torch.isfinite(top)  # a row without a finite entry stays all zero (callers refuse rows without mass)
-    if temperature == 0:
-        return torch.zeros_like(log_weights).scatter_(-1, log_weights.argmax(-1, keepdim=True), alive.to(log_weights.dtype))
-    weights = torch.exp((log_weights - torch.where(alive, top, torch.zeros_like(top))) / temperature)
-    if top_k is not None and top_k < weights.shape[-1]:
-        keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(-1, weights.topk(top_k, -1).indices, True)
-        weights = weights * keep
-    if top_p < 1:
-        ordered, order = torch.sort(weights, stable=True, dim=-1, descending=True)
-        before = torch.cumsum(ordered, -1) - ordered  # mass of the strictly larger ones
-        keep_sorted = before < top_p * ordered.sum(-1, keepdim=True)
-        weights = weights * torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
-    return weights
+    return Decoding(*_transforms(temperature, top_k, top_p))(log_weights)
 
 
-def check_confidence_args(graph: Graph, predictor: str, steps, confidence, unmask_schedule, threshold, entropy_bound) -> None:
+def _transforms(temperature, top_k, top_p) -> list:
+    """Temperature / TopK / TopP for the values that change the draw (each checks its own)."""
+    parts = [Temperature(temperature), TopK(top_k) if top_k is not None else None, TopP(top_p)]
+    return [t for t, on in zip(parts, (temperature != 1, top_k is not None, top_p < 1)) if on]
+
+
+def decoding_from_options(graph: Graph, decoding, temperature=1.0, top_k=None, top_p=1.0) -> Decoding | None:
+    """The decoding of ``sample(temperature=..., top_k=..., top_p=...)`` or ``sample(decoding=...)``, or None (the plain draw).
+
+    decoding: None, a ``Decoding``, or one transform or a list of them (``Temperature``, ``TopK``, ``TopP`` or any
+    callable from log-weights [M, S] to log-weights). Absorbing only, unless it changes nothing.
+    """
+    transforms = _transforms(temperature, top_k, top_p)
+    if decoding is not None and transforms:
+        raise ValueError("pass decoding= or the keywords temperature / top_k / top_p, not both")
+    if decoding is None:
+        active = temperature != 1 or (top_k is not None and top_k < graph.num_tokens) or top_p < 1
+        decoding = Decoding(*transforms) if active else None
+    elif not isinstance(decoding, Decoding):
+        decoding = Decoding(*(decoding if isinstance(decoding, (list, tuple)) else [decoding]))
+    if decoding is not None and graph.mask_id is None:
+        raise ValueError(f"temperature, top_k and top_p reshape p(x0 | x_t) at masked positions and need an absorbing "
+                         f"process, got {graph!r}; allowed for it: temperature=1, top_k=None, top_p=1")
+    return decoding
+
+
+def check_confidence_values(confidence, unmask_schedule, threshold, entropy_bound) -> None:
     """ValueError naming the argument and the allowed values for the confidence-decoding options."""
-    given = {name: value for name, value in (("confidence", confidence), ("unmask_schedule", unmask_schedule),
-                                             ("threshold", threshold), ("entropy_bound", entropy_bound)) if value is not None}
-    if predictor != "confidence":
-        if given:
-            raise ValueError(f"{', '.join(given)} only apply to predictor='confidence', got predictor={predictor!r}")
-        return
-    if graph.mask_id is None:
-        raise ValueError(f"predictor='confidence' unmasks masked positions and needs an absorbing process, got {graph!r}; "
-                         "allowed for it: 'euler', 'tau_leaping', 'analytic'")
     if confidence is not None and confidence not in CONFIDENCES:
         raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
     if unmask_schedule is not None and unmask_schedule not in UNMASK_SCHEDULES:
@@ -173,7 +243,7 @@ def sample_confidence(
     Not an exact sampler of the model (module docstring). confidence (default "max_prob"):
     "max_prob" max_y p(y | x_t); "margin" the top probability minus the second; "entropy" minus
     the entropy of p; "prob" p of the drawn candidate (LLaDA low-confidence remasking, MaskGIT);
-    "random" uniform (exact with one position per step, as are the three before it). shape: a ``shape_log_weights`` partial
+    "random" uniform (exact with one position per step, as are the three before it). shape: a ``Decoding``
     (temperature / top_k / top_p) for the candidate draw, or None (draw from p). The score
     function is called at the sigma_bar whose mask probability 1 - e^-sigma_bar is the
     sequence's masked fraction (clamped to [sigma_bar(t_min), sigma_bar(1)]); for exact ratios

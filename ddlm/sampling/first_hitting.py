@@ -36,7 +36,7 @@ def sample_first_hitting(
     the chosen position of every sequence still running. ``denoise=True`` continues until no
     free position is masked (events below t_min are scored at sigma_bar(t_min)); ``denoise=False``
     stops each sequence at its first event time below t_min, leaving those positions masked.
-    shape: None, or a ``ddlm.decoding.shape_log_weights`` partial: each event's token is drawn from
+    shape: None, or a ``ddlm.sampling.decoding.Decoding``: each event's token is drawn from
     the reshaped p(y | x_t) (temperature / top-k / top-p); event times and positions are unchanged.
     """
     if graph.mask_id is None:
