@@ -1,5 +1,5 @@
-"""The benchmarks' corpora come from --data-dir (default ../shared/data where it exists); a missing file is
-refused in one line that says how to make it."""
+"""The benchmarks' corpora come from --data-dir (by default the project machines' shared data folder, where it
+exists); a missing file is refused in one line that says how to make it."""
 
 import importlib.util
 from pathlib import Path

@@ -330,6 +330,15 @@ class RecipeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def safe_yaml(text: str):
+    """The YAML document ``text`` read with ``RecipeLoader`` (safe tags only, duplicate keys refused)."""
+    loader = RecipeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Set ``section.key=value`` pairs (values parsed as YAML) in a recipe mapping, in place; returns it."""
     for item in overrides:
@@ -342,7 +351,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         if not isinstance(values[section], dict):
             raise ValueError(f"recipe section {section!r} is not a mapping")
         try:
-            values[section][name] = yaml.load(raw, Loader=RecipeLoader)
+            values[section][name] = safe_yaml(raw)
         except yaml.YAMLError as error:
             raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(error)})") from None
     return values
@@ -357,7 +366,7 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no recipe {name_or_path!r}: not a file, and not one of {known}")
     try:
-        values = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader) or {}
+        values = safe_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as error:
         raise ValueError(f"recipe {path} is not UTF-8 text ({error})") from None
     except yaml.YAMLError as error:  # syntax errors, duplicate keys, and tags such as !!python/object that SafeLoader refuses
