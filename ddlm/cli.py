@@ -436,13 +436,8 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    "model (the cache gives the same samples with fewer calls)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``ddlm`` argument parser (the docs' CLI reference is generated from it)."""
-    parser = argparse.ArgumentParser(
-        prog="ddlm", description="Discrete diffusion language models (score entropy).", formatter_class=HelpFormatter,
-        epilog="examples:\n  ddlm demo\n  ddlm train quickstart\n  ddlm sample runs/quickstart/final --num-samples 4\n\n"
-               "`ddlm COMMAND --help` lists a command's options, each with its default.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_demo_command(commands) -> None:
+    """``ddlm demo`` and its options."""
     p = _command(commands, "demo", "samplers and likelihood bound against an exact oracle (CPU, seconds)",
                  ["ddlm demo --samples 5000 --steps 64"])
     p.add_argument("--tokens", type=at_least_two, default=3, help="real tokens N of the toy distribution")
@@ -453,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=random_seed, default=0, help="random seed")
     p.set_defaults(run=demo)
 
+
+def _add_sample_command(commands) -> None:
+    """``ddlm sample`` and its options."""
     p = _command(commands, "sample", "samples of a model: unconditional, or block by block after a prompt",
                  ["ddlm sample runs/quickstart/final --num-samples 4 --steps 256 --seed 0",
                   'ddlm sample runs/quickstart/final --prompt "The" --block-size 32 --max-new-tokens 96 --stop-at-eos',
@@ -476,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(not an exact sampler)")
     p.set_defaults(run=sample_command)
 
+
+def _add_infill_command(commands) -> None:
+    """``ddlm infill`` and its options."""
     p = _command(commands, "infill", "fill the {{n}} gaps (n tokens each) or {{lo..hi}} gaps (best length) of a text",
                  ['ddlm infill runs/quickstart/final "The{{4}} of the module{{8}}" --num-samples 3',
                   'ddlm infill runs/quickstart/final "Return the{{2..6}} of the list." --num-t 32'])
@@ -486,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "{{lo..hi}} gaps (even)")
     p.set_defaults(run=infill_command)
 
+
+def _add_eval_command(commands) -> None:
+    """``ddlm eval`` and its options."""
     p = _command(commands, "eval", "perplexity of text files: a diffusion model's bound with error bars, an AR model's exact value",
                  ["ddlm eval runs/quickstart/final held-out.txt",
                   "ddlm eval runs/quickstart/final held-out.txt --estimator per-text --num-t 128",
@@ -521,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-power", type=t_power, default=2.0, help="t = u^power, a finite number >= 1 (1: t uniform)")
     p.set_defaults(run=eval_command)
 
+
+def _add_quality_command(commands) -> None:
+    """``ddlm quality`` and its options."""
     p = _command(commands, "quality", "sample quality per predictor and steps: generative perplexity under a causal LM, entropy, distinct-n",
                  ["ddlm quality MODEL --reference AR_MODEL --predictors euler analytic --steps 16 64 256 --num-samples 32",
                   "ddlm quality MODEL --reference gpt2-large --steps 128 --mauve held-out.txt"])
@@ -536,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=positive_int, default=None, help="tokens per sample (default: the model's maximum)")
     p.set_defaults(run=quality_command)
 
+
+def _add_train_command(commands) -> None:
+    """``ddlm train`` and its options."""
     p = _command(commands, "train", "train per a recipe (also: accelerate launch -m ddlm train RECIPE)",
                  ["ddlm train quickstart", "ddlm train quickstart train.steps=300 model.hidden_size=96",
                   "ddlm train --resume quickstart train.steps=3000", "accelerate launch -m ddlm train sedd-small-owt"])
@@ -546,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=train_command)
 
+
+def _add_convert_command(commands) -> None:
+    """``ddlm convert`` and its options."""
     p = _command(commands, "convert", "import a checkpoint of another toolkit",
                  ["ddlm convert sedd louaaron/sedd-small sedd-small --tokenizer gpt2"])
     p.add_argument("format", choices=["sedd"], help="sedd: the official SEDD release (hub directory, run .pth or hub id)")
@@ -555,6 +568,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="a .pth's raw weights instead of its EMA weights")
     p.add_argument("--config", help="SEDD config (.yaml/.json) of a .pth (default: <run>/.hydra/config.yaml)")
     p.set_defaults(run=convert_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ddlm`` argument parser (the docs' CLI reference is generated from it)."""
+    parser = argparse.ArgumentParser(
+        prog="ddlm", description="Discrete diffusion language models (score entropy).", formatter_class=HelpFormatter,
+        epilog="examples:\n  ddlm demo\n  ddlm train quickstart\n  ddlm sample runs/quickstart/final --num-samples 4\n\n"
+               "`ddlm COMMAND --help` lists a command's options, each with its default.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_demo_command, _add_sample_command, _add_infill_command, _add_eval_command, _add_quality_command, _add_train_command, _add_convert_command):
+        add(commands)
     return parser
 
 

@@ -320,6 +320,33 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
                              f"{num_classes}), got {bad}")
         return class_labels.to(device=device, dtype=torch.long)
 
+    def _checked_sigma_bar(self, input_ids: torch.Tensor, sigma_bar, positions, output_hidden: bool):
+        """``forward``'s argument checks (ValueError naming the argument); returns sigma_bar, 0.0 for an AR model."""
+        if check_token_ids(input_ids, None, "input_ids").dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        autoregressive = self.config.objective == "ar"
+        if output_hidden and (autoregressive or not self.config.time_conditioning or positions is not None):
+            raise ValueError("output_hidden needs a time-conditioned diffusion model and no positions (got "
+                             f"objective={self.config.objective!r}, time_conditioning={self.config.time_conditioning}, "
+                             f"positions {'given' if positions is not None else 'None'})")
+        if autoregressive:
+            if sigma_bar is not None:
+                raise ValueError("an autoregressive model (objective='ar') takes no sigma_bar; call model(input_ids)")
+            if positions is not None:
+                raise ValueError("an autoregressive model (objective='ar') takes no positions")
+            if not torch.compiler.is_compiling():  # a data-dependent check would split a compiled graph (train.compile)
+                check_token_ids(input_ids, self.config.num_states, "input_ids")
+            sigma_bar = 0.0  # the conditioning path is kept and fed a constant (see the module docstring)
+        else:
+            if sigma_bar is None:
+                raise ValueError("a diffusion model needs sigma_bar, the total noise of input_ids: call model(x_t, sigma_bar)")
+            if not torch.compiler.is_compiling():
+                self.graph.check_tokens(input_ids, "input_ids")
+                sigma_bar = check_noise_level(sigma_bar)
+                if sigma_bar.dim() > 1 or (sigma_bar.dim() == 1 and sigma_bar.shape[0] != input_ids.shape[0]):
+                    raise ValueError(f"sigma_bar must be a scalar or [batch] = [{input_ids.shape[0]}], got shape {list(sigma_bar.shape)}")
+        return sigma_bar
+
     def forward(
         self, input_ids: torch.Tensor, sigma_bar: torch.Tensor | float | None = None, positions: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None, output_hidden: bool = False,
@@ -347,29 +374,8 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         that head with the loss so the [B, L, S] log-scores are never stored (``train.loss_impl:
         fused_head``).
         """
-        if check_token_ids(input_ids, None, "input_ids").dim() != 2:
-            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        sigma_bar = self._checked_sigma_bar(input_ids, sigma_bar, positions, output_hidden)
         autoregressive = self.config.objective == "ar"
-        if output_hidden and (autoregressive or not self.config.time_conditioning or positions is not None):
-            raise ValueError("output_hidden needs a time-conditioned diffusion model and no positions (got "
-                             f"objective={self.config.objective!r}, time_conditioning={self.config.time_conditioning}, "
-                             f"positions {'given' if positions is not None else 'None'})")
-        if autoregressive:
-            if sigma_bar is not None:
-                raise ValueError("an autoregressive model (objective='ar') takes no sigma_bar; call model(input_ids)")
-            if positions is not None:
-                raise ValueError("an autoregressive model (objective='ar') takes no positions")
-            if not torch.compiler.is_compiling():  # a data-dependent check would split a compiled graph (train.compile)
-                check_token_ids(input_ids, self.config.num_states, "input_ids")
-            sigma_bar = 0.0  # the conditioning path is kept and fed a constant (see the module docstring)
-        else:
-            if sigma_bar is None:
-                raise ValueError("a diffusion model needs sigma_bar, the total noise of input_ids: call model(x_t, sigma_bar)")
-            if not torch.compiler.is_compiling():
-                self.graph.check_tokens(input_ids, "input_ids")
-                sigma_bar = check_noise_level(sigma_bar)
-                if sigma_bar.dim() > 1 or (sigma_bar.dim() == 1 and sigma_bar.shape[0] != input_ids.shape[0]):
-                    raise ValueError(f"sigma_bar must be a scalar or [batch] = [{input_ids.shape[0]}], got shape {list(sigma_bar.shape)}")
         batch, length = input_ids.shape
         rows = None if positions is None else row_index(positions.to(input_ids.device), (batch, length))
         sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=torch.float32)

@@ -232,6 +232,21 @@ def _entropy(p: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
 
 
+def _adaptive_count(conf: torch.Tensor, rows: torch.Tensor, order: torch.Tensor, logp: torch.Tensor,
+                    threshold: float | None, entropy_bound: float | None) -> torch.Tensor:
+    """Long[B]: how many of each row's most confident free positions to unmask this step, at least one where
+    a row has any: those above ``threshold``, or the leading run (in ``order``) whose entropies sum to at most
+    ``entropy_bound``. conf [B, L] (-inf off ``rows``), rows Bool[B, L], order [B, L], logp [R, S]."""
+    if threshold is not None:
+        count = ((conf > threshold) & rows).sum(1)
+    else:
+        entropy = torch.zeros(conf.shape, dtype=conf.dtype, device=conf.device)
+        entropy[rows] = _entropy(torch.exp(logp), logp)
+        within = (torch.cumsum(entropy.gather(1, order), 1) <= entropy_bound * (1 + 1e-12)) & rows.gather(1, order)
+        count = within.int().cumprod(1).sum(1)  # the leading run of positions within the bound
+    return torch.where(rows.any(1), count.clamp_min(1), torch.zeros_like(count))
+
+
 def sample_confidence(
     evaluator: ScoreEvaluator, graph: Graph, noise, x: torch.Tensor, fixed: torch.Tensor | None, *,
     steps: int, confidence: str | None = None, unmask_schedule: str | None = None, threshold: float | None = None,
@@ -288,15 +303,8 @@ def sample_confidence(
         conf[rows] = _confidence(kind, logp, candidate, generator, dtype).to(dtype)
         order = torch.sort(conf, stable=True, dim=1, descending=True).indices  # free positions first, most confident first
         rank = torch.empty_like(order).scatter_(1, order, positions.expand(batch, length))
-        if threshold is not None:
-            count = ((conf > threshold) & rows).sum(1)
-        elif entropy_bound is not None:
-            entropy = torch.zeros((batch, length), dtype=dtype, device=device)
-            entropy[rows] = _entropy(torch.exp(logp), logp)
-            within = (torch.cumsum(entropy.gather(1, order), 1) <= entropy_bound * (1 + 1e-12)) & rows.gather(1, order)
-            count = within.int().cumprod(1).sum(1)  # the leading run of positions within the bound
         if adaptive:
-            count = torch.where(rows.any(1), count.clamp_min(1), torch.zeros_like(count))
+            count = _adaptive_count(conf, rows, order, logp, threshold, entropy_bound)
             bar.update(1)
         chosen = rows & (rank < count[:, None])
         tokens = torch.full_like(x, mask)

@@ -184,6 +184,8 @@ def _score_evaluator(score_fn: ScoreFn, graph: Graph, cache, stats, impl, t_min,
     return scores
 
 
+# Long only in its signature (every keyword of the public contract, one a line) and docstring: the body
+# resolves the keywords into parts and runs them (about 20 lines).
 @torch.no_grad()
 def sample(
     score_fn: ScoreFn,
