@@ -14,7 +14,7 @@ DiT does; ``model(x_t, sigma_bar, class_labels=...)`` picks the class per sequen
 Time-independent absorbing models (``config.time_conditioning=False``, RADD-style) have no time
 embedding: the adaLN conditioning vector is one learned constant, and the head predicts
 p(x0_i = y | x_t) over the N real tokens; log-scores are log p(y | x_t) - log(e^sigma_bar - 1) at
-masked positions (``DDLMForDiffusion.time_independent_log_scores`` derives it). Such a model
+masked positions (``time_independent_log_scores`` derives it). Such a model
 sets ``time_independent = True`` (``ddlm.score``) so samplers can reuse its outputs.
 
 The autoregressive baseline (``config.objective == "ar"``) is the same network with causal
@@ -245,6 +245,84 @@ class DDLMPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
 
 
+def class_ids(num_classes: int, class_labels: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
+    """Checked class ids Long[batch] of ``class_labels`` ([batch] or a scalar broadcast to every sequence; None:
+    the null class) for a model of ``num_classes`` classes; None for an unconditional model (num_classes 0),
+    which refuses labels."""
+    if not num_classes:
+        if class_labels is not None:
+            raise ValueError("class_labels given to an unconditional model (config.num_classes=0); "
+                             "train a class-conditional model with num_classes > 0, or leave class_labels None")
+        return None
+    if class_labels is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    if not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
+        raise TypeError(f"class_labels must be an integer tensor [batch] of class ids, got {class_labels!r:.80}")
+    if class_labels.dim() == 0:
+        class_labels = class_labels.expand(batch)
+    if tuple(class_labels.shape) != (batch,):
+        raise ValueError(f"class_labels must have shape [batch] = [{batch}] (one class per sequence), got {list(class_labels.shape)}")
+    if batch and not bool(((class_labels >= 0) & (class_labels <= num_classes)).all()):
+        bad = class_labels[(class_labels < 0) | (class_labels > num_classes)][0].item()
+        raise ValueError(f"class_labels must lie in [0, {num_classes}] (classes 0..{num_classes - 1}, the null class "
+                         f"{num_classes}), got {bad}")
+    return class_labels.to(device=device, dtype=torch.long)
+
+
+def checked_sigma_bar(config: DDLMConfig, graph, input_ids: torch.Tensor, sigma_bar, positions, output_hidden: bool):
+    """``DDLMForDiffusion.forward``'s argument checks (ValueError naming the argument); returns sigma_bar, 0.0 for an AR model."""
+    if check_token_ids(input_ids, None, "input_ids").dim() != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    autoregressive = config.objective == "ar"
+    if output_hidden and (autoregressive or not config.time_conditioning or positions is not None):
+        raise ValueError("output_hidden needs a time-conditioned diffusion model and no positions (got "
+                         f"objective={config.objective!r}, time_conditioning={config.time_conditioning}, "
+                         f"positions {'given' if positions is not None else 'None'})")
+    if autoregressive:
+        if sigma_bar is not None:
+            raise ValueError("an autoregressive model (objective='ar') takes no sigma_bar; call model(input_ids)")
+        if positions is not None:
+            raise ValueError("an autoregressive model (objective='ar') takes no positions")
+        if not torch.compiler.is_compiling():  # a data-dependent check would split a compiled graph (train.compile)
+            check_token_ids(input_ids, config.num_states, "input_ids")
+        sigma_bar = 0.0  # the conditioning path is kept and fed a constant (see the module docstring)
+    else:
+        if sigma_bar is None:
+            raise ValueError("a diffusion model needs sigma_bar, the total noise of input_ids: call model(x_t, sigma_bar)")
+        if not torch.compiler.is_compiling():
+            graph.check_tokens(input_ids, "input_ids")
+            sigma_bar = check_noise_level(sigma_bar)
+            if sigma_bar.dim() > 1 or (sigma_bar.dim() == 1 and sigma_bar.shape[0] != input_ids.shape[0]):
+                raise ValueError(f"sigma_bar must be a scalar or [batch] = [{input_ids.shape[0]}], got shape {list(sigma_bar.shape)}")
+    return sigma_bar
+
+
+def time_independent_log_scores(logits: torch.Tensor, ids: torch.Tensor, shift: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Log-scores [R, N + 1] of a time-independent absorbing model from its head's rows.
+
+    logits [R, N + 1] (float32, edited in place); ids Long[R] the current token of each row;
+    shift [R] = log(e^sigma_bar - 1); mask_id = N. The head predicts p(x0_i = y | x_t) over the N real
+    tokens (log-softmax, the mask column excluded). Absorbing noise masks each token
+    independently and a mask carries no information, so for a masked position i
+
+        p_t(x^{i<-y}) / p_t(x) = e^-sigma_bar / (1 - e^-sigma_bar) * p0(x_i = y | unmasked tokens of x)
+                               = p(y | x_t) / (e^sigma_bar - 1),
+
+    (both sequences have the same unmasked tokens but one, which costs e^-sigma_bar against
+    the mask's 1 - e^-sigma_bar), hence log s_y = log p(y | x_t) - log(e^sigma_bar - 1),
+    0 at the mask (the current token). At a real (unmasked) position every reverse rate is
+    0 (Q[y, x] = 0): log s = 0 at the current token and -inf elsewhere. These entries carry
+    no weight in the loss, the bound or any sampler; the exact ratios there are finite but
+    unused (see ``ddlm.oracle``).
+    """
+    logits[:, mask_id] = float("-inf")
+    log_p = torch.log_softmax(logits, dim=-1)  # over the N real tokens; the mask column stays -inf
+    masked = (ids == mask_id)[:, None]
+    out = log_p - torch.where(masked[:, 0], shift, 0.0)[:, None]  # a new tensor: log_softmax keeps its output
+    out.masked_fill_(~masked, float("-inf"))
+    return out.scatter_(-1, ids[:, None], 0.0)
+
+
 class DDLMForDiffusion(DDLMPreTrainedModel):
     """The ratio network: ``model(x_t, sigma_bar)`` -> log-scores [B, L, S] (float32).
 
@@ -297,56 +375,6 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         """Diffusion models take ``positions=`` (the row-restricted score protocol of ``ddlm.score``)."""
         return self.config.objective != "ar"
 
-    def class_ids(self, class_labels: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
-        """Checked class ids Long[batch] of ``class_labels`` ([batch] or a scalar broadcast to every sequence;
-        None: the null class) for a class-conditional model; None for an unconditional one (which refuses labels)."""
-        num_classes = self.config.num_classes
-        if not num_classes:
-            if class_labels is not None:
-                raise ValueError("class_labels given to an unconditional model (config.num_classes=0); "
-                                 "train a class-conditional model with num_classes > 0, or leave class_labels None")
-            return None
-        if class_labels is None:
-            return torch.full((batch,), num_classes, dtype=torch.long, device=device)
-        if not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
-            raise TypeError(f"class_labels must be an integer tensor [batch] of class ids, got {class_labels!r:.80}")
-        if class_labels.dim() == 0:
-            class_labels = class_labels.expand(batch)
-        if tuple(class_labels.shape) != (batch,):
-            raise ValueError(f"class_labels must have shape [batch] = [{batch}] (one class per sequence), got {list(class_labels.shape)}")
-        if batch and not bool(((class_labels >= 0) & (class_labels <= num_classes)).all()):
-            bad = class_labels[(class_labels < 0) | (class_labels > num_classes)][0].item()
-            raise ValueError(f"class_labels must lie in [0, {num_classes}] (classes 0..{num_classes - 1}, the null class "
-                             f"{num_classes}), got {bad}")
-        return class_labels.to(device=device, dtype=torch.long)
-
-    def _checked_sigma_bar(self, input_ids: torch.Tensor, sigma_bar, positions, output_hidden: bool):
-        """``forward``'s argument checks (ValueError naming the argument); returns sigma_bar, 0.0 for an AR model."""
-        if check_token_ids(input_ids, None, "input_ids").dim() != 2:
-            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
-        autoregressive = self.config.objective == "ar"
-        if output_hidden and (autoregressive or not self.config.time_conditioning or positions is not None):
-            raise ValueError("output_hidden needs a time-conditioned diffusion model and no positions (got "
-                             f"objective={self.config.objective!r}, time_conditioning={self.config.time_conditioning}, "
-                             f"positions {'given' if positions is not None else 'None'})")
-        if autoregressive:
-            if sigma_bar is not None:
-                raise ValueError("an autoregressive model (objective='ar') takes no sigma_bar; call model(input_ids)")
-            if positions is not None:
-                raise ValueError("an autoregressive model (objective='ar') takes no positions")
-            if not torch.compiler.is_compiling():  # a data-dependent check would split a compiled graph (train.compile)
-                check_token_ids(input_ids, self.config.num_states, "input_ids")
-            sigma_bar = 0.0  # the conditioning path is kept and fed a constant (see the module docstring)
-        else:
-            if sigma_bar is None:
-                raise ValueError("a diffusion model needs sigma_bar, the total noise of input_ids: call model(x_t, sigma_bar)")
-            if not torch.compiler.is_compiling():
-                self.graph.check_tokens(input_ids, "input_ids")
-                sigma_bar = check_noise_level(sigma_bar)
-                if sigma_bar.dim() > 1 or (sigma_bar.dim() == 1 and sigma_bar.shape[0] != input_ids.shape[0]):
-                    raise ValueError(f"sigma_bar must be a scalar or [batch] = [{input_ids.shape[0]}], got shape {list(sigma_bar.shape)}")
-        return sigma_bar
-
     def forward(
         self, input_ids: torch.Tensor, sigma_bar: torch.Tensor | float | None = None, positions: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None, output_hidden: bool = False,
@@ -374,13 +402,13 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         that head with the loss so the [B, L, S] log-scores are never stored (``train.loss_impl:
         fused_head``).
         """
-        sigma_bar = self._checked_sigma_bar(input_ids, sigma_bar, positions, output_hidden)
+        sigma_bar = checked_sigma_bar(self.config, self.graph, input_ids, sigma_bar, positions, output_hidden)
         autoregressive = self.config.objective == "ar"
         batch, length = input_ids.shape
         rows = None if positions is None else row_index(positions.to(input_ids.device), (batch, length))
         sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=torch.float32)
         sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
-        classes = self.class_ids(class_labels, batch, input_ids.device)
+        classes = class_ids(self.config.num_classes, class_labels, batch, input_ids.device)
         if self.config.time_conditioning:
             c = self.time_embed(sigma_bar)
             c = F.silu(c if classes is None else c + self.class_embed(classes))
@@ -409,7 +437,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         logits = self.lm_head(h).float()
         if not self.config.time_conditioning:
             shift = self.log_score_shift(sigma_bar, scale_by_vocabulary=False).repeat_interleave(length)
-            return self.time_independent_log_scores(logits, ids.squeeze(1), shift if rows is None else shift[rows]).view(
+            return time_independent_log_scores(logits, ids.squeeze(1), shift if rows is None else shift[rows], self.config.vocab_size).view(
                 (batch, length, logits.shape[-1]) if rows is None else (-1, logits.shape[-1]))
         if self.config.scale_by_sigma:
             shift = self.log_score_shift(sigma_bar).repeat_interleave(length)
@@ -422,32 +450,6 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         (without the log N term for ``scale_by_vocabulary=False``: the time-independent factor)."""
         sigma_bar = sigma_bar.double().clamp_min(1e-30)
         return (torch.log(torch.expm1(sigma_bar)) + (math.log(self.config.vocab_size) if scale_by_vocabulary else 0.0)).float()
-
-    def time_independent_log_scores(self, logits: torch.Tensor, ids: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        """Log-scores [R, N + 1] of a time-independent absorbing model from its head's rows.
-
-        logits [R, N + 1] (float32, edited in place); ids Long[R] the current token of each row;
-        shift [R] = log(e^sigma_bar - 1). The head predicts p(x0_i = y | x_t) over the N real
-        tokens (log-softmax, the mask column excluded). Absorbing noise masks each token
-        independently and a mask carries no information, so for a masked position i
-
-            p_t(x^{i<-y}) / p_t(x) = e^-sigma_bar / (1 - e^-sigma_bar) * p0(x_i = y | unmasked tokens of x)
-                                   = p(y | x_t) / (e^sigma_bar - 1),
-
-        (both sequences have the same unmasked tokens but one, which costs e^-sigma_bar against
-        the mask's 1 - e^-sigma_bar), hence log s_y = log p(y | x_t) - log(e^sigma_bar - 1),
-        0 at the mask (the current token). At a real (unmasked) position every reverse rate is
-        0 (Q[y, x] = 0): log s = 0 at the current token and -inf elsewhere. These entries carry
-        no weight in the loss, the bound or any sampler; the exact ratios there are finite but
-        unused (see ``ddlm.oracle``).
-        """
-        mask_id = self.config.vocab_size
-        logits[:, mask_id] = float("-inf")
-        log_p = torch.log_softmax(logits, dim=-1)  # over the N real tokens; the mask column stays -inf
-        masked = (ids == mask_id)[:, None]
-        out = log_p - torch.where(masked[:, 0], shift, 0.0)[:, None]  # a new tensor: log_softmax keeps its output
-        out.masked_fill_(~masked, float("-inf"))
-        return out.scatter_(-1, ids[:, None], 0.0)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained``, first removing the manifest of an earlier save there (it would no longer

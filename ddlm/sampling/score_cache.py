@@ -9,7 +9,7 @@ with f not depending on sigma_bar, and that every other entry (the mask column o
 which is the current token and 0, and every row at a real token) does not depend on sigma_bar
 either. ``DDLMForDiffusion`` with ``time_conditioning=False`` declares it (f = log p(y | x_t));
 so does any callable that sets the attribute. The exact ratios of an absorbing process have this
-form at masked positions (see ``DDLMForDiffusion.time_independent_log_scores``).
+form at masked positions (see ``ddlm.models.modeling.time_independent_log_scores``).
 
 For such a score function the sampler evaluates it at sigma_bar = log 2, where
 log(e^sigma_bar - 1) = 0, so the output is f itself, and applies the factor of the step's
