@@ -219,6 +219,8 @@ class ELBOTerms:
         return self.prior + self.transitions.sum(1) + self.decoder
 
 
+# One piece: the transitions, the decoder and the prior share the grid, the coefficient closures and the
+# noise draws in this order (the order fixes the generator's stream, so a seed gives the same terms).
 def ddpm_elbo(
     eps_fn: ScoreFn,
     sde: GaussianSDE,
