@@ -12,15 +12,16 @@ For each process (absorbing, uniform) and predictor (euler, analytic), one seque
 Same process, interleaved repeats, one thread, medians of ratios (DESIGN.md §6). Random weights
 (every parameter ~ N(0, 0.02^2)); the cost of a forward does not depend on them.
 
+Writes benchmarks/results/sampler_overhead_cpu.json and .md (one thread unless --threads says otherwise).
+
     OMP_NUM_THREADS=1 python benchmarks/sampler_overhead.py [--configs tiny128 small] [--repeats 5]
+    python benchmarks/sampler_overhead.py --report-only   # the table again from sampler_overhead_cpu.json
 """
 
-import argparse
-import pathlib
-import platform
 import statistics
 import time
 
+import harness
 import torch
 
 from ddlm import DDLMConfig, DDLMForDiffusion
@@ -64,7 +65,7 @@ def build(name, process):
 
 
 @torch.inference_mode()
-def measure(name, process, predictor, repeats):
+def measure_one(name, process, predictor, repeats, quiet=False):
     model, length, steps = build(name, process)
     graph, noise = model.graph, model.noise
     x = graph.sample_limit(1, length)
@@ -85,26 +86,29 @@ def measure(name, process, predictor, repeats):
         ratios["full"].append(full / (steps * forward))
         ratios["restricted"].append(restricted / (steps * forward))
         ratios["actual"].append(restricted / replay)
-    row = (name, process, predictor, steps, length, model.config.vocab_size, model.config.hidden_size, model.config.num_hidden_layers,
-           forward, *(statistics.median(ratios[k]) for k in ("full", "restricted", "actual")), rows_asked)
-    print(*row, flush=True)
+    row = {"network": name, "process": process, "predictor": predictor, "steps": steps, "length": length,
+           "vocab": model.config.vocab_size, "hidden": model.config.hidden_size, "layers": model.config.num_hidden_layers,
+           "forward": forward, **{k: statistics.median(ratios[k]) for k in ("full", "restricted", "actual")},
+           "rows_scored": rows_asked}
+    if not quiet:
+        print(row, flush=True)
     return row
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "sampler_overhead_cpu.md"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = [measure(name, process, predictor, args.repeats if name != "small" else max(1, args.repeats // 2))
-            for name in args.configs for process in ("absorbing", "uniform") for predictor in ("euler", "analytic")]
+def measure(args) -> dict:
+    """One row per network, process and predictor (the small network runs half the repeats)."""
+    return {"rows": [measure_one(name, process, predictor, args.repeats if name != "small" else max(1, args.repeats // 2),
+                                 args.quiet)
+                     for name in args.configs for process in ("absorbing", "uniform") for predictor in ("euler", "analytic")]}
+
+
+def markdown(record: dict) -> str:
+    """sampler_overhead_cpu.md from a sampler_overhead_cpu.json record."""
+    args = harness.recorded(record)
     lines = [
         "# Sampler overhead on CPU (one thread)",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {platform.system()}, torch {torch.__version__}, "
-        f"torch.set_num_threads(1). B = 1, no final denoise, float64 draws. Command: "
+        f"Machine: {record['machine']}, torch.set_num_threads({args.threads}). B = 1, no final denoise, float64 draws. Command: "
         f"`OMP_NUM_THREADS=1 python benchmarks/sampler_overhead.py --configs {' '.join(args.configs)} --repeats {args.repeats}` "
         "(the small network runs half the repeats). Ratios are medians over interleaved repeats; baseline: steps x one bare "
         "full forward of the same model on the same shape.",
@@ -112,12 +116,24 @@ def main():
         "| network | process | predictor | steps | L | vocab | forward (s) | full rows / fwd (before) | restricted / fwd (after) | restricted / its fwd | rows scored per step |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, process, predictor, steps, length, vocab, hidden, layers, forward, full, restricted, actual, asked in rows:
-        lines.append(f"| {hidden}x{layers} ({name}) | {process} | {predictor} | {steps} | {length} | {vocab} | {forward:.4f} | "
-                     f"{full:.2f}x | {restricted:.2f}x | {actual:.2f}x | {' '.join(map(str, asked))} |")
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for r in record["rows"]:
+        lines.append(f"| {r['hidden']}x{r['layers']} ({r['network']}) | {r['process']} | {r['predictor']} | {r['steps']} | "
+                     f"{r['length']} | {r['vocab']} | {r['forward']:.4f} | {r['full']:.2f}x | {r['restricted']:.2f}x | "
+                     f"{r['actual']:.2f}x | {' '.join(map(str, r['rows_scored']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.set_defaults(threads=1)  # the ratios are one-thread figures
+    return harness.parse(parser, argv)
+
+
+def main():
+    args = parse_args()
+    harness.report("sampler_overhead_cpu", args, lambda: measure(args), markdown)
 
 
 if __name__ == "__main__":
