@@ -17,20 +17,20 @@ sedd_eager. Peak extra memory (bytes above the log-scores themselves): on CUDA f
 (VmHWM) of a fresh subprocess per candidate (large CPU blocks are mmapped, so RSS follows live tensors).
 With ``--hidden D`` the output head is included: ``sedd_eager`` of ``hidden @ weight.T`` against
 ``ddlm.losses.linear_dse`` (logits one chunk at a time). Writes
-benchmarks/results/kernels[_head]_<device>.md.
+benchmarks/results/kernels[_head]_<device>.json and .md (device: cuda when there is one, else cpu).
 
     python benchmarks/fused_loss.py [--rows 8192 16384] [--vocab 50258] [--dtype float32] [--hidden 768]
+    python benchmarks/fused_loss.py --report-only [--hidden 768] [--device cpu]   # a table again from its JSON
 """
 
 import argparse
 import json
-import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
+import harness
 import torch
 
 import ddlm
@@ -115,33 +115,12 @@ def measure_cpu_memory(name, rows, vocab, dtype, hidden):
     print(json.dumps({"peak_extra": rss("VmHWM") - base}))
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, nargs="+", default=[8192, 16384])
-    parser.add_argument("--vocab", type=int, default=GRAPH_TOKENS + 1)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--hidden", type=int, default=0, help="D > 0: benchmark the output head [D -> V] + loss instead")
-    parser.add_argument("--memory-of", nargs=2, metavar=("NAME", "ROWS"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    dtype = getattr(torch, args.dtype)
-    if args.memory_of:
-        measure_cpu_memory(args.memory_of[0], int(args.memory_of[1]), args.vocab, dtype, args.hidden)
-        return
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    head = bool(args.hidden)
-    names = list(candidates(device, head))
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    lines = [
-        f"# Score entropy forward + backward, Absorbing, V = {args.vocab}, {args.dtype}"
-        + (f", output head from D = {args.hidden} included" if head else " log-scores"),
-        f"Machine: {machine}; torch {torch.__version__}. Ratios are to sedd_eager (time: > 1 is slower; memory: peak bytes",
-        "above the inputs, gradients included).",
-        "",
-        "| N | candidate | time (s) | time / sedd_eager | peak extra memory (GB) | memory / sedd_eager |",
-        "|---|---|---|---|---|---|",
-    ]
+def measure(args) -> dict:
+    """Median time (s) and peak extra memory (bytes) of each candidate, for each number of rows."""
+    dtype, device, head = getattr(torch, args.dtype), torch.device(args.device), bool(args.hidden)
     fns = candidates(device, head)
+    names = list(fns)
+    out = []
     for rows in args.rows:
         problem = make_problem(rows, args.vocab, dtype, device, args.hidden)
         for fn in fns.values():
@@ -158,7 +137,6 @@ def main():
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
-        memory = {}
         for name in names:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -166,22 +144,65 @@ def main():
                 copy = tuple(t.clone() for t in inputs)
                 base = torch.cuda.memory_allocated()
                 run_once(fns[name], graph, copy, *rest)
-                memory[name] = torch.cuda.max_memory_allocated() - base
+                memory = torch.cuda.max_memory_allocated() - base
             else:
-                out = subprocess.run([sys.executable, __file__, "--vocab", str(args.vocab), "--dtype", args.dtype, "--hidden",
-                                      str(args.hidden), "--memory-of", name, str(rows)], capture_output=True, text=True, check=True)
-                memory[name] = json.loads(out.stdout.strip().splitlines()[-1])["peak_extra"]
-        base_time, base_mem = statistics.median(times["sedd_eager"]), memory["sedd_eager"]
-        for name in names:
-            t = statistics.median(times[name])
-            line = f"| {rows} | {name} | {t:.3f} | {t / base_time:.2f} | {memory[name] / 1e9:.2f} | {memory[name] / base_mem:.2f} |"
-            lines.append(line)
-            print(line, flush=True)
+                result = subprocess.run([sys.executable, __file__, "--vocab", str(args.vocab), "--dtype", args.dtype, "--hidden",
+                                         str(args.hidden), "--memory-of", name, str(rows)], capture_output=True, text=True, check=True)
+                memory = json.loads(result.stdout.strip().splitlines()[-1])["peak_extra"]
+            out.append({"rows": rows, "candidate": name, "time": statistics.median(times[name]), "memory": memory})
+            if not args.quiet:
+                print(out[-1], flush=True)
         del problem
-    out = pathlib.Path(__file__).parent / "results" / f"kernels{'_head' if head else ''}_{device.type}.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return {"rows": out}
+
+
+def markdown(record: dict) -> str:
+    """kernels[_head]_<device>.md from its JSON record (ratios to sedd_eager at the same number of rows)."""
+    args = harness.recorded(record)
+    head = bool(args.hidden)
+    lines = [
+        f"# Score entropy forward + backward, Absorbing, V = {args.vocab}, {args.dtype}"
+        + (f", output head from D = {args.hidden} included" if head else " log-scores"),
+        f"Machine: {record['machine']}. Ratios are to sedd_eager (time: > 1 is slower; memory: peak bytes",
+        f"above the inputs, {'gradients' if head else 'the [N, V] gradient'} included).",
+        "",
+        "| N | candidate | time (s) | time / sedd_eager | peak extra memory (GB) | memory / sedd_eager |",
+        "|---|---|---|---|---|---|",
+    ]
+    base = {r["rows"]: r for r in record["rows"] if r["candidate"] == "sedd_eager"}
+    ratio = lambda a, b: f"{a / b:.2f}" if b else "-"  # noqa: E731 (a tiny run's baseline may allocate nothing)
+    for r in record["rows"]:
+        b = base[r["rows"]]
+        lines.append(f"| {r['rows']} | {r['candidate']} | {r['time']:.3f} | {ratio(r['time'], b['time'])} | "
+                     f"{r['memory'] / 1e9:.2f} | {ratio(r['memory'], b['memory'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_name(args) -> str:
+    return f"kernels{'_head' if args.hidden else ''}_{torch.device(args.device).type}"
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = harness.parser(__doc__)
+    parser.add_argument("--rows", type=int, nargs="+", default=[8192, 16384])
+    parser.add_argument("--vocab", type=int, default=GRAPH_TOKENS + 1)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=0, help="D > 0: benchmark the output head [D -> V] + loss instead")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    parser.add_argument("--memory-of", nargs=2, metavar=("NAME", "ROWS"), help=argparse.SUPPRESS)
+    args = harness.parse(parser, argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def main():
+    args = parse_args()
+    if args.memory_of:
+        measure_cpu_memory(args.memory_of[0], int(args.memory_of[1]), args.vocab, getattr(torch, args.dtype), args.hidden)
+        return
+    harness.report(results_name(args), args, lambda: measure(args), markdown)
 
 
 if __name__ == "__main__":

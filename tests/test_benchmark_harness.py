@@ -15,9 +15,9 @@ sys.path.insert(0, str(BENCHMARKS))
 import harness  # noqa: E402
 
 SCRIPTS = ["quality", "sampling", "guidance", "guidance_oracle", "continuous_inpainting", "t_sampling", "zero_shot",
-           "eval_cost", "startup", "bound_variance", "sampler_overhead"]  # the scripts on the harness
+           "eval_cost", "startup", "bound_variance", "sampler_overhead", "fused_loss"]  # the scripts on the harness
 UNSTORED = {"bound_variance"}  # measured before the harness: a table and no JSON yet
-NAMES = {"sampler_overhead": ["sampler_overhead_cpu"]}  # results named otherwise than their script
+NAMES = {"sampler_overhead": ["sampler_overhead_cpu"], "fused_loss": ["kernels_cpu", "kernels_head_cpu"]}  # results named otherwise than their script
 TABLES = [("quality", "quality", "markdown"), ("quality", "quality_long", "long_markdown")] + [
     (script, name, "markdown") for script in SCRIPTS[1:] if script not in UNSTORED
     for name in NAMES.get(script, [script])]  # (script, results name, markdown function)
@@ -82,7 +82,9 @@ def test_stored_table_rebuilt_from_json(script, name, function):
     assert getattr(module, function)(record) == (BENCHMARKS / "results" / f"{name}.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("script, name, options", [("sampler_overhead", "sampler_overhead_cpu", [])])
+@pytest.mark.parametrize("script, name, options", [
+    ("sampler_overhead", "sampler_overhead_cpu", []), ("fused_loss", "kernels_cpu", ["--device", "cpu"]),
+    ("fused_loss", "kernels_head_cpu", ["--device", "cpu", "--hidden", "768"])])
 def test_report_only_rebuilds_stored_table(tmp_path, script, name, options):
     """--report-only of a script converted to the harness (its JSON rebuilt from the committed table) writes that table."""
     stored = BENCHMARKS / "results" / name
