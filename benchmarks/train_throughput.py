@@ -19,7 +19,8 @@ changes between rounds, so the table also gives the paired ratio: the median ove
 round. ``--profile N`` then runs N profiled steps of each candidate under ``torch.profiler`` and
 prints / records the top ops by self CPU time. ``--tie --append`` adds a run with tied ddlm
 embeddings (as GPT-2's) to the same file.
-Writes benchmarks/results/train_throughput_cpu.md (``--out`` to change).
+Writes benchmarks/results/train_throughput_cpu.md (``--out`` to change) itself: it takes the harness's
+arguments and machine header but stores no JSON, so it has no ``--report-only``.
 
     python benchmarks/train_throughput.py [--hidden 256 --layers 4 --heads 4 --length 256
         --batch 4 --vocab 50257 --rounds 7 --steps 2 --warmup 2 --profile 3]
@@ -53,6 +54,7 @@ import statistics
 import sys
 import time
 
+import harness
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -71,17 +73,6 @@ def command_line(argv) -> str:
             shown.append(arg)
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     return threads + "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *shown])
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def available_cores() -> int:
@@ -164,6 +155,7 @@ def step_peak_bytes(trainer: "Trainer") -> int:
 
 def loss_paths(args, command: str) -> None:
     """The --loss-paths comparison (see the module docstring)."""
+    say = print if not args.quiet else (lambda *a, **k: None)
     from ddlm.training.recipes import TrainConfig
     from ddlm.training.loop import objective_loss
 
@@ -193,9 +185,9 @@ def loss_paths(args, command: str) -> None:
         compile_s[name] = time.perf_counter() - began
         for _ in range(args.warmup - 1):
             trainers[name].step(record=False)
-        print(f"warmed up {name} (first step {compile_s[name]:.1f} s, loss {first_losses[name]:.6f})", flush=True)
+        say(f"warmed up {name} (first step {compile_s[name]:.1f} s, loss {first_losses[name]:.6f})", flush=True)
     peaks = {name: step_peak_bytes(trainer) for name, trainer in trainers.items()}
-    print("peak MB: " + ", ".join(f"{n} {b / 2**20:.0f}" for n, b in peaks.items()), flush=True)
+    say("peak MB: " + ", ".join(f"{n} {b / 2**20:.0f}" for n, b in peaks.items()), flush=True)
     began = time.perf_counter()
     by_round = {name: [] for name in trainers}
     for r in range(args.rounds):
@@ -205,7 +197,7 @@ def loss_paths(args, command: str) -> None:
             for _ in range(args.steps):
                 trainer.step()
             by_round[name].append(statistics.mean(trainer.times[-args.steps:]))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t.times[-1]:.3f}s" for n, t in trainers.items()), flush=True)
+        say(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t.times[-1]:.3f}s" for n, t in trainers.items()), flush=True)
     timed = time.perf_counter() - began
     tokens = args.batch * args.length
     median = {name: statistics.median(t.times) for name, t in trainers.items()}
@@ -216,7 +208,7 @@ def loss_paths(args, command: str) -> None:
             f"| {abs(first_losses[name] - reference) / abs(reference):.1e} |" for name in trainers]
     table = "\n".join(["| path | peak step memory (MB) | memory ratio | median step (s) | tokens/s | tokens/s ratio "
                        "| paired ratio | first-step loss, relative difference |", "|---|---|---|---|---|---|---|---|", *rows])
-    print(table, flush=True)
+    say(table, flush=True)
     grads_mb = sum(p.numel() for p in trainers["standard"].model.parameters()) * 4 / 2**20
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     compile_note = ""
@@ -227,8 +219,7 @@ def loss_paths(args, command: str) -> None:
     lines = [
         LOSS_PATHS_TITLE,
         "",
-        f"Machine: {cpu_model()}, {available_cores()} cores, {args.threads} threads; torch {torch.__version__}. "
-        "Load average after the run: " + (", ".join(f"{v:.2f}" for v in load) if load else "n/a") + ".",
+        f"Machine: {harness.machine()}. Load average after the run: " + (", ".join(f"{v:.2f}" for v in load) if load else "n/a") + ".",
         "",
         f"Shapes: batch {args.batch} x length {args.length} = {tokens} tokens a step; vocabulary {args.vocab} "
         f"({args.vocab + 1} absorbing states); hidden {args.hidden}, {args.layers} layer(s), {args.heads} heads: a small "
@@ -260,11 +251,13 @@ def loss_paths(args, command: str) -> None:
         text = previous.rstrip("\n") + "\n\n" + section if previous else section
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}")
+    if not args.quiet:
+        print(f"wrote {args.out}")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__doc__)
+    parser.set_defaults(threads=available_cores())  # default: the cores this process may use
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -277,16 +270,18 @@ def main(argv=None):
     parser.add_argument("--impl", default="auto", help="the DSE backend of the diffusion loss (auto, eager, torch)")
     parser.add_argument("--tie", action="store_true", help="tie the ddlm embeddings to the head (GPT-2 always ties)")
     parser.add_argument("--profile", type=int, default=3, help="profiled steps of each candidate (0: none)")
-    parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--note", default="", help="a line about the conditions (other load on the machine, ...)")
     parser.add_argument("--append", action="store_true", help="add this run to --out instead of replacing it")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results" / "train_throughput_cpu.md")
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="the Markdown file (default: RESULTS/train_throughput_cpu.md)")
     parser.add_argument("--loss-paths", action="store_true",
                         help="compare train.loss_impl standard / inplace / fused_head (and --compile) instead; see the docstring")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="with --loss-paths: add the compiled standard path (inductor; its first step compiles)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
+    if args.report_only:  # it writes its Markdown itself (append mode, sections): there is no JSON to rebuild it from
+        parser.error("--report-only: train_throughput.py stores no JSON; its tables are written by its runs only")
+    args.out = args.out or pathlib.Path(args.results) / "train_throughput_cpu.md"
+    say = print if not args.quiet else (lambda *a, **k: None)
     tokens = args.batch * args.length
     if args.loss_paths:
         loss_paths(args, command_line(argv))
@@ -297,7 +292,7 @@ def main(argv=None):
     batches = [torch.randint(args.vocab, (args.batch, args.length), generator=gen) for _ in range(4)]
     trainers = {name: Trainer(model, loss_fn, batches) for name, (model, loss_fn) in models.items()}
     params = {name: sum(p.numel() for p in model.parameters()) for name, (model, _) in models.items()}
-    print(f"{args.batch} x {args.length} tokens a step, vocab {args.vocab}, hidden {args.hidden} x {args.layers} layers, "
+    say(f"{args.batch} x {args.length} tokens a step, vocab {args.vocab}, hidden {args.hidden} x {args.layers} layers, "
           f"{args.heads} heads, {args.threads} threads; parameters: "
           + ", ".join(f"{name} {n / 1e6:.2f}M" for name, n in params.items()), flush=True)
 
@@ -305,7 +300,7 @@ def main(argv=None):
     for name, trainer in trainers.items():
         for _ in range(args.warmup):
             trainer.step(record=False)
-        print(f"warmed up {name}", flush=True)
+        say(f"warmed up {name}", flush=True)
     by_round = {name: [] for name in trainers}
     for r in range(args.rounds):
         order = list(trainers.items())
@@ -314,7 +309,7 @@ def main(argv=None):
             for _ in range(args.steps):
                 trainer.step()
             by_round[name].append(statistics.mean(trainer.times[-args.steps:]))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t.times[-1]:.3f}s" for n, t in trainers.items()), flush=True)
+        say(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t.times[-1]:.3f}s" for n, t in trainers.items()), flush=True)
 
     median = {name: statistics.median(t.times) for name, t in trainers.items()}
     spread = {name: (min(t.times), max(t.times)) for name, t in trainers.items()}
@@ -324,13 +319,13 @@ def main(argv=None):
             f"| {rate[name]:,.0f} | {rate[name] / rate['gpt2']:.2f} | {paired[name]:.2f} |" for name in trainers]
     table = "\n".join(["| candidate | parameters (M) | median step (s) | min - max (s) | tokens/s | ratio to gpt2 "
                        "| paired ratio to gpt2 |", "|---|---|---|---|---|---|---|", *rows])
-    print(table, flush=True)
+    say(table, flush=True)
 
     profiles = {}
     if args.profile:
         for name in ("ddlm_diffusion", "ddlm_ar", "gpt2"):
             profiles[name] = profile(trainers[name], args.profile)
-            print(f"\nprofile of {name} ({args.profile} steps, self CPU time):\n{profiles[name]}", flush=True)
+            say(f"\nprofile of {name} ({args.profile} steps, self CPU time):\n{profiles[name]}", flush=True)
 
     command = command_line(argv)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -340,8 +335,7 @@ def main(argv=None):
     lines = [
         title,
         "",
-        f"Machine: {cpu_model()}, {available_cores()} cores, {args.threads} threads; torch {torch.__version__}, "
-        f"Python {platform.python_version()}. Load average after the run: "
+        f"Machine: {harness.machine()}, Python {platform.python_version()}. Load average after the run: "
         + (", ".join(f"{v:.2f}" for v in load) if load else "n/a") + ".",
         "",
         f"Shapes: batch {args.batch} x length {args.length} = {tokens} tokens a step; vocabulary {args.vocab} "
@@ -369,7 +363,7 @@ def main(argv=None):
     if args.append and args.out.exists():
         text = args.out.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text
     args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}")
+    say(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import harness  # noqa: E402
 
 SCRIPTS = ["quality", "sampling", "guidance", "guidance_oracle", "continuous_inpainting", "t_sampling", "zero_shot",
            "eval_cost", "startup", "bound_variance", "sampler_overhead", "fused_loss"]  # the scripts on the harness
+OWN_WRITING = ["train_throughput"]  # the harness's parser and machine header, but its own Markdown (no JSON)
 UNSTORED = {"bound_variance"}  # measured before the harness: a table and no JSON yet
 NAMES = {"sampler_overhead": ["sampler_overhead_cpu"], "fused_loss": ["kernels_cpu", "kernels_head_cpu"]}  # results named otherwise than their script
 TABLES = [("quality", "quality", "markdown"), ("quality", "quality_long", "long_markdown")] + [
@@ -68,7 +69,7 @@ def test_threads_option_sets_torch_threads(tmp_path):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS + OWN_WRITING)
 def test_help(script):
     result = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -93,3 +94,10 @@ def test_report_only_rebuilds_stored_table(tmp_path, script, name, options):
                              str(tmp_path), *options], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / f"{name}.md").read_bytes() == stored.with_suffix(".md").read_bytes()
+
+
+@pytest.mark.parametrize("script", OWN_WRITING)
+def test_report_only_refused_without_json(script, tmp_path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--report-only", "--results", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "stores no JSON" in result.stderr and not list(tmp_path.iterdir())
