@@ -5,7 +5,10 @@ as a reader would, in a work directory (default runs/tutorials), with none of th
 ``ddlm ...`` lines through ``ddlm.cli.main`` and ``python SCRIPT.py ...`` lines in this process, Python
 blocks in one namespace, ``<!-- test: file NAME -->`` blocks written to NAME. The printed output (stdout;
 progress bars go to stderr) of the commands a part publishes goes to ``benchmarks/results/tutorial_KEY.md``
-with the command, its run time and the machine; every command's output goes to tutorials.json.
+with the command, its run time and the machine; every command's output goes to tutorials.json. It takes the
+harness's arguments (benchmarks/harness.py; --threads defaults to 1, as the pages state) and machine fields
+(in its own header, with the commit), but writes its files itself: tutorials.json keeps run times to 0.1 s while the pages'
+files show the unrounded time in whole seconds, so --report-only cannot rebuild them and is refused.
 
     python benchmarks/tutorials.py demo continuous   # ~2 min: `ddlm demo`, examples/continuous_2d.py
     python benchmarks/tutorials.py quickstart        # ~10 min: `ddlm train quickstart`
@@ -14,12 +17,10 @@ with the command, its run time and the machine; every command's output goes to t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import os
-import platform
 import re
 import runpy
 import shlex
@@ -29,8 +30,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests/test_tutorial_results.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 @dataclass(frozen=True)
@@ -93,22 +97,24 @@ class Tee(io.TextIOBase):
     """Writes to the console and keeps a copy."""
 
     def __init__(self, console):
-        self.console, self.copy = console, io.StringIO()
+        self.console, self.copy = console, io.StringIO()  # console None: keep the copy only (--quiet)
 
     def write(self, text: str) -> int:
-        self.console.write(text)
+        if self.console is not None:
+            self.console.write(text)
         self.copy.write(text)
         return len(text)
 
     def flush(self) -> None:
-        self.console.flush()
+        if self.console is not None:
+            self.console.flush()
 
 
-def run_command(kind: str, text: str, namespace: dict) -> str:
-    """Run one command in the current directory; its stdout."""
+def run_command(kind: str, text: str, namespace: dict, quiet: bool = False) -> str:
+    """Run one command in the current directory; its stdout (also printed unless ``quiet``)."""
     from ddlm.cli import main
 
-    tee = Tee(sys.stdout)
+    tee = Tee(None if quiet else sys.stdout)
     with contextlib.redirect_stdout(tee):
         if kind == "file":
             name, _, content = text.partition("\n")
@@ -132,13 +138,10 @@ def run_command(kind: str, text: str, namespace: dict) -> str:
 
 
 def machine(threads: int) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    """The harness's machine fields in this script's own words, and the commit."""
+    m = harness.machine_fields()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return f"{cpu} ({os.cpu_count()} cores), {threads} torch thread(s), torch {torch.__version__}, commit {commit or 'unknown'}"
+    return f"{m['cpu']} ({m['cores']} cores), {threads} torch thread(s), torch {m['torch']}, commit {commit or 'unknown'}"
 
 
 def result_markdown(name: str, command: str, stdout: str, seconds: float, where: str) -> str:
@@ -147,7 +150,7 @@ def result_markdown(name: str, command: str, stdout: str, seconds: float, where:
             f"```text\n{stdout.strip(chr(10)).rstrip()}\n```\n")
 
 
-def run_part(name: str, work: Path, results: Path, threads: int) -> list[dict]:
+def run_part(name: str, work: Path, results: Path, threads: int, quiet: bool = False) -> list[dict]:
     """Run a part in ``work``, write its published results into ``results``; every command's record."""
     part, namespace, records = PARTS[name], {"__name__": "__tutorial__"}, []
     where = machine(threads)
@@ -159,7 +162,7 @@ def run_part(name: str, work: Path, results: Path, threads: int) -> list[dict]:
     try:
         for kind, text in commands(part):
             start = time.perf_counter()
-            stdout = run_command(kind, text, namespace)
+            stdout = run_command(kind, text, namespace, quiet)
             seconds = time.perf_counter() - start
             records.append({"command": text if kind != "file" else f"(write {text.partition(chr(10))[0]})",
                             "seconds": round(seconds, 1), "stdout": stdout})
@@ -172,20 +175,21 @@ def run_part(name: str, work: Path, results: Path, threads: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__)
     parser.add_argument("parts", nargs="+", choices=list(PARTS))
     parser.add_argument("--work", type=Path, default=Path("runs/tutorials"), help="work directory (default runs/tutorials)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the pages state)")
-    args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
+    parser.set_defaults(threads=1)  # torch threads: 1, as the pages state
+    if "--report-only" in sys.argv[1:]:  # refused before the parts are asked for
+        parser.error("--report-only: tutorials.json keeps run times to 0.1 s, so the pages' files cannot be rebuilt from it")
+    args = harness.parse(parser)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
     for name in args.parts:
         if name in NEEDS and NEEDS[name] not in args.parts and not (args.work / "runs" / "my-model" / "final").is_dir():
             parser.error(f"part {name} needs part {NEEDS[name]}'s work directory: run `{NEEDS[name]} {name}` together")
-    store = RESULTS / "tutorials.json"
+    store = results / "tutorials.json"
     for name in args.parts:
-        entry = {"machine": machine(args.threads), "commands": run_part(name, args.work.resolve(), RESULTS, args.threads)}
+        entry = {"machine": machine(args.threads), "commands": run_part(name, args.work.resolve(), results, args.threads, args.quiet)}
         recorded = json.loads(store.read_text()) if store.exists() else {}  # read now: another run may have written a part
         store.write_text(json.dumps({**recorded, name: entry}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 

@@ -16,7 +16,7 @@ import harness  # noqa: E402
 
 SCRIPTS = ["quality", "sampling", "guidance", "guidance_oracle", "continuous_inpainting", "t_sampling", "zero_shot",
            "eval_cost", "startup", "bound_variance", "sampler_overhead", "fused_loss"]  # the scripts on the harness
-OWN_WRITING = ["train_throughput"]  # the harness's parser and machine header, but its own Markdown (no JSON)
+OWN_WRITING = ["train_throughput", "tutorials"]  # the harness's parser and machine header, but their own Markdown
 UNSTORED = {"bound_variance"}  # measured before the harness: a table and no JSON yet
 NAMES = {"sampler_overhead": ["sampler_overhead_cpu"], "fused_loss": ["kernels_cpu", "kernels_head_cpu"]}  # results named otherwise than their script
 TABLES = [("quality", "quality", "markdown"), ("quality", "quality_long", "long_markdown")] + [
@@ -100,4 +100,4 @@ def test_report_only_rebuilds_stored_table(tmp_path, script, name, options):
 def test_report_only_refused_without_json(script, tmp_path):
     result = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--report-only", "--results", str(tmp_path)],
                             capture_output=True, text=True)
-    assert result.returncode == 2 and "stores no JSON" in result.stderr and not list(tmp_path.iterdir())
+    assert result.returncode == 2 and "error: --report-only:" in result.stderr and not list(tmp_path.iterdir())
