@@ -33,7 +33,7 @@ from ..text.corpora import eos_id
 from ..text.loading import TOKENIZER_FILES, check_vocabulary, load_model, load_tokenizer, loading_progress
 from ..text.scores import (CPU_MEMORY_CAP, DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, MEMORY_FRACTION, BoundTotals,
                            ConditionalScore, TextBound, available_memory, blocks_by_length, default_batch_size, encode_pair,
-                           encode_pairs, model_batch_size, text_blocks)
+                           encode_pairs, model_batch_size, pairs_by_length, text_blocks)
 
 
 @torch.no_grad()
@@ -125,12 +125,9 @@ def ar_conditional_scores(model: DDLMForDiffusion, tokenizer, contexts: Sequence
     device = next(model.parameters()).device
     eos = eos_id(tokenizer)
     pairs = encode_pairs(tokenizer, contexts, continuations, model.config.max_position_embeddings, truncate_context=truncate_context)
-    groups: dict[int, list[int]] = {}
-    for index, (context_ids, continuation_ids) in enumerate(pairs):
-        groups.setdefault(len(context_ids) + len(continuation_ids), []).append(index)
     scores: list[ConditionalScore | None] = [None] * len(pairs)
     with tqdm(total=len(pairs), desc="ar conditional", disable=not progress) as bar:
-        for length, members in sorted(groups.items()):
+        for length, members in pairs_by_length(pairs):
             step = batch_size or model_batch_size(model, length, device)
             for start in range(0, len(members), step):
                 chunk = members[start:start + step]

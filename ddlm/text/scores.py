@@ -98,6 +98,14 @@ def blocks_by_length(per_text: list[list[list[int]]]) -> dict[int, list[tuple[in
     return groups
 
 
+def pairs_by_length(pairs: list[tuple[list[int], list[int]]]) -> list[tuple[int, list[int]]]:
+    """(total length, indices of the pairs of that length) for encoded (context, continuation) pairs, shortest
+    first, so each group is one tensor."""
+    groups: dict[int, list[int]] = {}
+    for index, (context_ids, continuation_ids) in enumerate(pairs):
+        groups.setdefault(len(context_ids) + len(continuation_ids), []).append(index)
+    return sorted(groups.items())
+
 
 ESTIMATORS = ("per-text", "dataset", "auto")
 DEFAULT_NUM_T = {"per-text": 128, "dataset": 1}  # t per block when num_t is None

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from ..core.checks import check_count
 from ..likelihood.bounds import block_estimates, conditional_nll_bound, nll_bound
 from .generation import resolve_generator
-from .scores import DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, ConditionalScore, TextBound, blocks_by_length, encode_pairs, model_batch_size, text_blocks
+from .scores import (DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, ConditionalScore, TextBound, blocks_by_length, encode_pairs,
+                     model_batch_size, pairs_by_length, text_blocks)
 
 BLOCKS_PER_BOUND = 64  # nll_bound, per-text estimator: blocks bounded together (one progress step; fixed, so results do not depend on batch_size)
 
@@ -106,12 +107,9 @@ def conditional_nlls(pipe, contexts: Sequence[str], continuations: Sequence[str]
     check_count("batch_size", batch_size, allow_none=True)
     generator = resolve_generator(generator, None if generator is not None else seed, pipe.device)
     pairs = encode_pairs(pipe.tokenizer, contexts, continuations, pipe.max_length, truncate_context=truncate_context)
-    groups: dict[int, list[int]] = {}
-    for index, (context_ids, continuation_ids) in enumerate(pairs):
-        groups.setdefault(len(context_ids) + len(continuation_ids), []).append(index)
     scores: list[ConditionalScore | None] = [None] * len(pairs)
     with tqdm(total=len(pairs), desc="conditional bound", disable=not progress) as bar:
-        for length, members in sorted(groups.items()):
+        for length, members in pairs_by_length(pairs):
             step = batch_size_for(pipe, batch_size, length)
             group = max(1, step // num_t)
             for start in range(0, len(members), group):
