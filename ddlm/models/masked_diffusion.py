@@ -1,0 +1,145 @@
+"""``MaskedDiffusionModel``: any network that predicts p(x0 | x_t) at masked positions, as a ddlm score model.
+
+Open-weight masked diffusion LMs (LLaDA, Dream, MDLM) and BERT-style masked LMs all read a
+sequence in which some tokens are replaced by a mask token and output logits over the
+vocabulary at every position. For the absorbing process the exact reverse ratios follow from
+that prediction alone (``ddlm.models.modeling.time_independent_log_scores``)::
+
+    log s_y = log p(x0_i = y | x_t) - log(e^sigma_bar - 1)   at a masked position i,
+
+so such a network, wrapped here, runs every sampler, decoding strategy, bound and evaluation of ddlm.
+
+State space. The network's output width V gives ``Absorbing(V)``: ddlm's real states are the
+network's token ids 0..V-1, unchanged, so text encodes and decodes with the model's own
+tokenizer; ddlm's mask state is V (one past the vocabulary), which this wrapper hands to the
+network as its own ``mask_token_id`` (103 for BERT, 126336 for LLaDA: anywhere in the
+vocabulary). Ids the model must never produce (``banned_ids``: the mask token itself, special
+tokens of a masked LM, rows past the tokenizer's vocabulary) get probability 0; their log-scores
+are -inf, which every sampler and bound treats as a ratio of exactly 0.
+
+Fixed context. ``prefix_ids`` / ``suffix_ids`` (a masked LM's [CLS] ... [SEP]) are put around
+every sequence before the network reads it and cut from its output: they are never noised and
+never scored. ``shift_logits`` (Dream): the logits at position i predict token i + 1, so the
+prediction for token i is read at position i - 1 (token 0 reads its own position's logits, as
+Dream's sampler does).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..core.processes import Absorbing
+from ..core.schedules import LogLinear
+from ..core.score import row_index
+from .modeling import time_independent_log_scores
+
+Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids Long[B, L], sigma_bar [B]) -> logits [B, L, V]
+
+
+class MaskedDiffusionModel(nn.Module):
+    """A p(x0 | x_t) network as a ddlm score model: ``model(x_t, sigma_bar)`` -> log-scores [B, L, V + 1] (float32).
+
+    network: an ``nn.Module`` called as ``network(ids, sigma_bar)`` -> logits [B, L', V] (any float dtype),
+    ids Long[B, L'] in the network's vocabulary (the mask as ``mask_token_id``), sigma_bar [B] float32
+    (a time-conditioned network reads it; others ignore it). ``HubMaskedLM`` adapts a transformers masked LM.
+    vocab_size: V, the width of the network's logits. max_length: the longest x_t (prefix and suffix
+    excluded). time_conditioned: the network reads sigma_bar (then samplers cannot reuse its outputs
+    across steps). config: the network's configuration, kept for ``model.config`` (batch-size estimates,
+    ``describe``). family: a short name for messages ("bert", "llada", ...).
+    """
+
+    accepts_positions = True  # rows are gathered before the log-softmax (the network itself runs on every position)
+
+    def __init__(self, network: nn.Module, *, vocab_size: int, mask_token_id: int, max_length: int, banned_ids: Sequence[int] = (),
+                 prefix_ids: Sequence[int] = (), suffix_ids: Sequence[int] = (), shift_logits: bool = False,
+                 time_conditioned: bool = False, noise=None, config=None, family: str = "masked-lm"):
+        super().__init__()
+        if not 0 <= mask_token_id < vocab_size:
+            raise ValueError(f"mask_token_id {mask_token_id} is outside the network's vocabulary of {vocab_size}")
+        bad = [i for i in banned_ids if not 0 <= i < vocab_size]
+        if bad:
+            raise ValueError(f"banned_ids {bad[:5]} lie outside the network's vocabulary [0, {vocab_size})")
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1 after the fixed tokens, got {max_length}")
+        self.network = network
+        self.vocab_size = vocab_size
+        self.mask_token_id = mask_token_id
+        self.max_length = max_length
+        self.shift_logits = shift_logits
+        self.time_conditioned = time_conditioned
+        self.family = family
+        self.config = config
+        self.graph = Absorbing(vocab_size)
+        self.noise = noise or LogLinear()
+        banned = torch.zeros(vocab_size, dtype=torch.bool)
+        banned[list(banned_ids)] = True
+        banned[mask_token_id] = True
+        self.register_buffer("banned", banned, persistent=False)
+        self.register_buffer("prefix_ids", torch.tensor(list(prefix_ids), dtype=torch.long), persistent=False)
+        self.register_buffer("suffix_ids", torch.tensor(list(suffix_ids), dtype=torch.long), persistent=False)
+
+    @property
+    def time_independent(self) -> bool:
+        """The score-cache protocol (``ddlm.score_cache``): outputs depend on sigma_bar only through the closed-form shift."""
+        return not self.time_conditioned
+
+    @property
+    def drawable(self) -> torch.Tensor:
+        """Bool[V]: the token ids the model may produce."""
+        return ~self.banned
+
+    def network_ids(self, x_t: torch.Tensor) -> torch.Tensor:
+        """ddlm states Long[B, L] -> the network's input Long[B, P + L + S] (mask state -> mask_token_id, fixed tokens added)."""
+        ids = torch.where(x_t == self.vocab_size, self.mask_token_id, x_t)
+        batch = ids.shape[0]
+        parts = [self.prefix_ids.expand(batch, -1), ids, self.suffix_ids.expand(batch, -1)]
+        return torch.cat([part.to(ids.device) for part in parts], dim=1)
+
+    def predictions(self, x_t: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
+        """The network's logits for each of x_t's positions, [B, L, V] float32 (banned ids -inf): p(x0_i | x_t) up to softmax."""
+        length = x_t.shape[1]
+        logits = self.network(self.network_ids(x_t), sigma_bar)
+        start = self.prefix_ids.numel()
+        if self.shift_logits:  # logits at j predict token j + 1: token i reads position i - 1 (token 0 its own)
+            logits = torch.cat([logits[:, start:start + 1], logits[:, start:start + length - 1]], dim=1)
+        else:
+            logits = logits[:, start:start + length]
+        logits = logits.float()
+        return logits.masked_fill(self.banned.to(logits.device), float("-inf"))
+
+    def forward(self, x_t: torch.Tensor, sigma_bar: torch.Tensor | float, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t Long[B, L] in [0, V] (V the mask), sigma_bar [B] or a scalar -> log-scores [B, L, V + 1] float32;
+        with ``positions`` (Bool[B, L] or flat Long[R]) only those rows, [R, V + 1] (``ddlm.score``)."""
+        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.dtype != torch.long:
+            raise TypeError(f"x_t must be a Long tensor [B, L], got {getattr(x_t, 'dtype', type(x_t).__name__)} "
+                            f"{list(getattr(x_t, 'shape', []))}")
+        batch, length = x_t.shape
+        if length > self.max_length:
+            raise ValueError(f"x_t has {length} positions but the {self.family} model reads at most {self.max_length}")
+        if x_t.numel() and (int(x_t.min()) < 0 or int(x_t.max()) > self.vocab_size):
+            raise ValueError(f"x_t holds ids outside [0, {self.vocab_size}] (the vocabulary and the mask state {self.vocab_size})")
+        sigma_bar = torch.as_tensor(sigma_bar, dtype=torch.float32, device=x_t.device)
+        sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
+        logits = self.predictions(x_t, sigma_bar).flatten(0, 1)
+        ids, shift = x_t.reshape(-1), torch.log(torch.expm1(sigma_bar.double().clamp_min(1e-30))).float().repeat_interleave(length)
+        if positions is not None:
+            rows = row_index(positions.to(x_t.device), (batch, length))
+            logits, ids, shift = logits[rows], ids[rows], shift[rows]
+        logits = torch.cat([logits, logits.new_full((logits.shape[0], 1), float("-inf"))], dim=1)  # the mask state's column
+        out = time_independent_log_scores(logits, ids, shift, self.vocab_size)
+        return out if positions is not None else out.view(batch, length, -1)
+
+
+class HubMaskedLM(nn.Module):
+    """A transformers masked LM (``AutoModelForMaskedLM``) as a ``MaskedDiffusionModel`` network: every position
+    attends to every other (no padding), sigma_bar is ignored. -> logits [B, L, V]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
