@@ -26,6 +26,7 @@ Dream's sampler does).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -39,16 +40,35 @@ from .modeling import time_independent_log_scores
 Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids Long[B, L], sigma_bar [B]) -> logits [B, L, V]
 
 
+@dataclass
+class MaskedModelConfig:
+    """What ddlm reads of a model's config (``DDLMConfig``'s names), for a wrapped network: an absorbing diffusion
+    model of ``vocab_size`` real tokens reading at most ``max_position_embeddings`` of them. network_config: the
+    network's own configuration (a transformers config, or None)."""
+
+    family: str
+    vocab_size: int
+    max_position_embeddings: int
+    hidden_size: int = 0
+    num_attention_heads: int = 0
+    time_conditioning: bool = False
+    network_config: object = None
+    objective: str = "diffusion"
+    process: str = "absorbing"
+    num_classes: int = 0
+
+
 class MaskedDiffusionModel(nn.Module):
     """A p(x0 | x_t) network as a ddlm score model: ``model(x_t, sigma_bar)`` -> log-scores [B, L, V + 1] (float32).
 
     network: an ``nn.Module`` called as ``network(ids, sigma_bar)`` -> logits [B, L', V] (any float dtype),
     ids Long[B, L'] in the network's vocabulary (the mask as ``mask_token_id``), sigma_bar [B] float32
-    (a time-conditioned network reads it; others ignore it). ``HubMaskedLM`` adapts a transformers masked LM.
+    (a time-conditioned network reads it; others ignore it). ``ddlm.models.masked_lm`` adapts transformers masked LMs.
     vocab_size: V, the width of the network's logits. max_length: the longest x_t (prefix and suffix
     excluded). time_conditioned: the network reads sigma_bar (then samplers cannot reuse its outputs
-    across steps). config: the network's configuration, kept for ``model.config`` (batch-size estimates,
-    ``describe``). family: a short name for messages ("bert", "llada", ...).
+    across steps). config: the network's configuration (its hidden_size and num_attention_heads size ddlm's
+    default batches); ``model.config`` is a ``MaskedModelConfig`` holding it. family: a short name for
+    messages ("masked-lm", "llada", ...).
     """
 
     accepts_positions = True  # rows are gathered before the log-softmax (the network itself runs on every position)
@@ -71,7 +91,8 @@ class MaskedDiffusionModel(nn.Module):
         self.shift_logits = shift_logits
         self.time_conditioned = time_conditioned
         self.family = family
-        self.config = config
+        self.config = MaskedModelConfig(family, vocab_size, max_length, getattr(config, "hidden_size", 0) or 0,
+                                        getattr(config, "num_attention_heads", 0) or 0, time_conditioned, config)
         self.graph = Absorbing(vocab_size)
         self.noise = noise or LogLinear()
         banned = torch.zeros(vocab_size, dtype=torch.bool)
@@ -132,14 +153,3 @@ class MaskedDiffusionModel(nn.Module):
         out = time_independent_log_scores(logits, ids, shift, self.vocab_size)
         return out if positions is not None else out.view(batch, length, -1)
 
-
-class HubMaskedLM(nn.Module):
-    """A transformers masked LM (``AutoModelForMaskedLM``) as a ``MaskedDiffusionModel`` network: every position
-    attends to every other (no padding), sigma_bar is ignored. -> logits [B, L, V]."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits

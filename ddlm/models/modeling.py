@@ -83,7 +83,7 @@ def _check_local_checkpoint(path: str | os.PathLike) -> None:
             raise FileNotFoundError(f"no model directory at {path}")
         return  # a hub id
     config = os.path.join(path, "config.json")
-    values = _read_config(config) if os.path.isfile(config) else {}
+    values = read_config_file(config) if os.path.isfile(config) else {}
     if values.get("model_type") != DDLMConfig.model_type:
         raise ValueError(f"{path} is not a ddlm model directory (expected a config.json with model_type 'ddlm'); "
                          "convert an official SEDD checkpoint with `ddlm convert sedd PATH OUT`")
@@ -93,7 +93,7 @@ def _check_local_checkpoint(path: str | os.PathLike) -> None:
         raise ValueError(f"{config}: {error}") from None
 
 
-def _read_config(path: str) -> dict:
+def read_config_file(path: str) -> dict:
     """The JSON object in a config.json, or a ValueError naming the file."""
     try:
         with open(path, encoding="utf-8") as f:

@@ -10,10 +10,18 @@ import torch
 
 from ..core.checks import check_local_path, looks_like_path
 from ..models import DDLMForDiffusion
+from ..models.families import model_family
+from ..models.masked_diffusion import MaskedDiffusionModel
 
 
-def check_vocabulary(model: DDLMForDiffusion, tokenizer) -> None:
-    """The tokenizer must be the one the model was trained with: exactly its real tokens."""
+def check_vocabulary(model, tokenizer) -> None:
+    """The tokenizer must be the one the model was trained with: exactly its real tokens (an open-weight model's
+    vocabulary may be longer than its tokenizer: those rows are never drawn, ``MaskedDiffusionModel``)."""
+    if isinstance(model, MaskedDiffusionModel):
+        if len(tokenizer) > model.vocab_size or bool(model.drawable[len(tokenizer):].any()):
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the {model.family} model predicts {model.vocab_size} "
+                             "(ids past the tokenizer must be banned); use the tokenizer the model was trained with")
+        return
     if len(tokenizer) != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model has {model.config.vocab_size}; "
                          "use the tokenizer the model was trained with")
@@ -44,15 +52,41 @@ def loading_progress(enabled: bool):
 
 
 def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None, progress: bool = True):
-    """A ``save_pretrained`` directory (or hub id) -> (model in eval mode, tokenizer), diffusion or AR.
+    """A model directory, hub id or MDLM ``.ckpt`` -> (model in eval mode, tokenizer), of any family
+    ``ddlm.models.families`` recognises: a ddlm model (diffusion or AR) as a ``DDLMForDiffusion``, the open-weight
+    families as a ``MaskedDiffusionModel`` (MDLM as a converted ``DDLMForDiffusion``). No code from the directory runs.
+    tokenizer: overrides the directory's own. dtype: the weights' dtype (default: as saved, float32 for ddlm models).
     progress=False: no "Loading weights" bar from transformers."""
+    family = model_family(path)
+    if family != "ddlm" and tokenizer is None:
+        tokenizer = load_tokenizer(os.path.dirname(os.fspath(path)) if family == "mdlm" and os.path.isfile(path) else path)
     with loading_progress(progress):
-        model = DDLMForDiffusion.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+        model = load_network(family, path, tokenizer, device=device, dtype=dtype)
     model = model.to(device or "cpu").eval()
     if tokenizer is None:
         tokenizer = load_tokenizer(path)
     check_vocabulary(model, tokenizer)
     return model, tokenizer
+
+
+def load_network(family: str, path, tokenizer, *, device=None, dtype: torch.dtype | None = None):
+    """The model of one family (``model_family``); the tokenizer sizes the banned rows of the open-weight families."""
+    dtype_kwargs = {"dtype": dtype} if dtype is not None else {}
+    if family == "ddlm":
+        return DDLMForDiffusion.from_pretrained(path, **dtype_kwargs)
+    if family == "masked-lm":
+        from ..models.masked_lm import load_masked_lm
+
+        return load_masked_lm(path, tokenizer, **dtype_kwargs)
+    if family == "mdlm":
+        from ..models.mdlm import read_mdlm
+
+        return read_mdlm(path).to(**dtype_kwargs)
+    if family == "llada":
+        from ..models.llada import load_llada as load
+    else:
+        from ..models.dream import load_dream as load
+    return load(path, num_tokenizer_tokens=len(tokenizer), device=device, **dtype_kwargs)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")

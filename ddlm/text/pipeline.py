@@ -18,11 +18,12 @@ from ..core.manifest import write_model_manifest
 from ..core.processes import Graph
 from ..core.score import ScoreFn, accepts_positions, row_index
 from ..models import DDLMForDiffusion
+from ..models.masked_diffusion import MaskedDiffusionModel
 from . import blocks, generation, scoring, templates
 from . import infill as infilling
 from .generation import MASK_TEXT  # noqa: F401  (re-exported: these names were defined here before the split)
 from .infill import InfillCandidate
-from .loading import load_model
+from .loading import check_vocabulary, load_model
 from .scores import ConditionalScore, TextBound
 from .scoring import BLOCKS_PER_BOUND  # noqa: F401
 from .templates import GAP, MAX_LENGTH_COMBINATIONS, Template  # noqa: F401
@@ -46,7 +47,9 @@ class DiffusionPipeline:
         self.max_length = max_length or getattr(config, "max_position_embeddings", None)
         if self.graph is None or self.noise is None or self.max_length is None:
             raise ValueError("a model without a DDLMConfig needs graph=, noise= and max_length=")
-        if len(tokenizer) != self.graph.num_tokens:
+        if isinstance(model, MaskedDiffusionModel):
+            check_vocabulary(model, tokenizer)
+        elif len(tokenizer) != self.graph.num_tokens:
             raise ValueError(
                 f"the tokenizer has {len(tokenizer)} tokens but the model's {self.graph!r} has {self.graph.num_tokens} real tokens; "
                 "use the tokenizer the model was trained with")
@@ -68,7 +71,7 @@ class DiffusionPipeline:
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the model (safetensors + config), the tokenizer and a manifest of their files into one directory."""
         if not isinstance(self.model, DDLMForDiffusion):
-            raise TypeError("only a DDLMForDiffusion model can be saved")
+            raise TypeError("only a DDLMForDiffusion model can be saved (an open-weight model is used from its own directory)")
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         write_model_manifest(path)  # the size and SHA-256 of every file, checked when the directory is loaded

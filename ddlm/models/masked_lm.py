@@ -1,0 +1,118 @@
+"""Any transformers masked LM (BERT, RoBERTa, DistilBERT, ModernBERT, ...) as an absorbing diffusion model.
+
+A masked LM predicts p(x0_i | x_t) at its mask token: exactly what an absorbing model's reverse
+ratios need (``ddlm.models.masked_diffusion``). Loading maps the model's vocabulary onto ddlm's
+states as follows:
+
+* the tokenizer's mask token is the absorbing state (ddlm's mask state is the id one past the
+  vocabulary; the network reads the tokenizer's own mask id, e.g. 103 for BERT);
+* every special token of the tokenizer (CLS/BOS, SEP/EOS, PAD, UNK, the mask) and every
+  embedding row past the tokenizer's vocabulary gets probability 0: never drawn;
+* the tokens the tokenizer puts around a text ([CLS] ... [SEP], <s> ... </s>) are added around
+  every sequence and are never noised or scored; the model's maximum length is the network's
+  minus those tokens.
+
+Nothing from the model directory is executed: configs whose ``model_type`` transformers does not
+know (they need ``trust_remote_code``) are refused, and weights are read from safetensors or with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import torch
+from torch import nn
+
+from .masked_diffusion import MaskedDiffusionModel
+
+# Position embeddings offset by padding_idx + 1 (RoBERTa's scheme): max_position_embeddings counts those rows too.
+PADDING_OFFSET_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text", "longformer")
+UNBOUNDED_TOKENIZER_LENGTH = 10**9  # tokenizer.model_max_length above this means "not set"
+
+
+class HubMaskedLM(nn.Module):
+    """A transformers masked LM (``AutoModelForMaskedLM``) as a ``MaskedDiffusionModel`` network: every position
+    attends to every other (no padding), sigma_bar is ignored. ids Long[B, L] -> logits [B, L, V]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+def is_masked_lm_config(config: dict) -> bool:
+    """Whether a config.json declares a transformers masked-LM head (architectures ``*ForMaskedLM``)."""
+    return any(str(name).endswith("ForMaskedLM") for name in config.get("architectures") or ())
+
+
+def fixed_context(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer adds before and after a text (BERT: [CLS], [SEP]), read off one encoded probe text."""
+    probe = "a"
+    plain, full = tokenizer(probe, add_special_tokens=False)["input_ids"], tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    raise ValueError(f"the tokenizer's special tokens do not surround the text: {probe!r} encodes to {plain} alone "
+                     f"but to {full} with special tokens")
+
+
+def network_length(config, tokenizer) -> int:
+    """Positions the network reads: its position table (less RoBERTa's padding offset), capped by the tokenizer's
+    model_max_length when that is set."""
+    length = getattr(config, "max_position_embeddings", None) or UNBOUNDED_TOKENIZER_LENGTH
+    if getattr(config, "model_type", "") in PADDING_OFFSET_TYPES:
+        length -= (getattr(config, "pad_token_id", None) or 0) + 1
+    tokenizer_length = getattr(tokenizer, "model_max_length", None) or UNBOUNDED_TOKENIZER_LENGTH
+    length = min(length, tokenizer_length)
+    if length >= UNBOUNDED_TOKENIZER_LENGTH:
+        raise ValueError("neither the config (max_position_embeddings) nor the tokenizer (model_max_length) bounds the length")
+    return length
+
+
+def wrap_masked_lm(model: nn.Module, tokenizer, *, noise=None) -> MaskedDiffusionModel:
+    """A loaded transformers masked LM and its tokenizer -> ``MaskedDiffusionModel`` (see the module docstring)."""
+    config = model.config
+    vocab_size = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else config.vocab_size
+    if tokenizer.mask_token_id is None:
+        raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no mask token; a masked LM's mask token is the absorbing "
+                         "state, so pass the tokenizer it was trained with")
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model predicts {vocab_size}; "
+                         "use the tokenizer the model was trained with")
+    prefix, suffix = fixed_context(tokenizer)
+    banned = sorted(set(tokenizer.all_special_ids) | set(range(len(tokenizer), vocab_size)))
+    return MaskedDiffusionModel(
+        HubMaskedLM(model), vocab_size=vocab_size, mask_token_id=tokenizer.mask_token_id, banned_ids=banned,
+        max_length=network_length(config, tokenizer) - len(prefix) - len(suffix), prefix_ids=prefix, suffix_ids=suffix,
+        noise=noise, config=config, family=f"masked-lm ({config.model_type})")
+
+
+def load_masked_lm(path: str | os.PathLike, tokenizer, *, dtype: torch.dtype | None = None) -> MaskedDiffusionModel:
+    """A transformers masked-LM directory (or hub id) -> ``MaskedDiffusionModel``, its weights checked: missing or
+    wrong-shape tensors are a ValueError naming them (tensors of heads a masked LM does not use, such as BERT's
+    pooler and next-sentence head, are skipped as transformers skips them)."""
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report would repeat the error raised below
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            path, trust_remote_code=False, weights_only=True, output_loading_info=True, ignore_mismatched_sizes=True,
+            **({"dtype": dtype} if dtype is not None else {}))
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: the pickled weights hold more than tensors and are not read (ddlm never unpickles code): "
+                         f"{str(error).splitlines()[0]}") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    problems = [f"{name.replace('_', ' ')}: {sorted(keys)}" for name in ("missing_keys",) if (keys := info.get(name))]
+    if mismatched := info.get("mismatched_keys"):
+        problems.append("shapes differ from config.json's: " + ", ".join(
+            f"{key} (checkpoint {list(saved)}, config {list(wanted)})" for key, saved, wanted in sorted(mismatched)))
+    if problems:
+        raise ValueError(f"the weights in {path} do not match its config ({type(model).__name__}); " + "; ".join(problems))
+    return wrap_masked_lm(model.eval(), tokenizer)
