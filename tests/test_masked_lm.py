@@ -5,8 +5,6 @@ import json
 import math
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -136,3 +134,162 @@ def test_other_masked_lm_architectures(kind, tmp_path):
     ids = pipe.sample(4, pipe.max_length, steps=4, seed=0, progress=False)
     assert not set(ids.flatten().tolist()) & set(tokenizer.all_special_ids)
     assert math.isfinite(pipe.nll_bound(["the cat sat on the mat"], num_t=4, progress=False)[0].bound)
+
+
+class OracleMaskedLM(torch.nn.Module):
+    """A BERT-shaped masked LM whose predictions are the exact conditionals p0(x0_i | unmasked tokens) of a known
+    distribution over 3 words: input_ids [B, 1 + L + 1] ([CLS] x [SEP]) -> .logits [B, L + 2, V]."""
+
+    def __init__(self, oracle: ddlm.SequenceOracle, tokenizer, words: list[int]):
+        super().__init__()
+        from transformers import BertConfig
+
+        self.config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=oracle.length + 2)
+        self.words, self.mask_token_id, self.vocab_size = torch.tensor(words), tokenizer.mask_token_id, len(tokenizer)
+        n, length = oracle.graph.num_tokens, oracle.length
+        states = torch.cartesian_prod(*[torch.arange(n + 1)] * length).reshape(-1, length)  # every noised oracle sequence
+        sigma_bar = torch.ones(len(states), dtype=torch.float64)
+        self.table = oracle.score_fn(states, sigma_bar)[..., :n] + math.log(math.expm1(1.0))  # log p(x0_i = y | x_t)
+        self.n = n
+
+    def get_output_embeddings(self):
+        return None
+
+    def forward(self, input_ids, attention_mask=None):
+        inner = input_ids[:, 1:-1]
+        codes = torch.full_like(inner, self.n)  # the oracle's mask state
+        for index, word in enumerate(self.words.tolist()):
+            codes[inner == word] = index
+        powers = (self.n + 1) ** torch.arange(inner.shape[1] - 1, -1, -1)
+        log_p = self.table[(codes * powers).sum(1)]  # [B, L, n]
+        logits = torch.full((*input_ids.shape, self.vocab_size), -1e4, dtype=torch.float64)
+        logits[:, 1:-1, self.words] = log_p
+        return type("Output", (), {"logits": logits})()
+
+
+def oracle_model(seed=3):
+    """(wrapped oracle, oracle, word ids): the vocabulary puts the mask token between the words."""
+    tokenizer = bert_tokenizer(words=[], specials=["[PAD]", "[UNK]", "[CLS]", "w0", "[MASK]", "w1", "[SEP]", "w2"])
+    words = [3, 5, 7]
+    oracle = ddlm.SequenceOracle.random(ddlm.Absorbing(3), 3, torch.Generator().manual_seed(seed))
+    model = wrap_masked_lm(OracleMaskedLM(oracle, tokenizer, words), tokenizer)
+    assert model.vocab_size == 8 and model.mask_token_id == 4 and model.drawable.nonzero().flatten().tolist() == words
+    return model, oracle, torch.tensor(words)
+
+
+def to_oracle(x: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """ddlm states of the wrapped oracle -> the oracle's states (words 0..2, mask 3)."""
+    out = torch.full_like(x, 3)
+    for index, word in enumerate(words.tolist()):
+        out[x == word] = index
+    return out
+
+
+@pytest.mark.parametrize("predictor", ["analytic", "first_hitting"])
+def test_an_exact_masked_lm_samples_its_distribution(predictor):
+    model, oracle, words = oracle_model()
+    gen = torch.Generator().manual_seed(0)
+    exact_tv = oracle.total_variation(oracle.sample(20_000, gen))
+    x = ddlm.sampling.sample(model, model.graph, model.noise, (20_000, 3), 32, predictor, generator=gen, progress=False)
+    assert set(x.unique().tolist()) <= set(words.tolist())
+    assert oracle.total_variation(to_oracle(x, words)) <= exact_tv + 0.01
+
+
+def test_an_exact_masked_lm_bound_equals_the_nll():
+    model, oracle, words = oracle_model()
+    x0_oracle = oracle.sample(4, torch.Generator().manual_seed(1))
+    x0 = words[x0_oracle]
+    terminal = float(model.noise.total(torch.tensor(1.0)))
+    bound = ddlm.likelihood.nll_bound(model, model.graph, model.noise, x0, num_t=512, generator=torch.Generator().manual_seed(2),
+                                      base=lambda x_T: oracle.log_marginal(to_oracle(x_T, words), terminal))
+    nll = -oracle.log_prob(x0_oracle)
+    assert torch.all((bound.bound - nll).abs() <= 4 * bound.stderr + 1e-6), (bound.bound, nll, bound.stderr)
+
+
+def _write_config(directory, **changes):
+    path = os.path.join(directory, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config.update(changes)
+    with open(path, "w") as f:
+        json.dump(config, f)
+
+
+def _one_line_cli_error(directory, match, capsys):
+    from ddlm.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        main(["sample", str(directory), "--num-samples", "1", "--length", "4", "--steps", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+
+
+def test_bad_masked_lm_directories(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    no_tokenizer = tmp_path / "no_tokenizer"
+    save_bert(no_tokenizer)
+    for name in os.listdir(no_tokenizer):
+        if name.startswith("tokenizer"):
+            os.remove(no_tokenizer / name)
+    with pytest.raises(ValueError, match="holds no tokenizer"):
+        load_model(no_tokenizer, progress=False)
+
+    no_mask = tmp_path / "no_mask"
+    save_bert(no_mask, tokenizer=bert_tokenizer(specials=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    with pytest.raises(ValueError, match="has no mask token"):
+        load_model(no_mask, progress=False)
+
+    missing, wrong_shape, extra = tmp_path / "missing", tmp_path / "wrong_shape", tmp_path / "extra"
+    for directory in (missing, wrong_shape, extra):
+        save_bert(directory)
+        weights = load_file(directory / "model.safetensors")
+        if directory is missing:
+            del weights["bert.encoder.layer.1.attention.self.query.weight"]
+        elif directory is wrong_shape:
+            weights["bert.encoder.layer.0.output.dense.weight"] = torch.zeros(32, 60)
+        else:
+            weights["bert.encoder.layer.7.output.dense.weight"] = torch.zeros(32, 64)
+        save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing tensors: \['bert.encoder.layer.1.attention.self.query.weight'\]"):
+        load_model(missing, progress=False)
+    with pytest.raises(ValueError, match=r"bert.encoder.layer.0.output.dense.weight \(checkpoint \[32, 60\]"):
+        load_model(wrong_shape, progress=False)
+    with pytest.raises(ValueError, match=r"unexpected tensors: \['bert.encoder.layer.7.output.dense.weight'\]"):
+        load_model(extra, progress=False)
+    _one_line_cli_error(missing, "missing tensors", capsys)
+
+
+def test_causal_remote_code_and_pickled_code_are_refused(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    causal = tmp_path / "causal"
+    GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=16)).save_pretrained(causal)
+    with pytest.raises(ValueError, match="causal .autoregressive. LM"):
+        load_model(causal, progress=False)
+    _one_line_cli_error(causal, "causal", capsys)
+
+    remote = tmp_path / "remote"
+    save_bert(remote)
+    _write_config(remote, model_type="fancybert", architectures=["FancyBertForMaskedLM"], auto_map={"AutoModelForMaskedLM": "x.Y"})
+    with pytest.raises(ValueError, match="fancybert.*never runs code"):
+        load_model(remote, progress=False)
+    _write_config(remote, model_type="fancy", architectures=["FancyModel"])
+    with pytest.raises(ValueError, match="needs code from its own directory"):
+        load_model(remote, progress=False)
+
+    pickled = tmp_path / "pickled"
+    save_bert(pickled)
+    os.remove(pickled / "model.safetensors")
+
+    class Code:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    with open(pickled / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"bert.embeddings.word_embeddings.weight": Code()}, f, protocol=2)
+    with pytest.raises(ValueError, match="never unpickles"):
+        load_model(pickled, progress=False)
+    assert not (tmp_path / "pwned").exists()
+    _one_line_cli_error(pickled, "never unpickles", capsys)

@@ -29,7 +29,9 @@ from .masked_diffusion import MaskedDiffusionModel
 
 # Position embeddings offset by padding_idx + 1 (RoBERTa's scheme): max_position_embeddings counts those rows too.
 PADDING_OFFSET_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text", "longformer")
-UNBOUNDED_TOKENIZER_LENGTH = 10**9  # tokenizer.model_max_length above this means "not set"
+UNBOUNDED_TOKENIZER_LENGTH = 10**9
+# Heads of BERT-style pre-training checkpoints that a masked LM does not use (bert-base-* ship them): skipped when loading.
+PRETRAINING_HEADS = ("pooler.", "seq_relationship.")  # tokenizer.model_max_length above this means "not set"
 
 
 class HubMaskedLM(nn.Module):
@@ -93,8 +95,8 @@ def wrap_masked_lm(model: nn.Module, tokenizer, *, noise=None) -> MaskedDiffusio
 
 def load_masked_lm(path: str | os.PathLike, tokenizer, *, dtype: torch.dtype | None = None) -> MaskedDiffusionModel:
     """A transformers masked-LM directory (or hub id) -> ``MaskedDiffusionModel``, its weights checked: missing or
-    wrong-shape tensors are a ValueError naming them (tensors of heads a masked LM does not use, such as BERT's
-    pooler and next-sentence head, are skipped as transformers skips them)."""
+    unexpected or wrong-shape tensors are a ValueError naming them (only the heads of BERT-style pre-training
+    checkpoints that a masked LM does not use, the pooler and the next-sentence head, are skipped)."""
     from transformers import AutoModelForMaskedLM
     from transformers.utils import logging as transformers_logging
 
@@ -109,7 +111,10 @@ def load_masked_lm(path: str | os.PathLike, tokenizer, *, dtype: torch.dtype | N
                          f"{str(error).splitlines()[0]}") from None
     finally:
         transformers_logging.set_verbosity(verbosity)
-    problems = [f"{name.replace('_', ' ')}: {sorted(keys)}" for name in ("missing_keys",) if (keys := info.get(name))]
+    unexpected = sorted(key for key in info.get("unexpected_keys") or () if not any(head in key for head in PRETRAINING_HEADS))
+    problems = [f"missing tensors: {sorted(keys)}"] if (keys := info.get("missing_keys")) else []
+    if unexpected:
+        problems.append(f"unexpected tensors: {unexpected}")
     if mismatched := info.get("mismatched_keys"):
         problems.append("shapes differ from config.json's: " + ", ".join(
             f"{key} (checkpoint {list(saved)}, config {list(wanted)})" for key, saved, wanted in sorted(mismatched)))

@@ -89,7 +89,8 @@ def load_network(family: str, path, tokenizer, *, device=None, dtype: torch.dtyp
     return load(path, num_tokenizer_tokens=len(tokenizer), device=device, **dtype_kwargs)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "vocab.txt",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -100,6 +101,9 @@ def load_tokenizer(path: str | os.PathLike):
     check_local_path("tokenizer", path)
     if looks_like_path(os.fspath(path)):
         path = os.path.expanduser(path)
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer of the config's model type here: a wrong vocabulary, silently
+        raise no_tokenizer(path)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as error:  # missing or corrupt files; the tokenizers library raises bare Exceptions for some
@@ -107,7 +111,11 @@ def load_tokenizer(path: str | os.PathLike):
             raise  # a hub id: transformers says what is missing (or that the hub cannot be reached)
         files = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(path, name))]
         if not os.path.isdir(path) or not files:
-            raise ValueError(f"{path} holds no tokenizer (no {' or '.join(TOKENIZER_FILES[:2])}); pass tokenizer= "
-                             "(ddlm CLI: --tokenizer; SEDD models use the GPT-2 tokenizer)") from error
+            raise no_tokenizer(path) from error
         raise ValueError(f"cannot load the tokenizer saved in {path} ({', '.join(files)}): "
                          f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+
+
+def no_tokenizer(path) -> ValueError:
+    return ValueError(f"{path} holds no tokenizer (no {' or '.join(TOKENIZER_FILES[:2])}); pass tokenizer= "
+                      "(ddlm CLI: --tokenizer; SEDD models use the GPT-2 tokenizer)")
