@@ -1,0 +1,267 @@
+"""What the native LLaDA and Dream loaders share: a bidirectional decoder built from transformers' own blocks,
+and a checked, low-memory reader of a published weight layout.
+
+``BidirectionalLM`` is transformers' Llama or Qwen2 decoder stack (embedding, decoder layers, final RMSNorm,
+output projection) with every layer's attention made non-causal: each layer's ``self_attn.is_causal`` is
+False and no attention mask is passed, so SDPA attends from every position to every other. Its parameter
+names are Qwen2's (``model.embed_tokens``, ``model.layers.N.self_attn.q_proj``, ..., ``lm_head``); a family's
+loader gives a map from its checkpoint's tensor names to these.
+
+``load_open_weights`` builds the network on the meta device (no memory), checks the checkpoint's names and
+shapes against it from the file headers alone (one ValueError naming every missing, unexpected and
+wrong-shape tensor), then reads the tensors one at a time, each cast to the dtype and put on its device
+(``device``, or a ``device_map``: "auto" through accelerate, or a dict of module prefixes to devices), so an
+8B model in bfloat16 loads onto one GPU with one tensor in host memory at a time. Weights come from
+``model.safetensors``, a sharded ``model.safetensors.index.json``, or pickled ``pytorch_model.bin`` files read
+only with ``torch.load(weights_only=True)``; no code from the model directory ever runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from typing import Iterator, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from .modeling import pickle_refused
+
+SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+PICKLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+DTYPES = {"float32": torch.float32, "float": torch.float32, "float64": torch.float64, "double": torch.float64,
+          "bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
+
+
+class Trunk(nn.Module):
+    """Embedding, decoder layers, final norm and rotary tables (Qwen2Model's / LlamaModel's parts and names)."""
+
+    def __init__(self, config, layer_cls, norm_cls, rotary_cls):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(layer_cls(config, index) for index in range(config.num_hidden_layers))
+        for layer in self.layers:
+            layer.self_attn.is_causal = False
+        self.norm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = rotary_cls(config=config)
+
+
+class BidirectionalLM(nn.Module):
+    """A Llama / Qwen2 decoder with bidirectional attention: ``network(ids Long[B, L], sigma_bar [B])`` ->
+    logits [B, L, V] in the parameters' dtype (sigma_bar is ignored: the network is not time-conditioned).
+
+    config: a transformers ``LlamaConfig`` / ``Qwen2Config`` (attn_implementation "sdpa"); layer_cls,
+    norm_cls, rotary_cls: that family's ``*DecoderLayer``, ``*RMSNorm``, ``*RotaryEmbedding``. With
+    ``config.tie_word_embeddings`` the output projection is the embedding matrix."""
+
+    def __init__(self, config, layer_cls, norm_cls, rotary_cls):
+        super().__init__()
+        self.config = config
+        self.rotary_cls = rotary_cls
+        self.model = Trunk(config, layer_cls, norm_cls, rotary_cls)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.model.embed_tokens(ids)
+        positions = torch.arange(ids.shape[1], device=ids.device)[None]
+        rotary = self.model.rotary_emb(hidden, positions)
+        for layer in self.model.layers:
+            hidden = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+        return self.lm_head(self.model.norm(hidden))
+
+
+def model_config(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``/config.json, or a ValueError naming the file."""
+    file = os.path.join(os.fspath(path), "config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{path} has no config.json; it is not a model directory")
+    try:
+        with open(file, encoding="utf-8") as f:
+            values = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file} is not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{file} must hold a JSON object of config fields, got {type(values).__name__}")
+    return values
+
+
+def config_dtype(config: dict, dtype: torch.dtype | str | None) -> torch.dtype:
+    """The dtype to load in: ``dtype`` if given (a torch dtype or its name), else config.json's ``torch_dtype`` /
+    ``dtype``, else float32."""
+    if dtype is None:
+        dtype = config.get("torch_dtype") or config.get("dtype") or torch.float32
+    if isinstance(dtype, torch.dtype):
+        chosen = dtype
+    else:
+        chosen = DTYPES.get(str(dtype).removeprefix("torch."))
+    if chosen is None or not chosen.is_floating_point:
+        raise ValueError(f"dtype {dtype!r} is not a floating dtype ddlm loads (one of {sorted(DTYPES)})")
+    return chosen
+
+
+def tokenizer_size(path: str | os.PathLike) -> int | None:
+    """One past the largest token id the tokenizer files of a model directory name (``tokenizer.json``'s vocabulary and
+    added tokens, ``vocab.json``, ``tokenizer_config.json``'s added_tokens_decoder), or None without such files."""
+    ids: list[int] = []
+    for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json"):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        with open(file, encoding="utf-8") as f:
+            values = json.load(f)
+        if name == "tokenizer.json":
+            vocab = (values.get("model") or {}).get("vocab") or {}
+            ids += list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+            ids += [token["id"] for token in values.get("added_tokens") or ()]
+        elif name == "vocab.json":
+            ids += list(values.values())
+        else:
+            ids += [int(key) for key in values.get("added_tokens_decoder") or ()]
+    return max(ids) + 1 if ids else None
+
+
+def padded_rows(path: str | os.PathLike, vocab_size: int, num_tokenizer_tokens: int | None) -> list[int]:
+    """Ids of embedding rows past the tokenizer's vocabulary (never produced): [num_tokenizer_tokens, vocab_size);
+    with num_tokenizer_tokens None, the tokenizer's size is read off ``path``'s tokenizer files (none: no rows)."""
+    if num_tokenizer_tokens is None:
+        found = tokenizer_size(path)
+        return [] if found is None else list(range(min(found, vocab_size), vocab_size))
+    if not 0 < num_tokenizer_tokens <= vocab_size:
+        raise ValueError(f"num_tokenizer_tokens must lie in [1, {vocab_size}] (the model's output width), got {num_tokenizer_tokens}")
+    return list(range(num_tokenizer_tokens, vocab_size))
+
+
+def checkpoint_files(path: str | os.PathLike) -> tuple[bool, list[str]]:
+    """(pickled?, weight files) of a model directory: model.safetensors or its sharded index, else pytorch_model.bin or
+    its index; a FileNotFoundError naming the directory otherwise."""
+    path = os.fspath(path)
+    for pickled, single, index in ((False, SAFETENSORS, SAFETENSORS_INDEX), (True, PICKLE, PICKLE_INDEX)):
+        if os.path.isfile(os.path.join(path, index)):
+            with open(os.path.join(path, index), encoding="utf-8") as f:
+                weight_map = json.load(f).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError(f"{os.path.join(path, index)} has no weight_map naming the shard of each tensor")
+            return pickled, [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+        if os.path.isfile(os.path.join(path, single)):
+            return pickled, [os.path.join(path, single)]
+    raise FileNotFoundError(f"{path} holds no weights ({SAFETENSORS}, {SAFETENSORS_INDEX}, {PICKLE} or {PICKLE_INDEX})")
+
+
+def read_checkpoint(pickled: bool, files: list[str]) -> Iterator[tuple[str, str, Mapping]]:
+    """(file, name, reader) for every tensor of the files; ``reader`` maps names to tensors (safetensors: read on
+    access; pickles: torch.load(weights_only=True, mmap=True))."""
+    for file in files:
+        if pickled:
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except pickle.UnpicklingError as error:
+                raise pickle_refused(file, error) from None
+            for name in state:
+                yield file, name, state
+        else:
+            try:
+                with safe_open(file, framework="pt", device="cpu") as handle:
+                    reader = _SafetensorsReader(handle)
+                    for name in handle.keys():
+                        yield file, name, reader
+            except SafetensorError as error:
+                raise ValueError(f"{file} is not a readable safetensors file (corrupt or truncated?): {error}") from None
+
+
+class _SafetensorsReader:
+    """``reader[name]`` -> the tensor; ``reader.shape(name)`` from the header without reading it."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.handle.get_tensor(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.handle.get_slice(name).get_shape())
+
+
+def check_names(shapes: dict[str, tuple], names: Mapping[str, str], wanted: dict[str, tuple], where: str) -> None:
+    """One ValueError naming every missing, unexpected and wrong-shape tensor (checkpoint names) of a checkpoint whose
+    tensor shapes are ``shapes``; ``names`` maps checkpoint names to the network's, ``wanted`` the network's shapes."""
+    missing = sorted(name for name in names if name not in shapes)
+    unexpected = sorted(name for name in shapes if name not in names)
+    wrong = [f"{name} (checkpoint {list(shape)}, config {list(wanted[names[name]])})" for name, shape in sorted(shapes.items())
+             if name in names and tuple(shape) != tuple(wanted[names[name]])]
+    problems = [f"{label}: {items}" for label, items in (("missing", missing), ("unexpected", unexpected)) if items]
+    problems += ["shapes differ from config.json's: " + ", ".join(wrong)] if wrong else []
+    if problems:
+        raise ValueError(f"the weights in {where} do not match its config.json; " + "; ".join(problems))
+
+
+def _shape(reader, name: str) -> tuple[int, ...]:
+    return reader.shape(name) if isinstance(reader, _SafetensorsReader) else tuple(reader[name].shape)
+
+
+def placement(network: nn.Module, device, device_map, dtype: torch.dtype, no_split: list[str]) -> dict[str, torch.device]:
+    """Module prefix -> device: ``{"": device}`` (default cpu), or ``device_map`` (a dict, or "auto" planned by accelerate)."""
+    if device_map is None:
+        return {"": torch.device(device if device is not None else "cpu")}
+    if device is not None:
+        raise ValueError("give device or device_map, not both")
+    if device_map == "auto":
+        try:
+            from accelerate import infer_auto_device_map
+        except ImportError:
+            raise ValueError("device_map='auto' needs accelerate (pip install accelerate); or pass device=") from None
+        device_map = infer_auto_device_map(network, dtype=dtype, no_split_module_classes=no_split)
+    if not isinstance(device_map, Mapping):
+        raise ValueError(f"device_map must be 'auto' or a dict of module names to devices, got {device_map!r}")
+    offloaded = sorted(name for name, where in device_map.items() if str(where) in ("disk", "meta"))
+    if offloaded:
+        raise ValueError(f"the model does not fit the devices: device_map puts {offloaded[:5]} on disk, which ddlm does not offload to")
+    return {name: torch.device(f"cuda:{where}" if isinstance(where, int) else where) for name, where in device_map.items()}
+
+
+def device_of(name: str, devices: dict[str, torch.device]) -> torch.device:
+    """The device of the longest module prefix of ``name`` in ``devices``."""
+    matches = [prefix for prefix in devices if prefix == "" or name == prefix or name.startswith(prefix + ".")]
+    if not matches:
+        raise ValueError(f"device_map places no module holding {name}")
+    return devices[max(matches, key=len)]
+
+
+def _put(network: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Replace the (meta) parameter ``name`` of network by ``tensor``."""
+    owner, _, attribute = name.rpartition(".")
+    setattr(network.get_submodule(owner), attribute, nn.Parameter(tensor, requires_grad=tensor.is_floating_point()))
+
+
+def load_open_weights(path: str | os.PathLike, build, names: Mapping[str, str] | None, *, dtype: torch.dtype,
+                      device=None, device_map=None) -> BidirectionalLM:
+    """Build ``build()`` (a ``BidirectionalLM``) on the meta device and fill it from the weights in ``path``, whose
+    checkpoint names map to the network's through ``names`` (None: the network's own names; a tied head is in neither);
+    see the module docstring.
+    Returns the network in eval mode, its floating tensors in ``dtype``."""
+    with torch.device("meta"):
+        network = build()
+    wanted = {name: tuple(p.shape) for name, p in network.named_parameters()}  # a tied head appears once, as the embedding
+    names = {name: name for name in wanted} if names is None else names
+    if set(names.values()) != set(wanted):
+        raise ValueError(f"internal: the name map does not cover the network ({sorted(set(wanted) ^ set(names.values()))[:5]})")
+    pickled, files = checkpoint_files(path)
+    shapes = {name: _shape(reader, name) for _, name, reader in read_checkpoint(pickled, files)}
+    check_names(shapes, names, wanted, os.fspath(path))
+    no_split = [type(network.model.layers[0]).__name__] if len(network.model.layers) else []
+    devices = placement(network, device, device_map, dtype, no_split)
+    for _, name, reader in read_checkpoint(pickled, files):
+        target = names[name]
+        tensor = reader[name].to(device_of(target, devices))
+        _put(network, target, tensor.to(dtype) if tensor.is_floating_point() else tensor)
+    if network.config.tie_word_embeddings:
+        network.lm_head.weight = network.model.embed_tokens.weight
+    network.model.rotary_emb = network.rotary_cls(config=network.config).to(device_of("model.rotary_emb", devices))
+    if len(set(devices.values())) > 1:
+        from accelerate import dispatch_model
+
+        network = dispatch_model(network, device_map={name: str(where) for name, where in devices.items()})
+    return network.eval()
