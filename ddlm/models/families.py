@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ..core.checks import check_local_path, looks_like_path
+from ..core.checks import looks_like_path
 from .modeling import read_config_file
 
 SUPPORTED = ("ddlm models (ddlm train, ddlm convert), MDLM (hub layout or Lightning .ckpt), LLaDA (model_type 'llada'), "
@@ -22,11 +22,12 @@ CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 def read_config(path: str | os.PathLike) -> dict:
     """config.json of a model directory or hub id, as a dict (ValueError if it is missing or not JSON)."""
     path = os.fspath(path)
-    check_local_path("model", path)
+    if looks_like_path(path) and not os.path.exists(os.path.expanduser(path)):
+        raise FileNotFoundError(f"no model directory at {path}")
     if looks_like_path(path) or os.path.isdir(path):
         file = os.path.join(os.path.expanduser(path), "config.json")
         if not os.path.isfile(file):
-            raise ValueError(f"{path} has no config.json; it is not a model directory ({SUPPORTED} are supported)")
+            raise ValueError(f"{path} is not a ddlm model directory (no config.json) nor another model ddlm loads: {SUPPORTED}")
     else:
         from huggingface_hub import hf_hub_download
 
@@ -57,7 +58,7 @@ def family_of_config(config: dict, where: str = "the model") -> str:
                          f"{SUPPORTED}")
     if "auto_map" in config:
         raise ValueError(f"{where} ({named}) needs code from its own directory (auto_map); ddlm never runs it. Supported: {SUPPORTED}")
-    raise ValueError(f"{where} ({named}) is not a model family ddlm supports; supported: {SUPPORTED}")
+    raise ValueError(f"{where} is not a ddlm model directory ({named}) nor another model ddlm loads: {SUPPORTED}")
 
 
 def _known_to_transformers(model_type: str) -> bool:
@@ -72,6 +73,6 @@ def model_family(path: str | os.PathLike) -> str:
     if os.path.isfile(os.path.expanduser(name)):
         if name.endswith(".ckpt"):
             return "mdlm"
-        raise ValueError(f"{name} is a file; give the model's directory ({SUPPORTED} are supported; a single file only for "
-                         "an MDLM Lightning .ckpt)")
+        raise ValueError(f"{name} is not a ddlm model directory but a file (a single file only for an MDLM Lightning .ckpt); "
+                         f"supported: {SUPPORTED}")
     return family_of_config(read_config(name), name)
