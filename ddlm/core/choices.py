@@ -7,5 +7,5 @@ torch; ``ddlm.sampling``, ``ddlm.decoding`` and ``ddlm.likelihood`` re-export th
 PREDICTORS = ("euler", "tau_leaping", "analytic", "first_hitting", "confidence")
 ABSORBING_ONLY = ("first_hitting", "confidence")  # predictors that need an absorbing process
 CONFIDENCES = ("max_prob", "margin", "entropy", "prob", "random")
-UNMASK_SCHEDULES = ("linear", "cosine")
+UNMASK_SCHEDULES = ("linear", "cosine", "even")
 T_SAMPLING = ("stratified", "antithetic", "iid")  # how u in (0, 1] is drawn for the bound's t integral

@@ -25,10 +25,29 @@ Which ones: the most confident by the ``confidence`` measure of the model's p(. 
 position (MaskGIT; LLaDA's low-confidence remasking, which predicts every masked position and
 remasks the least confident, is the same rule), as many as the ``unmask_schedule`` says
 (``steps`` steps; after step j of n masked positions ``n (1 - j / steps)`` (linear) or
-``n cos(pi j / 2 steps)`` (cosine), rounded down, remain masked, so the last step leaves none);
+``n cos(pi j / 2 steps)`` (cosine), rounded down, remain masked, so the last step leaves none;
+"even": ``n // steps`` a step, one more in each of the first ``n % steps`` steps, as LLaDA);
 or every position more confident than ``threshold`` (Fast-dLLM; at least one per step, so at
 most n steps, ``steps`` unused); or, in decreasing confidence, positions while the sum of their
 entropies stays <= ``entropy_bound`` (EB-Sampler; at least one per step).
+
+LLaDA's own decoding (``llada_options``: the reference ``generate()`` of github.com/ML-GSAI/LLaDA) is
+block decoding (``DiffusionPipeline.generate`` / ``sample_blocks`` with ``prompt``, ``block_size``,
+``max_new_tokens``) with predictor "confidence", confidence "prob" (its "low_confidence" remasking)
+or "random", unmask_schedule "even" and temperature 0. Both show the network the prompt, the finished
+blocks, the current block and the blocks still to come as masks, and each step unmask, among the
+current block's masked positions, the most confident ones to their argmax tokens. The tokens are
+LLaDA's, ``generate(model, prompt, steps=S, gen_length=G, block_length=K)``, for ``steps`` = S / (G / K)
+(ddlm counts steps per block) with stop_at_eos False, when: (a) the network gives the ids ddlm never
+draws (``MaskedDiffusionModel``'s banned ids: its mask token, special tokens, rows past the
+tokenizer) no probability; LLaDA's argmax and softmax cover the whole vocabulary, so otherwise ddlm
+equals generate() with those logits set to -inf first (as its ``logits_eos_inf`` does for EOS);
+(b) no two confidences of a step tie: ddlm ranks them in float64 from float32 logits and puts the
+earlier position first, LLaDA ranks them in the logits' dtype (bf16 for the released weights, where
+ties are common) in torch.topk's unspecified order. With temperature > 0 or "random" the law is
+LLaDA's but not the random stream (LLaDA: Gumbel-max in float64). ddlm also allows a shorter last
+block and slides its window beyond the model's length; LLaDA's cfg_scale, attention_mask (padded
+batches) and EOS options have no counterpart here.
 
 These strategies are NOT exact samplers of the model's distribution. Positions unmasked in the
 same step are drawn independently from their marginals p(x0_i | x_t), which ignores their
@@ -202,10 +221,27 @@ def check_confidence_values(confidence, unmask_schedule, threshold, entropy_boun
                          f"entropies stays within it, at least one), got {entropy_bound!r}")
 
 
+REMASKINGS = {"low_confidence": "prob", "random": "random"}  # LLaDA's remasking -> ddlm's confidence
+
+
+def llada_options(remasking: str = "low_confidence", temperature: float = 0.0) -> dict:
+    """The sampler options of LLaDA's ``generate()`` for block decoding (module docstring), a dict to pass with ``**``.
+
+    ``pipe.generate(prompt=..., max_new_tokens=G, block_size=K, steps=S * K // G, **llada_options())`` gives the
+    tokens of LLaDA's ``generate(model, prompt, steps=S, gen_length=G, block_length=K)``. remasking:
+    "low_confidence" (confidence "prob", the probability of the token drawn) or "random".
+    """
+    if remasking not in REMASKINGS:
+        raise ValueError(f"remasking must be one of {tuple(REMASKINGS)} (LLaDA's names), got {remasking!r}")
+    return dict(predictor="confidence", confidence=REMASKINGS[remasking], unmask_schedule="even", temperature=temperature)
+
+
 def _remaining(n0: torch.Tensor, j: int, steps: int, schedule: str) -> torch.Tensor:
     """How many of n0 masked positions remain masked after step j of steps, Long[B] (0 after the last)."""
     if j >= steps:
         return torch.zeros_like(n0)
+    if schedule == "even":  # n0 // steps a step, one more in each of the first n0 % steps steps (LLaDA)
+        return n0 - j * (n0 // steps) - (n0 % steps).clamp(max=j)
     if schedule == "linear":
         return n0 * (steps - j) // steps  # exact integer arithmetic
     return torch.floor(n0.double() * math.cos(math.pi / 2 * j / steps) + 1e-9).long().clamp(max=n0)

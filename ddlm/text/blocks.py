@@ -7,9 +7,11 @@ positions still to come held at the mask (``MaskedFuture``). For an absorbing pr
 carries no information, so with exact ratios each block is drawn exactly from the model's conditional
 given the prefix with the future marginalised, and the blocks together from the model's joint law at that
 length: block decoding equals plain sampling in law (block_size = max_new_tokens without a prompt is the
-same call, draw for draw). Beyond the context the window slides: the model sees the last
-``W - block_size`` finished tokens as clamped context plus the new block, an approximation (older tokens
-are forgotten, and the model's law at length W is used as if the window were a sequence start).
+same call, draw for draw). This is LLaDA's layout: with ``ddlm.sampling.decoding.llada_options`` block
+decoding gives the tokens of LLaDA's reference generate() (see there). Beyond the context the window
+slides: the model sees the last ``W - block_size`` finished tokens as clamped context plus the new block,
+an approximation (older tokens are forgotten, and the model's law at length W is used as if the window
+were a sequence start).
 """
 
 from __future__ import annotations
@@ -76,6 +78,18 @@ def check_block_options(pipe, num_samples, max_new_tokens, block_size, steps, ba
         raise ValueError("stop_at_eos needs a tokenizer with an EOS token (tokenizer.eos_token_id is None)")
 
 
+def prompt_rows(pipe, prompt_ids, num_samples: int) -> torch.Tensor:
+    """Each sample's prompt, Long[num_samples, P] on the pipeline's device, from prompt_ids: None, Long[P] (one
+    prompt for all) or Long[num_samples, P] (one each, of one length), a tensor or nested lists of ints."""
+    prompt = torch.as_tensor([] if prompt_ids is None else prompt_ids, dtype=torch.long).to(pipe.device)
+    if prompt.dim() > 2 or (prompt.dim() == 2 and prompt.shape[0] not in (1, num_samples)):
+        raise ValueError(f"prompt_ids must be one prompt Long[P] or one per sample Long[{num_samples}, P], got shape "
+                         f"{list(prompt.shape)}")
+    if prompt.numel():
+        pipe.graph.check_clean(prompt, "prompt_ids")
+    return (prompt if prompt.dim() == 2 else prompt.reshape(1, -1)).expand(num_samples, -1).clone()
+
+
 def decode_block(pipe, score_fn, seqs, active, size, context, generator, batch_size, steps, predictor, totals, sample_kwargs):
     """The next block's new tokens Long[B, size] for the ``active`` rows of ``seqs`` (EOS, else 0, for the others):
     ``ddlm.sampling.sample`` on the last ``context`` tokens, clamped, and ``size`` masked ones, in batches."""
@@ -112,6 +126,8 @@ def sample_blocks(pipe, num_samples: int, max_new_tokens: int, block_size: int, 
                   label, guidance_scale, **sample_kwargs) -> list[torch.Tensor]:
     """``DiffusionPipeline.sample_blocks``: per sample the new token ids Long[n] (see the module docstring).
 
+    prompt_ids: one prompt for every sample or one per sample, of one length (``prompt_rows``).
+
     stop_at_eos: a sample stops after the block in which the tokenizer's EOS token first appears among
     its new tokens, and its ids are cut right after that EOS (the others go on; generation ends when
     every sample stopped or ``max_new_tokens`` are made). Time-independent models reuse the clamped
@@ -119,13 +135,10 @@ def sample_blocks(pipe, num_samples: int, max_new_tokens: int, block_size: int, 
     """
     check_block_options(pipe, num_samples, max_new_tokens, block_size, steps, batch_size, stop_at_eos, sample_kwargs)
     eos = pipe.tokenizer.eos_token_id
-    prompt = torch.as_tensor([] if prompt_ids is None else prompt_ids, dtype=torch.long).reshape(-1).to(pipe.device)
-    if prompt.numel():
-        pipe.graph.check_clean(prompt, "prompt_ids")
+    seqs = prompt_rows(pipe, prompt_ids, num_samples)
     generator = resolve_generator(generator, seed, pipe.device)
-    width, start = pipe.max_length, prompt.numel()
+    width, start = pipe.max_length, seqs.shape[1]
     target = min(width, start + max_new_tokens)  # the window length within the context
-    seqs = prompt.expand(num_samples, start).clone()
     done = torch.zeros(num_samples, dtype=torch.bool, device=pipe.device)
     base_fn = pipe.sampling_score_fn(label, guidance_scale)
     totals = {**dict.fromkeys(CALL_STATS, 0), "blocks": 0}

@@ -1,0 +1,180 @@
+"""LLaDA's decoding as a ddlm setting (``ddlm.sampling.decoding.llada_options``): the tokens of LLaDA's generate().
+
+The reference below restates LLaDA's published generate() (github.com/ML-GSAI/LLaDA, generate.py) from its
+description, with cfg_scale 0 and no attention mask: prompt and gen_length masks in one sequence, blocks of
+block_length left to right, steps / num_blocks steps a block, each unmasking the block's masked positions of
+highest confidence (the softmax probability of the argmax token, or uniform for "random") to their argmax tokens,
+as many as get_num_transfer_tokens says (the block's masks split evenly, the remainder to the first steps).
+"""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+
+from ddlm.models.masked_diffusion import MaskedDiffusionModel
+from ddlm.pipeline import DiffusionPipeline
+from ddlm.sampling.decoding import _remaining, llada_options
+
+VOCAB, MASK, LENGTH = 50, 25, 32  # the mask token in the middle of the network's vocabulary
+
+
+class Mixer(nn.Module):
+    """A random bidirectional network that never predicts its mask token: ids Long[B, L] -> logits [B, L, V]."""
+
+    def __init__(self, seed: int = 0, width: int = 16):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.embed = nn.Parameter(torch.randn(VOCAB, width, generator=g))
+        self.position = nn.Parameter(torch.randn(LENGTH, width, generator=g))
+        self.mix = nn.Parameter(torch.randn(LENGTH, LENGTH, generator=g) / LENGTH ** 0.5)
+        self.out = nn.Parameter(torch.randn(width, VOCAB, generator=g))
+
+    def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[1]
+        h = self.embed[ids] + self.position[:n]
+        h = h + torch.tanh(self.mix[:n, :n] @ h)
+        return (h @ self.out).index_fill(-1, torch.tensor([MASK]), float("-inf"))
+
+
+class Bert(nn.Module):
+    """A tiny random transformers BertForMaskedLM (full attention): ids Long[B, L] -> logits [B, L, V]; it does
+    give its mask token (and every other id) some probability."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            max_position_embeddings=LENGTH, initializer_range=0.2)
+        self.model = BertForMaskedLM(config).eval()
+
+    def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+def transfer_counts(block_masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's get_num_transfer_tokens: Bool[B, K] -> Long[B, steps], n // steps each, +1 in the first n % steps."""
+    n = block_masked.sum(1, keepdim=True)
+    return n // steps + (torch.arange(steps) < n % steps).long()
+
+
+@torch.no_grad()
+def llada_generate(network, prompt, steps, gen_length, block_length, remasking="low_confidence", banned=(), generator=None):
+    """LLaDA's generate() at temperature 0, restated: prompt Long[B, P] -> Long[B, gen_length], the new tokens.
+    banned: ids whose logits are set to -inf before the argmax and the softmax (as its logits_eos_inf does)."""
+    batch, start = prompt.shape
+    x = torch.cat([prompt, torch.full((batch, gen_length), MASK)], 1)
+    assert gen_length % block_length == 0 and steps % (gen_length // block_length) == 0
+    per_block = steps // (gen_length // block_length)
+    for end in range(start + block_length, start + gen_length + 1, block_length):
+        counts = transfer_counts(x[:, end - block_length:end] == MASK, per_block)
+        for i in range(per_block):
+            masked = x == MASK
+            logits = network(x, torch.zeros(batch))
+            logits[..., list(banned)] = float("-inf")
+            x0 = logits.argmax(-1)
+            if remasking == "low_confidence":
+                p = torch.softmax(logits, -1).gather(-1, x0[..., None]).squeeze(-1)
+            else:
+                p = torch.rand(x0.shape, generator=generator)
+            p[:, end:] = float("-inf")
+            confidence = torch.where(masked, p, float("-inf"))
+            for row in range(batch):
+                chosen = confidence[row].topk(int(counts[row, i])).indices
+                x[row, chosen] = x0[row, chosen]
+    return x[:, start:]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """One word a token, w0 ... w49 (w25 is the network's mask token, never drawn)."""
+    backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="w49")
+
+
+NETWORKS = {"mixer": (Mixer, (), ()), "bert": (Bert, (0,), (0, MASK))}  # network, its banned ids, the reference's exclusion
+
+
+def pipeline(tokenizer, name, seed=0):
+    """A ``DiffusionPipeline`` over the wrapped network, the bare network, and the ids the reference excludes."""
+    cls, banned, excluded = NETWORKS[name]
+    network = cls(seed).eval()
+    model = MaskedDiffusionModel(network, vocab_size=VOCAB, mask_token_id=MASK, max_length=LENGTH, banned_ids=banned)
+    return DiffusionPipeline(model, tokenizer, max_length=LENGTH), network, excluded
+
+
+def prompts(batch, length, seed):
+    """Long[batch, length] random prompts without the mask token."""
+    ids = torch.randint(0, VOCAB - 1, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return ids + (ids >= MASK).long()
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+@pytest.mark.parametrize("start, gen_length, block_length, steps", [
+    (4, 8, 8, 8),  # one block, one token a step
+    (0, 12, 4, 6),  # no prompt, 2 steps a block
+    (5, 12, 4, 9),  # 3 steps for 4 masks: 2, 1, 1
+    (3, 10, 5, 4),  # 2 steps for 5 masks: 3, 2
+    (6, 16, 8, 6),  # 3 steps for 8 masks: 3, 3, 2
+    (2, 6, 2, 12),  # more steps than masks: 1, 1, 0, 0
+    (7, 24, 24, 5),  # one block, 5 steps for 24 masks
+])
+def test_llada_setting_gives_the_reference_tokens(tokenizer, name, start, gen_length, block_length, steps):
+    pipe, network, excluded = pipeline(tokenizer, name, seed=start)
+    prompt = prompts(3, start, seed=gen_length)
+    expected = llada_generate(network, prompt, steps, gen_length, block_length, banned=excluded)
+    rows = pipe.sample_blocks(3, gen_length, block_length, steps=steps * block_length // gen_length, prompt_ids=prompt,
+                              progress=False, **llada_options())
+    assert torch.equal(torch.stack(rows), expected)
+    assert len({tuple(row.tolist()) for row in expected}) > (start > 0)  # different prompts, different rows
+
+
+def test_llada_setting_through_generate_text(tokenizer):
+    pipe, network, excluded = pipeline(tokenizer, "bert", seed=3)
+    prompt = "w3 w17 w40"
+    expected = llada_generate(network, torch.tensor([[3, 17, 40]]), 8, 12, 6, banned=excluded)[0]
+    text = pipe.generate(2, prompt=prompt, max_new_tokens=12, block_size=6, steps=4, progress=False, **llada_options())
+    assert text == [prompt + pipe.decode(expected)] * 2
+
+
+def test_linear_schedule_is_not_llada(tokenizer):
+    """The "even" schedule matters: the default linear one unmasks 2, 1, 2, 1, 1 of 7 in 5 steps, LLaDA 2, 2, 1, 1, 1."""
+    pipe, network, excluded = pipeline(tokenizer, "mixer", seed=3)
+    prompt = prompts(4, 3, seed=3)
+    expected = llada_generate(network, prompt, 5, 7, 7, banned=excluded)
+    options = {**llada_options(), "unmask_schedule": "linear"}
+    linear = torch.stack(pipe.sample_blocks(4, 7, 7, steps=5, prompt_ids=prompt, progress=False, **options))
+    assert not torch.equal(linear, expected)
+
+
+@pytest.mark.parametrize("block_length, steps", [(3, 3), (4, 2)])
+def test_random_remasking_has_the_reference_law(tokenizer, block_length, steps):
+    """Random remasking: the reference's law of outcomes (uniform order), not its random stream."""
+    n = 4000
+    pipe, network, excluded = pipeline(tokenizer, "mixer", seed=2)
+    prompt = prompts(1, 4, seed=2).expand(n, 4)
+    reference = llada_generate(network, prompt, steps, block_length, block_length, "random", excluded,
+                               torch.Generator().manual_seed(0))
+    rows = torch.stack(pipe.sample_blocks(n, block_length, block_length, steps=steps, prompt_ids=prompt[0], seed=1,
+                                          progress=False, **llada_options("random")))
+    outcomes = torch.cat([reference, rows]).unique(dim=0, return_inverse=True)[1]
+    counts = torch.stack([torch.bincount(part, minlength=int(outcomes.max()) + 1) for part in outcomes.split(n)]).double()
+    assert counts.shape[1] >= 2  # the order matters for this network
+    assert 0.5 * float((counts[0] - counts[1]).abs().sum()) / n < 0.05
+
+
+@pytest.mark.parametrize("masks, steps", [(7, 5), (2, 4), (8, 3), (6, 6), (0, 3), (13, 1)])
+def test_even_schedule_is_get_num_transfer_tokens(masks, steps):
+    n0 = torch.tensor([masks])
+    counts = [int(_remaining(n0, j, steps, "even") - _remaining(n0, j + 1, steps, "even")) for j in range(steps)]
+    assert counts == transfer_counts(torch.ones(1, masks, dtype=torch.bool), steps)[0].tolist()
+
+
+def test_bad_options(tokenizer):
+    with pytest.raises(ValueError, match="remasking must be one of"):
+        llada_options("high_confidence")
+    pipe = pipeline(tokenizer, "mixer")[0]
+    with pytest.raises(ValueError, match="prompt_ids must be one prompt"):
+        pipe.sample_blocks(3, 4, 4, steps=2, prompt_ids=prompts(2, 3, 0), progress=False, **llada_options())
