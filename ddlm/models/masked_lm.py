@@ -93,7 +93,7 @@ def wrap_masked_lm(model: nn.Module, tokenizer, *, noise=None) -> MaskedDiffusio
         noise=noise, config=config, family=f"masked-lm ({config.model_type})")
 
 
-def load_masked_lm(path: str | os.PathLike, tokenizer, *, dtype: torch.dtype | None = None) -> MaskedDiffusionModel:
+def load_masked_lm(path: str | os.PathLike, tokenizer, *, dtype: torch.dtype | None = None, device_map=None) -> MaskedDiffusionModel:
     """A transformers masked-LM directory (or hub id) -> ``MaskedDiffusionModel``, its weights checked: missing or
     unexpected or wrong-shape tensors are a ValueError naming them (only the heads of BERT-style pre-training
     checkpoints that a masked LM does not use, the pooler and the next-sentence head, are skipped)."""
@@ -105,7 +105,7 @@ def load_masked_lm(path: str | os.PathLike, tokenizer, *, dtype: torch.dtype | N
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(
             path, trust_remote_code=False, weights_only=True, output_loading_info=True, ignore_mismatched_sizes=True,
-            **({"dtype": dtype} if dtype is not None else {}))
+            **{key: value for key, value in (("dtype", dtype), ("device_map", device_map)) if value is not None})
     except pickle.UnpicklingError as error:
         raise ValueError(f"{path}: the pickled weights hold more than tensors and are not read (ddlm never unpickles code): "
                          f"{str(error).splitlines()[0]}") from None

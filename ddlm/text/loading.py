@@ -51,42 +51,49 @@ def loading_progress(enabled: bool):
                 hub.disable_progress_bars()
 
 
-def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None, progress: bool = True):
+def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None, device_map=None,
+               progress: bool = True):
     """A model directory, hub id or MDLM ``.ckpt`` -> (model in eval mode, tokenizer), of any family
     ``ddlm.models.families`` recognises: a ddlm model (diffusion or AR) as a ``DDLMForDiffusion``, the open-weight
     families as a ``MaskedDiffusionModel`` (MDLM as a converted ``DDLMForDiffusion``). No code from the directory runs.
     tokenizer: overrides the directory's own. dtype: the weights' dtype (default: as saved, float32 for ddlm models).
+    device_map: instead of ``device``, spread the weights over devices as transformers does ("auto" needs accelerate);
+    every family loads its weights straight to their device (an 8B model in bfloat16 fits one 24 GB GPU).
     progress=False: no "Loading weights" bar from transformers."""
+    if device is not None and device_map is not None:
+        raise ValueError("give device or device_map, not both")
     family = model_family(path)
     if family != "ddlm" and tokenizer is None:
         tokenizer = load_tokenizer(os.path.dirname(os.fspath(path)) if family == "mdlm" and os.path.isfile(path) else path)
     with loading_progress(progress):
-        model = load_network(family, path, tokenizer, device=device, dtype=dtype)
-    model = model.to(device or "cpu").eval()
+        model = load_network(family, path, tokenizer, device=device, dtype=dtype, device_map=device_map)
+    model = (model if device_map is not None else model.to(device or "cpu")).eval()
     if tokenizer is None:
         tokenizer = load_tokenizer(path)
     check_vocabulary(model, tokenizer)
     return model, tokenizer
 
 
-def load_network(family: str, path, tokenizer, *, device=None, dtype: torch.dtype | None = None):
+def load_network(family: str, path, tokenizer, *, device=None, dtype: torch.dtype | None = None, device_map=None):
     """The model of one family (``model_family``); the tokenizer sizes the banned rows of the open-weight families."""
-    dtype_kwargs = {"dtype": dtype} if dtype is not None else {}
+    options = {key: value for key, value in (("dtype", dtype), ("device_map", device_map)) if value is not None}
     if family == "ddlm":
-        return DDLMForDiffusion.from_pretrained(path, **dtype_kwargs)
+        return DDLMForDiffusion.from_pretrained(path, **options)
     if family == "masked-lm":
         from ..models.masked_lm import load_masked_lm
 
-        return load_masked_lm(path, tokenizer, **dtype_kwargs)
+        return load_masked_lm(path, tokenizer, **options)
     if family == "mdlm":
         from ..models.mdlm import read_mdlm
 
-        return read_mdlm(path).to(**dtype_kwargs)
+        if device_map is not None:
+            raise ValueError("device_map is not supported for MDLM models (small enough for one device); pass device=")
+        return read_mdlm(path).to(dtype=dtype)
     if family == "llada":
         from ..models.llada import load_llada as load
     else:
         from ..models.dream import load_dream as load
-    return load(path, num_tokenizer_tokens=len(tokenizer), device=device, **dtype_kwargs)
+    return load(path, num_tokenizer_tokens=len(tokenizer), device=device, **options)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "vocab.txt",

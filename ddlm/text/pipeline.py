@@ -32,9 +32,10 @@ from .templates import GAP, MAX_LENGTH_COMBINATIONS, Template  # noqa: F401
 class DiffusionPipeline:
     """A score network plus a tokenizer: ``generate``, ``infill`` and ``nll_bound`` on strings.
 
-    model: a ``DDLMForDiffusion`` (graph, noise and maximum length come from its config) or any
-    ``score_fn(x_t Long[B, L], sigma_bar [B]) -> log-scores [B, L, S]`` with ``graph``, ``noise``
-    and ``max_length`` given. The tokenizer must have exactly the graph's N real tokens.
+    model: a ``DDLMForDiffusion`` or an open-weight ``MaskedDiffusionModel`` (graph, noise and maximum length come
+    from it) or any ``score_fn(x_t Long[B, L], sigma_bar [B]) -> log-scores [B, L, S]`` with ``graph``, ``noise``
+    and ``max_length`` given. The tokenizer must have exactly the graph's N real tokens (a ``MaskedDiffusionModel``'s
+    vocabulary may be longer when the ids past the tokenizer are never drawn).
     """
 
     def __init__(self, model: ScoreFn, tokenizer, *, graph: Graph | None = None, noise=None, max_length: int | None = None, device=None):
@@ -62,10 +63,12 @@ class DiffusionPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, tokenizer=None, device=None, dtype: torch.dtype | None = None,
-                        progress: bool = True) -> "DiffusionPipeline":
-        """Load a ``save_pretrained`` directory (or hub id): the model, and its tokenizer unless one is given
-        (progress=False: no "Loading weights" bar)."""
-        model, tokenizer = load_model(path, tokenizer=tokenizer, device=device, dtype=dtype, progress=progress)
+                        device_map=None, progress: bool = True) -> "DiffusionPipeline":
+        """Load a model directory, hub id or MDLM ``.ckpt`` of any supported family (``ddlm.text.loading.load_model``:
+        ddlm models, MDLM, LLaDA, Dream, transformers masked LMs; no code from the directory runs): the model, and
+        its tokenizer unless one is given. dtype: e.g. torch.bfloat16; device_map: "auto" or a dict, instead of
+        device (progress=False: no "Loading weights" bar)."""
+        model, tokenizer = load_model(path, tokenizer=tokenizer, device=device, dtype=dtype, device_map=device_map, progress=progress)
         return cls(model, tokenizer, device=device)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
