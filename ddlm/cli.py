@@ -367,19 +367,22 @@ def quality_command(args: argparse.Namespace) -> None:
 
 
 def convert_command(args: argparse.Namespace) -> None:
-    """Import an official SEDD checkpoint as a ddlm model directory (with a tokenizer if given)."""
+    """Import an official SEDD or MDLM checkpoint as a ddlm model directory (with a tokenizer if given)."""
     from .evaluation.scoring import load_tokenizer
-    from .models.sedd import convert_sedd
+    from .models.mdlm import convert_mdlm, is_mdlm_source
+    from .models.sedd import convert_sedd, local_source
     from .text.pipeline import DiffusionPipeline
 
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    model = convert_sedd(args.source, args.out, ema=not args.no_ema, config=args.config)
+    family = args.format or ("mdlm" if is_mdlm_source(local_source(args.source, "a checkpoint directory or file")) else "sedd")
+    convert = convert_mdlm if family == "mdlm" else convert_sedd
+    model = convert(args.source, args.out, ema=not args.no_ema, config=args.config)
     if tokenizer is not None:
         DiffusionPipeline(model, tokenizer).save_pretrained(args.out)  # checks the vocabulary matches
     config = model.config
     print(f"wrote {args.out}: {config.process} process over {config.vocab_size} tokens, {config.schedule} schedule, "
           f"{config.num_hidden_layers} x {config.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
-          + ("" if tokenizer is not None else "; no tokenizer saved (pass --tokenizer, e.g. gpt2 for SEDD)"))
+          + ("" if tokenizer is not None else "; no tokenizer saved (pass --tokenizer, e.g. gpt2 for SEDD and MDLM-OWT)"))
 
 
 def train_command(args: argparse.Namespace) -> None:
@@ -560,13 +563,17 @@ def _add_train_command(commands) -> None:
 def _add_convert_command(commands) -> None:
     """``ddlm convert`` and its options."""
     p = _command(commands, "convert", "import a checkpoint of another toolkit",
-                 ["ddlm convert sedd louaaron/sedd-small sedd-small --tokenizer gpt2"])
-    p.add_argument("format", choices=["sedd"], help="sedd: the official SEDD release (hub directory, run .pth or hub id)")
-    p.add_argument("source", help="a SEDD hub directory (config.json + weights), a run's checkpoint .pth, or a hub id")
+                 ["ddlm convert sedd louaaron/sedd-small sedd-small --tokenizer gpt2",
+                  "ddlm convert mdlm kuleshov-group/mdlm-owt mdlm-owt --tokenizer gpt2"])
+    p.add_argument("format", nargs="?", choices=["sedd", "mdlm"],
+                   help="sedd: the official SEDD release (hub directory, run .pth or hub id); mdlm: MDLM (hub directory as "
+                        "kuleshov-group/mdlm-owt, Lightning .ckpt or hub id); left out: mdlm for an MDLM source (a .ckpt, "
+                        "or config.json with model_type 'mdlm'), else sedd")
+    p.add_argument("source", help="a hub directory (config.json + weights), a run's checkpoint .pth/.ckpt, or a hub id")
     p.add_argument("out", help="directory to write the ddlm model to")
-    p.add_argument("--tokenizer", help="tokenizer to save beside the model (SEDD: gpt2)")
-    p.add_argument("--no-ema", action="store_true", help="a .pth's raw weights instead of its EMA weights")
-    p.add_argument("--config", help="SEDD config (.yaml/.json) of a .pth (default: <run>/.hydra/config.yaml)")
+    p.add_argument("--tokenizer", help="tokenizer to save beside the model (SEDD, MDLM-OWT: gpt2)")
+    p.add_argument("--no-ema", action="store_true", help="a .pth/.ckpt's raw weights instead of its EMA weights")
+    p.add_argument("--config", help="run config (.yaml/.json) of a .pth/.ckpt (default: <run>/.hydra/config.yaml)")
     p.set_defaults(run=convert_command)
 
 

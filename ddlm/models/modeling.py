@@ -55,10 +55,11 @@ def timestep_embedding(sigma_bar: torch.Tensor, dim: int, max_period: float = 10
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def rotary_tables(length: int, head_dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [L, head_dim] of rotate-half rotary embeddings (fp32)."""
-    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+def rotary_tables(length: int, head_dim: int, base: float, device, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [L, head_dim] of rotate-half rotary embeddings in ``dtype`` (float32 or float64); the
+    frequencies are computed in fp32 whatever the dtype, as SEDD's and MDLM's rotary buffers are."""
+    inv_freq = (1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)).to(dtype)
+    angles = torch.outer(torch.arange(length, device=device, dtype=dtype), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
@@ -67,7 +68,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate x [B, heads, L, d] by position: x cos + rotate_half(x) sin."""
     first, second = x.chunk(2, dim=-1)
     rotated = torch.cat([-second, first], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    return (x.to(cos.dtype) * cos + rotated.to(cos.dtype) * sin).to(x.dtype)
+
+
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the network's fp32 parts compute in: float32, or float64 for a float64 model."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -120,7 +126,7 @@ def _pickled_weights(path) -> str:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm without bias, computed in fp32."""
+    """LayerNorm without bias, computed in fp32 (fp64 for fp64 inputs)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -128,7 +134,8 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), None, self.eps)
+        dtype = wide_dtype(x.dtype)
+        return F.layer_norm(x.to(dtype), (x.shape[-1],), self.weight.to(dtype), None, self.eps)
 
 
 class Modulation(nn.Linear):
@@ -300,7 +307,7 @@ def checked_sigma_bar(config: DDLMConfig, graph, input_ids: torch.Tensor, sigma_
 def time_independent_log_scores(logits: torch.Tensor, ids: torch.Tensor, shift: torch.Tensor, mask_id: int) -> torch.Tensor:
     """Log-scores [R, N + 1] of a time-independent absorbing model from its head's rows.
 
-    logits [R, N + 1] (float32, edited in place); ids Long[R] the current token of each row;
+    logits [R, N + 1] (float32, or float64 for a float64 model; edited in place); ids Long[R] the current token of each row;
     shift [R] = log(e^sigma_bar - 1); mask_id = N. The head predicts p(x0_i = y | x_t) over the N real
     tokens (log-softmax, the mask column excluded). Absorbing noise masks each token
     independently and a mask carries no information, so for a masked position i
@@ -406,7 +413,8 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         autoregressive = self.config.objective == "ar"
         batch, length = input_ids.shape
         rows = None if positions is None else row_index(positions.to(input_ids.device), (batch, length))
-        sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=torch.float32)
+        dtype = wide_dtype(self.embed_tokens.weight.dtype)  # float32, float64 for a float64 model
+        sigma_bar = torch.as_tensor(sigma_bar, device=input_ids.device, dtype=dtype)
         sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
         classes = class_ids(self.config.num_classes, class_labels, batch, input_ids.device)
         if self.config.time_conditioning:
@@ -416,7 +424,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
             c = self.cond_embed(batch)
             if classes is not None:
                 c = c + self.class_embed(classes)
-        cos, sin = rotary_tables(length, self.config.head_dim, self.config.rotary_base, input_ids.device)
+        cos, sin = rotary_tables(length, self.config.head_dim, self.config.rotary_base, input_ids.device, dtype)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = layer(x, c, cos, sin)
@@ -434,7 +442,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         h, ids = h.flatten(0, 1), input_ids.reshape(-1, 1)
         if rows is not None:
             h, ids = h[rows], ids[rows]
-        logits = self.lm_head(h).float()
+        logits = self.lm_head(h).to(dtype)
         if not self.config.time_conditioning:
             shift = self.log_score_shift(sigma_bar, scale_by_vocabulary=False).repeat_interleave(length)
             return time_independent_log_scores(logits, ids.squeeze(1), shift if rows is None else shift[rows], self.config.vocab_size).view(
@@ -447,9 +455,11 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
 
     def log_score_shift(self, sigma_bar: torch.Tensor, scale_by_vocabulary: bool = True) -> torch.Tensor:
         """The absorbing "scale by sigma" offset log(e^sigma_bar - 1) + log N per sequence, [B] float32
-        (without the log N term for ``scale_by_vocabulary=False``: the time-independent factor)."""
+        (float64 for a float64 sigma_bar; without the log N term for ``scale_by_vocabulary=False``: the
+        time-independent factor)."""
+        dtype = wide_dtype(sigma_bar.dtype)
         sigma_bar = sigma_bar.double().clamp_min(1e-30)
-        return (torch.log(torch.expm1(sigma_bar)) + (math.log(self.config.vocab_size) if scale_by_vocabulary else 0.0)).float()
+        return (torch.log(torch.expm1(sigma_bar)) + (math.log(self.config.vocab_size) if scale_by_vocabulary else 0.0)).to(dtype)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained``, first removing the manifest of an earlier save there (it would no longer
