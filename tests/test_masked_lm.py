@@ -293,3 +293,31 @@ def test_causal_remote_code_and_pickled_code_are_refused(tmp_path, capsys):
         load_model(pickled, progress=False)
     assert not (tmp_path / "pwned").exists()
     _one_line_cli_error(pickled, "never unpickles", capsys)
+
+
+def test_eval_commands_and_lm_eval_run_on_a_masked_lm(bert_dir, tmp_path, capsys):
+    from ddlm.cli import main
+
+    text = tmp_path / "held_out.txt"
+    text.write_text("the cat sat on the mat .\nthe dog ran to the big house .\n", encoding="utf-8")
+    main(["eval", str(bert_dir), str(text), "--num-t", "4", "--quiet"])
+    assert "absorbing diffusion, bound" in capsys.readouterr().out
+    main(["eval", str(bert_dir), "--context", "the cat", "--continuation", " sat on the mat", "--num-t", "4", "--quiet"])
+    assert "nats" in capsys.readouterr().out
+    pipe = ddlm.DiffusionPipeline.from_pretrained(bert_dir, progress=False)
+    with pytest.raises(ValueError, match=r"token id 3, which the masked-lm \(bert\) model never produces"):
+        pipe.nll_bound(["the cat [SEP] sat"], num_t=2, progress=False)
+    with pytest.raises(ValueError, match="continuation 0 holds token id 4"):
+        pipe.conditional_nll(["the cat"], ["[MASK]"], num_t=2)
+
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from ddlm.lm_eval_model import DDLMEvalModel
+
+    lm = DDLMEvalModel(str(bert_dir), num_t=4, steps=4, seed=0)
+    (value, greedy), = lm.loglikelihood([Instance("loglikelihood", {}, ("the cat", " sat on the mat"), 0)], disable_tqdm=True)
+    assert math.isfinite(value) and value < 0 and isinstance(greedy, bool)
+    generation, = lm.generate_until([Instance("generate_until", {}, ("the cat", {"until": ["."], "max_gen_toks": 4}), 0)],
+                                    disable_tqdm=True)
+    assert "." not in generation  # no EOS in a BERT vocabulary: the stop string alone ends it

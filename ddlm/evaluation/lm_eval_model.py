@@ -213,7 +213,7 @@ class DDLMEvalModel(LM):
             continuation = text[len(context):]
         else:
             text = pipe.generate(1, steps=self.steps, predictor=self.predictor, prompt=context or None, max_new_tokens=max_new,
-                                 stop_at_eos=True, temperature=temperature, top_k=top_k, top_p=top_p, **sampling)[0]
+                                 stop_at_eos=self.tokenizer.eos_token_id is not None, temperature=temperature, top_k=top_k, top_p=top_p, **sampling)[0]
             continuation = text[len(context):]
         eos = self.tokenizer.eos_token
         return continuation.split(eos)[0] if eos else continuation

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..core.checks import check_count
 from ..text.corpora import eos_id
+from ..text.scores import check_scorable
 from .scoring import DATASET_MIN_BLOCKS, BoundTotals, lambada
 
 PROTOCOLS = ("sedd", "mdlm")
@@ -379,6 +380,7 @@ def score_blocks(model, tokenizer, blocks: Sequence[Sequence[int]], protocol: st
     estimator = _estimator(estimator, ESTIMATORS)
     if not blocks:
         raise ValueError("no blocks to score")
+    check_scorable(model, blocks, "block")
     model.eval()
     device = next(model.parameters()).device
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)

@@ -88,6 +88,20 @@ def text_blocks(tokenizer, texts: Sequence[str], block_size: int) -> list[list[l
     return blocks
 
 
+def check_scorable(model, id_lists: Sequence[Sequence[int]], what: str = "text") -> None:
+    """A ValueError naming the first token of ``id_lists`` that the model never produces (an open-weight model's
+    special tokens and mask: probability 0, an infinite -log p), so a bound is never silently infinite."""
+    drawable = getattr(model, "drawable", None)
+    if drawable is None:
+        return
+    allowed = drawable.tolist()
+    for index, ids in enumerate(id_lists):
+        for token in ids:
+            if not allowed[token]:
+                raise ValueError(f"{what} {index} holds token id {token}, which the {model.family} model never produces (a special "
+                                 "or mask token: probability 0); its -log p is infinite, so it cannot be scored")
+
+
 def blocks_by_length(per_text: list[list[list[int]]]) -> dict[int, list[tuple[int, list[int]]]]:
     """The blocks of ``text_blocks`` grouped by length (so each group is one tensor), each block with its
     text's index; in text order, then block order, within a group."""

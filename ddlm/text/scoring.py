@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from ..core.checks import check_count
 from ..likelihood.bounds import block_estimates, conditional_nll_bound, nll_bound
 from .generation import resolve_generator
-from .scores import (DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, ConditionalScore, TextBound, blocks_by_length, encode_pairs,
-                     model_batch_size, pairs_by_length, text_blocks)
+from .scores import (DATASET_MIN_BLOCKS, DEFAULT_NUM_T, ESTIMATORS, ConditionalScore, TextBound, blocks_by_length, check_scorable,
+                     encode_pairs, model_batch_size, pairs_by_length, text_blocks)
 
 BLOCKS_PER_BOUND = 64  # nll_bound, per-text estimator: blocks bounded together (one progress step; fixed, so results do not depend on batch_size)
 
@@ -50,6 +50,7 @@ def nll_bounds(pipe, texts: Sequence[str], num_t: int | None, *, estimator: str,
     check_count("batch_size", batch_size, allow_none=True)
     generator = resolve_generator(generator, seed, pipe.device)
     per_text = text_blocks(pipe.tokenizer, texts, pipe.max_length)
+    check_scorable(pipe.model, [[token for block in blocks for token in block] for blocks in per_text])
     chosen = choose_estimators(per_text, estimator)
     bounds: list[TextBound | None] = [None] * len(texts)
     total_blocks = sum(len(blocks) for kind, blocks in zip(chosen, per_text) if kind == "per-text")
@@ -107,6 +108,7 @@ def conditional_nlls(pipe, contexts: Sequence[str], continuations: Sequence[str]
     check_count("batch_size", batch_size, allow_none=True)
     generator = resolve_generator(generator, None if generator is not None else seed, pipe.device)
     pairs = encode_pairs(pipe.tokenizer, contexts, continuations, pipe.max_length, truncate_context=truncate_context)
+    check_scorable(pipe.model, [continuation for _, continuation in pairs], "continuation")
     scores: list[ConditionalScore | None] = [None] * len(pairs)
     with tqdm(total=len(pairs), desc="conditional bound", disable=not progress) as bar:
         for length, members in pairs_by_length(pairs):
