@@ -139,6 +139,22 @@ def test_wrapper_bf16_and_banned_rows(tmp_path):
     assert torch.isfinite(model(x_t, torch.ones(2))[x_t == EMBEDDING][:, :VOCAB][:, [0, 1]]).all()
 
 
+def test_bfloat16_rotates_in_float32(tmp_path):
+    """LLaDA's rope_full_precision: under bfloat16 the layers get float32 rotary tables and rotate q, k in float32."""
+    weights = write_llada(tmp_path)
+    model = load_llada(tmp_path, dtype=torch.bfloat16)
+    tables = []
+    model.network.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda module, args, kwargs: tables.append(kwargs["position_embeddings"]), with_kwargs=True)
+    ids = token_ids()
+    with torch.no_grad():
+        logits = model.network(ids, None)
+    assert logits.dtype == torch.bfloat16 and {t.dtype for t in tables[0]} == {torch.float32}
+    rounded = {name: t.to(torch.bfloat16).float() for name, t in weights.items()}
+    expected = llada_reference(rounded, CONFIG, ids)
+    assert (logits.float() - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
 def test_samples_and_bounds(tmp_path):
     write_llada(tmp_path)
     model = load_llada(tmp_path)  # no torch_dtype in LLaDA's config.json: float32

@@ -13,8 +13,12 @@ block x += attn_out(SDPA(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))) with n = 
 no causal mask, rotary rotate-half on q and k; x += ff_out(silu(ff_proj(m)) * up_proj(m)) with
 m = RMSNorm(x) (``ff_norm``); final RMSNorm ``ln_f`` and ``ff_out`` (or ``wte`` with weight tying). That is
 transformers' Llama decoder layer with non-causal attention, so the network is a ``BidirectionalLM`` of
-``LlamaDecoderLayer``s and the tensors are renamed (``LLADA_NAMES``). Options the published models do
-not use (ALiBi, biases, QK norms, scaled logits, other block or norm types) are refused.
+``LlamaDecoderLayer``s and the tensors are renamed (``llada_names``). One detail differs from Llama: LLaDA
+rotates q and k in float32 from float32 tables (``rope_full_precision``) and casts them back, so under
+bfloat16 its layers' attention (``LLaDAAttention``) does too; in float32 and float64 that is Llama's
+rotation (LLaDA's original code, with rope_full_precision, also rounds float64 q and k to float32 there).
+Options the published models do not use (ALiBi, biases, QK norms, scaled logits, other block or norm
+types) are refused.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from __future__ import annotations
 import os
 
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding,
+                                                      apply_rotary_pos_emb, eager_attention_forward)
 
 from ..core.schedules import LogLinear
 from .masked_diffusion import MaskedDiffusionModel
@@ -86,11 +93,34 @@ def llada_names(layers: int, tied: bool) -> dict[str, str]:
     return names
 
 
-def llada_network(config) -> BidirectionalLM:
-    """An (uninitialised) bidirectional Llama network for a ``LlamaConfig`` from ``llama_config``."""
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+class LLaDAAttention(LlamaAttention):
+    """Llama's attention as LLaDA computes it: q and k rotated in float32 at least (the cos / sin tables come in
+    float32 at least: ``BidirectionalLM(wide_rotary=True)``), then cast back to v's dtype. hidden [B, L, H] -> [B, L, H]."""
 
-    return BidirectionalLM(config, LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding)
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                attention_mask: torch.Tensor | None = None, **_) -> tuple[torch.Tensor, None]:
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, -1, self.head_dim)
+        q, k, v = (projection(hidden_states).view(shape).transpose(1, 2) for projection in (self.q_proj, self.k_proj, self.v_proj))
+        cos, sin = position_embeddings
+        wide = torch.promote_types(v.dtype, cos.dtype)
+        q, k = apply_rotary_pos_emb(q.to(wide), k.to(wide), cos, sin)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, _ = attention(self, q.to(v.dtype), k.to(v.dtype), v, attention_mask, dropout=0.0, scaling=self.scaling)
+        return self.o_proj(out.reshape(batch, length, -1).contiguous()), None
+
+
+class LLaDALayer(LlamaDecoderLayer):
+    """``LlamaDecoderLayer`` with ``LLaDAAttention`` (same parameters and names)."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.self_attn = LLaDAAttention(config, layer_idx)
+
+
+def llada_network(config) -> BidirectionalLM:
+    """An (uninitialised) bidirectional LLaDA network for a ``LlamaConfig`` from ``llama_config``."""
+    return BidirectionalLM(config, LLaDALayer, LlamaRMSNorm, LlamaRotaryEmbedding, wide_rotary=True)
 
 
 def load_llada(path: str | os.PathLike, *, num_tokenizer_tokens: int | None = None, dtype: torch.dtype | str | None = None,

@@ -54,12 +54,15 @@ class BidirectionalLM(nn.Module):
 
     config: a transformers ``LlamaConfig`` / ``Qwen2Config`` (attn_implementation "sdpa"); layer_cls,
     norm_cls, rotary_cls: that family's ``*DecoderLayer``, ``*RMSNorm``, ``*RotaryEmbedding``. With
-    ``config.tie_word_embeddings`` the output projection is the embedding matrix."""
+    ``config.tie_word_embeddings`` the output projection is the embedding matrix. wide_rotary: the rotary
+    cos / sin tables are handed to the layers in float32 at least (else in the hidden states' dtype, as
+    transformers does), for layers that rotate in float32 under bfloat16 (LLaDA's)."""
 
-    def __init__(self, config, layer_cls, norm_cls, rotary_cls):
+    def __init__(self, config, layer_cls, norm_cls, rotary_cls, *, wide_rotary: bool = False):
         super().__init__()
         self.config = config
         self.rotary_cls = rotary_cls
+        self.wide_rotary = wide_rotary
         self.model = Trunk(config, layer_cls, norm_cls, rotary_cls)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
@@ -68,7 +71,8 @@ class BidirectionalLM(nn.Module):
     def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.model.embed_tokens(ids)
         positions = torch.arange(ids.shape[1], device=ids.device)[None]
-        rotary = self.model.rotary_emb(hidden, positions)
+        table_dtype = torch.promote_types(hidden.dtype, torch.float32) if self.wide_rotary else hidden.dtype
+        rotary = self.model.rotary_emb(hidden[:1, :1].to(table_dtype), positions)  # reads only the dtype and device
         for layer in self.model.layers:
             hidden = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
         return self.lm_head(self.model.norm(hidden))
