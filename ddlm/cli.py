@@ -83,6 +83,9 @@ t_power = _checked(float, lambda v: 1 <= v < math.inf, "a finite number >= 1 (t 
 DEMO_MAX_SEQUENCES = 10**6  # the demo's oracle enumerates every one of the N^L sequences
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def torch_device(text: str) -> str:
     """argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps, xpu). Only a device other
     than the CPU imports torch, to ask whether the machine has it."""
@@ -137,8 +140,9 @@ def demo(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace, path: str | None = None):
-    """(model, tokenizer) of ``path`` (default the command's model argument), honouring --tokenizer, --device
-    and --quiet."""
+    """(model, tokenizer) of ``path`` (default the command's model argument), honouring --tokenizer, --device,
+    --dtype, --device-map and --quiet."""
+    import torch
     import transformers
 
     from .evaluation.scoring import load_model, load_tokenizer
@@ -146,7 +150,8 @@ def _load(args: argparse.Namespace, path: str | None = None):
     if args.quiet:
         transformers.utils.logging.disable_progress_bar()
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    return load_model(path or args.model, tokenizer=tokenizer, device=args.device)
+    dtype = None if args.dtype is None else getattr(torch, args.dtype)
+    return load_model(path or args.model, tokenizer=tokenizer, device=args.device, dtype=dtype, device_map=args.device_map)
 
 
 def _pipeline(args: argparse.Namespace):
@@ -396,9 +401,14 @@ def train_command(args: argparse.Namespace) -> None:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, batch_default: str = "all at once") -> None:
-    p.add_argument("model", help="a save_pretrained directory (model + tokenizer) or hub id")
+    p.add_argument("model", help="a model directory or hub id: a ddlm model, a transformers masked LM, MDLM (or its .ckpt), "
+                   "LLaDA or Dream")
     p.add_argument("--tokenizer", help="tokenizer directory or hub id (default: the model directory's own)")
     p.add_argument("--device", type=torch_device, default=None, help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="load the weights in this dtype (default: as saved); "
+                   "bfloat16 halves an open-weight model's memory")
+    p.add_argument("--device-map", choices=("auto",), default=None, help="spread the weights over the available devices "
+                   "(needs accelerate; instead of --device) (default: one device)")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"sequences per model call (default: {batch_default})")
     p.add_argument("--seed", type=random_seed, default=0, help="random seed: the same seed gives the same output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

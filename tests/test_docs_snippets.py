@@ -18,6 +18,8 @@ Directives are HTML comments on the lines just before a block (invisible in the 
 - ``<!-- test: setup sedd-hub PATH -->`` / ``<!-- test: setup word-tokenizer PATH -->``: a small checkpoint in
   SEDD's layout (random weights, ``tests/test_convert.py``) and a tokenizer of its 11 tokens, standing in for
   ``louaaron/sedd-small`` and ``gpt2`` (a download).
+- ``<!-- test: setup tiny-bert PATH -->``: a tiny random BERT masked LM with its tokenizer, standing in for
+  ``bert-base-uncased`` (a download).
 
 A bash line that is neither ``ddlm`` nor ``python`` makes the test fail: mark its block skipped, with the reason.
 """
@@ -143,6 +145,10 @@ def _setup(argument: str, workdir: Path, tokenizer) -> None:
 
         config = sedd_config("absorb-loglinear")
         write_hub_dir(path, config, SEDDLayout(num_outputs(config), seed=0).state_dict(), "safetensors")
+    elif kind == "tiny-bert":  # a tiny random BertForMaskedLM with its word tokenizer (tests/test_masked_lm.py), for bert-base-uncased
+        from test_masked_lm import save_bert
+
+        save_bert(path)
     elif kind == "word-tokenizer":  # a tokenizer of the stand-in's 11 tokens, standing in for gpt2
         from tokenizers import Tokenizer, models, pre_tokenizers
         from transformers import PreTrainedTokenizerFast
