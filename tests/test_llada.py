@@ -155,6 +155,15 @@ def test_bfloat16_rotates_in_float32(tmp_path):
     assert (logits.float() - expected).abs().max() <= 0.05 * expected.abs().max()
 
 
+def test_tokenizer_json_bans_padded_rows(tmp_path):
+    write_llada(tmp_path)
+    vocab = {f"t{i}": i for i in range(280)}
+    added = [{"id": i, "content": f"<|special_{i}|>"} for i in range(280, VOCAB - 10)]
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab}, "added_tokens": added}))
+    model = load_llada(tmp_path)
+    assert model.banned.nonzero().flatten().tolist() == [MASK, *range(VOCAB - 10, EMBEDDING)]
+
+
 def test_samples_and_bounds(tmp_path):
     write_llada(tmp_path)
     model = load_llada(tmp_path)  # no torch_dtype in LLaDA's config.json: float32
@@ -189,6 +198,9 @@ def test_sharded_and_pickled_layouts(tmp_path):
     torch.save({**weights, "hook": argparse.Namespace(run="code")}, pickled / "pytorch_model.bin")  # not plain tensors
     with pytest.raises(ValueError, match="refused .*pytorch_model.bin"):
         load_llada(pickled)
+    (sharded / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="names shards that are not there: .*model-00002-of-00002"):
+        load_llada(sharded)
 
 
 def test_mismatched_weights_are_named(tmp_path):

@@ -149,7 +149,11 @@ def checkpoint_files(path: str | os.PathLike) -> tuple[bool, list[str]]:
                 weight_map = json.load(f).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ValueError(f"{os.path.join(path, index)} has no weight_map naming the shard of each tensor")
-            return pickled, [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+            files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+            absent = [file for file in files if not os.path.isfile(file)]
+            if absent:
+                raise FileNotFoundError(f"{os.path.join(path, index)} names shards that are not there: {absent}")
+            return pickled, files
         if os.path.isfile(os.path.join(path, single)):
             return pickled, [os.path.join(path, single)]
     raise FileNotFoundError(f"{path} holds no weights ({SAFETENSORS}, {SAFETENSORS_INDEX}, {PICKLE} or {PICKLE_INDEX})")
