@@ -18,8 +18,8 @@ from torch import nn
 
 from ddlm.cli import main
 from ddlm.losses import dse
-from ddlm.models import DDLMForDiffusion
-from ddlm.models.mdlm import convert_mdlm, is_mdlm_source, read_mdlm
+from ddlm.models import DDLMConfig, DDLMForDiffusion
+from ddlm.models.mdlm import convert_mdlm, is_mdlm_config, is_mdlm_source, read_mdlm
 
 HIDDEN, BLOCKS, HEADS, COND, STATES, LENGTH = 32, 2, 4, 16, 12, 64  # STATES: 11 tokens and the mask (id 11)
 MASK = STATES - 1
@@ -89,12 +89,14 @@ def gelu_tanh(x):
     return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def dit_logits(state, x):
-    """MDLM's DiT with time_conditioning off (sigma fed as 0): x Long[B, L] -> logits [B, L, STATES] (float64)."""
+def dit_logits(state, x, sigma):
+    """MDLM's DiT: x Long[B, L], sigma [B] (the total noise; zeros without time conditioning) -> logits
+    [B, L, STATES] (float64; the 256 [cos | sin] sigma features in float32, as MDLM computes them)."""
     w = {k.removeprefix("backbone."): v.double() for k, v in state.items()}
     batch, length = x.shape
     head_dim = HIDDEN // HEADS
-    features = torch.cat([torch.ones(batch, 128), torch.zeros(batch, 128)], -1).double()  # [cos 0 | sin 0]
+    args = sigma.float()[:, None] * torch.exp(-math.log(10000) * torch.arange(128, dtype=torch.float32) / 128)
+    features = torch.cat([torch.cos(args), torch.sin(args)], -1).double()
     hidden = torch.nn.functional.silu(linear(features, w["sigma_map.mlp.0.weight"], w["sigma_map.mlp.0.bias"]))
     c = torch.nn.functional.silu(linear(hidden, w["sigma_map.mlp.2.weight"], w["sigma_map.mlp.2.bias"]))
     angles = torch.outer(torch.arange(length, dtype=torch.float64), w["rotary_emb.inv_freq"])
@@ -123,10 +125,11 @@ def dit_logits(state, x):
                   w["output_layer.linear.weight"], w["output_layer.linear.bias"])
 
 
-def subs_log_probs(state, x):
-    """MDLM's SUBS output log p(x0 | x_t) [B, L, STATES]: the mask's logit pushed to NEG_INFINITY, normalised;
-    an unmasked position carries its token (0 there, NEG_INFINITY elsewhere)."""
-    logits = dit_logits(state, x)
+def subs_log_probs(state, x, sigma, time_conditioning):
+    """MDLM's SUBS output log p(x0 | x_t) [B, L, STATES]: sigma replaced by zeros without time conditioning;
+    the mask's logit pushed to NEG_INFINITY, normalised; an unmasked position carries its token (0 there,
+    NEG_INFINITY elsewhere)."""
+    logits = dit_logits(state, x, sigma if time_conditioning else torch.zeros_like(sigma))
     logits[..., MASK] += NEG_INFINITY
     log_p = logits - torch.logsumexp(logits, -1, keepdim=True)
     unmasked = x != MASK
@@ -198,7 +201,8 @@ def assert_matches_subs(model, state, seed=0, tol=1e-5):
     x, sigma = draws(seed)
     with torch.no_grad():
         got = model(x, sigma.to(model.dtype)).double()
-    want = subs_log_probs(state, x) - torch.where(x == MASK, torch.log(torch.expm1(sigma))[:, None], 0.0)[..., None]
+    log_p = subs_log_probs(state, x, sigma.to(model.dtype), model.config.time_conditioning)
+    want = log_p - torch.where(x == MASK, torch.log(torch.expm1(sigma))[:, None], 0.0)[..., None]
     want.scatter_(-1, x[..., None], 0.0)
     impossible = want < NEG_INFINITY / 2
     assert got.shape == want.shape == (4, 9, STATES)
@@ -210,33 +214,36 @@ def assert_matches_subs(model, state, seed=0, tol=1e-5):
 # ---------------------------------------------------------------- conversion
 
 
-@pytest.mark.parametrize("weights", ["safetensors", "bin"])
-def test_hub_layout_converts_to_subs_log_scores(tmp_path, weights):
+@pytest.mark.parametrize("weights, timed", [("safetensors", False), ("bin", False), ("safetensors", True)])
+def test_hub_layout_converts_to_subs_log_scores(tmp_path, weights, timed):
     state = MDLMLayout(seed=1).state_dict()
-    source = write_hub(tmp_path / "mdlm", state, weights)
+    source = write_hub(tmp_path / "mdlm", state, weights, hub_config(time_conditioning=timed))
     assert is_mdlm_source(source)
     model = convert_mdlm(source, tmp_path / "out")
     config = model.config
-    assert (config.vocab_size, config.process, config.schedule, config.eps, config.time_conditioning) == (
-        STATES - 1, "absorbing", "loglinear", EPS, False)
+    assert (config.vocab_size, config.process, config.schedule, config.eps, config.time_conditioning, config.predict_x0) == (
+        STATES - 1, "absorbing", "loglinear", EPS, timed, True)
+    assert model.time_independent is not timed
     assert model.dtype == torch.float32 and not model.training
     assert_matches_subs(model, state)
     assert_matches_subs(DDLMForDiffusion.from_pretrained(tmp_path / "out"), state, seed=1)
     assert set(json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]) == {"config.json", "model.safetensors"}
 
 
-def test_float64_forward_matches_to_1e_12(tmp_path):
+@pytest.mark.parametrize("timed", [False, True])
+def test_float64_forward_matches_to_1e_12(tmp_path, timed):
     state = MDLMLayout(seed=3, dtype=torch.float64).state_dict()
-    model = read_mdlm(write_hub(tmp_path / "mdlm", state)).double()
+    model = read_mdlm(write_hub(tmp_path / "mdlm", state, config=hub_config(time_conditioning=timed))).double()
     assert model.dtype == torch.float64
     for seed in range(3):
         assert_matches_subs(model, state, seed=seed, tol=1e-12)
 
 
-def test_bound_equals_mdlm_continuous_time_nelbo(tmp_path):
+@pytest.mark.parametrize("timed", [False, True])
+def test_bound_equals_mdlm_continuous_time_nelbo(tmp_path, timed):
     """sigma(t) * sum_i DSE_i = MDLM's integrand sum_i -log p(x0_i | x_t) dsigma / expm1(sigma) for the same draws."""
     state = MDLMLayout(seed=4, dtype=torch.float64).state_dict()
-    model = read_mdlm(write_hub(tmp_path / "mdlm", state))
+    model = read_mdlm(write_hub(tmp_path / "mdlm", state, config=hub_config(time_conditioning=timed)))
     gen = torch.Generator().manual_seed(5)
     batch, length = 6, 16
     x0 = torch.randint(0, MASK, (batch, length), generator=gen)
@@ -245,7 +252,7 @@ def test_bound_equals_mdlm_continuous_time_nelbo(tmp_path):
     sigma, dsigma = loglinear(t)
     x_t = torch.where(torch.rand(batch, length, generator=gen, dtype=torch.float64) < -torch.expm1(-sigma)[:, None], MASK, x0)
     assert 0 < (x_t == MASK).sum() < x_t.numel()
-    log_p = subs_log_probs(state, x_t).gather(-1, x0[..., None])[..., 0]
+    log_p = subs_log_probs(state, x_t, sigma, timed).gather(-1, x0[..., None])[..., 0]
     nelbo = (-log_p * (dsigma / torch.expm1(sigma))[:, None]).sum(-1)
     sigma_bar = model.noise.total(t)
     torch.testing.assert_close(sigma_bar, sigma, rtol=1e-15, atol=0)
@@ -266,6 +273,9 @@ def test_lightning_checkpoint_loads_ema_by_default_and_raw_weights_on_request(tm
     main(["convert", "mdlm", str(path), str(tmp_path / "raw"), "--no-ema"])
     assert_matches_subs(DDLMForDiffusion.from_pretrained(tmp_path / "ema"), ema_state)
     assert_matches_subs(DDLMForDiffusion.from_pretrained(tmp_path / "raw"), raw.state_dict())
+    timed = read_mdlm(write_run(tmp_path / "timed", raw, ema, config=run_config(time_conditioning=True)))
+    assert timed.config.time_conditioning and timed.config.predict_x0
+    assert_matches_subs(timed, ema_state)
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["ema"]["shadow_params"].pop()
     torch.save(checkpoint, path)
@@ -282,6 +292,7 @@ def test_convert_command_detects_the_hub_layout(tmp_path, capsys):
 
 def test_sources_are_recognised(tmp_path):
     write_hub(tmp_path / "by_architecture", {}, "bin", config={**hub_config(), "model_type": "mdlm_custom"})
+    assert is_mdlm_config({"model_type": "MDLM"}) and not is_mdlm_config({"model_type": "ddlm", "architectures": "MDLM"})
     (tmp_path / "sedd").mkdir()
     (tmp_path / "sedd" / "config.json").write_text(json.dumps({"tokens": 11, "graph": {"type": "absorb"}}))
     (tmp_path / "bad").mkdir()
@@ -338,12 +349,11 @@ def test_pickled_code_is_refused_and_never_run(tmp_path, capsys):
     with pytest.raises(ValueError, match="refused .* not a plain tensor checkpoint"):
         read_mdlm(path)
     code, line = cli_error(capsys, ["convert", str(path), str(tmp_path / "out")])
-    assert code == 2 and "not a plain tensor checkpoint" in line
+    assert code == 2 and "not a plain tensor checkpoint" in line and "re-save its 'state_dict' and 'ema' alone" in line
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"time_conditioning": True}, "time-conditioned MDLM checkpoints"),
     ({"parameterization": "sedd"}, "parameterization must be 'subs'"),
     ({"noise": {"type": "cosine"}}, "noise.type must be 'loglinear'"),
     ({"data": {"tokenizer_name_or_path": "bert-base-uncased"}}, "mask last"),
@@ -358,11 +368,34 @@ def test_run_configs_that_ddlm_cannot_represent_are_refused(tmp_path, change, me
 
 def test_hub_config_and_source_errors(tmp_path):
     state = MDLMLayout(seed=1).state_dict()
-    with pytest.raises(ValueError, match="time-conditioned MDLM"):
-        read_mdlm(write_hub(tmp_path / "timed", state, config=hub_config(time_conditioning=True)))
     with pytest.raises(ValueError, match="required field 'n_heads'"):
         read_mdlm(write_hub(tmp_path / "headless", state, config={k: v for k, v in hub_config().items() if k != "n_heads"}))
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
         read_mdlm(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match=r"\.hydra/config\.yaml"):
         read_mdlm(write_run(tmp_path / "run", MDLMLayout(seed=1), MDLMLayout(seed=1)).rename(tmp_path / "alone.ckpt"))
+
+
+# ---------------------------------------------------------------- the config field MDLM's time conditioning needs
+
+
+def test_predict_x0_resolves_from_time_conditioning_and_is_checked(tmp_path):
+    assert DDLMConfig().predict_x0 is False and DDLMConfig(time_conditioning=False).predict_x0 is True
+    config = DDLMConfig.from_preset("tiny", vocab_size=7, predict_x0=True)
+    assert config.time_conditioning and config.predict_x0 and config.scale_by_sigma is False
+    for overrides, message in [({"time_conditioning": False, "predict_x0": False}, "predict_x0=False with time_conditioning=False"),
+                               ({"predict_x0": True, "process": "uniform"}, "predict_x0=True needs process='absorbing'"),
+                               ({"predict_x0": True, "objective": "ar"}, "predict_x0=True needs .* got objective='ar'"),
+                               ({"predict_x0": True, "scale_by_sigma": True}, "scale_by_sigma=True and predict_x0=True"),
+                               ({"predict_x0": "yes"}, "predict_x0 must be true or false")]:
+        with pytest.raises(ValueError, match=message):
+            DDLMConfig(**overrides)
+    model = DDLMForDiffusion(config).eval()
+    with pytest.raises(ValueError, match="output_hidden needs .* does not predict x0"):
+        model(torch.zeros(1, 3, dtype=torch.long), 1.0, output_hidden=True)
+    model.save_pretrained(tmp_path / "saved")
+    assert DDLMForDiffusion.from_pretrained(tmp_path / "saved").config.predict_x0 is True
+    values = DDLMConfig.from_preset("tiny", vocab_size=7).to_dict()
+    values.pop("predict_x0")  # a config saved before the field existed
+    assert DDLMConfig.from_dict(values).predict_x0 is False
+    assert DDLMConfig.from_dict({**values, "time_conditioning": False, "scale_by_sigma": None}).predict_x0 is True

@@ -42,6 +42,11 @@ class DDLMConfig(PreTrainedConfig):
     N real tokens; the log-scores follow analytically, log s_y = log p(y | x_t) - log(e^sigma_bar - 1)
     at masked positions (see ``DDLMForDiffusion``). It replaces scale_by_sigma (None resolves to
     False; True is refused). Configs saved without the key load as True.
+    predict_x0: the head predicts p(x0_i = y | x_t) over the N real tokens and the absorbing
+    log-scores follow from it as above (MDLM's SUBS parameterisation). None resolves to
+    ``not time_conditioning``: a time-independent model always does; True with time_conditioning=True
+    is a time-conditioned x0 predictor (MDLM trained with time conditioning). Absorbing diffusion only;
+    it replaces scale_by_sigma. Configs saved without the key load as None, so resolve as before.
     num_classes: 0 (default) for an unconditional network; K > 0 for a class-conditional one with a
     table of K + 1 learned class embeddings [cond_dim], class ids 0..K-1 and the null class K (the
     label dropped during training, and the unconditional score for classifier-free guidance). The
@@ -73,6 +78,7 @@ class DDLMConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     objective: str = "diffusion"
     time_conditioning: bool = True
+    predict_x0: bool | None = None
     num_classes: int = 0
 
     def __post_init__(self, **kwargs):
@@ -92,11 +98,28 @@ class DDLMConfig(PreTrainedConfig):
                 raise ValueError("scale_by_sigma=True and time_conditioning=False are two parametrisations of the absorbing "
                                  "scores; a time-independent model uses its own (leave scale_by_sigma None or False)")
             self.scale_by_sigma = False
+        self._resolve_predict_x0()
         if self.scale_by_sigma is None:
             self.scale_by_sigma = self.process == "absorbing"
         if self.scale_by_sigma and self.process != "absorbing":
             raise ValueError("scale_by_sigma is the absorbing parametrisation; set it False for a uniform process")
         super().__post_init__(**kwargs)
+
+    def _resolve_predict_x0(self) -> None:
+        """predict_x0 None -> ``not time_conditioning``; a time-conditioned x0 predictor needs absorbing diffusion."""
+        if self.predict_x0 is None:
+            self.predict_x0 = not self.time_conditioning
+        if not self.predict_x0 and not self.time_conditioning:
+            raise ValueError("predict_x0=False with time_conditioning=False: a time-independent model predicts p(x0 | x_t); "
+                             "leave predict_x0 None or True")
+        if self.predict_x0 and self.time_conditioning:
+            if self.objective == "ar" or self.process != "absorbing":
+                what = "objective='ar'" if self.objective == "ar" else f"process={self.process!r}"
+                raise ValueError(f"predict_x0=True needs process='absorbing' and objective='diffusion', got {what}")
+            if self.scale_by_sigma:
+                raise ValueError("scale_by_sigma=True and predict_x0=True are two parametrisations of the absorbing scores; "
+                                 "leave scale_by_sigma None or False")
+            self.scale_by_sigma = False
 
     def _validate(self) -> None:
         """ValueError naming the first field of the wrong kind or out of range (before anything uses them)."""
@@ -121,9 +144,9 @@ class DDLMConfig(PreTrainedConfig):
             if not ok:
                 extra = f" (sigma_max={self.sigma_max!r})" if name == "sigma_min" else ""
                 raise ValueError(f"{name} must be {need}, got {getattr(self, name)!r}{extra}")
-        for name in ("scale_by_sigma", "tie_word_embeddings", "time_conditioning"):
+        for name in ("scale_by_sigma", "tie_word_embeddings", "time_conditioning", "predict_x0"):
             value = getattr(self, name)
-            if not (isinstance(value, bool) or (value is None and name == "scale_by_sigma")):
+            if not (isinstance(value, bool) or (value is None and name in ("scale_by_sigma", "predict_x0"))):
                 raise ValueError(f"{name} must be true or false, got {value!r}")
         if self.hidden_size % self.num_attention_heads or self.head_dim % 2:
             raise ValueError(f"hidden_size {self.hidden_size} must split into num_attention_heads={self.num_attention_heads} "

@@ -4,11 +4,13 @@ MDLM's network is SEDD's DiT under the prefix ``backbone.``, so SEDD's renaming 
 (``ddlm.models.sedd``). Its SUBS parameterisation predicts p(x0 | x_t) over the N real tokens (mask
 column -inf, log-softmax; an unmasked position keeps its token): that is ddlm's time-independent
 absorbing model (``time_conditioning=False``), whose log-scores are log p(y | x_t) - log(e^sigma_bar - 1)
-at masked positions. MDLM trained without time conditioning feeds sigma = 0 to its time embedding, so
-its adaLN conditioning is the constant silu(sigma_map(0)); it becomes ``cond_embed.weight`` (computed in
-float64, stored in the weights' dtype: float64 weights give a float64 model, any other a float32 one).
-Schedule: MDLM's log-linear noise (eps 1e-3). The mask is the last id N, as MDLM sets it for
-tokenizers without a mask token (GPT-2 for OpenWebText). Sources:
+at masked positions. Time conditioning follows the checkpoint's config: MDLM trained without it (its
+default, and mdlm-owt) feeds sigma = 0 to its time embedding, so its adaLN conditioning is the constant
+silu(sigma_map(0)), which becomes ``cond_embed.weight`` (computed in float64, stored in the weights'
+dtype); MDLM trained with it feeds sigma_bar(t) as SEDD does, and becomes a time-conditioned model with
+``predict_x0=True`` (the same SUBS head) whose time embedding is ``sigma_map``. Float64 weights give a
+float64 model, any other a float32 one. Schedule: MDLM's log-linear noise (eps 1e-3). The mask is the
+last id N, as MDLM sets it for tokenizers without a mask token (GPT-2 for OpenWebText). Sources:
 
 * the hub layout of ``kuleshov-group/mdlm-owt``: ``config.json`` (model_type "mdlm"; vocab_size with the
   mask, hidden_dim, cond_dim, n_blocks, n_heads, dropout, model_length, time_conditioning) and
@@ -18,9 +20,6 @@ tokenizers without a mask token (GPT-2 for OpenWebText). Sources:
   ``<run>/.hydra/config.yaml`` (or ``config=``). Like every pickle it is read with
   ``torch.load(weights_only=True)``: one whose ``hyper_parameters`` hold pickled objects (omegaconf, a
   tokenizer) is refused; re-save its ``state_dict`` and ``ema`` alone.
-
-Time-conditioned MDLM checkpoints (``time_conditioning: true``) are refused: ddlm's time-conditioned
-network has SEDD's scale-by-sigma outputs, not SUBS.
 """
 
 from __future__ import annotations
@@ -62,9 +61,16 @@ MASKED_TOKENIZERS = ("bert-base-uncased", "text8")  # tokenizers with a mask tok
 RUN_CHOICES = {"parameterization": ("subs",), "backbone": ("dit",), "noise.type": ("loglinear",)}
 
 
+def is_mdlm_config(config: dict) -> bool:
+    """Whether a config.json declares MDLM's hub layout: ``model_type`` "mdlm" (any case) or ``architectures`` holding "MDLM"."""
+    architectures = config.get("architectures")
+    return (str(config.get("model_type", "")).lower() == MODEL_TYPE
+            or (isinstance(architectures, list) and FAMILY in architectures))
+
+
 def is_mdlm_source(path: str | os.PathLike) -> bool:
-    """True for a local MDLM source: a ``.ckpt`` file, or a directory whose config.json has model_type "mdlm"
-    or architectures ["MDLM"] (a hub repo id is not looked up: download it, or name the format)."""
+    """True for a local MDLM source: a ``.ckpt`` file, or a directory whose config.json ``is_mdlm_config``
+    (a hub repo id is not looked up: download it, or name the format)."""
     path = Path(path)
     if path.is_file():
         return path.suffix == ".ckpt"
@@ -72,10 +78,7 @@ def is_mdlm_source(path: str | os.PathLike) -> bool:
         values = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(values, dict):
-        return False
-    architectures = values.get("architectures")
-    return values.get("model_type") == MODEL_TYPE or (isinstance(architectures, list) and FAMILY in architectures)
+    return isinstance(values, dict) and is_mdlm_config(values)
 
 
 def convert_mdlm(source: str | os.PathLike, out: str | os.PathLike, *, ema: bool = True,
@@ -108,35 +111,38 @@ def read_mdlm(source: str | os.PathLike, *, ema: bool = True,
 
 def _hub_settings(config: dict) -> dict:
     """The network settings of a hub config.json (MDLM's ``MDLMConfig`` fields)."""
-    def field(name, kind, default=None):
-        return config_field(config, name, kind, default, FAMILY)
-
-    return dict(states=field("vocab_size", int), hidden_size=field("hidden_dim", int), cond_dim=field("cond_dim", int),
-                n_blocks=field("n_blocks", int), n_heads=field("n_heads", int), dropout=field("dropout", float),
-                length=field("model_length", int, 1024), time_conditioning=field("time_conditioning", bool, False))
+    return dict(states=_field(config, "vocab_size", int), hidden_size=_field(config, "hidden_dim", int),
+                cond_dim=_field(config, "cond_dim", int), n_blocks=_field(config, "n_blocks", int),
+                n_heads=_field(config, "n_heads", int), dropout=_field(config, "dropout", float),
+                length=_field(config, "model_length", int, 1024),
+                time_conditioning=_field(config, "time_conditioning", bool, False))
 
 
 def _run_settings(config: dict) -> dict:
-    """The network settings of an MDLM run config (hydra), checked to be a continuous SUBS DiT on a masked vocabulary."""
+    """The network settings of an MDLM run config (hydra), checked to be a SUBS DiT with the mask last."""
     for name, allowed in RUN_CHOICES.items():
-        if (value := config_field(config, name, str, family=FAMILY)) not in allowed:
+        if (value := _field(config, name, str)) not in allowed:
             raise ValueError(f"MDLM config {name} must be {' or '.join(map(repr, allowed))} to convert, got {value!r}")
-    tokenizer = config_field(config, "data.tokenizer_name_or_path", str, "", FAMILY)
+    tokenizer = _field(config, "data.tokenizer_name_or_path", str, "")
     if tokenizer in MASKED_TOKENIZERS:
         raise ValueError(f"MDLM run on tokenizer {tokenizer!r} uses that tokenizer's own mask id; ddlm needs the mask last")
+    return dict(states=None, hidden_size=_field(config, "model.hidden_size", int),
+                cond_dim=_field(config, "model.cond_dim", int), n_blocks=_field(config, "model.n_blocks", int),
+                n_heads=_field(config, "model.n_heads", int), dropout=_field(config, "model.dropout", float),
+                length=_field(config, "model.length", int, 1024), time_conditioning=_field(config, "time_conditioning", bool))
 
-    def field(name, kind, default=None):
-        return config_field(config, name, kind, default, FAMILY)
 
-    return dict(states=None, hidden_size=field("model.hidden_size", int), cond_dim=field("model.cond_dim", int),
-                n_blocks=field("model.n_blocks", int), n_heads=field("model.n_heads", int),
-                dropout=field("model.dropout", float), length=field("model.length", int, 1024),
-                time_conditioning=field("time_conditioning", bool))
+def _field(config: dict, dotted: str, kind: type, default=None):
+    return config_field(config, dotted, kind, default, FAMILY)
 
 
 def _read_lightning(path: Path, ema: bool, n_blocks: int) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of an MDLM Lightning checkpoint, with the EMA weights put in if ``ema``."""
-    checkpoint = safe_torch_load(path)
+    try:
+        checkpoint = safe_torch_load(path)
+    except ValueError as error:  # a Lightning .ckpt keeps its hyper_parameters (omegaconf, tokenizer) as objects
+        raise ValueError(f"{error}; where you trust the file, re-save its 'state_dict' and 'ema' alone "
+                         "(torch.save of plain tensors, dicts and lists) and convert that") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not an MDLM Lightning checkpoint (a dict with 'state_dict' and 'ema')")
     state = tensor_dict(checkpoint["state_dict"], f"{path}['state_dict']")
@@ -147,28 +153,35 @@ def _read_lightning(path: Path, ema: bool, n_blocks: int) -> dict[str, torch.Ten
 
 
 def _build(settings: dict, state: dict[str, torch.Tensor]) -> DDLMForDiffusion:
-    """A time-independent absorbing ``DDLMForDiffusion`` holding an MDLM state dict (keys ``backbone.*``)."""
-    if settings["time_conditioning"]:
-        raise ValueError("time-conditioned MDLM checkpoints (time_conditioning true) are not supported: ddlm's "
-                         "time-conditioned network has SEDD's scale-by-sigma outputs, not MDLM's SUBS")
+    """An absorbing x0-predicting ``DDLMForDiffusion`` holding an MDLM state dict (keys ``backbone.*``)."""
+    config = _ddlm_config(settings, state)
+    float64 = EMBEDDING in state and state[EMBEDDING].dtype == torch.float64
+    model = DDLMForDiffusion(config).to(torch.float64 if float64 else torch.float32)
+    sources = sedd_sources(config.num_hidden_layers, PREFIX)
+    if config.time_conditioning:  # sigma_map is the time embedding, renamed as SEDD's
+        load_sedd_state(model, state, family=FAMILY, prefix=PREFIX, sources=sources)
+        return model.eval()
+    absent = ", ".join(key for key in SIGMA_MAP if key not in state)
+    sources["cond_embed.weight"] = f"silu(sigma_map(0)), lacking {absent}"
+    rest = {key: value for key, value in state.items() if key not in SIGMA_MAP}
+    derived = _constant_condition(state, config.cond_dim, model.dtype)
+    load_sedd_state(model, rest, family=FAMILY, prefix=PREFIX, derived=derived, sources=sources)
+    return model.eval()
+
+
+def _ddlm_config(settings: dict, state: dict[str, torch.Tensor]) -> DDLMConfig:
+    """The ``DDLMConfig`` of MDLM's network settings (the vocabulary from the weights where the config lacks it)."""
     states = settings["states"] or (state[EMBEDDING].shape[0] if EMBEDDING in state else None)
     if states is None:
         raise ValueError(f"MDLM weights lack {EMBEDDING}, which gives the vocabulary size")
-    config = DDLMConfig(
+    return DDLMConfig(
         vocab_size=states - 1, process="absorbing", schedule="loglinear", eps=LOGLINEAR_EPS,
         hidden_size=settings["hidden_size"], num_attention_heads=settings["n_heads"],
         num_hidden_layers=settings["n_blocks"], cond_dim=settings["cond_dim"], dropout=settings["dropout"],
         max_position_embeddings=settings["length"], time_embed_dim=SEDD_TIME_FEATURES, mlp_ratio=SEDD_MLP_RATIO,
-        rotary_base=SEDD_ROTARY_BASE, tie_word_embeddings=False, time_conditioning=False,
+        rotary_base=SEDD_ROTARY_BASE, tie_word_embeddings=False, time_conditioning=settings["time_conditioning"],
+        predict_x0=True,
     )
-    float64 = EMBEDDING in state and state[EMBEDDING].dtype == torch.float64
-    model = DDLMForDiffusion(config).to(torch.float64 if float64 else torch.float32)
-    absent = ", ".join(key for key in SIGMA_MAP if key not in state)
-    sources = {**sedd_sources(config.num_hidden_layers, PREFIX), "cond_embed.weight": f"silu(sigma_map(0)), lacking {absent}"}
-    derived = _constant_condition(state, config.cond_dim, model.dtype)
-    rest = {key: value for key, value in state.items() if key not in SIGMA_MAP}
-    load_sedd_state(model, rest, family=FAMILY, prefix=PREFIX, derived=derived, sources=sources)
-    return model.eval()
 
 
 def _constant_condition(state: dict[str, torch.Tensor], cond_dim: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:

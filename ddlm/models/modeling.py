@@ -15,7 +15,9 @@ Time-independent absorbing models (``config.time_conditioning=False``, RADD-styl
 embedding: the adaLN conditioning vector is one learned constant, and the head predicts
 p(x0_i = y | x_t) over the N real tokens; log-scores are log p(y | x_t) - log(e^sigma_bar - 1) at
 masked positions (``time_independent_log_scores`` derives it). Such a model
-sets ``time_independent = True`` (``ddlm.score``) so samplers can reuse its outputs.
+sets ``time_independent = True`` (``ddlm.score``) so samplers can reuse its outputs. A time-conditioned
+model with ``config.predict_x0=True`` (MDLM's SUBS with time conditioning) has the same head and
+log-scores, its conditioning the time embedding.
 
 The autoregressive baseline (``config.objective == "ar"``) is the same network with causal
 attention and no mask state: the head's outputs go through ``log_softmax`` and position i gives
@@ -92,7 +94,7 @@ def _check_local_checkpoint(path: str | os.PathLike) -> None:
     values = read_config_file(config) if os.path.isfile(config) else {}
     if values.get("model_type") != DDLMConfig.model_type:
         raise ValueError(f"{path} is not a ddlm model directory (expected a config.json with model_type 'ddlm'); "
-                         "convert an official SEDD checkpoint with `ddlm convert sedd PATH OUT`")
+                         "convert an official SEDD or MDLM checkpoint with `ddlm convert PATH OUT`")
     try:
         DDLMConfig.from_dict(values)
     except (TypeError, ValueError, AttributeError) as error:  # a field of the wrong kind or out of range
@@ -281,9 +283,10 @@ def checked_sigma_bar(config: DDLMConfig, graph, input_ids: torch.Tensor, sigma_
     if check_token_ids(input_ids, None, "input_ids").dim() != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
     autoregressive = config.objective == "ar"
-    if output_hidden and (autoregressive or not config.time_conditioning or positions is not None):
-        raise ValueError("output_hidden needs a time-conditioned diffusion model and no positions (got "
-                         f"objective={config.objective!r}, time_conditioning={config.time_conditioning}, "
+    if output_hidden and (autoregressive or config.predict_x0 or positions is not None):
+        raise ValueError("output_hidden needs a time-conditioned diffusion model that does not predict x0, and no "
+                         f"positions (got objective={config.objective!r}, time_conditioning={config.time_conditioning}, "
+                         f"predict_x0={config.predict_x0}, "
                          f"positions {'given' if positions is not None else 'None'})")
     if autoregressive:
         if sigma_bar is not None:
@@ -402,7 +405,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         in [0, K], K the null class ("no label"); None means the null class for every sequence.
         An unconditional model refuses class_labels.
 
-        output_hidden (time-conditioned diffusion models, without positions): return the output
+        output_hidden (time-conditioned diffusion models without predict_x0, without positions): return the output
         head's input [B, L, H] instead of the log-scores, which are then
         ``lm_head(hidden) - log_score_shift(sigma_bar)`` (the shift with ``scale_by_sigma``) at every
         state but the current token's (ignored by every loss). ``ddlm.losses.linear_dse`` fuses
@@ -443,7 +446,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         if rows is not None:
             h, ids = h[rows], ids[rows]
         logits = self.lm_head(h).to(dtype)
-        if not self.config.time_conditioning:
+        if self.config.predict_x0:  # time-independent models, and time-conditioned x0 predictors (MDLM's SUBS)
             shift = self.log_score_shift(sigma_bar, scale_by_vocabulary=False).repeat_interleave(length)
             return time_independent_log_scores(logits, ids.squeeze(1), shift if rows is None else shift[rows], self.config.vocab_size).view(
                 (batch, length, logits.shape[-1]) if rows is None else (-1, logits.shape[-1]))
