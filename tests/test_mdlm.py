@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ddlm.cli import main
-from ddlm.losses import dse
+from ddlm.losses import dse, dwdse
 from ddlm.models import DDLMConfig, DDLMForDiffusion
 from ddlm.models.mdlm import convert_mdlm, is_mdlm_config, is_mdlm_source, read_mdlm
 
@@ -260,6 +260,13 @@ def test_bound_equals_mdlm_continuous_time_nelbo(tmp_path, timed):
         bound = model.noise.rate(t) * dse(model(x_t, sigma_bar), x_t, x0, sigma_bar[:, None], model.graph).sum(-1)
     assert bound.dtype == torch.float64 and nelbo.min() > 0
     torch.testing.assert_close(bound, nelbo, rtol=1e-10, atol=0)
+    # ddlm's own integrand (ddlm.losses.dwdse, which draws x_t itself) against MDLM's on the x_t it drew
+    with torch.no_grad():
+        integrand = dwdse(model, model.graph, model.noise, x0, t, torch.Generator().manual_seed(7))
+    x_t = model.graph.sample_transition(x0, sigma_bar[:, None], generator=torch.Generator().manual_seed(7))
+    assert ((x_t == x0) | (x_t == MASK)).all()
+    log_p = subs_log_probs(state, x_t, sigma, timed).gather(-1, x0[..., None])[..., 0]
+    torch.testing.assert_close(integrand, (-log_p * (dsigma / torch.expm1(sigma))[:, None]).sum(-1), rtol=1e-10, atol=0)
 
 
 def test_lightning_checkpoint_loads_ema_by_default_and_raw_weights_on_request(tmp_path):
@@ -288,6 +295,13 @@ def test_convert_command_detects_the_hub_layout(tmp_path, capsys):
     main(["convert", str(write_hub(tmp_path / "mdlm", state)), str(tmp_path / "out")])
     assert "absorbing process over 11 tokens, loglinear schedule, 2 x 32" in capsys.readouterr().out
     assert_matches_subs(DDLMForDiffusion.from_pretrained(tmp_path / "out"), state)
+    sedd = {"tokens": STATES - 1, "graph": {"type": "absorb"}, "noise": {"type": "loglinear"},  # the same DiT as SEDD
+            "model": {"hidden_size": HIDDEN, "n_heads": HEADS, "n_blocks": BLOCKS, "cond_dim": COND, "dropout": 0.1,
+                      "scale_by_sigma": True}}
+    sedd_state = {key.removeprefix("backbone."): value for key, value in state.items()}
+    main(["convert", str(write_hub(tmp_path / "sedd", sedd_state, config=sedd)), str(tmp_path / "sedd_out")])
+    converted = DDLMForDiffusion.from_pretrained(tmp_path / "sedd_out").config
+    assert converted.time_conditioning and converted.scale_by_sigma and not converted.predict_x0
 
 
 def test_sources_are_recognised(tmp_path):
