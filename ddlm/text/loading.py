@@ -63,6 +63,8 @@ def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: t
     if device is not None and device_map is not None:
         raise ValueError("give device or device_map, not both")
     family = model_family(path)
+    if family in ("llada", "dream") and not os.path.exists(os.path.expanduser(os.fspath(path))):
+        path = download_model(path)
     if family != "ddlm" and tokenizer is None:
         tokenizer = load_tokenizer(os.path.dirname(os.fspath(path)) if family == "mdlm" and os.path.isfile(path) else path)
     with loading_progress(progress):
@@ -72,6 +74,13 @@ def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: t
         tokenizer = load_tokenizer(path)
     check_vocabulary(model, tokenizer)
     return model, tokenizer
+
+
+def download_model(repo_id: str) -> str:
+    """A hub repository's config, weights and tokenizer files (no code) in the local cache -> its directory."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
 
 
 def load_network(family: str, path, tokenizer, *, device=None, dtype: torch.dtype | None = None, device_map=None):
@@ -100,11 +109,29 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
                    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
+# Tokenizers that a published model names as its own code but that are a transformers class under another name.
+NATIVE_TOKENIZERS = {"DreamTokenizer": "Qwen2Tokenizer"}  # Dream: Qwen2's byte-level BPE and its added tokens
+
+
+def tokenizer_class(path: str):
+    """The class that reads a tokenizer directory: transformers' AutoTokenizer, or for a tokenizer that names its
+    own code (``auto_map``) the transformers class it equals (``NATIVE_TOKENIZERS``)."""
+    import json
+
+    import transformers
+
+    config = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            declared = json.load(f).get("tokenizer_class")
+        if declared in NATIVE_TOKENIZERS:
+            return getattr(transformers, NATIVE_TOKENIZERS[declared])
+    return transformers.AutoTokenizer
+
+
 def load_tokenizer(path: str | os.PathLike):
     """A tokenizer directory or hub id (never running code it names), or a ValueError naming the directory
     and its tokenizer files."""
-    from transformers import AutoTokenizer
-
     check_local_path("tokenizer", path)
     if looks_like_path(os.fspath(path)):
         path = os.path.expanduser(path)
@@ -112,7 +139,7 @@ def load_tokenizer(path: str | os.PathLike):
         # transformers would build an empty tokenizer of the config's model type here: a wrong vocabulary, silently
         raise no_tokenizer(path)
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        return tokenizer_class(path).from_pretrained(path, trust_remote_code=False)
     except Exception as error:  # missing or corrupt files; the tokenizers library raises bare Exceptions for some
         if not os.path.isdir(path) and isinstance(error, OSError):
             raise  # a hub id: transformers says what is missing (or that the hub cannot be reached)
