@@ -33,21 +33,21 @@ entropies stays <= ``entropy_bound`` (EB-Sampler; at least one per step).
 
 LLaDA's own decoding (``llada_options``: the reference ``generate()`` of github.com/ML-GSAI/LLaDA) is
 block decoding (``DiffusionPipeline.generate`` / ``sample_blocks`` with ``prompt``, ``block_size``,
-``max_new_tokens``) with predictor "confidence", confidence "prob" (its "low_confidence" remasking)
-or "random", unmask_schedule "even" and temperature 0. Both show the network the prompt, the finished
-blocks, the current block and the blocks still to come as masks, and each step unmask, among the
-current block's masked positions, the most confident ones to their argmax tokens. The tokens are
-LLaDA's, ``generate(model, prompt, steps=S, gen_length=G, block_length=K)``, for ``steps`` = S / (G / K)
-(ddlm counts steps per block) with stop_at_eos False, when: (a) the network gives the ids ddlm never
-draws (``MaskedDiffusionModel``'s banned ids: its mask token, special tokens, rows past the
-tokenizer) no probability; LLaDA's argmax and softmax cover the whole vocabulary, so otherwise ddlm
-equals generate() with those logits set to -inf first (as its ``logits_eos_inf`` does for EOS);
-(b) no two confidences of a step tie: ddlm ranks them in float64 from float32 logits and puts the
-earlier position first, LLaDA ranks them in the logits' dtype (bf16 for the released weights, where
-ties are common) in torch.topk's unspecified order. With temperature > 0 or "random" the law is
-LLaDA's but not the random stream (LLaDA: Gumbel-max in float64). ddlm also allows a shorter last
-block and slides its window beyond the model's length; LLaDA's cfg_scale, attention_mask (padded
-batches) and EOS options have no counterpart here.
+``max_new_tokens``) with predictor "confidence", confidence "prob" (its "low_confidence" remasking) or
+"random", unmask_schedule "even" and temperature 0. Both show the network the prompt, the finished
+blocks, the current block and the blocks still to come as masks, and each step unmask, among the current
+block's masked positions, the most confident ones to their argmax tokens. The tokens are LLaDA's,
+``generate(model, prompt, steps=S, gen_length=G, block_length=K)``, for ``steps`` = S / (G / K) (ddlm
+counts steps per block) with stop_at_eos False, when: (a) the network gives the ids ddlm never draws
+(``MaskedDiffusionModel``'s banned ids: its mask token, special tokens, rows past the tokenizer) no
+probability; LLaDA's argmax and softmax cover the whole vocabulary, so otherwise ddlm equals generate()
+with those logits set to -inf first (as its ``logits_eos_inf`` does for EOS); (b) no two confidences of
+a step tie or come within float32 rounding: ddlm ranks them in float64 from float32 logits and puts the
+earlier position first, LLaDA in its logits' dtype in torch.topk's unspecified order (for a bf16 network
+ddlm equals generate() after ``logits.float()``). With temperature > 0 or "random" the law is LLaDA's
+but not the random stream (LLaDA: Gumbel-max in float64). ddlm also allows a shorter last block and
+slides its window beyond the model's length; LLaDA's cfg_scale, attention_mask (padded batches) and EOS
+options have no counterpart here.
 
 These strategies are NOT exact samplers of the model's distribution. Positions unmasked in the
 same step are drawn independently from their marginals p(x0_i | x_t), which ignores their
