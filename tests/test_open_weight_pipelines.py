@@ -106,3 +106,26 @@ def test_the_command_line_loads_the_families(llada_dir, dream_dir, capsys):
         assert capsys.readouterr().out.startswith("Hi")
         main(["infill", str(path), "ab{{3}}cd", "--steps", "3", "--quiet"])
         assert capsys.readouterr().out.startswith("ab")
+
+
+def test_an_mdlm_hub_directory_loads_directly_with_a_tokenizer(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from test_mdlm import MASK, MDLMLayout, write_hub
+
+    source = write_hub(tmp_path / "mdlm", MDLMLayout(seed=1).state_dict())
+    with pytest.raises(ValueError, match="holds no tokenizer"):  # MDLM publishes no tokenizer: it uses GPT-2's
+        ddlm.DiffusionPipeline.from_pretrained(source, progress=False)
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(MASK)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words)
+    tokenizer.save_pretrained(tmp_path / "words")
+    pipe = ddlm.DiffusionPipeline.from_pretrained(source, tokenizer=tokenizer, progress=False)
+    assert pipe.model.time_independent and pipe.graph.mask_id == MASK
+    assert len(pipe.generate(2, length=6, steps=4, seed=0, progress=False)) == 2
+    assert pipe.nll_bound(["w1 w2 w3"], num_t=4, progress=False)[0].num_tokens == 3
+    from ddlm.cli import main
+
+    main(["sample", str(source), "--tokenizer", str(tmp_path / "words"), "--length", "5", "--steps", "3", "--quiet"])
+    assert len(capsys.readouterr().out.split()) == 5
