@@ -4,7 +4,9 @@ The reference below restates LLaDA's published generate() (github.com/ML-GSAI/LL
 description, with cfg_scale 0 and no attention mask: prompt and gen_length masks in one sequence, blocks of
 block_length left to right, steps / num_blocks steps a block, each unmasking the block's masked positions of
 highest confidence (the softmax probability of the argmax token, or uniform for "random") to their argmax tokens,
-as many as get_num_transfer_tokens says (the block's masks split evenly, the remainder to the first steps).
+as many as get_num_transfer_tokens says (the block's masks split evenly, the remainder to the first steps);
+temperature > 0 draws by Gumbel-max as its add_gumbel_noise. Networks: ddlm's LLaDA, a transformers BERT and a
+random mixer, tiny and random, with the mask token mid-vocabulary.
 """
 
 import pytest
