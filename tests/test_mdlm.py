@@ -9,6 +9,8 @@ import json
 import math
 import os
 import shlex
+import sys
+import types
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from ddlm.cli import main
 from ddlm.losses import dse, dwdse
 from ddlm.models import DDLMConfig, DDLMForDiffusion
 from ddlm.models.mdlm import convert_mdlm, is_mdlm_config, is_mdlm_source, read_mdlm
+from ddlm.models.sedd import safe_torch_load
 
 HIDDEN, BLOCKS, HEADS, COND, STATES, LENGTH = 32, 2, 4, 16, 12, 64  # STATES: 11 tokens and the mask (id 11)
 MASK = STATES - 1
@@ -173,8 +176,9 @@ def run_config(**overrides):
             "training": {"ema": 0.9999, "antithetic_sampling": True, "sampling_eps": 1e-3}, **overrides}
 
 
-def write_run(run, layout, ema_layout, config=None):
-    """An MDLM run dir: ``<run>/checkpoints/last.ckpt`` (Lightning's dict of plain objects) and its hydra config."""
+def write_run(run, layout, ema_layout, config=None, hyper_parameters=None):
+    """An MDLM run dir: ``<run>/checkpoints/last.ckpt`` (Lightning's dict, with ``hyper_parameters`` if given) and its
+    hydra config."""
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config or run_config()))
     path = run / "checkpoints" / "last.ckpt"
@@ -183,7 +187,8 @@ def write_run(run, layout, ema_layout, config=None):
     shadow = [p.detach().clone() for p in ema_layout.parameters()]
     torch.save({"epoch": 0, "global_step": 3, "pytorch-lightning_version": "2.2.1", "state_dict": layout.state_dict(),
                 "ema": {"decay": 0.9999, "num_updates": 3, "shadow_params": shadow},
-                "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [], "callbacks": {}}, path)
+                "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [], "callbacks": {},
+                **({"hyper_parameters": hyper_parameters} if hyper_parameters else {})}, path)
     return path
 
 
@@ -354,17 +359,43 @@ class CodePayload:
         return os.system, (self.command,)
 
 
-def test_pickled_code_is_refused_and_never_run(tmp_path, capsys):
-    layout = MDLMLayout(seed=1)
-    path = write_run(tmp_path / "run", layout, layout)
+class RunObject:
+    """Stands for the objects Lightning pickles into hyper_parameters (MDLM's omegaconf config, its tokenizer)."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def lightning_hyper_parameters(monkeypatch, marker):
+    """MDLM's save_hyperparameters() content: objects of a class in a module that is gone once saved, and a payload."""
+    module = types.ModuleType("mdlm_run_objects")
+    module.RunObject = RunObject
+    monkeypatch.setattr(RunObject, "__module__", module.__name__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return {"config": RunObject(model={"hidden_size": HIDDEN}, hook=CodePayload(f"echo pwned > {shlex.quote(str(marker))}")),
+            "tokenizer": RunObject(name="gpt2")}
+
+
+def test_pickled_hyper_parameters_stay_inert_and_weights_load(tmp_path, monkeypatch, capsys):
+    raw, ema = MDLMLayout(seed=1), MDLMLayout(seed=2)
     marker = tmp_path / "pwned"
-    torch.save({**torch.load(path, weights_only=True), "hyper_parameters": CodePayload(f"touch {shlex.quote(str(marker))}")},
-               path)
+    with monkeypatch.context() as m:
+        path = write_run(tmp_path / "run", raw, ema, hyper_parameters=lightning_hyper_parameters(m, marker))
+    assert "mdlm_run_objects" not in sys.modules
     with pytest.raises(ValueError, match="refused .* not a plain tensor checkpoint"):
-        read_mdlm(path)
-    code, line = cli_error(capsys, ["convert", str(path), str(tmp_path / "out")])
-    assert code == 2 and "not a plain tensor checkpoint" in line and "re-save its 'state_dict' and 'ema' alone" in line
-    assert not marker.exists()
+        safe_torch_load(path)  # what every other pickle still gets
+    ema_state = {**raw.state_dict(), **{k: v for k, v in ema.state_dict().items() if "inv_freq" not in k}}
+    assert_matches_subs(read_mdlm(path), ema_state)
+    assert_matches_subs(read_mdlm(path, ema=False), raw.state_dict())
+    main(["convert", str(path), str(tmp_path / "out")])
+    assert_matches_subs(DDLMForDiffusion.from_pretrained(tmp_path / "out"), ema_state)
+    assert not marker.exists() and "mdlm_run_objects" not in sys.modules
+    capsys.readouterr()
+    hub = tmp_path / "hub"
+    write_hub(hub, raw.state_dict(), "bin")
+    torch.save({**raw.state_dict(), "hook": CodePayload(f"touch {shlex.quote(str(marker))}")}, hub / "pytorch_model.bin")
+    code, line = cli_error(capsys, ["convert", str(hub), str(tmp_path / "hub_out")])
+    assert code == 2 and "not a plain tensor checkpoint" in line and not marker.exists()
 
 
 @pytest.mark.parametrize("change, message", [

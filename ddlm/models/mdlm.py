@@ -17,9 +17,13 @@ last id N, as MDLM sets it for tokenizers without a mask token (GPT-2 for OpenWe
   ``model.safetensors`` or ``pytorch_model.bin`` with keys ``backbone.*``; a hub repo id is downloaded;
 * a Lightning checkpoint ``.ckpt`` of the MDLM repository (``state_dict`` with keys ``backbone.*``, and
   ``ema.shadow_params`` in the backbone's parameter order), EMA weights by default, with the run config
-  ``<run>/.hydra/config.yaml`` (or ``config=``). Like every pickle it is read with
-  ``torch.load(weights_only=True)``: one whose ``hyper_parameters`` hold pickled objects (omegaconf, a
-  tokenizer) is refused; re-save its ``state_dict`` and ``ema`` alone.
+  ``<run>/.hydra/config.yaml`` (or ``config=``). Lightning pickles ``hyper_parameters`` (MDLM's omegaconf
+  config, its tokenizer) beside the tensors, which ``torch.load(weights_only=True)`` refuses; the file is
+  read with ``ddlm.core.safe_pickle.torch_load_inert`` instead, which rebuilds tensors, storages and plain
+  containers as that loader does and turns every other pickled global (omegaconf, tokenizer and Lightning
+  classes, or ``os.system``) into an inert record, never importing or calling it. Only ``state_dict`` and
+  ``ema`` are used; the records are ignored. Every other pickle (``pytorch_model.bin``) is read with
+  ``torch.load(weights_only=True)`` as before.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.manifest import write_model_manifest
+from ..core.safe_pickle import torch_load_inert
 from .configuration import DDLMConfig
 from .modeling import DDLMForDiffusion, timestep_embedding
 from .sedd import (
@@ -44,7 +49,6 @@ from .sedd import (
     read_config,
     read_hub_weights,
     run_config,
-    safe_torch_load,
     sedd_parameter_names,
     sedd_sources,
     tensor_dict,
@@ -138,11 +142,7 @@ def _field(config: dict, dotted: str, kind: type, default=None):
 
 def _read_lightning(path: Path, ema: bool, n_blocks: int) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of an MDLM Lightning checkpoint, with the EMA weights put in if ``ema``."""
-    try:
-        checkpoint = safe_torch_load(path)
-    except ValueError as error:  # a Lightning .ckpt keeps its hyper_parameters (omegaconf, tokenizer) as objects
-        raise ValueError(f"{error}; where you trust the file, re-save its 'state_dict' and 'ema' alone "
-                         "(torch.save of plain tensors, dicts and lists) and convert that") from None
+    checkpoint = torch_load_inert(path)  # hyper_parameters (omegaconf, tokenizer) become inert placeholders
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not an MDLM Lightning checkpoint (a dict with 'state_dict' and 'ema')")
     state = tensor_dict(checkpoint["state_dict"], f"{path}['state_dict']")
