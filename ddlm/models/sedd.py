@@ -214,7 +214,7 @@ def _check_rotary(inv_freq: torch.Tensor, head_dim: int) -> None:
 
 
 def config_field(config: dict, dotted: str, kind: type, default=None, family: str = "SEDD"):
-    """config["a"]["b"] for dotted "a.b", checked to be of ``kind`` (numeric strings such as "1e-4" read as float)."""
+    """``config["a"]["b"]`` for dotted ``"a.b"``, checked to be of ``kind`` (numeric strings such as "1e-4" read as float)."""
     value = config
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
