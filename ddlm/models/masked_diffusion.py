@@ -35,7 +35,6 @@ from torch import nn
 from ..core.processes import Absorbing
 from ..core.schedules import LogLinear
 from ..core.score import row_index
-from .modeling import time_independent_log_scores
 
 Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids Long[B, L], sigma_bar [B]) -> logits [B, L, V]
 
@@ -144,12 +143,37 @@ class MaskedDiffusionModel(nn.Module):
             raise ValueError(f"x_t holds ids outside [0, {self.vocab_size}] (the vocabulary and the mask state {self.vocab_size})")
         sigma_bar = torch.as_tensor(sigma_bar, dtype=torch.float32, device=x_t.device)
         sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
-        logits = self.predictions(x_t, sigma_bar).flatten(0, 1)
-        ids, shift = x_t.reshape(-1), torch.log(torch.expm1(sigma_bar.double().clamp_min(1e-30))).float().repeat_interleave(length)
-        if positions is not None:
-            rows = row_index(positions.to(x_t.device), (batch, length))
-            logits, ids, shift = logits[rows], ids[rows], shift[rows]
-        logits = torch.cat([logits, logits.new_full((logits.shape[0], 1), float("-inf"))], dim=1)  # the mask state's column
-        out = time_independent_log_scores(logits, ids, shift, self.vocab_size)
+        logits = self.network(self.network_ids(x_t), sigma_bar)
+        rows = None if positions is None else row_index(positions.to(x_t.device), (batch, length))
+        out = self._log_scores(logits, x_t, sigma_bar, rows)
         return out if positions is not None else out.view(batch, length, -1)
 
+    def _log_scores(self, logits: torch.Tensor, x_t: torch.Tensor, sigma_bar: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The network's logits [B, P + L + S, V] -> log-scores [R, V + 1] float32 of x_t's rows (all B * L, or the flat
+        ``rows``): what ``time_independent_log_scores`` computes from ``predictions``, with one copy of the rows into a
+        [R, V + 1] buffer (the mask column -inf, banned ids -inf) and one log-softmax, the rows picked before either."""
+        batch, length = x_t.shape
+        width, start, vocab = logits.shape[1], self.prefix_ids.numel(), self.vocab_size
+        if rows is None and not self.shift_logits and (batch == 1 or (start == 0 and width == length)):
+            picked = logits[:, start:start + length].reshape(batch * length, vocab)  # a view: no gather
+            ids = x_t.reshape(-1)
+        else:
+            flat = torch.arange(batch * length, device=x_t.device) if rows is None else rows
+            token = flat % length  # logits at network position start + i (shift: i - 1, token 0 its own) predict token i
+            source = (flat // length) * width + start + ((token - 1).clamp_min(0) if self.shift_logits else token)
+            picked = logits.reshape(batch * width, vocab).index_select(0, source)
+            ids = x_t.reshape(-1).index_select(0, flat)
+        buffer = torch.empty((picked.shape[0], vocab + 1), dtype=torch.float32, device=picked.device)
+        buffer[:, :vocab].copy_(picked)  # the network's dtype -> float32
+        buffer[:, vocab] = float("-inf")  # the mask state's column
+        buffer.index_fill_(1, self.banned.nonzero().squeeze(1), float("-inf"))
+        out = torch.log_softmax(buffer, dim=-1)  # over the real tokens; banned ids and the mask column stay -inf
+        del buffer
+        shift = torch.log(torch.expm1(sigma_bar.double().clamp_min(1e-30))).float()  # log(e^sigma_bar - 1) per sequence
+        if bool(shift.ne(0).any()):  # 0 at sigma_bar = log 2, where samplers with a score cache ask
+            per_row = shift.repeat_interleave(length) if rows is None else shift[rows // length]
+            out.sub_(per_row[:, None])
+        real = (ids != vocab).nonzero().squeeze(1)  # rows at a real token: every reverse rate 0, log s -inf but 0 at the token
+        if real.numel():
+            out.index_fill_(0, real, float("-inf"))
+        return out.scatter_(-1, ids[:, None], 0.0)  # 0 at the current token (the mask column of masked rows)
