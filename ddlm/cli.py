@@ -161,12 +161,25 @@ def _pipeline(args: argparse.Namespace):
 
 
 def _sampling_options(args: argparse.Namespace) -> dict:
-    return dict(steps=args.steps, predictor=args.predictor, denoise=not args.no_denoise, batch_size=args.batch_size,
-                seed=args.seed, progress=not args.quiet, cache=False if args.no_cache else None,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, confidence=args.confidence,
-                unmask_schedule=args.unmask_schedule, threshold=args.threshold, entropy_bound=args.entropy_bound,
-                remask=args.remask, remask_window=None if args.remask_window is None else tuple(args.remask_window),
-                corrector_steps=args.corrector_steps, corrector_size=args.corrector_size)
+    options = dict(steps=args.steps, predictor=args.predictor, denoise=not args.no_denoise, batch_size=args.batch_size,
+                   seed=args.seed, progress=not args.quiet, cache=False if args.no_cache else None,
+                   temperature=1.0 if args.temperature is None else args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   confidence=args.confidence, unmask_schedule=args.unmask_schedule, threshold=args.threshold,
+                   entropy_bound=args.entropy_bound, remask=args.remask,
+                   remask_window=None if args.remask_window is None else tuple(args.remask_window),
+                   corrector_steps=args.corrector_steps, corrector_size=args.corrector_size)
+    if args.decoding is None:
+        if args.remasking is not None:
+            raise ValueError("--remasking is an option of --decoding llada")
+        return options
+    from .sampling.decoding import llada_options
+
+    named = [flag for flag, value in (("--predictor", args.predictor != "analytic"), ("--confidence", args.confidence),
+                                      ("--unmask-schedule", args.unmask_schedule), ("--threshold", args.threshold),
+                                      ("--entropy-bound", args.entropy_bound)) if value]
+    if named:
+        raise ValueError(f"--decoding llada sets the predictor, confidence and schedule itself; drop {', '.join(named)}")
+    return {**options, **llada_options(args.remasking or "low_confidence", 0.0 if args.temperature is None else args.temperature)}
 
 
 def sample_command(args: argparse.Namespace) -> None:
@@ -421,8 +434,8 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictor", choices=PREDICTORS, default="analytic",
                    help="reverse step; first_hitting (exact, one token at a time) and confidence (the most confident "
                    "first, not exact) need an absorbing model")
-    p.add_argument("--temperature", type=temperature_value, default=1.0, help="draw an unmasked token from p(x0 | x_t)^(1/T); "
-                   "0: greedy, 1: the model's distribution (absorbing models)")
+    p.add_argument("--temperature", type=temperature_value, default=None, help="draw an unmasked token from p(x0 | x_t)^(1/T); "
+                   "0: greedy, 1: the model's distribution (absorbing models) (default: 1; 0 with --decoding llada)")
     p.add_argument("--top-k", type=positive_int, default=None, help="draw unmasked tokens from the k most likely only "
                    "(absorbing models) (default: off)")
     p.add_argument("--top-p", type=top_p_value, default=1.0, help="draw unmasked tokens from the smallest set holding this "
@@ -430,7 +443,13 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confidence", choices=CONFIDENCES, default=None, help="--predictor confidence: how positions are ranked "
                    "(prob: the drawn token's, LLaDA; all but prob are exact at one position a step) (default: max_prob)")
     p.add_argument("--unmask-schedule", choices=UNMASK_SCHEDULES, default=None, help="--predictor confidence: how many positions stay "
-                   "masked after each of --steps steps (default: linear)")
+                   "masked after each of --steps steps: linear, cosine, or even (LLaDA: n // steps a step, the remainder to "
+                   "the first steps) (default: linear)")
+    p.add_argument("--decoding", choices=("llada",), default=None, help="a published decoding as one setting: llada is LLaDA's "
+                   "generate() token for token (confidence predictor, low-confidence remasking, even schedule, temperature 0; "
+                   "with --block-size; --steps counts per block: LLaDA's steps x block size / new tokens)")
+    p.add_argument("--remasking", choices=("low_confidence", "random"), default=None, help="--decoding llada: LLaDA's remasking "
+                   "rule (default: low_confidence)")
     p.add_argument("--threshold", type=threshold_value, default=None, help="--predictor confidence: unmask every position "
                    "more confident than this, at least one a step; --steps unused (Fast-dLLM) (default: off)")
     p.add_argument("--entropy-bound", type=entropy_bound_value, default=None, help="--predictor confidence: unmask the most "

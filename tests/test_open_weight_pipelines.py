@@ -129,3 +129,20 @@ def test_an_mdlm_hub_directory_loads_directly_with_a_tokenizer(tmp_path, capsys)
 
     main(["sample", str(source), "--tokenizer", str(tmp_path / "words"), "--length", "5", "--steps", "3", "--quiet"])
     assert len(capsys.readouterr().out.split()) == 5
+
+
+def test_decoding_llada_on_the_command_line_is_the_python_setting(llada_dir, capsys):
+    from ddlm.cli import main
+
+    pipe = ddlm.DiffusionPipeline.from_pretrained(llada_dir, progress=False)
+    expected = pipe.generate(1, prompt="Hi", max_new_tokens=8, block_size=4, steps=2, seed=0, progress=False, **llada_options())
+    main(["sample", str(llada_dir), "--prompt", "Hi", "--max-new-tokens", "8", "--block-size", "4", "--steps", "2",
+          "--decoding", "llada", "--quiet"])
+    assert capsys.readouterr().out.rstrip("\n") == expected[0]
+    for extra, message in [(["--confidence", "max_prob"], "drop --confidence"), (["--predictor", "euler"], "drop --predictor")]:
+        with pytest.raises(SystemExit):
+            main(["sample", str(llada_dir), "--prompt", "Hi", "--max-new-tokens", "4", "--decoding", "llada", *extra, "--quiet"])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", str(llada_dir), "--remasking", "random", "--quiet"])
+    assert "--remasking is an option of --decoding llada" in capsys.readouterr().err
