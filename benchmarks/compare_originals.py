@@ -53,6 +53,7 @@ from pathlib import Path
 import harness
 import torch
 import torch.nn.functional as F
+import transformers
 import yaml
 from safetensors.torch import save_file
 
@@ -137,6 +138,7 @@ def compare(folder: Path, load, original: torch.nn.Module, ids: torch.Tensor) ->
 
 
 def row(variant: str, quantity: str, dtype: torch.dtype, difference: float | None, note: str = "") -> dict:
+    """One line of the table (difference None: not run, the note says why)."""
     return {"variant": variant, "quantity": quantity, "dtype": str(dtype).removeprefix("torch."),
             "max_abs_diff": difference, "note": note}
 
@@ -277,10 +279,10 @@ def mdlm_diffusion(code: Path, backbone: torch.nn.Module, noise: torch.nn.Module
     methods = original_functions(code / "diffusion.py", MDLM_METHODS, {"torch": torch, "F": F, "utils": utils}, "Diffusion")
     host = type("Diffusion", (), methods)()
     training = config["training"]
-    host.__dict__.update(backbone=backbone, noise=noise, config=config, mask_index=MDLM_TOKENS, vocab_size=MDLM_TOKENS + 1,
-                         neg_infinity=MDLM_NEG_INFINITY, parameterization=config["parameterization"], T=config["T"],
-                         time_conditioning=config["time_conditioning"], subs_masking=config["subs_masking"],
-                         antithetic_sampling=training["antithetic_sampling"], sampling_eps=training["sampling_eps"],
+    host.__dict__.update(backbone=backbone, noise=noise, mask_index=MDLM_TOKENS, neg_infinity=MDLM_NEG_INFINITY,
+                         parameterization=config["parameterization"], T=config["T"], time_conditioning=config["time_conditioning"],
+                         subs_masking=config["subs_masking"], antithetic_sampling=training["antithetic_sampling"],
+                         sampling_eps=training["sampling_eps"],
                          importance_sampling=training["importance_sampling"],
                          change_of_variables=training["change_of_variables"], drawn={})
     for name in ("_sample_t", "q_xt"):
@@ -327,8 +329,9 @@ def write_mdlm_ckpt(run: Path, backbone: torch.nn.Module, config: dict) -> Path:
 
 
 def mdlm_log_probs(ours, host, seed: int) -> tuple[float, float, float]:
-    """(max |ddlm - MDLM|, max |MDLM|, the spacing of ddlm's dtype at its largest |log-score|) of log p(x0 | x_t) [B, L, N + 1] (MDLM's Diffusion.forward, SUBS) on random x_t, sigma: ddlm's
-    log-scores plus the log(e^sigma - 1) it subtracted at masked positions, over the entries both give (not the mask's own entry at a
+    """(max |ddlm - MDLM|, max |MDLM|, the spacing of ddlm's dtype at its largest |log-score|) of log p(x0 | x_t)
+    [B, L, N + 1] (MDLM's Diffusion.forward, SUBS) on random x_t, sigma: ddlm's log-scores plus the log(e^sigma - 1)
+    it subtracted at masked positions, over the entries both give (not the mask's own entry at a
     masked position, ddlm's 0 there); ddlm's -inf must sit where MDLM has its -1e6 floor."""
     gen = torch.Generator().manual_seed(seed)
     x_t = torch.randint(0, MDLM_TOKENS, (4, MDLM_MODEL["length"]), generator=gen)
@@ -445,8 +448,6 @@ def measure(args) -> dict:
             rows += [{"family": family, **r} for r in run(Path(code), work)]
             families[family] = {"source": sources.get(family, str(code)), "files": digests(Path(code), family)}
     shutil.rmtree(work)
-    import transformers
-
     return {"machine": f"{harness.machine()}, transformers {transformers.__version__}, Python {platform.python_version()}",
             "rows": rows, "families": families, "notes": NOTES}
 
@@ -482,7 +483,8 @@ def command(settings: dict) -> str:
 def parse_args(argv: list[str] | None = None):
     parser = harness.parser(__doc__)
     parser.add_argument("--llada-code", type=Path, help="folder of LLaDA's modeling_llada.py and configuration_llada.py")
-    parser.add_argument("--dream-code", type=Path, help="folder of Dream's modeling_dream.py, configuration_dream.py, generation_utils.py")
+    parser.add_argument("--dream-code", type=Path,
+                        help="folder of Dream's modeling_dream.py, configuration_dream.py, generation_utils.py")
     parser.add_argument("--mdlm-code", type=Path, help="a checkout of github.com/kuleshov-group/mdlm")
     parser.add_argument("--source", action="append", default=[], metavar="FAMILY=TEXT",
                         help="where a family's code came from, for the report (default: its folder)")

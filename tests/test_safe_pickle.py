@@ -104,10 +104,15 @@ def assert_same(got, want):
 
 def test_plain_checkpoints_read_as_weights_only_reads_them(tmp_path):
     path = tmp_path / "plain.pt"
-    torch.save(plain_content(), path)
+    content = plain_content()
+    content["annotated"] = torch.ones(3)
+    content["annotated"].note = "kept"  # saved through torch._tensor._rebuild_from_type_v2
+    content["shared"] = [content["view"], content["view"][1:]]
+    torch.save(content, path)
     got = torch_load_inert(path)
     assert_same(got, torch.load(path, weights_only=True))
-    assert got["state_dict"]._metadata == {"": {"version": 1}}
+    assert got["state_dict"]._metadata == {"": {"version": 1}} and got["annotated"].note == "kept"
+    assert got["shared"][1].untyped_storage().data_ptr() == got["view"].untyped_storage().data_ptr()
     assert not any(isinstance(value, Placeholder) for value in got.values())
 
 
