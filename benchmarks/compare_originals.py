@@ -20,8 +20,8 @@ log p(x0 | x_t) (MDLM's ``Diffusion.forward`` and ``_subs_parameterization``) an
 integrand per sequence (MDLM's ``_forward_pass_diffusion`` against ddlm's ``noise.rate(t) * losses.dse(...)`` on
 the t and x_t MDLM drew). Those ``Diffusion`` methods are run from the source of ``diffusion.py`` (its other imports,
 Lightning, hydra, its data loaders, are not needed and not imported) on an object holding the attributes they read.
-flash_attn does not install without CUDA: where it is missing, the script puts in a stand-in module implementing the
-two functions dit.py calls (``layers.rotary.apply_rotary_emb_qkv_``: the non-interleaved rotary rotation of q and k in
+flash_attn's kernels need CUDA and half precision, and it does not install without CUDA: the script always puts in a
+stand-in module (this comparison runs float32 on the CPU) implementing the two functions dit.py calls (``layers.rotary.apply_rotary_emb_qkv_``: the non-interleaved rotary rotation of q and k in
 place; ``flash_attn_interface.flash_attn_varlen_qkvpacked_func``: softmax attention per sequence of ``cu_seqlens``,
 scale 1/sqrt(d)) and says so in the report. MDLM's network does not run in float64 (its sigma features are float32
 before a float64 linear layer); the report says so where it fails.
