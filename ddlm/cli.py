@@ -193,11 +193,13 @@ def sample_command(args: argparse.Namespace) -> None:
 def infill_command(args: argparse.Namespace) -> None:
     """Print completions of a template with {{n}} gaps; with {{lo..hi}} gaps also the table of candidate lengths."""
     pipe = _pipeline(args)
+    guidance = dict(label=args.label, guidance_scale=args.guidance_scale)
     if not any(isinstance(segment, range) for segment in pipe.parse_template(args.text)):
-        texts = pipe.infill(args.text, args.num_samples, **_sampling_options(args))
+        texts = pipe.infill(args.text, args.num_samples, **guidance, **_sampling_options(args))
         print(f"\n{SEPARATOR}\n".join(texts))
         return
-    texts, candidates = pipe.infill(args.text, args.num_samples, num_t=args.num_t, return_candidates=True, **_sampling_options(args))
+    texts, candidates = pipe.infill(args.text, args.num_samples, num_t=args.num_t, return_candidates=True, **guidance,
+                                    **_sampling_options(args))
     best = min(candidates, key=lambda c: c.per_token)
     print(f"\n{SEPARATOR}\n".join(texts))
     print(SEPARATOR)
@@ -498,13 +500,18 @@ def _add_sample_command(commands) -> None:
     p.add_argument("--stop-at-eos", action="store_true", help="stop a sample after the block with its first EOS token and cut "
                    "the text there")
     p.add_argument("--prompt", default=None, help="text to continue block by block, printed unchanged")
-    # --label and --guidance-scale are checked against the model when it is loaded (one-line errors, exit 2)
+    _add_guidance_arguments(p, "--prompt")
+    p.set_defaults(run=sample_command)
+
+
+def _add_guidance_arguments(p: argparse.ArgumentParser, condition: str) -> None:
+    """--label and --guidance-scale, checked against the model when it is loaded (one-line errors, exit 2)."""
     p.add_argument("--label", type=int, default=None, help="class to generate, for a class-conditional model "
                    "(default: none, the unconditional model)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, metavar="G", help="classifier-free guidance "
-                   "with --label: log s = G log s(label) + (1 - G) log s(no label); 1: the conditional model, > 1: stronger "
-                   "(not an exact sampler)")
-    p.set_defaults(run=sample_command)
+    p.add_argument("--guidance-scale", type=float, default=1.0, metavar="G", help="classifier-free guidance: "
+                   "log s = G log s(condition) + (1 - G) log s(no condition); the condition is --label for a "
+                   f"class-conditional model, else {condition} (masked for the unconditional part: LLaDA's cfg_scale is "
+                   "G - 1); 1: the conditional model, > 1: stronger (not an exact sampler)")
 
 
 def _add_infill_command(commands) -> None:
@@ -517,6 +524,7 @@ def _add_infill_command(commands) -> None:
     _add_sampling_arguments(p)
     p.add_argument("--num-t", type=even_count, default=64, help="t samples of the likelihood bound that ranks the lengths of "
                    "{{lo..hi}} gaps (even)")
+    _add_guidance_arguments(p, "the given text")
     p.set_defaults(run=infill_command)
 
 

@@ -382,3 +382,152 @@ def test_gradient_guidance_with_the_exact_classifier_is_close_but_not_exact():
                    generator=torch.Generator().manual_seed(9), progress=False)
     gap = 0.5 * float((oracle.unconditional.probs - target.probs).abs().sum())
     assert target.total_variation(draws) < 0.75 * gap
+
+
+# ----------------------------------------------------------------------------- guidance on a prompt (LLaDA's CFG)
+PROMPT = torch.tensor([True, False, False])  # the first token is the prompt
+
+
+@functools.lru_cache(maxsize=None)
+def prompt_oracles():
+    """A joint law over 3 tokens (Absorbing(3)) and the same law with the first token as a class: p(x1, x2 | c = x0), p(c)."""
+    joint = ddlm.SequenceOracle.random(ddlm.Absorbing(3), 3, torch.Generator().manual_seed(10))
+    return joint, ConditionalSequenceOracle(joint.graph, joint.probs.reshape(3, 9), 2, class_probs=joint.probs.sum((1, 2)))
+
+
+class Recorder:
+    """A score function that records the batch sizes it is called with."""
+
+    def __init__(self, score_fn, accepts_positions: bool):
+        self.score_fn, self.calls, self.accepts_positions = score_fn, [], accepts_positions
+
+    def __call__(self, x_t, sigma_bar, positions=None):
+        self.calls.append(x_t.shape[0])
+        out = self.score_fn(x_t, sigma_bar)
+        return out if positions is None else out.flatten(0, 1)[ddlm.score.row_index(positions, x_t.shape)]
+
+
+def test_prompt_guidance_is_class_guidance_with_the_prompt_as_the_class():
+    """With exact ratios, guidance on the first token at every scale is class CFG with that token as the class: scale 1
+    the law given the prompt, scale 0 the model's law of the other tokens (the prompt masked)."""
+    from ddlm.guidance import prompt_guidance
+
+    joint, as_classes = prompt_oracles()
+    x = all_noised(joint.graph)
+    x = x[x[:, 0] < 3]  # the prompt token is clean
+    sigma = torch.rand(len(x), dtype=torch.float64, generator=torch.Generator().manual_seed(11)) * 3 + 0.01
+    clean = torch.full((len(x), 4), -torch.inf, dtype=torch.float64).scatter_(1, x[:, :1], 0.0)
+    for scale in (0.0, 0.5, 1.0, 2.0):
+        guided = prompt_guidance(joint.score_fn, PROMPT, 3, scale)(x, sigma)
+        expected = guided_model_score(as_classes.score_fn, x[:, 0], scale, num_classes=3)(x[:, 1:], sigma)
+        assert same(guided[:, 1:], expected, 1e-9)
+        assert scale == 1 or torch.equal(guided[:, 0], clean)  # the prompt's rows: a clean token's, no rate
+    assert torch.equal(prompt_guidance(joint.score_fn, PROMPT, 3, 1.0)(x, sigma), joint.score_fn(x, sigma))
+    assert same(prompt_guidance(joint.score_fn, PROMPT, 3, 0.0)(x, sigma)[:, 1:], as_classes.unconditional.score_fn(x[:, 1:], sigma),
+                1e-9)
+
+
+def test_prompt_guidance_doubles_the_batch_and_restricts_rows():
+    from ddlm.guidance import prompt_guidance
+
+    joint, _ = prompt_oracles()
+    x = all_noised(joint.graph)
+    sigma = torch.full((len(x),), 0.6, dtype=torch.float64)
+    rows = torch.rand(x.shape, generator=torch.Generator().manual_seed(12)) < 0.5
+    for accepts in (True, False):
+        recorder = Recorder(joint.score_fn, accepts)
+        fn = prompt_guidance(recorder, PROMPT, 3, 2.5)
+        full = fn(x, sigma)
+        assert recorder.calls == [2 * len(x)]  # one call of the doubled batch
+        unconditional = fn.unconditional(x, sigma)
+        assert same(full, combine_log_scores(joint.score_fn(x, sigma), unconditional, 2.5), 1e-12)
+        assert same(fn(x, sigma, positions=rows), full[rows]) and same(fn.unconditional(x, sigma, positions=rows), unconditional[rows])
+        flat = rows.reshape(-1).nonzero().squeeze(1).flip(0)
+        assert same(fn(x, sigma, positions=flat), full.reshape(-1, 4)[flat])
+        for scale in (0.0, 1.0):
+            recorder.calls.clear()
+            prompt_guidance(recorder, PROMPT, 3, scale)(x, sigma)
+            assert recorder.calls == [len(x)]
+    recorder.calls.clear()
+    assert torch.equal(prompt_guidance(recorder, torch.zeros(3, dtype=torch.bool), 3, 2.0)(x, sigma), joint.score_fn(x, sigma))
+    assert recorder.calls == [len(x)]  # nothing to mask: the score function as it is
+    per_sequence = prompt_guidance(joint.score_fn, PROMPT.expand(len(x), 3).clone(), 3, 2.5)
+    assert same(per_sequence(x, sigma), full)
+    tagged = functools.partial(joint.score_fn)
+    tagged.time_independent = True
+    assert prompt_guidance(tagged, PROMPT, 3, 2.0).time_independent and not per_sequence.time_independent
+    assert not prompt_guidance(joint.score_fn, PROMPT, 3, 2.0).time_independent
+
+
+def test_prompt_guided_sampling_reproduces_the_conditional_and_the_unconditional_law():
+    """Absorbing(3), 50k draws, exact sequential sampling with the first token clamped: scale 1 gives p(x1, x2 | x0),
+    scale 0 p(x1, x2)."""
+    from ddlm.guidance import prompt_guidance
+
+    joint, as_classes = prompt_oracles()
+    num, gen = 50_000, torch.Generator().manual_seed(13)
+    x_init = torch.tensor([[2, 0, 0]]).expand(num, 3)
+    for scale, target in ((1.0, as_classes.conditional(2)), (0.0, as_classes.unconditional)):
+        exact_tv = target.total_variation(target.sample(num, gen))
+        x = sample(prompt_guidance(joint.score_fn, PROMPT, 3, scale), joint.graph, ddlm.LogLinear(), (num, 3), 2, "confidence",
+                   confidence="random", x_init=x_init, fixed=PROMPT.expand(num, 3), generator=gen, progress=False)
+        assert bool((x[:, 0] == 2).all()) and target.total_variation(x[:, 1:]) <= exact_tv + 0.01
+
+
+def test_prompt_guidance_bad_input():
+    from ddlm.guidance import prompt_guidance
+
+    joint, _ = prompt_oracles()
+    x, sigma = torch.full((2, 3), 3), torch.full((2,), 0.5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="prompt must be a Bool"):
+        prompt_guidance(joint.score_fn, torch.tensor([1, 0, 0]), 3, 2.0)
+    with pytest.raises(ValueError, match="mask_id must be"):
+        prompt_guidance(joint.score_fn, PROMPT, None, 2.0)
+    with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
+        prompt_guidance(joint.score_fn, PROMPT, 3, -0.5)
+    with pytest.raises(ValueError, match=r"prompt of shape \[4\] does not fit x_t of shape \[2, 3\]"):
+        prompt_guidance(joint.score_fn, torch.ones(4, dtype=torch.bool), 3, 2.0)(x, sigma)
+    with pytest.raises(ValueError, match=r"prompt of shape \[3, 3\] does not fit"):
+        prompt_guidance(joint.score_fn, torch.ones(3, 3, dtype=torch.bool), 3, 2.0)(x, sigma)
+
+
+from test_open_weight_pipelines import llada_dir  # noqa: E402, F401  (a fixture: a tiny random LLaDA in its layout)
+
+
+def test_pipeline_and_cli_guide_on_the_prompt(llada_dir, byte_tokenizer, capsys):
+    """A model without classes: guidance_scale guides on the prompt (block decoding) or the given text (infill, sample
+    with fixed=), on the command line too; without either it is refused."""
+    from helpers import randomised
+
+    from ddlm.cli import main
+    from ddlm.guidance import prompt_guidance
+    from ddlm.pipeline import DiffusionPipeline
+    from ddlm.sampling.decoding import llada_options
+
+    pipe = DiffusionPipeline.from_pretrained(llada_dir, progress=False)
+    kwargs = dict(prompt="Hi", max_new_tokens=8, block_size=4, steps=2, progress=False, **llada_options())
+    guided = pipe.generate(guidance_scale=2.0, **kwargs)
+    assert guided != pipe.generate(**kwargs) and guided[0].startswith("Hi")
+    main(["sample", str(llada_dir), "--prompt", "Hi", "--max-new-tokens", "8", "--block-size", "4", "--steps", "2",
+          "--decoding", "llada", "--guidance-scale", "2", "--quiet"])
+    assert capsys.readouterr().out == guided[0] + "\n"
+    assert len(pipe.generate(prompt="Hi", max_new_tokens=80, block_size=32, steps=2, guidance_scale=1.5, progress=False)[0]) > 2
+    ids, given, _ = pipe.encode_template("ab{{5}}cd")
+    got = pipe.sample(2, len(ids), 4, "first_hitting", x_init=ids, fixed=given, guidance_scale=0.5, seed=1, progress=False)
+    direct = sample(prompt_guidance(pipe.sampling_score_fn(), given, pipe.graph.mask_id, 0.5), pipe.graph, pipe.noise,
+                    (2, len(ids)), 4, "first_hitting", x_init=ids.expand(2, -1), fixed=given.expand(2, -1),
+                    generator=torch.Generator().manual_seed(1), progress=False)
+    assert torch.equal(got, direct)
+    filled = pipe.infill("ab{{3}}cd", 2, steps=3, guidance_scale=3.0, seed=0, progress=False)
+    main(["infill", str(llada_dir), "ab{{3}}cd", "--num-samples", "2", "--steps", "3", "--guidance-scale", "3", "--quiet"])
+    assert capsys.readouterr().out.startswith(filled[0])
+    uniform = DiffusionPipeline(randomised(ddlm.DDLMConfig.from_preset("tiny", vocab_size=len(byte_tokenizer), process="uniform",
+                                                                      max_position_embeddings=16)), byte_tokenizer)
+    for call, message in [(lambda: pipe.generate(1, 4, steps=2, guidance_scale=2.0, progress=False), "needs something to guide on"),
+                          (lambda: uniform.infill("ab{{2}}", steps=2, guidance_scale=2.0, progress=False), "needs an absorbing")]:
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(llada_dir), "--guidance-scale", "2", "--length", "4", "--steps", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "needs something to guide on" in err and len(err.strip().splitlines()) == 1

@@ -85,9 +85,20 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator) -> torch.
     return (logits.double().exp() / (-torch.log(u)) ** temperature).argmax(-1)
 
 
+def guided_logits(network, x, prompt_length, cfg_scale):
+    """LLaDA's logits of x Long[B, L]: the network's, or with cfg_scale > 0 its unsupervised CFG: the network on x and on
+    x with the prompt masked in one doubled batch, combined as un + (cfg_scale + 1) (cond - un)."""
+    if cfg_scale == 0:
+        return network(x, torch.zeros(x.shape[0]))
+    unprompted = x.clone()
+    unprompted[:, :prompt_length] = MASK
+    cond, un = network(torch.cat([x, unprompted]), torch.zeros(2 * x.shape[0])).chunk(2)
+    return un + (cfg_scale + 1) * (cond - un)
+
+
 @torch.no_grad()
 def llada_generate(network, prompt, steps, gen_length, block_length, remasking="low_confidence", banned=(), generator=None,
-                   temperature=0.0):
+                   temperature=0.0, cfg_scale=0.0):
     """LLaDA's generate(), restated: prompt Long[B, P] -> Long[B, gen_length], the new tokens.
     banned: ids whose logits are set to -inf before the argmax and the softmax (as its logits_eos_inf does)."""
     batch, start = prompt.shape
@@ -98,7 +109,7 @@ def llada_generate(network, prompt, steps, gen_length, block_length, remasking="
         counts = transfer_counts(x[:, end - block_length:end] == MASK, per_block)
         for i in range(per_block):
             masked = x == MASK
-            logits = network(x, torch.zeros(batch))
+            logits = guided_logits(network, x, start, cfg_scale)
             logits[..., list(banned)] = float("-inf")
             x0 = gumbel_argmax(logits, temperature, generator)
             if remasking == "low_confidence":
@@ -244,3 +255,19 @@ def test_bad_options(tokenizer):
     pipe = pipeline(tokenizer, "mixer")[0]
     with pytest.raises(ValueError, match="prompt_ids must be one prompt"):
         pipe.sample_blocks(3, 4, 4, steps=2, prompt_ids=prompts(2, 3, 0), progress=False, **llada_options())
+
+
+# ----------------------------------------------------------------------------- cfg_scale: guidance on the prompt
+@pytest.mark.parametrize("cfg_scale", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("name, start, gen_length, block_length, steps", [
+    (name, *case) for name in NETWORKS for case in CASES if case[0]])
+def test_guidance_on_the_prompt_is_llada_cfg(tokenizer, name, start, gen_length, block_length, steps, cfg_scale):
+    """LLaDA's cfg_scale is ddlm's guidance_scale - 1. The reference bans ids after combining (the mixer's -inf mask
+    logit would turn into NaN before)."""
+    pipe, network, excluded = pipeline(tokenizer, name, seed=start)
+    prompt = prompts(3, start, seed=gen_length)
+    expected = llada_generate(network, prompt, steps, gen_length, block_length, banned={*excluded, MASK}, cfg_scale=cfg_scale)
+    rows = pipe.sample_blocks(3, gen_length, block_length, steps=steps * block_length // gen_length, prompt_ids=prompt,
+                              progress=False, guidance_scale=cfg_scale + 1, **llada_options())
+    assert torch.equal(torch.stack(rows), expected)
+    assert not torch.equal(expected, llada_generate(network, prompt, steps, gen_length, block_length, banned={*excluded, MASK}))

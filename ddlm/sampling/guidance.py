@@ -16,6 +16,16 @@ not the reverse rates of a forward-noised law, in general not those of the "shar
 p(x | c)^gamma p(x)^(1 - gamma) either (docs/how-to/guidance.md measures the gap). log s at the
 current token is 0 in both and stays 0; a ratio that is 0 (log s = -inf) under either stays 0.
 
+Guidance on a prompt (``prompt_guidance``; LLaDA's "unsupervised CFG"). A model without classes has a
+null condition too: the prompt masked. With absorbing noise a masked position carries no information,
+so the same network on x_t with every prompt position replaced by the mask gives the ratios of the
+model's law with the prompt marginalised out, log s_u, and on x_t itself those given the prompt, log
+s_c; they combine by the same rule. gamma = 1 samples p(x | prompt) and gamma = 0 the model's own
+law of the other positions (both exact with exact ratios); LLaDA's
+``logits = un + (cfg_scale + 1) (cond - un)`` is gamma = cfg_scale + 1 for every step that normalises s
+over the real tokens (the log-normalisers and log(e^sigma_bar - 1) are constant per row and
+gamma + (1 - gamma) = 1).
+
 Classifier guidance (``classifier_guidance``). With a classifier of noisy sequences giving
 log p_t(c | x_t), Bayes' rule gives the conditional ratios from the unconditional ones,
 
@@ -50,7 +60,9 @@ ratios, gamma in {0, 1}, and exact classifier guidance at gamma = 1, every predi
 
 Protocols of ``ddlm.score`` and ``ddlm.score_cache``: every guided score function accepts
 ``positions`` (the rows are asked of a part that accepts them, else gathered from its full output;
-classifier guidance classifies only the requested rows' neighbours). ``classifier_free_guidance``
+classifier guidance classifies only the requested rows' neighbours). ``prompt_guidance`` declares
+``time_independent`` when its score function does and the prompt is one Bool[L] for every sequence.
+``classifier_free_guidance``
 declares ``time_independent`` when both parts do (gamma + (1 - gamma) = 1 keeps the form
 f - log(e^sigma_bar - 1)); ``guided_model_score`` does when the model does and one label is given
 for every sequence (the cache scores subsets of the batch, which per-sequence labels could not
@@ -143,6 +155,75 @@ class ClassifierFreeGuidance:
 def classifier_free_guidance(conditional: ScoreFn, unconditional: ScoreFn, scale: float) -> ClassifierFreeGuidance:
     """The guided score function log s = scale log s_c + (1 - scale) log s_u (exact at scale 0 and 1 only)."""
     return ClassifierFreeGuidance(conditional, unconditional, scale)
+
+
+def _clean_rows(log_score: torch.Tensor, x_t: torch.Tensor, prompt: torch.Tensor, positions) -> torch.Tensor:
+    """log_score ([B, L, S] or the rows ``positions`` [R, S]) with each row at a prompt position that of a clean
+    token: -inf (no rate) but 0 at its current token."""
+    at_prompt = _rows(prompt, x_t, positions)
+    if not bool(at_prompt.any()):
+        return log_score
+    tokens = _rows(x_t, x_t, positions)[at_prompt]
+    out = log_score.masked_fill(at_prompt[..., None], -torch.inf)
+    out[at_prompt] = out[at_prompt].scatter(-1, tokens[:, None], 0.0)
+    return out
+
+
+class PromptGuidance:
+    """Classifier-free guidance on a prompt: log s = scale log s(x_t) + (1 - scale) log s(x_t, prompt masked).
+
+    score_fn: the model's score function [B, L, S] under an absorbing process (``ddlm.score``); prompt:
+    the condition's positions, Bool[L] (every sequence) or Bool[B, L]; mask_id: the mask state; scale:
+    gamma >= 0. The unconditional part is score_fn on x_t with the prompt's positions set to the mask, its
+    rows there those of clean tokens (the sampler clamps them). gamma not 0 or 1: both parts in one call
+    of the doubled batch; a prompt with no position in x_t leaves score_fn as it is.
+    """
+
+    accepts_positions = True
+
+    def __init__(self, score_fn: ScoreFn, prompt: torch.Tensor, mask_id: int, scale: float):
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be a score function (x_t [B, L], sigma_bar [B]) -> [B, L, S], got {type(score_fn).__name__}")
+        if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.bool or prompt.dim() not in (1, 2):
+            raise ValueError(f"prompt must be a Bool[L] or Bool[B, L] tensor of the prompt's positions, got {prompt!r:.80}")
+        if not is_int(mask_id, 1):
+            raise ValueError(f"mask_id must be the absorbing process's mask state (an int >= 1), got {mask_id!r}")
+        self.score_fn, self.prompt, self.mask_id = score_fn, prompt, mask_id
+        self.scale = check_scale(scale)
+        self.time_independent = is_time_independent(score_fn) and prompt.dim() == 1
+
+    def _prompt(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The prompt's positions Bool[B, L] for x_t Long[B, L]."""
+        prompt = self.prompt.to(x_t.device)
+        if prompt.shape[-1] != x_t.shape[1] or (prompt.dim() == 2 and prompt.shape[0] != x_t.shape[0]):
+            raise ValueError(f"prompt of shape {list(prompt.shape)} does not fit x_t of shape {list(x_t.shape)}")
+        return prompt.expand(x_t.shape)
+
+    def unconditional(self, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """log s_u: score_fn on x_t with the prompt masked, [B, L, S] or the rows ``positions`` [R, S]."""
+        prompt = self._prompt(x_t)
+        log_score = _base_rows(self.score_fn, x_t.masked_fill(prompt, self.mask_id), sigma_bar, positions)
+        return _clean_rows(log_score, x_t, prompt, positions)
+
+    def __call__(self, x_t: torch.Tensor, sigma_bar: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        prompt = self._prompt(x_t)
+        if self.scale == 1 or not bool(prompt.any()):
+            return _base_rows(self.score_fn, x_t, sigma_bar, positions, "conditional")
+        if self.scale == 0:
+            return self.unconditional(x_t, sigma_bar, positions)
+        sigma_bar = torch.as_tensor(sigma_bar, device=x_t.device).expand(x_t.shape[0])
+        index = None if positions is None else row_index(positions, x_t.shape)
+        doubled = _base_rows(self.score_fn, torch.cat([x_t, x_t.masked_fill(prompt, self.mask_id)]),
+                             torch.cat([sigma_bar, sigma_bar]), None if index is None else torch.cat([index, index + x_t.numel()]),
+                             "prompt-guided")
+        conditional, unconditional = doubled.chunk(2)
+        return combine_log_scores(conditional, _clean_rows(unconditional, x_t, prompt, index), self.scale)
+
+
+def prompt_guidance(score_fn: ScoreFn, prompt: torch.Tensor, mask_id: int, scale: float) -> PromptGuidance:
+    """Classifier-free guidance on a prompt (``PromptGuidance``; LLaDA's cfg_scale is scale - 1): the unconditional part
+    is ``score_fn`` with the prompt's positions Bool[L] or Bool[B, L] masked; exact at scale 0 and 1 only."""
+    return PromptGuidance(score_fn, prompt, mask_id, scale)
 
 
 def _num_classes(model, count: int | None = None) -> int:

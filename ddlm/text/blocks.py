@@ -23,7 +23,7 @@ from ..core.checks import check_count, check_text, is_int
 from ..core.score import ScoreFn, evaluate_score, row_index
 from ..sampling.loop import sample
 from ..sampling.score_cache import is_time_independent
-from .generation import CALL_STATS, add_stats, resolve_generator
+from .generation import CALL_STATS, add_stats, guided_score_fn, resolve_generator
 from .templates import token_ids
 
 
@@ -127,6 +127,8 @@ def sample_blocks(pipe, num_samples: int, max_new_tokens: int, block_size: int, 
     """``DiffusionPipeline.sample_blocks``: per sample the new token ids Long[n] (see the module docstring).
 
     prompt_ids: one prompt for every sample or one per sample, of one length (``prompt_rows``).
+    label / guidance_scale: ``ddlm.text.generation.guided_score_fn``; a model without classes is guided on the prompt
+    (its part still in the window beyond the model's length; none: no guidance).
 
     stop_at_eos: a sample stops after the block in which the tokenizer's EOS token first appears among
     its new tokens, and its ids are cut right after that EOS (the others go on; generation ends when
@@ -140,12 +142,13 @@ def sample_blocks(pipe, num_samples: int, max_new_tokens: int, block_size: int, 
     width, start = pipe.max_length, seqs.shape[1]
     target = min(width, start + max_new_tokens)  # the window length within the context
     done = torch.zeros(num_samples, dtype=torch.bool, device=pipe.device)
-    base_fn = pipe.sampling_score_fn(label, guidance_scale)
     totals = {**dict.fromkeys(CALL_STATS, 0), "blocks": 0}
     blocks = range(0, max_new_tokens, block_size)
     for made in tqdm(blocks, desc="blocks", disable=not progress or len(blocks) == 1):
         size = min(block_size, max_new_tokens - made)
         context = min(seqs.shape[1], width - size)
+        in_window = torch.arange(target, device=pipe.device) < start - (seqs.shape[1] - context)  # the prompt's positions
+        base_fn = guided_score_fn(pipe, label, guidance_scale, in_window if start else None)
         score_fn = MaskedFuture(base_fn, pipe.graph.mask_id, target - context - size)
         new = decode_block(pipe, score_fn, seqs, (~done).nonzero().squeeze(1), size, context, generator, batch_size, steps,
                            predictor, totals, sample_kwargs)

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..core.checks import check_count, is_int
 from ..core.processes import Graph, check_token_ids
 from ..core.score import ScoreFn
-from ..sampling.guidance import check_scale, guided_model_score
+from ..sampling.guidance import check_scale, guided_model_score, prompt_guidance
 from ..sampling.loop import sample
 from ..sampling.score_cache import is_time_independent
 from .tokenization import decode_text
@@ -44,11 +44,41 @@ def sampling_score_fn(model, score_fn: ScoreFn, label: int | None, guidance_scal
             raise ValueError(f"label must be an int class id >= 0, got {label!r:.80}")
         return guided_model_score(model, label, scale)
     if scale != 1:
-        raise ValueError(f"guidance_scale={guidance_scale!r} needs label= (the class to guide towards)")
+        raise ValueError(f"guidance_scale={guidance_scale!r} needs label= (the class to guide towards) or, for a model "
+                         "without classes, a prompt or given tokens to guide on (generate, sample_blocks, infill, sample with fixed=)")
     fn = functools.partial(score_fn)
     fn.accepts_positions = True
     fn.time_independent = is_time_independent(model)
     return fn
+
+
+def has_classes(model) -> bool:
+    """Whether ``model`` is class-conditional (``config.num_classes``, else ``num_classes``, an int > 0)."""
+    config = getattr(model, "config", None)
+    return is_int(getattr(config, "num_classes", None) if config is not None else getattr(model, "num_classes", None), 1)
+
+
+def guided_score_fn(pipe, label: int | None, guidance_scale: float, condition: torch.Tensor | None) -> ScoreFn:
+    """The score function a sampler of ``pipe`` runs: ``pipe.sampling_score_fn(label, guidance_scale)``, or for a model
+    without classes and guidance_scale != 1 guidance on the prompt (``ddlm.guidance.prompt_guidance``) whose positions
+    are ``condition`` Bool[L] (or Bool[B, L]; None: there is none, a ValueError)."""
+    scale = check_scale(guidance_scale, "guidance_scale")
+    if label is not None or scale == 1 or has_classes(pipe.model):
+        return pipe.sampling_score_fn(label, guidance_scale)
+    if pipe.graph.mask_id is None:
+        raise ValueError(f"guidance_scale={guidance_scale!r} without label= guides on a prompt by masking it, which needs an "
+                         f"absorbing model, got {pipe.graph!r}")
+    if condition is None:
+        raise ValueError(f"guidance_scale={guidance_scale!r} needs something to guide on: a prompt (generate(prompt=...), "
+                         "sample_blocks(prompt_ids=...)), given tokens (infill, sample with fixed=) or a class label=")
+    return prompt_guidance(pipe.sampling_score_fn(), condition, pipe.graph.mask_id, scale)
+
+
+def clamped_condition(fixed, device) -> torch.Tensor | None:
+    """The clamped positions as guidance's condition: Bool[L] (Bool[B, L] where sequences differ); None if there are none."""
+    if not isinstance(fixed, torch.Tensor) or fixed.dtype != torch.bool or not bool(fixed.any()):
+        return None
+    return (fixed[0] if fixed.dim() == 2 and bool((fixed == fixed[:1]).all()) else fixed).to(device)
 
 
 def sample_batches(pipe, num_samples: int, length: int, steps: int, predictor: str, *, x_init, fixed, denoise: bool,
@@ -64,6 +94,7 @@ def sample_batches(pipe, num_samples: int, length: int, steps: int, predictor: s
     (``ddlm.correctors``): remask (eta in [0, 1], absorbing) / remask_window remask unmasked tokens
     before each step with exact marginals and no extra network call; corrector_steps / corrector_size
     add p_t-invariant corrector steps after each predictor step (any model; one network call each).
+    label / guidance_scale: ``guided_score_fn``, the clamped positions ``fixed`` being the condition of a model without classes.
     """
     check_count("num_samples", num_samples)
     check_count("length", length)
@@ -74,7 +105,7 @@ def sample_batches(pipe, num_samples: int, length: int, steps: int, predictor: s
     generator = resolve_generator(generator, seed, pipe.device)
     batch_size = batch_size or num_samples
     batches = []
-    score_fn = pipe.sampling_score_fn(label, guidance_scale)
+    score_fn = guided_score_fn(pipe, label, guidance_scale, clamped_condition(fixed, pipe.device))
     totals = dict.fromkeys(CALL_STATS, 0)
     for start in tqdm(range(0, num_samples, batch_size), desc="batches", disable=not progress or batch_size >= num_samples):
         n = min(batch_size, num_samples - start)

@@ -134,13 +134,13 @@ class DiffusionPipeline:
                  stop_at_eos: bool = False, **kwargs) -> list[str]:
         """Samples as text; length in tokens (default the model's maximum). Keyword arguments as in ``sample``.
 
-        Semi-autoregressive block decoding (absorbing models) when any of ``prompt``,
-        ``block_size``, ``max_new_tokens`` or ``stop_at_eos`` is given: ``max_new_tokens`` (default
-        ``length``, else the model's maximum) new tokens are generated in blocks of ``block_size``
-        left to right after the optional ``prompt`` (see ``sample_blocks``). block_size defaults to
-        all new tokens in one block when prompt and new tokens fit the model's length, else half
-        the model's length. Each text is the prompt (byte-identical) followed by the new tokens;
-        with ``stop_at_eos`` it is cut at the first EOS token (the EOS itself is not in the text).
+        Semi-autoregressive block decoding (absorbing models) when any of ``prompt``, ``block_size``, ``max_new_tokens``
+        or ``stop_at_eos`` is given: ``max_new_tokens`` (default ``length``, else the model's maximum) new tokens are
+        generated in blocks of ``block_size`` left to right after the optional ``prompt`` (see ``sample_blocks``).
+        block_size defaults to all new tokens in one block when prompt and new tokens fit the model's length, else half
+        the model's length. Each text is the prompt (byte-identical) followed by the new tokens; with ``stop_at_eos``
+        it is cut at the first EOS token (not in the text). guidance_scale without a label (a model without classes):
+        guidance on the prompt, the prompt masked for the unconditional part (LLaDA's cfg_scale + 1; ``sample_blocks``).
         """
         if prompt is None and block_size is None and max_new_tokens is None and stop_at_eos is False:
             ids = self.sample(num_samples, self.max_length if length is None else length, steps, predictor, **kwargs)
@@ -158,10 +158,10 @@ class DiffusionPipeline:
         Blocks of ``block_size`` tokens (the last one shorter) follow ``prompt_ids`` left to right, each
         one run of ``ddlm.sampling.sample`` with the finished prefix clamped: plain sampling in law within
         the model's length, a sliding window beyond it (``ddlm.text.blocks`` says why). stop_at_eos: a
-        sample stops after the block in which EOS first appears, its ids cut right after it. stats:
-        ``network_calls``, ``sequences_scored``, ``positions_scored`` and ``blocks``, summed. Other keyword
-        arguments go to ``ddlm.sampling.sample`` (``denoise`` must stay True); label / guidance_scale as in
-        ``sample``. Uniform models are refused (no masked state to hold the future out; use ``infill``).
+        sample stops after the block in which EOS first appears, its ids cut right after it. stats: ``network_calls``,
+        ``sequences_scored``, ``positions_scored`` and ``blocks``, summed. Other keyword arguments go to ``ddlm.sampling.sample``
+        (``denoise`` must stay True); label / guidance_scale as in ``sample``, and for a model without classes guidance on
+        ``prompt_ids`` (``ddlm.guidance.prompt_guidance``: a doubled batch a step). Uniform models are refused (use ``infill``).
         """
         return blocks.sample_blocks(
             self, num_samples, max_new_tokens, block_size, steps, predictor, prompt_ids=prompt_ids, stop_at_eos=stop_at_eos,
@@ -190,10 +190,10 @@ class DiffusionPipeline:
         The given text comes back byte-identical (it is copied, not re-decoded); gap tokens are
         sampled conditionally on it by clamping (exact for absorbing models, approximate for
         uniform ones). Prefix prompting is ``["prompt", n]``, suffix prompting ``[n, "ending"]``.
-        Keyword arguments as in ``sample``. Gaps of unknown length (``{{lo..hi}}``, or a range in a
-        list): every combination of lengths is filled ``num_samples`` times and scored with the
-        likelihood bound (``num_t`` times); the lowest bound per token of the whole filled sequence
-        wins (``ddlm.text.infill`` says why, and what it cannot resolve). return_candidates: also
+        Keyword arguments as in ``sample`` (guidance_scale without a label: guidance on the given text). Gaps of unknown
+        length (``{{lo..hi}}``, or a range in a list): every combination of lengths is filled ``num_samples`` times and
+        scored with the model's likelihood bound (``num_t`` times, unguided); the lowest bound per token of the whole filled
+        sequence wins (``ddlm.text.infill`` says why, and what it cannot resolve). return_candidates: also
         return the ``InfillCandidate`` of each: ``texts, candidates = pipe.infill(..., return_candidates=True)``.
         """
         return infilling.infill(self, template, num_samples, steps, predictor, num_t=num_t, return_candidates=return_candidates,
