@@ -1,7 +1,7 @@
 """LLaDA's decoding as a ddlm setting (``ddlm.sampling.decoding.llada_options``): the tokens of LLaDA's generate().
 
 The reference below restates LLaDA's published generate() (github.com/ML-GSAI/LLaDA, generate.py) from its
-description, with cfg_scale 0 and no attention mask: prompt and gen_length masks in one sequence, blocks of
+description, without attention mask (cfg_scale > 0: its unsupervised CFG, further down): prompt and gen_length masks in one sequence, blocks of
 block_length left to right, steps / num_blocks steps a block, each unmasking the block's masked positions of
 highest confidence (the softmax probability of the argmax token, or uniform for "random") to their argmax tokens,
 as many as get_num_transfer_tokens says (the block's masks split evenly, the remainder to the first steps);
@@ -271,3 +271,23 @@ def test_guidance_on_the_prompt_is_llada_cfg(tokenizer, name, start, gen_length,
                               progress=False, guidance_scale=cfg_scale + 1, **llada_options())
     assert torch.equal(torch.stack(rows), expected)
     assert not torch.equal(expected, llada_generate(network, prompt, steps, gen_length, block_length, banned={*excluded, MASK}))
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_guided_scores_normalised_are_llada_cfg_logits(tokenizer, name):
+    """Over the real tokens of a masked position, gamma log s_c + (1 - gamma) log s_u normalises to LLaDA's
+    softmax(un + (cfg_scale + 1) (cond - un)): the log-normalisers and log(e^sigma_bar - 1) are constant per row."""
+    from ddlm.guidance import prompt_guidance
+
+    pipe, network, excluded = pipeline(tokenizer, name, seed=4)
+    x = torch.cat([prompts(2, 5, seed=4), torch.full((2, 9), VOCAB)], 1)  # ddlm's mask state is VOCAB
+    sigma = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    for cfg_scale in (0.5, 1.0, 2.0):
+        guided = prompt_guidance(pipe.sampling_score_fn(), torch.arange(14) < 5, VOCAB, cfg_scale + 1)(x, sigma)
+        with torch.no_grad():
+            logits = guided_logits(network, torch.where(x == VOCAB, MASK, x), 5, cfg_scale)
+        logits[..., [*excluded, MASK]] = float("-inf")
+        expected = torch.log_softmax(logits[:, 5:].double(), -1)
+        got = torch.log_softmax(guided[:, 5:, :VOCAB].double(), -1)
+        assert torch.equal(torch.isinf(got), torch.isinf(expected))
+        assert torch.allclose(got[~torch.isinf(got)], expected[~torch.isinf(expected)], atol=2e-5)

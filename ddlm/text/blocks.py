@@ -11,7 +11,8 @@ same call, draw for draw). This is LLaDA's layout: with ``ddlm.sampling.decoding
 decoding gives the tokens of LLaDA's reference generate() (see there). Beyond the context the window
 slides: the model sees the last ``W - block_size`` finished tokens as clamped context plus the new block,
 an approximation (older tokens are forgotten, and the model's law at length W is used as if the window
-were a sequence start).
+were a sequence start). guidance_scale without a label, for a model without classes, guides on the prompt
+(``ddlm.guidance.prompt_guidance``, LLaDA's cfg_scale + 1): on the part of it still in the window, none once it slid out.
 """
 
 from __future__ import annotations
