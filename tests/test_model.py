@@ -127,7 +127,7 @@ def test_loading_a_directory_that_is_not_a_ddlm_model_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model directory"):
         DDLMForDiffusion.from_pretrained(tmp_path / "missing")
     (tmp_path / "config.json").write_text(json.dumps({"tokens": 50257, "graph": {"type": "absorb"}}))
-    with pytest.raises(ValueError, match="not a ddlm model directory.*convert sedd"):
+    with pytest.raises(ValueError, match="not a ddlm model directory.*SEDD or MDLM checkpoint with .ddlm convert"):
         DDLMForDiffusion.from_pretrained(tmp_path)
 
 
