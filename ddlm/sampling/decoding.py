@@ -46,8 +46,9 @@ a step tie or come within float32 rounding: ddlm ranks them in float64 from floa
 earlier position first, LLaDA in its logits' dtype in torch.topk's unspecified order (for a bf16 network
 ddlm equals generate() after ``logits.float()``). With temperature > 0 or "random" the law is LLaDA's
 but not the random stream (LLaDA: Gumbel-max in float64). ddlm also allows a shorter last block and
-slides its window beyond the model's length; LLaDA's cfg_scale, attention_mask (padded batches) and EOS
-options have no counterpart here.
+slides its window beyond the model's length. LLaDA's cfg_scale is ``guidance_scale = cfg_scale + 1`` on a
+model without classes (``ddlm.guidance.prompt_guidance``: the prompt masked is the null condition); its
+attention_mask (padded batches) and EOS options have no counterpart here.
 
 These strategies are NOT exact samplers of the model's distribution. Positions unmasked in the
 same step are drawn independently from their marginals p(x0_i | x_t), which ignores their

@@ -115,8 +115,9 @@ class DiffusionPipeline:
         receives ``network_calls``, ``sequences_scored`` and ``positions_scored`` summed over the batches.
         sampler_options: any other keyword of ``ddlm.sampling.sample``, passed to it as is (cache, dtype,
         impl; decoding strategies and correctors: ``ddlm.text.generation.sample_batches`` lists them).
-        label / guidance_scale: class-conditional models, classifier-free guidance towards class ``label``
-        (``sampling_score_fn``; one network call of a doubled batch per step unless the scale is 0 or 1).
+        label / guidance_scale: classifier-free guidance towards class ``label`` (class-conditional models) or, for a
+        model without classes, on the ``fixed`` tokens (``ddlm.guidance.prompt_guidance``); one network call of a
+        doubled batch per step unless the scale is 0 or 1.
         """
         return generation.sample_batches(
             self, num_samples, length, steps, predictor, x_init=x_init, fixed=fixed, denoise=denoise, batch_size=batch_size,
