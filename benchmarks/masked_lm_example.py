@@ -6,13 +6,15 @@ The worked example of ddlm's transformers masked-LM loader (``ddlm.models.masked
    ``[CLS] text [SEP]`` around every text) is trained on the first 90 % of
    tests/data/tinyshakespeare.txt and wrapped as a transformers ``PreTrainedTokenizerFast`` with its
    mask token set; the last 10 % (cut at a line start) is held out;
-2. two ``BertForMaskedLM`` of the same shape are trained from the same initialisation on the same
-   windows of 128 tokens (between [CLS] and [SEP]) for the same number of AdamW steps, without dropout:
+2. two masked LMs of the same shape (``ModernBertForMaskedLM``; ``--arch bert``: ``BertForMaskedLM``)
+   are trained from the same initialisation on the same windows of --length tokens (between [CLS]
+   and [SEP]) for the same number of AdamW steps, without dropout:
    - ``mlm15``: BERT's objective. 15 % of the tokens (each independently) are replaced by [MASK]
      (always [MASK]: no 80/10/10 random/kept split) and the cross-entropy of the masked tokens is
      averaged;
    - ``diffusion``: the masked-diffusion objective (MDLM, LLaDA). Each sequence draws a rate
-     t ~ U(0, 1), each token is masked with probability t, and the masked tokens' cross-entropy,
+     t ~ U(0, 1) (stratified over the batch: one uniform offset, the batch's rates spread evenly
+     over [0, 1), as MDLM does), each token is masked with probability t, and the masked tokens' cross-entropy,
      weighted by 1/t, is summed and divided by the number of tokens. Its expectation is the
      absorbing process's continuous-time bound on -log p per token, so this model is trained on
      every mask rate and the bound is what it minimises;
@@ -24,15 +26,24 @@ The worked example of ddlm's transformers masked-LM loader (``ddlm.models.masked
    score function at sigma_bar = ln 2, where the log-score is log p), two samples (``pipe.generate``)
    and an infill (``pipe.infill``).
 
+Why ModernBERT by default: in a few CPU minutes a tiny ``BertForMaskedLM`` (post-norm layers, learned
+absolute positions) does not leave the unigram plateau. Tried here for 200-500 steps (learning rates
+1e-4 to 5e-3, windows of 32 to 128 tokens, 300 or 1024 tokens, both objectives): its held-out
+cross-entropy stayed at the unigram entropy of the tokens (5.66 nats for 1024 tokens, 4.19 for 300)
+at every mask rate, so there is nothing to compare. ModernBERT (pre-norm layers,
+rotary positions), a BERT-style encoder with the same [CLS] / [SEP] / [MASK] interface, starts using
+the context within a couple of hundred steps. Both load through the same ddlm loader.
+
 A model trained only at 15 % masking has rarely seen a sequence that is mostly masks: its
 cross-entropy at 90 % shows it, and the bound, which integrates over every mask rate, charges it.
 
-Writes benchmarks/results/masked_lm_example.{json,md}; the models stay in --out for the CLI:
+Writes benchmarks/results/masked_lm_example.{json,md}; the models and the held-out text (heldout.txt)
+stay in --out for the CLI:
 
     python benchmarks/masked_lm_example.py --threads 1      # a few minutes on one CPU thread
     ddlm sample runs/masked_lm_example/diffusion --length 64 --num-samples 2 --seed 0
     ddlm infill runs/masked_lm_example/diffusion "First Murderer:\\nWhat we will do, we do {{5}}."
-    ddlm eval runs/masked_lm_example/diffusion heldout.txt --compare runs/masked_lm_example/mlm15
+    ddlm eval runs/masked_lm_example/diffusion runs/masked_lm_example/heldout.txt --compare runs/masked_lm_example/mlm15
     python benchmarks/masked_lm_example.py --report-only    # the table again from the JSON
 """
 
@@ -51,9 +62,11 @@ NAME = "masked_lm_example"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 OBJECTIVES = {
     "mlm15": "BERT: 15 % of tokens -> [MASK], mean cross-entropy of the masked tokens",
-    "diffusion": "masked diffusion: t ~ U(0,1) per sequence, tokens masked w.p. t, cross-entropy x 1/t per token",
+    "diffusion": "masked diffusion: t ~ U(0,1) per sequence (stratified), tokens masked w.p. t, cross-entropy x 1/t per token",
 }
-MASK_RATES = (0.15, 0.5, 0.9)
+MASK_RATES = (0.15, 0.5, 0.9)  # the table's columns
+GRID = tuple(round(0.05 + 0.1 * k, 2) for k in range(10))  # midpoints of ten equal bins of [0, 1]
+ARCHITECTURES = {"modernbert": "ModernBertForMaskedLM", "bert": "BertForMaskedLM"}
 INFILL = "First Murderer:\nWhat we will do, we do {{5}}.\n\nSecond Murderer:\nAnd he that hath commanded is the king.\n"
 HELD_OUT_FRACTION = 0.1
 
@@ -63,13 +76,15 @@ def build_parser():
     out.add_argument("--out", type=Path, default=ROOT / "runs" / NAME, help="where the two model directories go (mlm15/, diffusion/)")
     out.add_argument("--corpus", type=Path, default=CORPUS, help="text file; its last 10 %% is held out")
     out.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocabulary, specials included")
+    out.add_argument("--arch", choices=ARCHITECTURES, default="modernbert",
+                     help="the masked LM: ModernBertForMaskedLM (default) or BertForMaskedLM (see the docstring)")
     out.add_argument("--hidden", type=int, default=128, help="hidden size (the feed-forward is 4x)")
     out.add_argument("--layers", type=int, default=2)
     out.add_argument("--heads", type=int, default=4)
-    out.add_argument("--length", type=int, default=128, help="tokens per training window, between [CLS] and [SEP]")
+    out.add_argument("--length", type=int, default=64, help="tokens per training window, between [CLS] and [SEP]")
     out.add_argument("--batch-size", type=int, default=32)
-    out.add_argument("--steps", type=int, default=300, help="AdamW steps per model")
-    out.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (linear warm-up over 5 %%, linear decay to 10 %%)")
+    out.add_argument("--steps", type=int, default=800, help="AdamW steps per model")
+    out.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (linear warm-up over 5 %%, linear decay to 10 %%)")
     out.add_argument("--seed", type=int, default=0)
     out.add_argument("--num-t", type=int, default=16, help="t samples per block of the held-out bound")
     out.add_argument("--pieces", type=int, default=5, help="the held-out text is bounded in this many pieces (cut at line starts)")
@@ -122,22 +137,34 @@ def train_tokenizer(text: str, vocab_size: int, length: int):
         mask_token="[MASK]", model_max_length=length + 2, clean_up_tokenization_spaces=False)
 
 
-def bert_config(args, tokenizer):
-    from transformers import BertConfig
+def masked_lm(args, tokenizer):
+    """A freshly initialised masked LM of --arch (seeded by the caller) sized by the arguments, no dropout:
+    (model, encoder, head), where encoder(ids) -> hidden states [B, L, H] and head(hidden [M, H]) -> logits [M, V]."""
+    import torch
+    import transformers
 
-    return BertConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        intermediate_size=4 * args.hidden, max_position_embeddings=args.length + 2, type_vocab_size=1,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=tokenizer.pad_token_id,
-        architectures=["BertForMaskedLM"])
+    shape = dict(vocab_size=len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
+                 num_attention_heads=args.heads, intermediate_size=4 * args.hidden, max_position_embeddings=args.length + 2,
+                 pad_token_id=tokenizer.pad_token_id)
+    if args.arch == "bert":
+        model = transformers.BertForMaskedLM(transformers.BertConfig(
+            **shape, type_vocab_size=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+        return model, lambda ids: model.bert(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state, model.cls
+    # ModernBERT: pre-norm layers with rotary positions; every layer attends globally (the windows are short).
+    model = transformers.ModernBertForMaskedLM(transformers.ModernBertConfig(
+        **shape, cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id, global_attn_every_n_layers=1, embedding_dropout=0.0, mlp_dropout=0.0,
+        attention_dropout=0.0))
+    return (model, lambda ids: model.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state,
+            lambda hidden: model.decoder(model.head(hidden)))
 
 
 def masked_loss(objective: str, logits, x0, masked, t):
-    """The training loss of a batch: logits [B, L, V] at the text positions, x0 Long[B, L], masked Bool[B, L],
+    """The training loss of a batch: logits [M, V] of the M masked positions of x0 Long[B, L] (masked: Bool[B, L]),
     t Float[B] (the diffusion objective's rates)."""
     import torch.nn.functional as F
 
-    ce = F.cross_entropy(logits[masked], x0[masked], reduction="none")
+    ce = F.cross_entropy(logits, x0[masked], reduction="none")
     if objective == "mlm15":
         return ce.sum() / max(int(masked.sum()), 1)
     weight = (1.0 / t)[:, None].expand_as(masked)[masked]
@@ -145,14 +172,13 @@ def masked_loss(objective: str, logits, x0, masked, t):
 
 
 def train(objective: str, ids, tokenizer, args) -> tuple:
-    """(BertForMaskedLM trained on windows of ``ids`` with ``objective``, its record). Both objectives start from the
+    """(masked LM trained on windows of ``ids`` with ``objective``, its record). Both objectives start from the
     same initialisation and read the same windows (their own generator); the masks come from a second generator."""
     import torch
     from tqdm import tqdm
-    from transformers import BertForMaskedLM
-
     torch.manual_seed(args.seed)
-    model = BertForMaskedLM(bert_config(args, tokenizer)).train()
+    model, encoder, head = masked_lm(args, tokenizer)
+    model.train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, args.steps // 20)
     rate = lambda step: min(1.0, (step + 1) / warmup) * max(0.1, 1 - max(0, step - warmup) / max(1, args.steps - warmup))  # noqa: E731
@@ -169,11 +195,10 @@ def train(objective: str, ids, tokenizer, args) -> tuple:
         if objective == "mlm15":
             t = torch.full((args.batch_size,), 0.15)
         else:
-            t = torch.rand(args.batch_size, generator=masks).clamp_min(1e-3)
+            t = ((torch.rand(1, generator=masks) + torch.arange(args.batch_size) / args.batch_size) % 1).clamp_min(1e-3)
         masked = torch.rand(x0.shape, generator=masks) < t[:, None]
         inputs = torch.cat([cls, x0.masked_fill(masked, tokenizer.mask_token_id), sep], dim=1)
-        logits = model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits[:, 1:-1]
-        loss = masked_loss(objective, logits, x0, masked, t)
+        loss = masked_loss(objective, head(encoder(inputs)[:, 1:-1][masked]), x0, masked, t)  # the head only where it is read
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -181,8 +206,9 @@ def train(objective: str, ids, tokenizer, args) -> tuple:
         schedule.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-    tail = losses[-max(1, len(losses) // 10):]
-    return model.eval(), {"train_seconds": time.perf_counter() - start, "final_train_loss": sum(tail) / len(tail),
+    tenth = max(1, len(losses) // 10)
+    curve = [sum(losses[i:i + tenth]) / len(losses[i:i + tenth]) for i in range(0, len(losses), tenth)]
+    return model.eval(), {"train_seconds": time.perf_counter() - start, "final_train_loss": curve[-1], "loss_curve": curve,
                           "parameters": sum(p.numel() for p in model.parameters())}
 
 
@@ -221,14 +247,26 @@ def evaluate(directory: Path, held_out: str, args) -> dict:
     ids = pipe.tokenizer(held_out, add_special_tokens=False)["input_ids"]
     usable = len(ids) // pipe.max_length * pipe.max_length
     blocks = torch.tensor(ids[:usable]).reshape(-1, pipe.max_length)
-    cross_entropy = {str(rate): masked_cross_entropy(pipe, blocks, rate, args.seed + 2) for rate in MASK_RATES}
+    cross_entropy = {str(rate): masked_cross_entropy(pipe, blocks, rate, args.seed + 2) for rate in sorted({*GRID, *MASK_RATES})}
     samples = pipe.generate(args.num_samples, args.sample_length, args.sample_steps, seed=args.seed, progress=False)
     infill = pipe.infill(args.infill, num_samples=1, steps=args.sample_steps, seed=args.seed, progress=False)[0]
     return {"family": pipe.model.family, "max_length": pipe.max_length, "bound_nats": nats, "bound_stderr_nats": stderr,
             "tokens": tokens, "bytes": size, "nats_per_token": nats / tokens, "nats_per_token_stderr": stderr / tokens,
             "bits_per_byte": nats / math.log(2) / size, "bits_per_byte_stderr": stderr / math.log(2) / size,
             "bound_seconds": bound_seconds, "ce_blocks": len(blocks), "cross_entropy": cross_entropy,
+            "mean_cross_entropy": sum(cross_entropy[str(rate)] for rate in GRID) / len(GRID),
             "samples": samples, "infill": infill}
+
+
+def unigram_cross_entropy(ids, held_out: str, tokenizer) -> float:
+    """Nats per held-out token of the training tokens' frequencies (add-one over the non-special tokens): what a
+    model that ignores every context can reach."""
+    import torch
+
+    counts = torch.bincount(ids, minlength=len(tokenizer)).double() + 1
+    counts[tokenizer.all_special_ids] = 0
+    held = torch.tensor(tokenizer(held_out, add_special_tokens=False)["input_ids"])
+    return float(-(counts / counts.sum()).log()[held].mean())
 
 
 def measure(args) -> dict:
@@ -242,12 +280,14 @@ def measure(args) -> dict:
     training_text, held_out = split_corpus(Path(args.corpus).read_text(encoding="utf-8"))
     if args.eval_chars:
         held_out = held_out[:args.eval_chars]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "heldout.txt").write_text(held_out, encoding="utf-8")  # for ddlm eval
     tokenizer = train_tokenizer(training_text, args.vocab_size, args.length)
     ids = torch.tensor(tokenizer(training_text, add_special_tokens=False)["input_ids"])
     corpus = Path(args.corpus).resolve()
     record = {"corpus": str(corpus.relative_to(ROOT) if corpus.is_relative_to(ROOT) else corpus),
               "training_chars": len(training_text), "held_out_chars": len(held_out), "training_tokens": len(ids),
-              "vocab_size": len(tokenizer), "models": {}}
+              "vocab_size": len(tokenizer), "unigram_cross_entropy": unigram_cross_entropy(ids, held_out, tokenizer), "models": {}}
     for objective in OBJECTIVES:
         model, trained = train(objective, ids, tokenizer, args)
         directory = Path(args.out) / objective
@@ -263,14 +303,16 @@ def fenced(text: str) -> str:
     return "```text\n" + text.replace("```", "'''") + "\n```"
 
 
-def comparison(models: dict) -> list[str]:
+def comparison(models: dict, unigram: float) -> list[str]:
     """The measured contrast of the two models, in words (nothing if either is missing)."""
     if set(models) != set(OBJECTIVES):
         return []
     bert, diffusion = models["mlm15"], models["diffusion"]
     ce = lambda m, rate: m["cross_entropy"][str(rate)]  # noqa: E731
     return ["", f"Measured: at 15 % masking the mlm15 model's cross-entropy is {ce(bert, 0.15):.3f} nats/token against the "
-            f"diffusion model's {ce(diffusion, 0.15):.3f}; at 90 % masking {ce(bert, 0.9):.3f} against {ce(diffusion, 0.9):.3f}. "
+            f"diffusion model's {ce(diffusion, 0.15):.3f}; at 90 % masking {ce(bert, 0.9):.3f} against {ce(diffusion, 0.9):.3f}, "
+            f"and at 95 % {ce(bert, 0.95):.3f} against {ce(diffusion, 0.95):.3f} (the training tokens' frequencies alone: "
+            f"{unigram:.3f}). "
             f"Held-out bound: mlm15 {bert['nats_per_token']:.3f} +- {bert['nats_per_token_stderr']:.3f}, diffusion "
             f"{diffusion['nats_per_token']:.3f} +- {diffusion['nats_per_token_stderr']:.3f} nats/token "
             f"({bert['bits_per_byte']:.3f} and {diffusion['bits_per_byte']:.3f} bits/byte)."]
@@ -286,21 +328,23 @@ def markdown(record: dict) -> str:
         "",
         f"Corpus {record['corpus']}: {record['training_chars']:,} training characters ({record['training_tokens']:,} tokens), "
         f"the last {record['held_out_chars']:,} held out. Byte-level BPE of {record['vocab_size']} tokens "
-        "([PAD] [UNK] [CLS] [SEP] [MASK] + bytes + merges). Two BertForMaskedLM of the same shape "
+        "([PAD] [UNK] [CLS] [SEP] [MASK] + bytes + merges). Two "
+        f"{ARCHITECTURES[settings['arch']]} of the same shape "
         f"(hidden {settings['hidden']}, {settings['layers']} layers, {settings['heads']} heads, "
         f"{next(iter(record['models'].values()))['parameters']:,} parameters), windows of {settings['length']} tokens + "
         f"[CLS]/[SEP], batch {settings['batch_size']}, AdamW at peak lr {settings['lr']}, no dropout, seed {settings['seed']}; "
         "both loaded back with `ddlm.DiffusionPipeline.from_pretrained`.",
         "",
         "| model | training objective | steps | train s | final train loss | held-out bound, nats/token (+- SE) | bits/byte (+- SE) | "
-        + " | ".join(rates) + " |",
-        "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(rates),
+        + " | ".join(rates) + " | mean CE, rates 5-95 % |",
+        "|---|---|---:|---:|---:|---:|---:|" + "---:|" * (len(rates) + 1),
     ]
     for name, m in record["models"].items():
         ce = [f"{m['cross_entropy'][str(rate)]:.3f}" for rate in MASK_RATES]
         lines.append(f"| {name} | {m['objective']} | {m['steps']} | {m['train_seconds']:.0f} | {m['final_train_loss']:.3f} | "
                      f"{m['nats_per_token']:.3f} +- {m['nats_per_token_stderr']:.3f} | "
-                     f"{m['bits_per_byte']:.3f} +- {m['bits_per_byte_stderr']:.3f} | " + " | ".join(ce) + " |")
+                     f"{m['bits_per_byte']:.3f} +- {m['bits_per_byte_stderr']:.3f} | " + " | ".join(ce)
+                     + f" | {m['mean_cross_entropy']:.3f} |")
     first = next(iter(record["models"].values()))
     lines += [
         "",
@@ -308,16 +352,21 @@ def markdown(record: dict) -> str:
         f"{first['bytes']:,} bytes, blocks of {first['max_length']} tokens, {settings['num_t']} t per block, seed "
         f"{settings['seed']}); an upper bound on -log p, summed over the pieces, with one standard error. "
         f"A uniform guess over the {record['vocab_size'] - len(SPECIALS)} drawable tokens costs "
-        f"{math.log(record['vocab_size'] - len(SPECIALS)):.3f} nats/token. CE at r % masked: mean -log p(x0_i | x_t) of the "
+        f"{math.log(record['vocab_size'] - len(SPECIALS)):.3f} nats/token; the training tokens' frequencies, which ignore "
+        f"every context, {record['unigram_cross_entropy']:.3f} nats per held-out token. CE at r % masked: mean -log p(x0_i | x_t) of the "
         f"masked tokens of the {first['ce_blocks']} full held-out blocks, each token masked with probability r (the same "
-        "masks for both models), as ddlm reads the model (specials have probability 0). The mlm15 model's training loss is "
-        "its CE at 15 %; the diffusion model's is an estimate of its bound per token on the training windows.",
+        "masks for both models), as ddlm reads the model (specials have probability 0). Mean CE: the average of the CE at "
+        f"the ten rates {', '.join(f'{round(r * 100)}' for r in GRID)} %. With masking probability t the 1/t weight of the "
+        "bound cancels the t L masked tokens of a block of L, so the bound per token is the integral over t in [0, 1] of "
+        "CE at rate t (plus a negligible prior term): the mean CE is its midpoint-rule estimate on the full held-out "
+        "blocks (not a bound; no error bar). The mlm15 model's training loss is its training CE at 15 %; the "
+        "diffusion model's is an estimate of its bound per token on the training windows.",
         "",
-        "A BERT trained with 15 % masking is a poor model of high mask rates: it has rarely seen a mostly masked "
+        "A BERT-style model trained with BERT's 15 % masking is a poor model of high mask rates: it has rarely seen a mostly masked "
         "sequence. The bound integrates the model's predictions over every mask rate (the absorbing process runs from "
         "nothing masked to everything masked), so it charges the model for the rates it was not trained on.",
     ]
-    lines += comparison(record["models"])
+    lines += comparison(record["models"], record["unigram_cross_entropy"])
     for name, m in record["models"].items():
         lines += ["", f"## {name}", "",
                   f"{len(m['samples'])} samples (`pipe.generate({len(m['samples'])}, {settings['sample_length']}, "

@@ -5,6 +5,8 @@ import importlib.util
 import math
 from pathlib import Path
 
+import pytest
+
 import ddlm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,21 +23,24 @@ def example_module(monkeypatch):
     return module
 
 
-def test_the_example_trains_saves_loads_and_reports(tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch", ["modernbert", "bert"])
+def test_the_example_trains_saves_loads_and_reports(tmp_path, monkeypatch, arch):
     example = example_module(monkeypatch)
     results, models = tmp_path / "results", tmp_path / "models"
-    record = example.main([*TINY, "--results", str(results), "--out", str(models)])
+    record = example.main([*TINY, "--arch", arch, "--results", str(results), "--out", str(models)])
     table = (results / "masked_lm_example.md").read_text(encoding="utf-8")
     assert (results / "masked_lm_example.json").is_file() and "| mlm15 |" in table and "| diffusion |" in table
+    assert (models / "heldout.txt").read_text(encoding="utf-8") == example.split_corpus(example.CORPUS.read_text())[1][:1500]
     assert set(record["models"]) == {"mlm15", "diffusion"}
     for name, m in record["models"].items():
         numbers = [m["nats_per_token"], m["nats_per_token_stderr"], m["bits_per_byte"], m["final_train_loss"],
                    *m["cross_entropy"].values()]
         assert all(math.isfinite(x) and x > 0 for x in numbers), name
-        assert m["steps"] == 3 and len(m["samples"]) == 2 and set(m["cross_entropy"]) == {"0.15", "0.5", "0.9"}
+        assert m["steps"] == 3 and len(m["samples"]) == 2 and {"0.15", "0.5", "0.9", "0.05", "0.95"} <= set(m["cross_entropy"])
+        assert math.isfinite(m["mean_cross_entropy"])
         assert m["infill"].startswith("ROMEO:\nI ") and m["infill"].endswith(" thee")
         pipe = ddlm.DiffusionPipeline.from_pretrained(models / name, progress=False)
-        assert pipe.model.family == "masked-lm (bert)" and pipe.max_length == 16
+        assert pipe.model.family == f"masked-lm ({arch})" and pipe.max_length == 16
         assert pipe.tokenizer.mask_token == "[MASK]" and pipe.tokenizer("a")["input_ids"][0] == pipe.tokenizer.cls_token_id
         ids = pipe.sample(2, 8, steps=4, seed=0, progress=False)
         assert not set(ids.flatten().tolist()) & set(pipe.tokenizer.all_special_ids)
