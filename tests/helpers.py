@@ -66,3 +66,21 @@ class OracleModel(torch.nn.Module):
 
     def forward(self, x_t, sigma_bar):
         return self.oracle.score_fn(x_t, sigma_bar)
+
+
+def write_layout(path, config: dict, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A published model directory: config.json + model.safetensors (LLaDA's, Dream's); returns the weights written."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    save_file(weights, str(path / "model.safetensors"))
+    return weights
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as LLaDA and Dream (Qwen2) compute it: normalise in float32, back to x's dtype, times the weight."""
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)

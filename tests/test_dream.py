@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from helpers import rms_norm, write_layout
+
 from ddlm.likelihood import nll_bound
 from ddlm.models.dream import is_dream_config, load_dream
 from ddlm.sampling import sample
@@ -51,17 +53,7 @@ def dream_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def write_dream(path, config=CONFIG, weights=None):
     """A Dream directory: config.json + model.safetensors; returns the weights written."""
-    path.mkdir(parents=True, exist_ok=True)
-    weights = dream_weights(config) if weights is None else weights
-    (path / "config.json").write_text(json.dumps(config))
-    save_file(weights, str(path / "model.safetensors"))
-    return weights
-
-
-def rms_norm(x, weight, eps):
-    """Qwen2's RMSNorm (Dream's): normalise in float32, back to x's dtype, times the weight."""
-    x32 = x.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return write_layout(path, config, dream_weights(config) if weights is None else weights)
 
 
 def dream_reference(w: dict, config: dict, ids: torch.Tensor) -> torch.Tensor:

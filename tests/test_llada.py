@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from helpers import rms_norm, write_layout
+
 from ddlm.likelihood import nll_bound
 from ddlm.models.llada import is_llada_config, load_llada
 from ddlm.sampling import sample
@@ -49,17 +51,7 @@ def llada_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def write_llada(path, config=CONFIG, weights=None):
     """A LLaDA directory: config.json + model.safetensors; returns the weights written."""
-    path.mkdir(parents=True, exist_ok=True)
-    weights = llada_weights(config) if weights is None else weights
-    (path / "config.json").write_text(json.dumps(config))
-    save_file(weights, str(path / "model.safetensors"))
-    return weights
-
-
-def rms_norm(x, weight, eps):
-    """LLaDA's RMSLayerNorm: normalise in float32, back to x's dtype, times the weight."""
-    x32 = x.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return write_layout(path, config, llada_weights(config) if weights is None else weights)
 
 
 def rotate(t, cos, sin):

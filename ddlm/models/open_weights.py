@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .modeling import pickle_refused
+from .modeling import pickle_refused, read_config_file
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -83,14 +83,7 @@ def model_config(path: str | os.PathLike) -> dict:
     file = os.path.join(os.fspath(path), "config.json")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{path} has no config.json; it is not a model directory")
-    try:
-        with open(file, encoding="utf-8") as f:
-            values = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{file} is not valid JSON ({error})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{file} must hold a JSON object of config fields, got {type(values).__name__}")
-    return values
+    return read_config_file(file)
 
 
 def config_dtype(config: dict, dtype: torch.dtype | str | None) -> torch.dtype:
