@@ -43,8 +43,8 @@ stay in --out for the CLI:
 
     python benchmarks/masked_lm_example.py --threads 1      # a few minutes on one CPU thread
     ddlm sample runs/masked_lm_example/diffusion --length 64 --num-samples 2 --seed 0
-    ddlm infill runs/masked_lm_example/diffusion "First Murderer:\\nWhat we will do, we do {{5}}."
-    ddlm eval runs/masked_lm_example/diffusion runs/masked_lm_example/heldout.txt --compare runs/masked_lm_example/mlm15
+    ddlm infill runs/masked_lm_example/diffusion "What we will do, we do {{5}}." --num-samples 2 --seed 0
+    ddlm eval runs/masked_lm_example/diffusion runs/masked_lm_example/heldout.txt --compare runs/masked_lm_example/mlm15 --num-t 16
     python benchmarks/masked_lm_example.py --report-only    # the table again from the JSON
 """
 
