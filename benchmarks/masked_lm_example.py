@@ -62,7 +62,7 @@ CORPUS = ROOT / "tests" / "data" / "tinyshakespeare.txt"
 NAME = "masked_lm_example"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 OBJECTIVES = {
-    "mlm15": "BERT: 15 % of tokens -> [MASK], mean cross-entropy of the masked tokens",
+    "mlm15": "BERT: 15 % of tokens -> `[MASK]`, mean cross-entropy of the masked tokens",
     "diffusion": "masked diffusion: t ~ U(0,1) per sequence (stratified), tokens masked w.p. t, cross-entropy x 1/t per token",
 }
 MASK_RATES = (0.15, 0.5, 0.9)  # the table's columns
@@ -329,11 +329,11 @@ def markdown(record: dict) -> str:
         "",
         f"Corpus {record['corpus']}: {record['training_chars']:,} training characters ({record['training_tokens']:,} tokens), "
         f"the last {record['held_out_chars']:,} held out. Byte-level BPE of {record['vocab_size']} tokens "
-        "([PAD] [UNK] [CLS] [SEP] [MASK] + bytes + merges). Two "
+        "(`[PAD] [UNK] [CLS] [SEP] [MASK]` + bytes + merges). Two "
         f"{ARCHITECTURES[settings['arch']]} of the same shape "
         f"(hidden {settings['hidden']}, {settings['layers']} layers, {settings['heads']} heads, "
         f"{next(iter(record['models'].values()))['parameters']:,} parameters), windows of {settings['length']} tokens + "
-        f"[CLS]/[SEP], batch {settings['batch_size']}, AdamW at peak lr {settings['lr']}, no dropout, seed {settings['seed']}; "
+        f"`[CLS]`/`[SEP]`, batch {settings['batch_size']}, AdamW at peak lr {settings['lr']}, no dropout, seed {settings['seed']}; "
         "both loaded back with `ddlm.DiffusionPipeline.from_pretrained`.",
         "",
         "| model | training objective | steps | train s | final train loss | held-out bound, nats/token (+- SE) | bits/byte (+- SE) | "

@@ -38,6 +38,7 @@ WRITERS = {  # the script that writes each results file, for the note shown befo
     "sampler_overhead_cpu.md": "benchmarks/sampler_overhead.py",
     "train_throughput_cpu.md": "benchmarks/train_throughput.py",
     "guidance.md": "benchmarks/guidance.py --threads 1",
+    "masked_lm_example.md": "benchmarks/masked_lm_example.py --threads 1",
     "compare_originals.md": "benchmarks/compare_originals.py --llada-code DIR --dream-code DIR --mdlm-code DIR",
     # the output of the getting-started and tutorial pages' own commands
     "tutorial_demo.md": "benchmarks/tutorials.py demo",

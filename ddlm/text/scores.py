@@ -81,7 +81,7 @@ def text_blocks(tokenizer, texts: Sequence[str], block_size: int) -> list[list[l
         raise TypeError("texts must be a list of strings; wrap a single text in a list")
     blocks = []
     for index, text in enumerate(texts):
-        ids = tokenizer(check_text(f"texts[{index}]", text), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(check_text(f"texts[{index}]", text), add_special_tokens=False, verbose=False)["input_ids"]
         if not ids:
             raise ValueError(f"text {index} tokenises to nothing; nothing to score")
         blocks.append([ids[i:i + block_size] for i in range(0, len(ids), block_size)])
@@ -228,7 +228,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         context, continuation = context[:-spaces], context[-spaces:] + continuation
 
     def encode(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) if text else []
 
     context_ids, whole = encode(context), encode(context + continuation)
     if whole[:len(context_ids)] == context_ids:
