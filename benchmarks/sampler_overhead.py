@@ -19,11 +19,13 @@ Writes benchmarks/results/sampler_overhead_cpu.json and .md (one thread unless -
 vocabulary 30522, transformers' random init) with a BertTokenizer built here over a 30522-entry
 vocabulary laid out like bert-base-uncased's ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103),
 so the network reads [CLS] + L free tokens + [SEP]. Absorbing process only; the wrapper is
-time-independent, so the sampler's score cache is on (its default), and the replayed forwards are
-the calls that run made. Writes benchmarks/results/sampler_overhead_bert_cpu.json and .md.
+time-independent, so the sampler's score cache is on by default; each predictor runs with it (the
+replayed forwards are the calls that run made) and with ``cache=False``. ``--clock cpu`` times with this process's CPU time instead of the wall
+clock (one thread: what the work cost, not the time other processes held the cores). Writes
+benchmarks/results/sampler_overhead_bert_cpu.json and .md.
 
     OMP_NUM_THREADS=1 python benchmarks/sampler_overhead.py [--configs tiny128 small] [--repeats 5]
-    OMP_NUM_THREADS=1 python benchmarks/sampler_overhead.py --family bert [--configs bert-base] [--repeats 5]
+    OMP_NUM_THREADS=1 python benchmarks/sampler_overhead.py --family bert [--configs bert-base] [--repeats 5] [--clock cpu]
     python benchmarks/sampler_overhead.py --report-only   # the table again from sampler_overhead_cpu.json
     python benchmarks/sampler_overhead.py --family bert --report-only   # ... from sampler_overhead_bert_cpu.json
 """
@@ -65,10 +67,14 @@ class Recorder:
         return self.model(x, sigma, positions=positions)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # --clock: wall time, or this process's CPU time
+clock = CLOCKS["wall"]
+
+
 def timed(fn):
-    start = time.perf_counter()
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def build(name, process):
@@ -112,13 +118,13 @@ def shape_of(model):
 
 
 @torch.inference_mode()
-def measure_one(name, process, predictor, repeats, quiet=False):
+def measure_one(name, process, predictor, repeats, quiet=False, cache=None):
     model, length, steps = build_bert(name) if name in BERT_CONFIGS else build(name, process)
     graph, noise = model.graph, model.noise
     x = graph.sample_limit(1, length)
     sigma = torch.full((1,), 1.0, dtype=torch.float64)
     run = lambda impl, fn=model: sample(fn, graph, noise, (1, length), steps, predictor, denoise=False,
-                                        generator=torch.Generator().manual_seed(0), impl=impl, progress=False)
+                                        generator=torch.Generator().manual_seed(0), impl=impl, progress=False, cache=cache)
     run("torch"), run("reference"), model(x, sigma)  # warm up
     ratios = {"full": [], "restricted": [], "actual": []}
     rows_asked = []
@@ -139,7 +145,8 @@ def measure_one(name, process, predictor, repeats, quiet=False):
            "forward": forward, **{k: statistics.median(ratios[k]) for k in ("full", "restricted", "actual")},
            "rows_scored": rows_asked}
     if name in BERT_CONFIGS:  # the per-repeat ratios and whether the score cache ran (not in the ddlm table's record)
-        row.update(cached=recorder.time_independent, repeats={k: ratios[k] for k in ("full", "restricted", "actual")})
+        row.update(cached=recorder.time_independent if cache is None else cache,
+                   repeats={k: ratios[k] for k in ("full", "restricted", "actual")})
     if not quiet:
         print(row, flush=True)
     return row
@@ -148,9 +155,10 @@ def measure_one(name, process, predictor, repeats, quiet=False):
 def measure(args) -> dict:
     """One row per network, process and predictor (the small network runs half the repeats; a masked LM is absorbing only)."""
     processes = ("absorbing", "uniform") if args.family == "ddlm" else ("absorbing",)
+    caches = (None,) if args.family == "ddlm" else (None, False)  # a masked LM: the sampler's default (on), and off
     return {"rows": [measure_one(name, process, predictor, args.repeats if name != "small" else max(1, args.repeats // 2),
-                                 args.quiet)
-                     for name in args.configs for process in processes for predictor in ("euler", "analytic")]}
+                                 args.quiet, cache)
+                     for name in args.configs for process in processes for cache in caches for predictor in ("euler", "analytic")]}
 
 
 def markdown(record: dict) -> str:
@@ -174,25 +182,33 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+CLOCK_WORDS = {"wall": "wall-clock times", "cpu": "times are this process's CPU time, time.process_time"}
+
+
 def bert_markdown(record: dict) -> str:
     """sampler_overhead_bert_cpu.md from a sampler_overhead_bert_cpu.json record."""
     args = harness.recorded(record)
+    args.clock = getattr(args, "clock", "wall")
     lines = [
         "# Sampler overhead of a BERT-base-shaped masked LM on CPU (one thread)",
         "",
         f"Machine: {record['machine']}, torch.set_num_threads({args.threads}). "
         f"`BertForMaskedLM(BertConfig())` (transformers' random init) wrapped by `ddlm.models.masked_lm.wrap_masked_lm` with a "
         f"locally built {BERT_VOCAB}-entry BertTokenizer (bert-base-uncased's special ids); the network reads [CLS] + L + [SEP]. "
-        f"B = 1, absorbing, no final denoise, float64 draws, the score cache on (the wrapper is time-independent). Command: "
+        f"B = 1, absorbing, no final denoise, float64 draws; the score cache as the sampler sets it by default (on: the wrapper "
+        "is time-independent, so the network is asked at sigma_bar = log 2 and the sampler applies each step's factor), "
+        "and off (the wrapper asked at each step's sigma_bar). Command: "
         f"`OMP_NUM_THREADS=1 python benchmarks/sampler_overhead.py --family bert --configs {' '.join(args.configs)} "
-        f"--repeats {args.repeats}`. Ratios are medians over interleaved repeats; baseline: steps x one bare full forward "
-        "of the wrapped model (network + ddlm's log-scores) on the same shape. Target: restricted / fwd <= 1.10x.",
+        f"--repeats {args.repeats} --clock {args.clock}` ({CLOCK_WORDS[args.clock]}). Ratios are medians over interleaved "
+        "repeats; baseline: steps x one bare full forward of the wrapped model (network + ddlm's log-scores) on the same "
+        "shape. Target: restricted / fwd <= 1.10x.",
         "",
-        "| network | predictor | steps | L | vocab | forward (s) | full rows / fwd | restricted / fwd | restricted / its fwd | rows scored per step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| network | score cache | predictor | steps | L | vocab | forward (s) | full rows / fwd | restricted / fwd | restricted / its fwd | rows scored per step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
-        lines.append(f"| {r['hidden']}x{r['layers']} ({r['network']}) | {r['predictor']} | {r['steps']} | {r['length']} | "
+        lines.append(f"| {r['hidden']}x{r['layers']} ({r['network']}) | {'on' if r['cached'] else 'off'} | {r['predictor']} | "
+                     f"{r['steps']} | {r['length']} | "
                      f"{r['vocab']} | {r['forward']:.4f} | {r['full']:.2f}x | {r['restricted']:.2f}x | {r['actual']:.2f}x | "
                      f"{' '.join(map(str, r['rows_scored']))} |")
     return "\n".join(lines) + "\n"
@@ -205,9 +221,14 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS) + list(BERT_CONFIGS),
                         help=f"networks (default: ddlm {' '.join(CONFIGS)}; bert: bert-base)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="bert family: time wall-clock, or this process's CPU time (one thread: the time it ran, "
+                             "robust to other processes sharing the cores)")
     parser.set_defaults(threads=1)  # the ratios are one-thread figures
     args = harness.parse(parser, argv)
     configs = FAMILIES[args.family][1]
+    if args.family == "ddlm" and args.clock != "wall":
+        parser.error("--clock cpu is for --family bert (the ddlm table is wall-clock)")
     if args.configs is None:
         args.configs = list(configs) if args.family == "ddlm" else ["bert-base"]
     elif any(name not in configs for name in args.configs):
@@ -218,9 +239,11 @@ def parse_args(argv: list[str] | None = None):
 def main():
     args = parse_args()
     if args.family == "ddlm":
-        del args.family  # the ddlm table's record keeps its settings
+        del args.family, args.clock  # the ddlm table's record keeps its settings
         harness.report("sampler_overhead_cpu", args, lambda: measure(argparse.Namespace(**vars(args), family="ddlm")), markdown)
     else:
+        global clock
+        clock = CLOCKS[args.clock]
         harness.report(FAMILIES[args.family][0], args, lambda: measure(args), bert_markdown)
 
 

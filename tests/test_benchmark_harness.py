@@ -15,11 +15,12 @@ sys.path.insert(0, str(BENCHMARKS))
 import harness  # noqa: E402
 
 SCRIPTS = ["quality", "sampling", "guidance", "guidance_oracle", "continuous_inpainting", "t_sampling", "zero_shot",
-           "eval_cost", "startup", "bound_variance", "sampler_overhead", "fused_loss"]  # the scripts on the harness
+           "eval_cost", "startup", "bound_variance", "sampler_overhead", "fused_loss", "load_memory"]  # the scripts on the harness
 OWN_WRITING = ["train_throughput", "tutorials"]  # the harness's parser and machine header, but their own Markdown
 UNSTORED = {"bound_variance"}  # measured before the harness: a table and no JSON yet
 NAMES = {"sampler_overhead": ["sampler_overhead_cpu"], "fused_loss": ["kernels_cpu", "kernels_head_cpu"]}  # results named otherwise than their script
-TABLES = [("quality", "quality", "markdown"), ("quality", "quality_long", "long_markdown")] + [
+TABLES = [("quality", "quality", "markdown"), ("quality", "quality_long", "long_markdown"),
+          ("sampler_overhead", "sampler_overhead_bert_cpu", "bert_markdown")] + [
     (script, name, "markdown") for script in SCRIPTS[1:] if script not in UNSTORED
     for name in NAMES.get(script, [script])]  # (script, results name, markdown function)
 

@@ -1,11 +1,13 @@
 """The open-weight benchmarks: sampler overhead of a BERT-shaped masked LM (benchmarks/sampler_overhead.py
 --family bert) and host memory per parameter when loading in bfloat16 (benchmarks/load_memory.py): their
---help and tiny runs."""
+--help, tiny runs, and their stored tables rebuilt byte for byte by --report-only."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS = BENCHMARKS / "results"
@@ -36,10 +38,10 @@ def test_tiny_bert_sampler_overhead(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sampler_overhead_bert_cpu.json", "sampler_overhead_bert_cpu.md"]
     record = json.loads((tmp_path / "sampler_overhead_bert_cpu.json").read_text())
-    assert [(r["network"], r["process"], r["predictor"]) for r in record["rows"]] == [
-        ("bert-tiny", "absorbing", "euler"), ("bert-tiny", "absorbing", "analytic")]
+    assert [(r["network"], r["process"], r["cached"], r["predictor"]) for r in record["rows"]] == [
+        ("bert-tiny", "absorbing", cached, predictor) for cached in (True, False) for predictor in ("euler", "analytic")]
     for row in record["rows"]:
-        assert row["vocab"] == 30522 and row["cached"] is True and row["rows_scored"][0] == row["length"] == 16
+        assert row["vocab"] == 30522 and row["rows_scored"][0] == row["length"] == 16 and len(row["repeats"]["full"]) == 1
         assert all(r > 0 for r in (row["forward"], row["full"], row["restricted"], row["actual"]))
 
 
@@ -53,3 +55,13 @@ def test_tiny_llada_load_memory(tmp_path):
         assert 2.0 <= row[mode]["touched_checkpoint"] < 2.05
         assert row[mode]["touched_rss"] >= row[mode]["touched_checkpoint"] - 0.01
     assert "| llada-tiny | sharded |" in (tmp_path / "load_memory.md").read_text()
+
+
+@pytest.mark.parametrize("script, name, options", [
+    ("sampler_overhead", "sampler_overhead_bert_cpu", ["--family", "bert"]), ("load_memory", "load_memory", [])])
+def test_report_only_rebuilds_stored_table(tmp_path, script, name, options):
+    stored = RESULTS / name
+    (tmp_path / f"{name}.json").write_bytes(stored.with_suffix(".json").read_bytes())
+    result = run(script, "--report-only", "--quiet", "--results", str(tmp_path), *options)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / f"{name}.md").read_bytes() == stored.with_suffix(".md").read_bytes()
