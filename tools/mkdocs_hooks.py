@@ -39,6 +39,8 @@ WRITERS = {  # the script that writes each results file, for the note shown befo
     "train_throughput_cpu.md": "benchmarks/train_throughput.py",
     "guidance.md": "benchmarks/guidance.py --threads 1",
     "masked_lm_example.md": "benchmarks/masked_lm_example.py --threads 1",
+    "load_memory.md": "benchmarks/load_memory.py",
+    "sampler_overhead_bert_cpu.md": "benchmarks/sampler_overhead.py --family bert --clock cpu",
     "compare_originals.md": "benchmarks/compare_originals.py --llada-code DIR --dream-code DIR --mdlm-code DIR",
     # the output of the getting-started and tutorial pages' own commands
     "tutorial_demo.md": "benchmarks/tutorials.py demo",
