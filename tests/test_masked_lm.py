@@ -321,3 +321,12 @@ def test_eval_commands_and_lm_eval_run_on_a_masked_lm(bert_dir, tmp_path, capsys
     generation, = lm.generate_until([Instance("generate_until", {}, ("the cat", {"until": ["."], "max_gen_toks": 4}), 0)],
                                     disable_tqdm=True)
     assert "." not in generation  # no EOS in a BERT vocabulary: the stop string alone ends it
+
+
+@pytest.mark.parametrize("options", [dict(corrector_steps=1), dict(remask=0.5), dict(predictor="tau_leaping", corrector_steps=2),
+                                     dict(predictor="confidence", threshold=0.5), dict(predictor="confidence", entropy_bound=1.0),
+                                     dict(top_k=5, temperature=0.7), dict(top_p=0.9), dict(cache=False)], ids=str)
+def test_correctors_remasking_and_decoding_options_never_draw_a_special_token(bert_dir, options):
+    pipe = ddlm.DiffusionPipeline.from_pretrained(bert_dir, progress=False)
+    ids = pipe.sample(8, 10, steps=6, seed=0, progress=False, **{"predictor": "analytic", **options})
+    assert ids.shape == (8, 10) and not bool(pipe.model.banned[ids].any())
