@@ -146,3 +146,25 @@ def test_decoding_llada_on_the_command_line_is_the_python_setting(llada_dir, cap
     with pytest.raises(SystemExit):
         main(["sample", str(llada_dir), "--remasking", "random", "--quiet"])
     assert "--remasking is an option of --decoding llada" in capsys.readouterr().err
+
+
+def test_the_zero_shot_suite_and_lm_eval_run_on_llada(llada_dir, tmp_path, capsys):
+    from ddlm.cli import main
+    from test_zero_shot import WIKITEXT_ROWS, table, write_parquet
+
+    write_parquet(tmp_path / "wikitext2" / "wikitext-2-raw-v1" / "validation-00000-of-00001.parquet", {"text": WIKITEXT_ROWS})
+    main(["eval", str(llada_dir), "--benchmark", "wikitext2", "--data-dir", str(tmp_path), "--split", "validation",
+          "--num-t", "2", "--quiet"])
+    row = table(capsys.readouterr().out)["wikitext2"]
+    assert row[2:4] == ["sedd", "validation"] and float(row[8]) > 0
+
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from ddlm.lm_eval_model import DDLMEvalModel
+
+    lm = DDLMEvalModel(str(llada_dir), num_t=2, steps=2, seed=0)
+    (value, _), = lm.loglikelihood([Instance("loglikelihood", {}, ("Hello", " world"), 0)], disable_tqdm=True)
+    assert value < 0
+    text, = lm.generate_until([Instance("generate_until", {}, ("Hello", {"until": ["\n"], "max_gen_toks": 4}), 0)], disable_tqdm=True)
+    assert "\n" not in text
