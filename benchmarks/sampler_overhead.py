@@ -20,7 +20,9 @@ vocabulary 30522, transformers' random init) with a BertTokenizer built here ove
 vocabulary laid out like bert-base-uncased's ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103),
 so the network reads [CLS] + L free tokens + [SEP]. Absorbing process only; the wrapper is
 time-independent, so the sampler's score cache is on by default; each predictor runs with it (the
-replayed forwards are the calls that run made) and with ``cache=False``. ``--clock cpu`` times with this process's CPU time instead of the wall
+replayed forwards are the calls that run made) and with ``cache=False``. A restricted run asks the wrapper for the rows it
+scores; the wrapper runs BERT's encoder on every position and its output head (``cls``) on those rows only
+(``HubMaskedLM``'s ``accepts_rows``). ``--clock cpu`` times with this process's CPU time instead of the wall
 clock (one thread: what the work cost, not the time other processes held the cores). Writes
 benchmarks/results/sampler_overhead_bert_cpu.json and .md.
 
@@ -197,7 +199,8 @@ def bert_markdown(record: dict) -> str:
         f"locally built {BERT_VOCAB}-entry BertTokenizer (bert-base-uncased's special ids); the network reads [CLS] + L + [SEP]. "
         f"B = 1, absorbing, no final denoise, float64 draws; the score cache as the sampler sets it by default (on: the wrapper "
         "is time-independent, so the network is asked at sigma_bar = log 2 and the sampler applies each step's factor), "
-        "and off (the wrapper asked at each step's sigma_bar). Command: "
+        "and off (the wrapper asked at each step's sigma_bar). A restricted run asks for the rows it scores: BERT's encoder "
+        "runs on every position, its output head on those rows only. Command: "
         f"`OMP_NUM_THREADS=1 python benchmarks/sampler_overhead.py --family bert --configs {' '.join(args.configs)} "
         f"--repeats {args.repeats} --clock {args.clock}` ({CLOCK_WORDS[args.clock]}). Ratios are medians over interleaved "
         "repeats; baseline: steps x one bare full forward of the wrapped model (network + ddlm's log-scores) on the same "

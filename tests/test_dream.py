@@ -194,3 +194,29 @@ def test_config_recognition_and_refusals(tmp_path):
     write_dream(tmp_path, config, dream_weights(CONFIG))
     with pytest.raises(ValueError, match=r"lacks \['intermediate_size'\]"):
         load_dream(tmp_path)
+
+
+def test_rows_read_shifted_positions_and_run_the_head_on_them_only(tmp_path):
+    """``model(x_t, sigma_bar, positions=P)`` asks the network for the positions whose logits predict P's tokens (i - 1,
+    token 0 its own): the log-scores equal the full output's rows (masked and unmasked, batch > 1), the head runs on
+    those rows only."""
+    write_dream(tmp_path)
+    model = load_dream(tmp_path, dtype=torch.float32, num_tokenizer_tokens=TOKENS)
+    assert model.network.accepts_rows is True
+    ids = token_ids(batch=3, length=9, seed=3)
+    ids[:, 0] = MASK  # token 0 masked: it reads its own position's logits
+    x_t = ids.masked_fill(ids == MASK, VOCAB)
+    sigma_bar = torch.tensor([0.4, 1.0, 2.0])
+    seen = []
+    hook = model.network.lm_head.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        full, logits = model(x_t, sigma_bar), model.network(ids, None)
+        flat = torch.tensor([0, 1, 2, 8, 9, 10, 17, 18, 26])
+        assert (model.network(ids, None, rows=flat) - logits.reshape(-1, VOCAB)[flat]).abs().max() <= 1e-6
+        seen.clear()
+        for positions in (x_t == VOCAB, torch.ones_like(x_t, dtype=torch.bool), flat):
+            rows = model(x_t, sigma_bar, positions=positions)
+            expected = full[positions] if positions.dtype == torch.bool else full.reshape(-1, VOCAB + 1)[positions]
+            torch.testing.assert_close(rows, expected, rtol=1e-6, atol=1e-5)
+    hook.remove()
+    assert seen == [(int((x_t == VOCAB).sum()), 48), (27, 48), (9, 48)]

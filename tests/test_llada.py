@@ -224,3 +224,27 @@ def test_config_recognition_and_refusals(tmp_path):
         load_llada(tmp_path, num_tokenizer_tokens=EMBEDDING + 1)
     with pytest.raises(ValueError, match="not a floating dtype"):
         load_llada(tmp_path, dtype=torch.int64)
+
+
+def test_rows_run_the_head_on_asked_positions_only(tmp_path):
+    """``model(x_t, sigma_bar, positions=P)`` asks the network for P's rows (``rows=``): the final norm and the output
+    projection run on those rows, and the log-scores equal the full output's rows (masked and unmasked, batch > 1)."""
+    write_llada(tmp_path)
+    model = load_llada(tmp_path, dtype=torch.float32, num_tokenizer_tokens=VOCAB)
+    assert model.network.accepts_rows is True
+    ids = token_ids(batch=3, length=8, seed=2)
+    x_t = ids.masked_fill(ids == MASK, EMBEDDING)
+    sigma_bar = torch.tensor([0.4, 1.0, 2.0])
+    heads = []
+    hook = model.network.lm_head.register_forward_hook(lambda module, args, out: heads.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        full, logits = model(x_t, sigma_bar), model.network(ids, None)
+        flat = torch.tensor([0, 5, 7, 8, 15, 16, 23, 23])  # first and last positions of each sequence, masked and not
+        assert (model.network(ids, None, rows=flat) - logits.reshape(-1, EMBEDDING)[flat]).abs().max() <= 1e-6
+        heads.clear()
+        for positions in (x_t == EMBEDDING, torch.ones_like(x_t, dtype=torch.bool), flat):
+            rows = model(x_t, sigma_bar, positions=positions)
+            expected = full[positions] if positions.dtype == torch.bool else full.reshape(-1, EMBEDDING + 1)[positions]
+            torch.testing.assert_close(rows, expected, rtol=1e-6, atol=1e-5)
+    hook.remove()
+    assert heads == [(int((x_t == EMBEDDING).sum()), 48), (24, 48), (8, 48)]  # the head saw the asked rows only

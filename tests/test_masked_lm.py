@@ -136,6 +136,60 @@ def test_other_masked_lm_architectures(kind, tmp_path):
     assert math.isfinite(pipe.nll_bound(["the cat sat on the mat"], num_t=4, progress=False)[0].bound)
 
 
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "modernbert"])
+def test_rows_run_the_output_head_on_asked_positions_only(kind, tmp_path):
+    """A masked LM of a known class computes the logits of asked rows only (its base model, then its output head on
+    those rows): equal to the full forward's rows, and ``model(x_t, sigma_bar, positions=P)`` equals the full output's
+    rows (masked and unmasked, past the prefix, batch > 1)."""
+    if kind == "bert":
+        _, tokenizer = save_bert(tmp_path)
+    else:
+        tokenizer = _save_family(kind, tmp_path)
+    model, _ = load_model(tmp_path, progress=False)
+    network, V = model.network, model.vocab_size
+    assert network.accepts_rows is True and model.prefix_ids.numel() == 1 and model.suffix_ids.numel() == 1
+    gen = torch.Generator().manual_seed(1)
+    length = 9
+    x_t = torch.randint(5, len(tokenizer), (3, length), generator=gen)
+    x_t[torch.rand(3, length, generator=gen) < 0.5] = V
+    x_t[:, 0], x_t[:, -1] = V, V
+    sigma_bar = torch.tensor([0.3, 1.0, 2.5])
+    with torch.no_grad():
+        ids = model.network_ids(x_t)
+        logits = network(ids, sigma_bar).reshape(-1, V)
+        every = torch.arange(ids.numel())
+        assert (network(ids, sigma_bar, rows=every) - logits).abs().max() <= 1e-6
+        some = torch.tensor([0, 1, 10, 11, 12, 21, 32])  # [CLS], tokens and [SEP] rows of the three sequences
+        assert network(ids, sigma_bar, rows=some).shape == (7, V)
+        assert (network(ids, sigma_bar, rows=some) - logits[some]).abs().max() <= 1e-6
+        full = model(x_t, sigma_bar)
+        flat = torch.tensor([0, 4, 8, 9, 17, 18, 26, 26])
+        for positions in (x_t == V, torch.ones_like(x_t, dtype=torch.bool), flat):
+            rows = model(x_t, sigma_bar, positions=positions)
+            expected = full[positions] if positions.dtype == torch.bool else full.reshape(-1, V + 1)[positions]
+            torch.testing.assert_close(rows, expected, rtol=1e-6, atol=1e-5)
+
+
+def test_unknown_masked_lm_classes_run_whole(bert_dir):
+    """A class whose head ddlm does not know (a subclass of a known one, or any other module) runs its whole forward;
+    the rows are picked from its logits."""
+    from transformers import BertForMaskedLM
+
+    class Custom(BertForMaskedLM):
+        pass
+
+    tokenizer = bert_tokenizer()
+    model = wrap_masked_lm(Custom.from_pretrained(bert_dir).eval(), tokenizer)
+    assert model.network.accepts_rows is False
+    with pytest.raises(TypeError, match="does not compute single rows"):
+        model.network(torch.zeros(1, 3, dtype=torch.long), None, rows=torch.tensor([0]))
+    x_t = torch.tensor([[5, model.vocab_size, 7, model.vocab_size]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x_t, torch.ones(1), positions=x_t == model.vocab_size),
+                                   model(x_t, torch.ones(1))[x_t == model.vocab_size])
+    assert oracle_model()[0].network.accepts_rows is False
+
 class OracleMaskedLM(torch.nn.Module):
     """A BERT-shaped masked LM whose predictions are the exact conditionals p0(x0_i | unmasked tokens) of a known
     distribution over 3 words: input_ids [B, 1 + L + 1] ([CLS] x [SEP]) -> .logits [B, L + 2, V]."""

@@ -22,6 +22,13 @@ every sequence before the network reads it and cut from its output: they are nev
 never scored. ``shift_logits`` (Dream): the logits at position i predict token i + 1, so the
 prediction for token i is read at position i - 1 (token 0 reads its own position's logits, as
 Dream's sampler does).
+
+Rows. Samplers ask for the log-scores of a few positions only (``model(x_t, sigma_bar, positions=P)``,
+``ddlm.score``). A network that declares ``accepts_rows = True`` is then called as
+``network(ids, sigma_bar, rows=R)``, R Long[R'] flat indices into its own [B, L'] input positions (the prefix and
+Dream's shift already accounted for), and returns the logits of those positions only, [R', V]: its output head runs on
+R' rows instead of B * L' (``HubMaskedLM`` and ``BidirectionalLM`` do). Other networks compute every position and the
+rows are picked from their output. Without ``positions`` the network is always called as ``network(ids, sigma_bar)``.
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ class MaskedDiffusionModel(nn.Module):
     messages ("masked-lm", "llada", ...).
     """
 
-    accepts_positions = True  # rows are gathered before the log-softmax (the network itself runs on every position)
+    accepts_positions = True  # rows are picked before the log-softmax; a network with accepts_rows computes only those
 
     def __init__(self, network: nn.Module, *, vocab_size: int, mask_token_id: int, max_length: int, banned_ids: Sequence[int] = (),
                  prefix_ids: Sequence[int] = (), suffix_ids: Sequence[int] = (), shift_logits: bool = False,
@@ -143,26 +150,43 @@ class MaskedDiffusionModel(nn.Module):
             raise ValueError(f"x_t holds ids outside [0, {self.vocab_size}] (the vocabulary and the mask state {self.vocab_size})")
         sigma_bar = torch.as_tensor(sigma_bar, dtype=torch.float32, device=x_t.device)
         sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
-        logits = self.network(self.network_ids(x_t), sigma_bar)
-        rows = None if positions is None else row_index(positions.to(x_t.device), (batch, length))
-        out = self._log_scores(logits, x_t, sigma_bar, rows)
-        return out if positions is not None else out.view(batch, length, -1)
+        ids = self.network_ids(x_t)
+        if positions is None:
+            return self._log_scores(self.network(ids, sigma_bar), x_t, sigma_bar, None).view(batch, length, -1)
+        rows = row_index(positions.to(x_t.device), (batch, length))
+        if getattr(self.network, "accepts_rows", False) is True:  # the network computes the asked rows only
+            picked = self.network(ids, sigma_bar, rows=self._sources(rows, length, ids.shape[1]))
+            if tuple(picked.shape) != (rows.numel(), self.vocab_size):
+                raise ValueError(f"the network returned logits of shape {list(picked.shape)} for {rows.numel()} rows; "
+                                 f"expected [{rows.numel()}, {self.vocab_size}]")
+            return self._log_scores(picked, x_t, sigma_bar, rows, gathered=True)
+        return self._log_scores(self.network(ids, sigma_bar), x_t, sigma_bar, rows)
 
-    def _log_scores(self, logits: torch.Tensor, x_t: torch.Tensor, sigma_bar: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    def _sources(self, rows: torch.Tensor, length: int, width: int) -> torch.Tensor:
+        """Flat rows Long[R] of x_t ([B, L]) -> flat indices Long[R] into the network's [B, width] positions whose logits
+        predict them: position start + i of the same sequence (shift_logits: start + i - 1, token 0 its own)."""
+        token = rows % length
+        return (rows // length) * width + self.prefix_ids.numel() + ((token - 1).clamp_min(0) if self.shift_logits else token)
+
+    def _log_scores(self, logits: torch.Tensor, x_t: torch.Tensor, sigma_bar: torch.Tensor, rows: torch.Tensor | None,
+                    gathered: bool = False) -> torch.Tensor:
         """The network's logits [B, P + L + S, V] -> log-scores [R, V + 1] float32 of x_t's rows (all B * L, or the flat
         ``rows``): what ``time_independent_log_scores`` computes from ``predictions``, with one copy of the rows into a
-        [R, V + 1] buffer (the mask column -inf, banned ids -inf) and one log-softmax, the rows picked before either."""
+        [R, V + 1] buffer (the mask column -inf, banned ids -inf) and one log-softmax, the rows picked before either.
+        gathered: ``logits`` are already those rows' logits, [R, V] (from a network with ``accepts_rows``)."""
         batch, length = x_t.shape
-        width, start, vocab = logits.shape[1], self.prefix_ids.numel(), self.vocab_size
-        if rows is None and not self.shift_logits and (batch == 1 or (start == 0 and width == length)):
-            picked = logits[:, start:start + length].reshape(batch * length, vocab)  # a view: no gather
+        start, vocab = self.prefix_ids.numel(), self.vocab_size
+        if gathered:
+            ids = x_t.reshape(-1).index_select(0, rows)
+        elif rows is None and not self.shift_logits and (batch == 1 or (start == 0 and logits.shape[1] == length)):
+            logits = logits[:, start:start + length].reshape(batch * length, vocab)  # a view: no gather
             ids = x_t.reshape(-1)
         else:
             flat = torch.arange(batch * length, device=x_t.device) if rows is None else rows
-            token = flat % length  # logits at network position start + i (shift: i - 1, token 0 its own) predict token i
-            source = (flat // length) * width + start + ((token - 1).clamp_min(0) if self.shift_logits else token)
-            picked = logits.reshape(batch * width, vocab).index_select(0, source)
+            width = logits.shape[1]
+            logits = logits.reshape(batch * width, vocab).index_select(0, self._sources(flat, length, width))
             ids = x_t.reshape(-1).index_select(0, flat)
+        picked = logits
         buffer = torch.empty((picked.shape[0], vocab + 1), dtype=torch.float32, device=picked.device)
         buffer[:, :vocab].copy_(picked)  # the network's dtype -> float32
         buffer[:, vocab] = float("-inf")  # the mask state's column

@@ -34,16 +34,61 @@ UNBOUNDED_TOKENIZER_LENGTH = 10**9
 PRETRAINING_HEADS = ("pooler.", "seq_relationship.")  # tokenizer.model_max_length above this means "not set"
 
 
+def _bert_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return model.cls(hidden)
+
+
+def _roberta_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return model.lm_head(hidden)
+
+
+def _distilbert_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(hidden))))
+
+
+def _modernbert_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return model.decoder(model.head(hidden))
+
+
+# The output heads of the transformers masked LMs whose forward is known to be logits = head(base_model(...)[0]), per
+# position (each checked against the full forward in tests/test_masked_lm.py); other classes, and subclasses of these,
+# run the whole model and the rows are picked from its logits.
+ROW_HEADS = {"BertForMaskedLM": _bert_head, "RobertaForMaskedLM": _roberta_head, "DistilBertForMaskedLM": _distilbert_head,
+             "ModernBertForMaskedLM": _modernbert_head}
+
+
+def row_head(model: nn.Module):
+    """``head(model, hidden [N, H]) -> logits [N, V]`` for a transformers masked LM listed in ``ROW_HEADS`` (its exact
+    class, from transformers), else None."""
+    cls = type(model)
+    head = ROW_HEADS.get(cls.__name__)
+    if head is None or not cls.__module__.startswith("transformers.") or getattr(model, "base_model", model) is model:
+        return None
+    return head
+
+
 class HubMaskedLM(nn.Module):
     """A transformers masked LM (``AutoModelForMaskedLM``) as a ``MaskedDiffusionModel`` network: every position
-    attends to every other (no padding), sigma_bar is ignored. ids Long[B, L] -> logits [B, L, V]."""
+    attends to every other (no padding), sigma_bar is ignored. ids Long[B, L] -> logits [B, L, V].
+
+    For the classes of ``ROW_HEADS`` it accepts rows (``accepts_rows``): ``network(ids, sigma_bar, rows=R)`` runs the base
+    model on every position and the output head on the flat rows R Long[R'] of [B, L] only -> logits [R', V]."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.head = row_head(model)
+        self.accepts_rows = self.head is not None
 
-    def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        mask = torch.ones_like(ids)
+        if rows is None:
+            return self.model(input_ids=ids, attention_mask=mask).logits
+        if self.head is None:
+            raise TypeError(f"{type(self.model).__name__} does not compute single rows (no known output head); call it without rows")
+        hidden = self.model.base_model(input_ids=ids, attention_mask=mask)[0]  # [B, L, H]
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows.to(hidden.device))
+        return self.head(self.model, hidden)
 
 
 def is_masked_lm_config(config: dict) -> bool:

@@ -56,7 +56,12 @@ class BidirectionalLM(nn.Module):
     norm_cls, rotary_cls: that family's ``*DecoderLayer``, ``*RMSNorm``, ``*RotaryEmbedding``. With
     ``config.tie_word_embeddings`` the output projection is the embedding matrix. wide_rotary: the rotary
     cos / sin tables are handed to the layers in float32 at least (else in the hidden states' dtype, as
-    transformers does), for layers that rotate in float32 under bfloat16 (LLaDA's)."""
+    transformers does), for layers that rotate in float32 under bfloat16 (LLaDA's).
+
+    ``network(ids, sigma_bar, rows=R)`` (``accepts_rows``): the logits of the flat rows R Long[R'] of [B, L] only,
+    [R', V]; the final norm and the output projection (both per position) run on those rows alone."""
+
+    accepts_rows = True
 
     def __init__(self, config, layer_cls, norm_cls, rotary_cls, *, wide_rotary: bool = False):
         super().__init__()
@@ -68,13 +73,15 @@ class BidirectionalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.model.embed_tokens(ids)
         positions = torch.arange(ids.shape[1], device=ids.device)[None]
         table_dtype = torch.promote_types(hidden.dtype, torch.float32) if self.wide_rotary else hidden.dtype
         rotary = self.model.rotary_emb(hidden[:1, :1].to(table_dtype), positions)  # reads only the dtype and device
         for layer in self.model.layers:
             hidden = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+        if rows is not None:
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows.to(hidden.device))
         return self.lm_head(self.model.norm(hidden))
 
 
