@@ -125,18 +125,6 @@ class MaskedDiffusionModel(nn.Module):
         parts = [self.prefix_ids.expand(batch, -1), ids, self.suffix_ids.expand(batch, -1)]
         return torch.cat([part.to(ids.device) for part in parts], dim=1)
 
-    def predictions(self, x_t: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
-        """The network's logits for each of x_t's positions, [B, L, V] float32 (banned ids -inf): p(x0_i | x_t) up to softmax."""
-        length = x_t.shape[1]
-        logits = self.network(self.network_ids(x_t), sigma_bar)
-        start = self.prefix_ids.numel()
-        if self.shift_logits:  # logits at j predict token j + 1: token i reads position i - 1 (token 0 its own)
-            logits = torch.cat([logits[:, start:start + 1], logits[:, start:start + length - 1]], dim=1)
-        else:
-            logits = logits[:, start:start + length]
-        logits = logits.float()
-        return logits.masked_fill(self.banned.to(logits.device), float("-inf"))
-
     def forward(self, x_t: torch.Tensor, sigma_bar: torch.Tensor | float, positions: torch.Tensor | None = None) -> torch.Tensor:
         """x_t Long[B, L] in [0, V] (V the mask), sigma_bar [B] or a scalar -> log-scores [B, L, V + 1] float32;
         with ``positions`` (Bool[B, L] or flat Long[R]) only those rows, [R, V + 1] (``ddlm.score``)."""
@@ -171,7 +159,7 @@ class MaskedDiffusionModel(nn.Module):
     def _log_scores(self, logits: torch.Tensor, x_t: torch.Tensor, sigma_bar: torch.Tensor, rows: torch.Tensor | None,
                     gathered: bool = False) -> torch.Tensor:
         """The network's logits [B, P + L + S, V] -> log-scores [R, V + 1] float32 of x_t's rows (all B * L, or the flat
-        ``rows``): what ``time_independent_log_scores`` computes from ``predictions``, with one copy of the rows into a
+        ``rows``): what ``time_independent_log_scores`` computes from the network's logits, with one copy of the rows into a
         [R, V + 1] buffer (the mask column -inf, banned ids -inf) and one log-softmax, the rows picked before either.
         gathered: ``logits`` are already those rows' logits, [R, V] (from a network with ``accepts_rows``)."""
         batch, length = x_t.shape
@@ -186,9 +174,8 @@ class MaskedDiffusionModel(nn.Module):
             width = logits.shape[1]
             logits = logits.reshape(batch * width, vocab).index_select(0, self._sources(flat, length, width))
             ids = x_t.reshape(-1).index_select(0, flat)
-        picked = logits
-        buffer = torch.empty((picked.shape[0], vocab + 1), dtype=torch.float32, device=picked.device)
-        buffer[:, :vocab].copy_(picked)  # the network's dtype -> float32
+        buffer = torch.empty((logits.shape[0], vocab + 1), dtype=torch.float32, device=logits.device)
+        buffer[:, :vocab].copy_(logits)  # the network's dtype -> float32
         buffer[:, vocab] = float("-inf")  # the mask state's column
         buffer.index_fill_(1, self.banned.nonzero().squeeze(1), float("-inf"))
         out = torch.log_softmax(buffer, dim=-1)  # over the real tokens; banned ids and the mask column stay -inf
