@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 import time
 
 from .core.choices import CONFIDENCES, PREDICTORS, T_SAMPLING, UNMASK_SCHEDULES
@@ -188,6 +189,24 @@ def sample_command(args: argparse.Namespace) -> None:
     guidance = dict(label=args.label, guidance_scale=args.guidance_scale)
     texts = _pipeline(args).generate(args.num_samples, args.length, **blocks, **guidance, **_sampling_options(args))
     print(f"\n{SEPARATOR}\n".join(texts))
+
+
+def chat_command(args: argparse.Namespace) -> None:
+    """Print an instruction-tuned model's answers, each block as it is finished: to MESSAGE, or to every line of
+    standard input in turn (one conversation)."""
+    if args.num_samples != 1:
+        raise ValueError("ddlm chat writes one answer per message; drop --num-samples")
+    pipe = _pipeline(args)
+    options = {**_sampling_options(args), "progress": False}
+    options.pop("denoise")
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    turns = [args.message] if args.message is not None else (line.rstrip("\n") for line in sys.stdin)
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        answer = pipe.chat(messages, args.max_new_tokens, args.block_size, stream=lambda text: print(text, end="", flush=True),
+                           guidance_scale=args.guidance_scale, **options)
+        print(flush=True)
+        messages.append({"role": "assistant", "content": answer})
 
 
 def infill_command(args: argparse.Namespace) -> None:
@@ -504,6 +523,23 @@ def _add_sample_command(commands) -> None:
     p.set_defaults(run=sample_command)
 
 
+def _add_chat_command(commands) -> None:
+    """``ddlm chat`` and its options."""
+    p = _command(commands, "chat", "answers of an instruction-tuned model (its chat template), streamed block by block",
+                 ['ddlm chat GSAI-ML/LLaDA-8B-Instruct "What is a Markov chain?" --dtype bfloat16 --device cuda --decoding llada',
+                  "ddlm chat MODEL < questions.txt"])
+    _add_model_arguments(p)
+    _add_sampling_arguments(p)
+    p.add_argument("message", nargs="?", default=None, help="the user's message (default: each line of standard input in "
+                   "turn, one conversation)")
+    p.add_argument("--system", default=None, help="a system message before the conversation")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="the longest answer, in tokens")
+    p.add_argument("--block-size", type=positive_int, default=32, help="tokens decoded per block; each is printed when done")
+    p.add_argument("--guidance-scale", type=float, default=1.0, metavar="G", help="guidance on the conversation so far "
+                   "(masked for the unconditional part: LLaDA's cfg_scale is G - 1); 1: off")
+    p.set_defaults(run=chat_command, steps=None)
+
+
 def _add_guidance_arguments(p: argparse.ArgumentParser, condition: str) -> None:
     """--label and --guidance-scale, checked against the model when it is loaded (one-line errors, exit 2)."""
     p.add_argument("--label", type=int, default=None, help="class to generate, for a class-conditional model "
@@ -621,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  ddlm demo\n  ddlm train quickstart\n  ddlm sample runs/quickstart/final --num-samples 4\n\n"
                "`ddlm COMMAND --help` lists a command's options, each with its default.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo_command, _add_sample_command, _add_infill_command, _add_eval_command, _add_quality_command, _add_train_command, _add_convert_command):
+    for add in (_add_demo_command, _add_sample_command, _add_chat_command, _add_infill_command, _add_eval_command, _add_quality_command, _add_train_command, _add_convert_command):
         add(commands)
     return parser
 

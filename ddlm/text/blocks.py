@@ -124,7 +124,7 @@ def cut_at_eos(rows: torch.Tensor, eos: int) -> list[torch.Tensor]:
 
 def sample_blocks(pipe, num_samples: int, max_new_tokens: int, block_size: int, steps: int, predictor: str, *,
                   prompt_ids, stop_at_eos: bool, batch_size: int | None, generator, seed, progress: bool, stats: dict | None,
-                  label, guidance_scale, **sample_kwargs) -> list[torch.Tensor]:
+                  label, guidance_scale, on_block=None, **sample_kwargs) -> list[torch.Tensor]:
     """``DiffusionPipeline.sample_blocks``: per sample the new token ids Long[n] (see the module docstring).
 
     prompt_ids: one prompt for every sample or one per sample, of one length (``prompt_rows``).
@@ -135,6 +135,7 @@ def sample_blocks(pipe, num_samples: int, max_new_tokens: int, block_size: int, 
     its new tokens, and its ids are cut right after that EOS (the others go on; generation ends when
     every sample stopped or ``max_new_tokens`` are made). Time-independent models reuse the clamped
     prefix through the sampler's exact cache (``cache``: see ``ddlm.sampling.sample``).
+    on_block: called with each finished block's tokens, Long[num_samples, size] on the CPU (streaming).
     """
     check_block_options(pipe, num_samples, max_new_tokens, block_size, steps, batch_size, stop_at_eos, sample_kwargs)
     eos = pipe.tokenizer.eos_token_id
@@ -155,6 +156,8 @@ def sample_blocks(pipe, num_samples: int, max_new_tokens: int, block_size: int, 
                            predictor, totals, sample_kwargs)
         totals["blocks"] += 1
         seqs = torch.cat([seqs, new], 1)
+        if on_block is not None:
+            on_block(new.cpu())
         if stop_at_eos:
             done |= (new == eos).any(1)
             if bool(done.all()):

@@ -20,6 +20,7 @@ from ..core.score import ScoreFn, accepts_positions, row_index
 from ..models import DDLMForDiffusion
 from ..models.masked_diffusion import MaskedDiffusionModel
 from . import blocks, generation, scoring, templates
+from . import chat as chatting
 from . import infill as infilling
 from .generation import MASK_TEXT  # noqa: F401  (re-exported: these names were defined here before the split)
 from .infill import InfillCandidate
@@ -156,32 +157,32 @@ class DiffusionPipeline:
                       **sample_kwargs) -> list[torch.Tensor]:
         """Semi-autoregressive block decoding (absorbing models): per sample the new token ids Long[n].
 
-        Blocks of ``block_size`` tokens (the last one shorter) follow ``prompt_ids`` left to right, each
-        one run of ``ddlm.sampling.sample`` with the finished prefix clamped: plain sampling in law within
-        the model's length, a sliding window beyond it (``ddlm.text.blocks`` says why). stop_at_eos: a
+        Blocks of ``block_size`` tokens (the last one shorter) follow ``prompt_ids``, each one run of ``ddlm.sampling.sample``
+        with the finished prefix clamped: sampling in law within the model's length, a sliding window beyond. stop_at_eos: a
         sample stops after the block in which EOS first appears, its ids cut right after it. stats: ``network_calls``,
-        ``sequences_scored``, ``positions_scored`` and ``blocks``, summed. Other keyword arguments go to ``ddlm.sampling.sample``
-        (``denoise`` must stay True); label / guidance_scale as in ``sample``, and for a model without classes guidance on
-        ``prompt_ids`` (``ddlm.guidance.prompt_guidance``: a doubled batch a step). Uniform models are refused (use ``infill``).
-        """
+        ``sequences_scored``, ``positions_scored``, ``blocks``. on_block: called with each finished block (streaming).
+        Other keyword arguments go to ``ddlm.sampling.sample``; label / guidance_scale as in ``sample`` (a model without
+        classes: guidance on ``prompt_ids``). Uniform models are refused (use ``infill``)."""
         return blocks.sample_blocks(
             self, num_samples, max_new_tokens, block_size, steps, predictor, prompt_ids=prompt_ids, stop_at_eos=stop_at_eos,
             batch_size=batch_size, generator=generator, seed=seed, progress=progress, stats=stats, label=label,
             guidance_scale=guidance_scale, **sample_kwargs)
 
+    def chat(self, messages: Sequence[dict], max_new_tokens: int = 256, block_size: int = 32, **kwargs) -> str:
+        """The assistant's answer to ``messages`` ([{"role", "content"}, ...]) after the chat template, decoded by blocks up
+        to EOS (``ddlm.text.chat.chat``: steps, predictor, ``stream`` (called with each block's text), ``sample_blocks``' keywords)."""
+        return chatting.chat(self, messages, max_new_tokens=max_new_tokens, block_size=block_size, **kwargs)
+
     def parse_template(self, template: Template) -> list[str | int | range]:
-        """Segments of a template: given text (str) and gaps (int: that many tokens; range: candidate lengths, see
-        ``infill``), from ``{{n}}`` / ``{{lo..hi}}`` gaps in a string or a list of str, int and range."""
+        """Segments of a template: given text (str) and gaps (int: n tokens; range: candidate lengths) (``templates``)."""
         return templates.parse_template(template, self.max_length)
 
     def gap_length_candidates(self, template: Template) -> list[tuple[int, ...]]:
-        """Every combination of gap lengths a template allows (one int per gap, in order), checked to fit
-        (at most ``MAX_LENGTH_COMBINATIONS``, 64; ``ddlm.text.templates.gap_length_candidates``)."""
+        """Every combination of gap lengths a template allows, one int per gap (``templates.gap_length_candidates``)."""
         return templates.gap_length_candidates(template, self.tokenizer, self.max_length)
 
     def encode_template(self, template: Template) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str | None, int]]]:
-        """Token ids Long[L] (gaps hold 0), the given positions Bool[L], and the spans in order:
-        (given text, its token count) or (None, gap length)."""
+        """Token ids Long[L] (gaps 0), given positions Bool[L], spans: (text, token count) or (None, gap length)."""
         return templates.encode_template(template, self.tokenizer, self.max_length)
 
     def infill(self, template: Template, num_samples: int = 1, steps: int = 128, predictor: str = "analytic", *,
