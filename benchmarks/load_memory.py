@@ -29,7 +29,9 @@ weights themselves):
 - checkpoint pages: the resident bytes of the mappings of the checkpoint's files after the reads.
 
 Layout "float32" stores the same values in float32 (one file) and casts them while loading: not the
-target's case, but what a bf16 load of a float32 checkpoint costs. Target: peak RSS <= 2.2 bytes per
+target's case, but what a bf16 load of a float32 checkpoint costs. The loader reads such tensors with
+plain file reads, ``ddlm.models.open_weights.CHUNK`` (8 MiB) at a time, into the bf16 weights (anonymous
+memory), so no page of the checkpoint is mapped: the weights plus one chunk. Target: peak RSS <= 2.2 bytes per
 parameter for the bf16 checkpoints (the issue's "bytes of peak memory per parameter when loading an
 LLaDA-shaped model in bf16").
 
@@ -346,8 +348,8 @@ def markdown(record: dict) -> str:
         "safetensors' memory map of the checkpoint, file pages resident once read). Peak anon: the largest RssAnon sampled "
         "every millisecond - before (a copy of the weights would show here). Checkpoint pages: the resident bytes of the "
         "checkpoint's mappings after the reads. Layout float32: the same values stored in float32 in one file and cast "
-        "to bfloat16 while loading (not the target's case). Target: peak RSS <= 2.2 bytes per parameter for the "
-        "bfloat16 checkpoints.",
+        "to bfloat16 while loading, read with plain file reads 8 MiB at a time into the bfloat16 weights (no checkpoint "
+        "pages mapped; not the target's case). Target: peak RSS <= 2.2 bytes per parameter for the bfloat16 checkpoints.",
         "",
         "| model | layout | parameters | file (MB) | dtypes | load (s) | peak RSS cold | peak RSS warm | warm / 2 B | load only, warm | peak anon, warm | checkpoint pages |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -248,3 +248,32 @@ def test_rows_run_the_head_on_asked_positions_only(tmp_path):
             torch.testing.assert_close(rows, expected, rtol=1e-6, atol=1e-5)
     hook.remove()
     assert heads == [(int((x_t == EMBEDDING).sum()), 48), (24, 48), (8, 48)]  # the head saw the asked rows only
+
+
+@pytest.mark.parametrize("stored, loaded, sharded", [(torch.float32, torch.bfloat16, False), (torch.bfloat16, torch.bfloat16, False),
+                                                     (torch.float32, torch.float32, False), (torch.float32, torch.bfloat16, True),
+                                                     (torch.bfloat16, torch.bfloat16, True)])
+def test_weights_are_the_files_tensors_cast(tmp_path, monkeypatch, stored, loaded, sharded):
+    """Every weight equals safetensors' own tensor cast to the loaded dtype, bit for bit: a view of the file's memory
+    map when no cast is needed, else read in chunks (here of 1000 bytes, a tensor's last one partial) and cast."""
+    from ddlm.models import open_weights
+    from ddlm.models.llada import llada_names
+
+    monkeypatch.setattr(open_weights, "CHUNK", 1000)
+    weights = {name: w.to(stored) for name, w in llada_weights(CONFIG).items()}
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    names = sorted(weights)
+    parts = {"model-00001-of-00002.safetensors": names[:5], "model-00002-of-00002.safetensors": names[5:]} if sharded else \
+        {"model.safetensors": names}
+    for file, part in parts.items():
+        save_file({name: weights[name] for name in part}, str(tmp_path / file))
+    if sharded:
+        (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+            {"weight_map": {name: file for file, part in parts.items() for name in part}}))
+    network = load_llada(tmp_path, dtype=loaded).network
+    state = network.state_dict()
+    for theirs, ours in llada_names(CONFIG["n_layers"], tied=False).items():
+        expected = weights[theirs].to(loaded)
+        assert state[ours].dtype == loaded and state[ours].shape == expected.shape
+        assert torch.equal(state[ours].view(torch.int16 if loaded == torch.bfloat16 else torch.int32),
+                           expected.view(torch.int16 if loaded == torch.bfloat16 else torch.int32)), ours

@@ -10,8 +10,11 @@ loader gives a map from its checkpoint's tensor names to these.
 ``load_open_weights`` builds the network on the meta device (no memory), checks the checkpoint's names and
 shapes against it from the file headers alone (one ValueError naming every missing, unexpected and
 wrong-shape tensor), then reads the tensors one at a time, each cast to the dtype and put on its device
-(``device``, or a ``device_map``: "auto" through accelerate, or a dict of module prefixes to devices), so an
-8B model in bfloat16 loads onto one GPU with one tensor in host memory at a time. Weights come from
+(``device``, or a ``device_map``: "auto" through accelerate, or a dict of module prefixes to devices). A
+safetensors tensor already in the dtype and bound for the CPU stays a view of safetensors' memory map of the
+file (no copy); any other is read with plain file reads, ``CHUNK`` bytes at a time, into its cast tensor on its
+device, so the file's pages never count towards the process's memory: loading costs the loaded weights plus
+one chunk (an 8B model in bfloat16 from a float32 checkpoint: about 16 GB, not 16 + 32). Weights come from
 ``model.safetensors``, a sharded ``model.safetensors.index.json``, or pickled ``pytorch_model.bin`` files read
 only with ``torch.load(weights_only=True)``; no code from the model directory ever runs.
 """
@@ -21,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
+import sys
 from typing import Iterator, Mapping
 
 import torch
@@ -33,6 +38,9 @@ SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.j
 PICKLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 DTYPES = {"float32": torch.float32, "float": torch.float32, "float64": torch.float64, "double": torch.float64,
           "bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
+STORED = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+          "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}  # safetensors' names
+CHUNK = 1 << 23  # bytes of a safetensors tensor read at a time when it is cast or moved (a multiple of every element size)
 
 
 class Trunk(nn.Module):
@@ -173,7 +181,7 @@ def read_checkpoint(pickled: bool, files: list[str]) -> Iterator[tuple[str, str,
         else:
             try:
                 with safe_open(file, framework="pt", device="cpu") as handle:
-                    reader = _SafetensorsReader(handle)
+                    reader = _SafetensorsReader(handle, file)
                     for name in handle.keys():
                         yield file, name, reader
             except SafetensorError as error:
@@ -181,16 +189,43 @@ def read_checkpoint(pickled: bool, files: list[str]) -> Iterator[tuple[str, str,
 
 
 class _SafetensorsReader:
-    """``reader[name]`` -> the tensor; ``reader.shape(name)`` from the header without reading it."""
+    """``reader[name]`` -> the tensor (a view of the file's memory map); ``reader.shape(name)`` from the header without
+    reading it; ``reader.load(name, dtype, device)`` -> the tensor cast and moved (read past the map if either is needed)."""
 
-    def __init__(self, handle):
-        self.handle = handle
+    def __init__(self, handle, file: str):
+        self.handle, self.file, self.entries, self.start = handle, file, None, 0
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.handle.get_tensor(name)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.handle.get_slice(name).get_shape())
+
+    def load(self, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The tensor on ``device``, in ``dtype`` if floating: a view of the memory map if that needs no cast and no
+        move, else a new tensor filled by plain reads of ``CHUNK`` bytes, each cast and moved into place."""
+        if self.entries is None:  # the header safe_open checked: 8-byte little-endian length, JSON, then the data
+            with open(self.file, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                self.entries, self.start = json.loads(f.read(length)), 8 + length
+        entry = self.entries[name]
+        stored = STORED.get(entry["dtype"])
+        wanted = dtype if stored is not None and stored.is_floating_point else stored
+        if stored is None or sys.byteorder != "little" or (wanted == stored and device.type == "cpu"):
+            tensor = self.handle.get_tensor(name).to(device)
+            return tensor.to(dtype) if tensor.is_floating_point() else tensor
+        out = torch.empty(entry["shape"], dtype=wanted, device=device)
+        (begin, end), size, flat = entry["data_offsets"], stored.itemsize, out.view(-1)
+        buffer = bytearray(min(CHUNK, end - begin))
+        with open(self.file, "rb") as f:
+            f.seek(self.start + begin)
+            for offset in range(begin, end, len(buffer)):
+                count = min(len(buffer), end - offset)
+                if f.readinto(memoryview(buffer)[:count]) != count:
+                    raise ValueError(f"{self.file} is truncated: {name} runs past its end")
+                first = (offset - begin) // size
+                flat[first:first + count // size].copy_(torch.frombuffer(buffer, dtype=stored, count=count // size))
+        return out
 
 
 def check_names(shapes: dict[str, tuple], names: Mapping[str, str], wanted: dict[str, tuple], where: str) -> None:
@@ -208,6 +243,13 @@ def check_names(shapes: dict[str, tuple], names: Mapping[str, str], wanted: dict
 
 def _shape(reader, name: str) -> tuple[int, ...]:
     return reader.shape(name) if isinstance(reader, _SafetensorsReader) else tuple(reader[name].shape)
+
+
+def _load(reader, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if isinstance(reader, _SafetensorsReader):
+        return reader.load(name, dtype, device)
+    tensor = reader[name].to(device)
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
 def placement(network: nn.Module, device, device_map, dtype: torch.dtype, no_split: list[str]) -> dict[str, torch.device]:
@@ -263,8 +305,7 @@ def load_open_weights(path: str | os.PathLike, build, names: Mapping[str, str] |
     devices = placement(network, device, device_map, dtype, no_split)
     for _, name, reader in read_checkpoint(pickled, files):
         target = names[name]
-        tensor = reader[name].to(device_of(target, devices))
-        _put(network, target, tensor.to(dtype) if tensor.is_floating_point() else tensor)
+        _put(network, target, _load(reader, name, dtype, device_of(target, devices)))
     if network.config.tie_word_embeddings:
         network.lm_head.weight = network.model.embed_tokens.weight
     network.model.rotary_emb = network.rotary_cls(config=network.config).to(device_of("model.rotary_emb", devices))
