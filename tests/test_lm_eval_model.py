@@ -179,7 +179,7 @@ def test_cut_at_stop_cuts_at_the_earliest_stop_string():
 
 def test_bad_model_arguments_name_the_argument(ar_dir):
     for kwargs, name in [({"num_t": 0}, "num_t"), ({"predictor": "nope"}, "predictor"), ({"batch_size": "big"}, "batch_size"),
-                         ({"seed": -1}, "seed")]:
+                         ({"seed": -1}, "seed"), ({"dtype": "int8"}, "dtype")]:
         with pytest.raises(ValueError, match=name):
             DDLMEvalModel(str(ar_dir), **kwargs)
     sizes = [DDLMEvalModel(str(ar_dir), **kwargs).requests_per_call for kwargs in

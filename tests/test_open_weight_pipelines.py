@@ -163,7 +163,8 @@ def test_the_zero_shot_suite_and_lm_eval_run_on_llada(llada_dir, tmp_path, capsy
 
     from ddlm.lm_eval_model import DDLMEvalModel
 
-    lm = DDLMEvalModel(str(llada_dir), num_t=2, steps=2, seed=0)
+    lm = DDLMEvalModel(str(llada_dir), num_t=2, steps=2, seed=0, dtype="bfloat16")
+    assert {p.dtype for p in lm.model.parameters()} == {torch.bfloat16}
     (value, _), = lm.loglikelihood([Instance("loglikelihood", {}, ("Hello", " world"), 0)], disable_tqdm=True)
     assert value < 0
     text, = lm.generate_until([Instance("generate_until", {}, ("Hello", {"until": ["\n"], "max_gen_toks": 4}), 0)], disable_tqdm=True)

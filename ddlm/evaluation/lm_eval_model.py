@@ -84,11 +84,15 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[:end]
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 class DDLMEvalModel(LM):
     """A ddlm model (diffusion or AR) as an lm-evaluation-harness ``LM``.
 
-    pretrained: a ``save_pretrained`` directory (model + tokenizer) or hub id; tokenizer: another
-    tokenizer directory. num_t: t samples per request of a diffusion model's bound (even; AR
+    pretrained: a model directory or hub id of any family ``ddlm.text.loading.load_model`` reads (ddlm, MDLM, LLaDA,
+    Dream, transformers masked LMs); tokenizer: another tokenizer directory; dtype: "float32", "bfloat16" or
+    "float16" (default: as saved). num_t: t samples per request of a diffusion model's bound (even; AR
     models ignore it). steps / predictor: the sampler of ``generate_until`` (``ddlm.sampling``).
     batch_size: requests per model call (lm_eval's ``--batch_size``; a diffusion request is
     ``num_t`` sequences, an AR one a single sequence); "auto" or None: ddlm's memory-bounded
@@ -97,7 +101,8 @@ class DDLMEvalModel(LM):
     """
 
     def __init__(self, pretrained: str, num_t: int = 128, steps: int = 128, predictor: str = "analytic", device: str | None = None,
-                 batch_size: int | str | None = None, max_batch_size: int | None = None, seed: int = 0, tokenizer: str | None = None):
+                 batch_size: int | str | None = None, max_batch_size: int | None = None, seed: int = 0, tokenizer: str | None = None,
+                 dtype: str | None = None):
         super().__init__()
         check_count("num_t", num_t)
         check_count("steps", steps)
@@ -110,7 +115,10 @@ class DDLMEvalModel(LM):
         if device.type == "cuda" and not torch.cuda.is_available():
             logger.warning("device %s is not available (torch sees no GPU); using the CPU", device)
             device = torch.device("cpu")
-        self.model, self.tokenizer = load_model(pretrained, tokenizer=load_tokenizer(tokenizer) if tokenizer else None, device=device)
+        if dtype not in (None, *DTYPES):
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        self.model, self.tokenizer = load_model(pretrained, tokenizer=load_tokenizer(tokenizer) if tokenizer else None, device=device,
+                                                dtype=None if dtype is None else getattr(torch, dtype))
         self._device = device
         self.num_t, self.steps, self.predictor, self.seed = num_t, steps, predictor, seed
         self.is_ar = self.model.config.objective == "ar"
