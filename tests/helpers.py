@@ -84,3 +84,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm as LLaDA and Dream (Qwen2) compute it: normalise in float32, back to x's dtype, times the weight."""
     x32 = x.float()
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def check_samples_and_bounds(model) -> None:
+    """A wrapped open-weight model samples 2 x 5 tokens it may draw and bounds them finitely (tiny shapes, fixed seeds)."""
+    from ddlm.likelihood import nll_bound
+    from ddlm.sampling import sample
+
+    with torch.no_grad():
+        x = sample(model, model.graph, model.noise, (2, 5), steps=4, generator=torch.Generator().manual_seed(0), progress=False)
+        bound = nll_bound(model, model.graph, model.noise, x, num_t=2, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 5) and not model.banned[x].any()
+    assert bound.bound.shape == (2,) and torch.isfinite(bound.bound).all()

@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from helpers import rms_norm, write_layout
+from helpers import check_samples_and_bounds, rms_norm, write_layout
 
-from ddlm.likelihood import nll_bound
 from ddlm.models.dream import is_dream_config, load_dream
-from ddlm.sampling import sample
 
 VOCAB, MASK, TOKENS = 304, 150, 290  # the mask id mid-vocabulary; the tokenizer's 290 ids, rows 290..303 padding
 CONFIG = {  # Dream-v0's config.json fields, at a tiny size
@@ -142,11 +140,7 @@ def test_dtype_from_config_and_tokenizer_files(tmp_path):
 def test_samples_and_bounds(tmp_path):
     write_dream(tmp_path)
     model = load_dream(tmp_path, dtype=torch.float32, num_tokenizer_tokens=TOKENS)
-    with torch.no_grad():
-        x = sample(model, model.graph, model.noise, (2, 5), steps=4, generator=torch.Generator().manual_seed(0), progress=False)
-        bound = nll_bound(model, model.graph, model.noise, x, num_t=2, generator=torch.Generator().manual_seed(0))
-    assert x.shape == (2, 5) and not model.banned[x].any()
-    assert bound.bound.shape == (2,) and torch.isfinite(bound.bound).all()
+    check_samples_and_bounds(model)
 
 
 def test_sharded_layout_and_device_map(tmp_path):

@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from helpers import rms_norm, write_layout
+from helpers import check_samples_and_bounds, rms_norm, write_layout
 
-from ddlm.likelihood import nll_bound
 from ddlm.models.llada import is_llada_config, load_llada
-from ddlm.sampling import sample
 
 VOCAB, EMBEDDING, MASK = 300, 320, 150  # the mask id mid-vocabulary; rows 300..319 pad the embedding
 CONFIG = {  # LLaDA-8B's config.json fields, at a tiny size
@@ -160,11 +158,7 @@ def test_samples_and_bounds(tmp_path):
     write_llada(tmp_path)
     model = load_llada(tmp_path)  # no torch_dtype in LLaDA's config.json: float32
     assert model.network.lm_head.weight.dtype == torch.float32
-    with torch.no_grad():
-        x = sample(model, model.graph, model.noise, (2, 5), steps=4, generator=torch.Generator().manual_seed(0), progress=False)
-        bound = nll_bound(model, model.graph, model.noise, x, num_t=2, generator=torch.Generator().manual_seed(0))
-    assert x.shape == (2, 5) and not model.banned[x].any()
-    assert bound.bound.shape == (2,) and torch.isfinite(bound.bound).all()
+    check_samples_and_bounds(model)
 
 
 def test_sharded_and_pickled_layouts(tmp_path):
