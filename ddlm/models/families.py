@@ -2,8 +2,10 @@
 
 Families: ``ddlm`` (ddlm's own models, converted SEDD models), ``mdlm`` (MDLM's hub layout, or a
 Lightning ``.ckpt`` file), ``llada`` and ``dream`` (their published layouts, implemented natively),
-``masked-lm`` (any transformers masked LM). Anything else is one ValueError naming what is supported:
-a causal LM, an unknown architecture, a ``model_type`` that only code in the directory defines.
+``masked-lm`` (any transformers masked LM), ``adapted-causal`` (a GPT-2 / Llama / Qwen2 causal LM turned into
+a diffusion model, ``ddlm.models.adapted_causal``: config.json holds a ``ddlm_diffusion`` entry). Anything else is
+one ValueError naming what is supported: a causal LM (pointing at finetune.adapt), an unknown architecture, a
+``model_type`` that only code in the directory defines.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from .modeling import read_config_file
 
 SUPPORTED = ("ddlm models (ddlm train, ddlm convert), MDLM (hub layout or Lightning .ckpt), LLaDA (model_type 'llada'), "
              "Dream (model_type 'Dream'), and transformers masked LMs (architectures *ForMaskedLM: BERT, RoBERTa, "
-             "DistilBERT, ModernBERT, ...)")
+             "DistilBERT, ModernBERT, ...), and causal LMs adapted to diffusion (config.json entry 'ddlm_diffusion')")
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
@@ -41,6 +43,8 @@ def family_of_config(config: dict, where: str = "the model") -> str:
     architectures = [str(name) for name in config.get("architectures") or ()]
     if model_type == "ddlm":
         return "ddlm"
+    if isinstance(config.get("ddlm_diffusion"), dict):  # before the causal-LM refusal: its architectures name the causal LM
+        return "adapted-causal"
     if model_type.lower() == "llada" or "LLaDAModelLM" in architectures:
         return "llada"
     if model_type.lower() == "dream" or "DreamModel" in architectures:
@@ -55,7 +59,7 @@ def family_of_config(config: dict, where: str = "the model") -> str:
     named = f"model_type {model_type!r}, architectures {architectures}"
     if any(name.endswith(CAUSAL_SUFFIXES) for name in architectures):
         raise ValueError(f"{where} is a causal (autoregressive) LM ({named}); ddlm samples and bounds masked or diffusion LMs: "
-                         f"{SUPPORTED}")
+                         f"{SUPPORTED}; start a diffusion model from it with finetune.adapt (ddlm adapt)")
     if "auto_map" in config:
         raise ValueError(f"{where} ({named}) needs code from its own directory (auto_map); ddlm never runs it. Supported: {SUPPORTED}")
     raise ValueError(f"{where} is not a ddlm model directory ({named}) nor another model ddlm loads: {SUPPORTED}")

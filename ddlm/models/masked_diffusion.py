@@ -29,6 +29,14 @@ Rows. Samplers ask for the log-scores of a few positions only (``model(x_t, sigm
 Dream's shift already accounted for), and returns the logits of those positions only, [R', V]: its output head runs on
 R' rows instead of B * L' (``HubMaskedLM`` and ``BidirectionalLM`` do). Other networks compute every position and the
 rows are picked from their output. Without ``positions`` the network is always called as ``network(ids, sigma_bar)``.
+
+Attention patterns. ``model(x_t, sigma_bar, attention_mask=M)``, M Bool[L, L] (True: position i attends to position j;
+e.g. annealing from causal to bidirectional attention while adapting an autoregressive LM,
+``ddlm.models.adapted_causal``), calls ``network(ids, sigma_bar, attention_mask=M)``: only networks that declare
+``accepts_attention_mask = True``, and only without fixed prefix / suffix tokens.
+
+Saving. ``model.save_pretrained(directory, state_dict=None)`` is the network's own ``save_pretrained`` (the adapted
+causal LMs have one); for other networks it is a ValueError.
 """
 
 from __future__ import annotations
@@ -125,9 +133,13 @@ class MaskedDiffusionModel(nn.Module):
         parts = [self.prefix_ids.expand(batch, -1), ids, self.suffix_ids.expand(batch, -1)]
         return torch.cat([part.to(ids.device) for part in parts], dim=1)
 
-    def forward(self, x_t: torch.Tensor, sigma_bar: torch.Tensor | float, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, sigma_bar: torch.Tensor | float, positions: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x_t Long[B, L] in [0, V] (V the mask), sigma_bar [B] or a scalar -> log-scores [B, L, V + 1] float32;
-        with ``positions`` (Bool[B, L] or flat Long[R]) only those rows, [R, V + 1] (``ddlm.score``)."""
+        with ``positions`` (Bool[B, L] or flat Long[R]) only those rows, [R, V + 1] (``ddlm.score``).
+        attention_mask: Bool[L, L] (True: position i attends to position j), handed to a network that declares
+        ``accepts_attention_mask = True`` as ``network(ids, sigma_bar, attention_mask=...)``; None: the network's own
+        pattern. Other networks, and models with fixed prefix / suffix tokens, refuse it (ValueError)."""
         if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.dtype != torch.long:
             raise TypeError(f"x_t must be a Long tensor [B, L], got {getattr(x_t, 'dtype', type(x_t).__name__)} "
                             f"{list(getattr(x_t, 'shape', []))}")
@@ -139,16 +151,42 @@ class MaskedDiffusionModel(nn.Module):
         sigma_bar = torch.as_tensor(sigma_bar, dtype=torch.float32, device=x_t.device)
         sigma_bar = sigma_bar.expand(batch) if sigma_bar.dim() == 0 else sigma_bar.reshape(batch)
         ids = self.network_ids(x_t)
+        extra = {} if attention_mask is None else {"attention_mask": self._check_attention_mask(attention_mask, length)}
         if positions is None:
-            return self._log_scores(self.network(ids, sigma_bar), x_t, sigma_bar, None).view(batch, length, -1)
+            return self._log_scores(self.network(ids, sigma_bar, **extra), x_t, sigma_bar, None).view(batch, length, -1)
         rows = row_index(positions.to(x_t.device), (batch, length))
         if getattr(self.network, "accepts_rows", False) is True:  # the network computes the asked rows only
-            picked = self.network(ids, sigma_bar, rows=self._sources(rows, length, ids.shape[1]))
+            picked = self.network(ids, sigma_bar, rows=self._sources(rows, length, ids.shape[1]), **extra)
             if tuple(picked.shape) != (rows.numel(), self.vocab_size):
                 raise ValueError(f"the network returned logits of shape {list(picked.shape)} for {rows.numel()} rows; "
                                  f"expected [{rows.numel()}, {self.vocab_size}]")
             return self._log_scores(picked, x_t, sigma_bar, rows, gathered=True)
-        return self._log_scores(self.network(ids, sigma_bar), x_t, sigma_bar, rows)
+        return self._log_scores(self.network(ids, sigma_bar, **extra), x_t, sigma_bar, rows)
+
+    def _check_attention_mask(self, attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+        """A Bool[L, L] attention pattern for a network that takes one (see ``forward``), else a ValueError."""
+        if getattr(self.network, "accepts_attention_mask", False) is not True:
+            raise ValueError(f"the {self.family} model's network does not take an attention_mask (it declares no "
+                             "accepts_attention_mask = True)")
+        if self.prefix_ids.numel() or self.suffix_ids.numel():
+            raise ValueError(f"attention_mask is not supported for the {self.family} model: it adds fixed tokens around "
+                             "every sequence")
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != torch.bool or \
+                tuple(attention_mask.shape) != (length, length):
+            kind = getattr(attention_mask, "dtype", type(attention_mask).__name__)
+            raise ValueError(f"attention_mask must be Bool[{length}, {length}] (True: position i attends to position j), got "
+                             f"{kind} {list(getattr(attention_mask, 'shape', []))}")
+        return attention_mask
+
+    def save_pretrained(self, directory, state_dict: dict | None = None) -> None:
+        """Write the model with its network's ``save_pretrained`` (``ddlm.models.adapted_causal``: the causal LM's layout);
+        ``state_dict`` keys may carry this module's ``network.`` prefix. Networks without one: a ValueError."""
+        save = getattr(self.network, "save_pretrained", None)
+        if save is None:
+            raise ValueError(f"saving a {self.family} model is not supported")
+        if state_dict is not None and all(key.startswith("network.") for key in state_dict):  # this module's keys
+            state_dict = {key.removeprefix("network."): value for key, value in state_dict.items()}
+        save(directory, state_dict=state_dict)
 
     def _sources(self, rows: torch.Tensor, length: int, width: int) -> torch.Tensor:
         """Flat rows Long[R] of x_t ([B, L]) -> flat indices Long[R] into the network's [B, width] positions whose logits

@@ -63,7 +63,7 @@ def load_model(path: str | os.PathLike, *, tokenizer=None, device=None, dtype: t
     if device is not None and device_map is not None:
         raise ValueError("give device or device_map, not both")
     family = model_family(path)
-    if family in ("llada", "dream") and not os.path.exists(os.path.expanduser(os.fspath(path))):
+    if family in ("llada", "dream", "adapted-causal") and not os.path.exists(os.path.expanduser(os.fspath(path))):
         path = download_model(path)
     if family != "ddlm" and tokenizer is None:
         tokenizer = load_tokenizer(os.path.dirname(os.fspath(path)) if family == "mdlm" and os.path.isfile(path) else path)
@@ -98,6 +98,10 @@ def load_network(family: str, path, tokenizer, *, device=None, dtype: torch.dtyp
         if device_map is not None:
             raise ValueError("device_map is not supported for MDLM models (small enough for one device); pass device=")
         return read_mdlm(path).to(dtype=dtype)
+    if family == "adapted-causal":
+        from ..models.adapted_causal import load_adapted
+
+        return load_adapted(path, num_tokenizer_tokens=len(tokenizer), device=device, **options)
     if family == "llada":
         from ..models.llada import load_llada as load
     else:
