@@ -53,6 +53,10 @@ class DDLMConfig(PreTrainedConfig):
     class embedding is added to the adaLN conditioning vector (to the time embedding, as DiT does,
     or to the learned constant of a time-independent model). Autoregressive models accept it too
     (the class then conditions every next-token prediction). Configs saved without the key load as 0.
+    shift_logits: the head's output for token i is read from position i - 1's hidden state (token 0
+    from its own), so a model adapted from an autoregressive one keeps its next-token head unchanged
+    (Dream's parameterisation; ``ddlm.training.adapt``). Diffusion models only; configs saved without
+    the key load as False.
     """
 
     model_type = "ddlm"
@@ -80,6 +84,7 @@ class DDLMConfig(PreTrainedConfig):
     time_conditioning: bool = True
     predict_x0: bool | None = None
     num_classes: int = 0
+    shift_logits: bool = False
 
     def __post_init__(self, **kwargs):
         self._validate()
@@ -88,6 +93,9 @@ class DDLMConfig(PreTrainedConfig):
                 raise ValueError("scale_by_sigma is a diffusion parametrisation; an autoregressive model (objective='ar') "
                                  "cannot use it: leave it None or set it False")
             self.scale_by_sigma = False
+            if self.shift_logits:
+                raise ValueError("shift_logits is a diffusion parameterisation; an autoregressive model (objective='ar') "
+                                 "already predicts the next token at every position")
         if not self.time_conditioning:
             if self.objective == "ar" or self.process != "absorbing":
                 what = "objective='ar'" if self.objective == "ar" else f"process={self.process!r}"
@@ -144,7 +152,7 @@ class DDLMConfig(PreTrainedConfig):
             if not ok:
                 extra = f" (sigma_max={self.sigma_max!r})" if name == "sigma_min" else ""
                 raise ValueError(f"{name} must be {need}, got {getattr(self, name)!r}{extra}")
-        for name in ("scale_by_sigma", "tie_word_embeddings", "time_conditioning", "predict_x0"):
+        for name in ("scale_by_sigma", "tie_word_embeddings", "time_conditioning", "predict_x0", "shift_logits"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in ("scale_by_sigma", "predict_x0"))):
                 raise ValueError(f"{name} must be true or false, got {value!r}")

@@ -190,11 +190,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
         self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, H]; attention_mask: Bool[L, L] (True: query i may attend key j) in place of the model's own pattern."""
         batch, length, hidden = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        if attention_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         return self.out(y.transpose(1, 2).reshape(batch, length, hidden))
 
 
@@ -220,10 +224,11 @@ class DDLMBlock(GradientCheckpointingLayer):
         self.modulation = Modulation(config.cond_dim, config.hidden_size, 6)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
         h = modulate(self.norm1(x), shift_attn, scale_attn).to(x.dtype)
-        x = x + gate_attn[:, None] * self.dropout(self.attn(h, cos, sin))
+        x = x + gate_attn[:, None] * self.dropout(self.attn(h, cos, sin, attention_mask))
         h = modulate(self.norm2(x), shift_mlp, scale_mlp).to(x.dtype)
         return x + gate_mlp[:, None] * self.dropout(self.mlp(h))
 
@@ -307,6 +312,18 @@ def checked_sigma_bar(config: DDLMConfig, graph, input_ids: torch.Tensor, sigma_
     return sigma_bar
 
 
+def checked_attention_mask(mask, length: int, autoregressive: bool, device) -> torch.Tensor:
+    """``forward``'s attention_mask checked: Bool[L, L] with a True diagonal, for a diffusion model; on ``device``."""
+    if autoregressive:
+        raise ValueError("attention_mask applies to diffusion models; an autoregressive model attends causally")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (length, length):
+        raise ValueError(f"attention_mask must be a Bool tensor [L, L] = [{length}, {length}], got "
+                         f"{getattr(mask, 'dtype', type(mask).__name__)} {list(getattr(mask, 'shape', []))}")
+    if not bool(mask.diagonal().all()):
+        raise ValueError("attention_mask must let every position attend to itself (a True diagonal)")
+    return mask.to(device)
+
+
 def time_independent_log_scores(logits: torch.Tensor, ids: torch.Tensor, shift: torch.Tensor, mask_id: int) -> torch.Tensor:
     """Log-scores [R, N + 1] of a time-independent absorbing model from its head's rows.
 
@@ -387,7 +404,7 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
 
     def forward(
         self, input_ids: torch.Tensor, sigma_bar: torch.Tensor | float | None = None, positions: torch.Tensor | None = None,
-        class_labels: torch.Tensor | None = None, output_hidden: bool = False,
+        class_labels: torch.Tensor | None = None, output_hidden: bool = False, attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids Long[B, L] in [0, S); sigma_bar: [B] or a scalar (total noise, not t) -> [B, L, S].
 
@@ -411,6 +428,13 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
         state but the current token's (ignored by every loss). ``ddlm.losses.linear_dse`` fuses
         that head with the loss so the [B, L, S] log-scores are never stored (``train.loss_impl:
         fused_head``).
+
+        attention_mask (diffusion models): Bool[L, L], True where query position i may attend key position j,
+        in place of full bidirectional attention (the diagonal must be True); the annealing from causal to
+        bidirectional attention of a model adapted from an AR one (``ddlm.training.adapt``) passes it.
+
+        ``config.shift_logits``: the output row of position i comes from the hidden state of position i - 1
+        (position 0 from its own), as an autoregressive head reads it.
         """
         sigma_bar = checked_sigma_bar(self.config, self.graph, input_ids, sigma_bar, positions, output_hidden)
         autoregressive = self.config.objective == "ar"
@@ -429,10 +453,13 @@ class DDLMForDiffusion(DDLMPreTrainedModel):
                 c = c + self.class_embed(classes)
         cos, sin = rotary_tables(length, self.config.head_dim, self.config.rotary_base, input_ids.device, dtype)
         x = self.embed_tokens(input_ids)
+        mask = None if attention_mask is None else checked_attention_mask(attention_mask, length, autoregressive, x.device)
         for layer in self.layers:
-            x = layer(x, c, cos, sin)
+            x = layer(x, c, cos, sin, mask)
         shift, scale = self.final_modulation(c)
         h = modulate(self.final_norm(x), shift, scale).to(x.dtype)
+        if self.config.shift_logits:  # token i is predicted from position i - 1's state (token 0 from its own)
+            h = torch.cat([h[:, :1], h[:, :-1]], dim=1)
         if output_hidden:
             return h
         if autoregressive:

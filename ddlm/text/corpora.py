@@ -43,6 +43,7 @@ PYTHON_DOCS = "python-docs"  # the offline default corpus
 STREAM_VALIDATION_BLOCKS = 64  # validation blocks materialised from a stream
 SUFFIXES = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _CACHE_VERSION = 1
+FORMATS = ("text", "sft")  # DataConfig.format: packed documents, or prompt/response examples
 
 
 @dataclass
@@ -60,6 +61,11 @@ class DataConfig:
     packed on its own, in order. Labels are class ids for a class-conditional model (``model.num_classes``).
     With sources the validation blocks are a held-out ``validation_fraction`` (no ``validation_split``)
     and ``streaming`` is off.
+
+    ``format``: ``"text"`` (documents packed into blocks, as above) or ``"sft"`` (prompt/response examples for
+    supervised fine-tuning, one per block, read by ``ddlm.text.instructions``: .jsonl/.json/.parquet files or a hub
+    dataset of ``{"messages": [...]}`` or ``{"prompt", "response"}`` rows). ``drop_long`` (sft only): drop the
+    examples that do not fit a block, reporting how many, instead of refusing the data.
     """
 
     source: str = PYTHON_DOCS
@@ -71,6 +77,8 @@ class DataConfig:
     block_size: int = 1024
     cache_dir: str | None = None
     sources: list[dict] | None = None
+    format: str = "text"
+    drop_long: bool = False
 
     def __post_init__(self):
         refuse_invalid("data", {
@@ -84,9 +92,19 @@ class DataConfig:
             "cache_dir": (self.cache_dir is None or is_text(self.cache_dir), "null or a non-empty path"),
             "sources": (self.sources is None or (isinstance(self.sources, list) and len(self.sources) > 0),
                         "null, or a non-empty list of {source: PATH, label: CLASS} mappings (a label for every source or none)"),
+            "format": (self.format in FORMATS, f"one of {FORMATS}"),
+            "drop_long": (isinstance(self.drop_long, bool), "true or false"),
         }, self)
         if self.sources is not None:
             self._check_sources()
+        if self.format == "sft":
+            conflicts = {"sources": self.sources is not None, "streaming": self.streaming, "source": self.source == PYTHON_DOCS}
+            if bad := [name for name, conflict in conflicts.items() if conflict]:
+                raise ValueError(f"data.format='sft' reads prompt/response rows, in memory, from data.source (a .jsonl, .json "
+                                 f"or .parquet file, or a hub dataset; not the python-docs text): set data.source and leave "
+                                 f"{', '.join('data.' + n for n in bad if n != 'source') or 'the rest'} unset")
+        elif self.drop_long:
+            raise ValueError("data.drop_long applies to SFT examples (data.format='sft'); text is packed into blocks")
 
     def _check_sources(self) -> None:
         """ValueError naming the first malformed entry of ``sources`` or the setting it conflicts with."""

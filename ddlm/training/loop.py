@@ -36,15 +36,18 @@ from tqdm.auto import tqdm
 from ..core.losses import ar_loss, ar_nll, dwdse_loss
 from ..core.manifest import write_atomic, write_model_manifest
 from ..core.score import NonFiniteScoreError
-from ..likelihood.bounds import batch_uniforms, nll_bound, training_times
+from ..likelihood.bounds import batch_uniforms, conditional_nll_bound, nll_bound, training_times
 from ..models import DDLMConfig, DDLMForDiffusion
 from ..text.corpora import build_datasets, eos_id, load_documents
 from ..text.loading import loading_progress
+from .adapt import annealed_attention_mask
+from .finetune import WithArguments, sft_loss, start_model
 from .checkpoints import (CorruptCheckpoint, latest_checkpoint, like, load_checkpoint, prepare_run_directory,
                           recipe_changes, run_lock, save_checkpoint, whole)
 from .recipes import Recipe, TrainConfig
 
 FINAL = "final"
+ADAPTER = "adapter"  # LoRA adapters of a fine-tuning run (finetune.lora_rank), beside the merged final model
 TOKENIZER = "tokenizer"
 METRICS = "metrics.jsonl"
 RESUMES = "resumes.jsonl"
@@ -128,6 +131,13 @@ def time_generator(seed: int, step: int, device) -> torch.Generator:
     return torch.Generator(device).manual_seed(state)
 
 
+def annealing_generator(seed: int, step: int, device) -> torch.Generator:
+    """The generator of one step's attention pattern under finetune.anneal_steps: a function of (seed, step) only, the
+    same on every process, independent of the step's other draws."""
+    state = int(np.random.SeedSequence([seed, step], spawn_key=(3,)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device).manual_seed(state)
+
+
 def micro_batch_uniforms(train, step: int, rank: int, world_size: int, device) -> list[torch.Tensor] | None:
     """This process's uniforms for the diffusion times of one step: one Float64[micro_batch_size] tensor per
     micro-batch, sliced from a single draw over the global batch (``batch_uniforms`` with train.t_sampling,
@@ -159,12 +169,17 @@ def with_labels(model, class_labels: torch.Tensor | None):
 
 
 def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator, class_labels: torch.Tensor | None = None,
-                   head=None, uniforms: torch.Tensor | None = None) -> torch.Tensor:
+                   head=None, uniforms: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
+                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Scalar loss of a micro-batch, nats per token; graph and noise are the (unwrapped) model's.
     class_labels: Long[B] class ids of a class-conditional model (after label dropout), else None.
     head: the unwrapped model, whose output head ``train.loss_impl: fused_head`` fuses into the loss.
     uniforms: Float64[B], this micro-batch's slice of the global draw (``micro_batch_uniforms``); None:
-    drawn i.i.d. from ``generator``. train.t_importance turns them into importance-weighted times."""
+    drawn i.i.d. from ``generator``. train.t_importance turns them into importance-weighted times.
+    prompt_mask: Bool[B, L] of SFT examples (``ddlm.training.finetune.sft_loss``: the prompt clamped, the loss per
+    response token). attention_mask: Bool[L, L], the attention pattern of an annealing step (``ddlm.training.adapt``)."""
+    if attention_mask is not None:
+        model = WithArguments(model, head, attention_mask=attention_mask)
     if train.objective == "ar":
         return ar_loss(with_labels(model, class_labels), x0)
     fused = train.loss_impl == "fused_head"
@@ -175,6 +190,8 @@ def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator, clas
         if uniforms is None:  # i.i.d. from the step's generator, the same draws the default path makes
             uniforms = torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=x0.device)
         t, weights = training_times(uniforms, train.t_min, train.t_importance, train.t_importance_power)
+    if prompt_mask is not None:
+        return sft_loss(with_labels(model, class_labels), graph, noise, x0, prompt_mask, train.t_min, generator, t=t, weights=weights).mean()
     return dwdse_loss(with_labels(model, class_labels), graph, noise, x0, train.t_min, generator,
                       inplace=train.loss_impl == "inplace", head=head if fused else None, t=t, weights=weights).mean()
 
@@ -244,10 +261,22 @@ def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
 def evaluate(model, recipe: Recipe, validation, accelerator, context: int | None = None) -> dict:
     """Validation metrics in nats per token: the likelihood bound (diffusion) or the exact NLL (AR, every
     token of a block scored, the first conditioned on the ``context`` token as ``ddlm eval`` does).
-    Blocks with labels (a class-conditional model) are scored given their label, one class at a time."""
+    Blocks with labels (a class-conditional model) are scored given their label, one class at a time.
+    SFT examples (``ResponseBlocks``): the bound on -log p(response | prompt) per response token."""
     train = recipe.train
     count = min(train.eval_blocks, len(validation))
     x0 = validation[:count].to(accelerator.device)
+    prompts = getattr(validation, "prompt_mask", None)
+    if prompts is not None:
+        model.eval()
+        generator = torch.Generator(accelerator.device).manual_seed(train.seed)
+        fixed = prompts[:count].to(accelerator.device)
+        bound = conditional_nll_bound(model, model.graph, model.noise, x0, fixed, train.eval_num_t, generator)
+        tokens = int((~fixed).sum())
+        per_token = bound.bound.sum().item() / tokens
+        model.train()
+        return {"eval/bound_per_token": per_token, "eval/bound_stderr": bound.stderr.square().sum().sqrt().item() / tokens,
+                "eval/ppl_bound": math.exp(per_token)}
     labels = None if validation.labels is None else validation.labels[:count].to(accelerator.device)
     groups = [(x0, None)] if labels is None else [(x0[labels == c], c) for c in labels.unique(sorted=True)]
     model.eval()
@@ -264,16 +293,38 @@ def evaluate(model, recipe: Recipe, validation, accelerator, context: int | None
     return metrics
 
 
-def generate_samples(model, tokenizer, recipe: Recipe, device) -> list[str]:
-    """Unconditional samples of the current (EMA) weights, seeded by the recipe (identical on every rank)."""
+def generate_samples(model, tokenizer, recipe: Recipe, device, validation=None) -> list[str]:
+    """Samples of the current (EMA) weights, seeded by the recipe (identical on every rank): unconditional, or for SFT
+    examples the responses to the first validation prompts."""
     from ..text.pipeline import DiffusionPipeline
 
     train = recipe.train
+    if getattr(validation, "prompt_mask", None) is not None:
+        answers = sft_answers(model, tokenizer, validation, train.num_samples, train.sample_steps, torch.Generator(device).manual_seed(train.seed))
+        return [f"{prompt}[[{answer}]]" for prompt, answer, _ in answers]
     pipe = DiffusionPipeline(model, tokenizer)
     texts = pipe.generate(train.num_samples, min(recipe.data.block_size, 128), train.sample_steps,
                           generator=torch.Generator(device).manual_seed(train.seed), progress=False)
     model.train()
     return texts
+
+
+def sft_answers(model, tokenizer, examples, count: int, steps: int, generator) -> list[tuple[str, str, str]]:
+    """(prompt, generated response, reference response) of the first ``count`` SFT examples: the response positions
+    sampled given the prompt in ``steps`` steps, each response cut at its first EOS (model calls only)."""
+    from ..text.pipeline import DiffusionPipeline
+
+    pipe = DiffusionPipeline(model, tokenizer)
+    eos = eos_id(tokenizer)
+    out = []
+    for block, prompt in zip(examples[:count], examples.prompt_mask[:count]):
+        block, prompt = block.to(generator.device), prompt.to(generator.device)
+        filled = pipe.sample(1, block.numel(), steps, x_init=block, fixed=prompt, generator=generator, progress=False)[0]
+        start = int(prompt.sum())
+        text = lambda ids: pipe.decode(ids[:int((ids == eos).nonzero()[0]) if bool((ids == eos).any()) else len(ids)])  # noqa: E731
+        out.append((pipe.decode(block[:start]), text(filled[start:]), text(block[start:])))
+    model.train()
+    return out
 
 
 def write_samples(texts: list[str], step: int, output_dir: Path) -> None:
@@ -283,12 +334,17 @@ def write_samples(texts: list[str], step: int, output_dir: Path) -> None:
 
 
 def showcase(model, tokenizer, recipe: Recipe, validation, device) -> list[str]:
-    """Report lines of a diffusion model: two samples and an infill of the middle third of a held-out block
-    (model calls only, so under FSDP every rank runs it)."""
+    """Report lines of a diffusion model: two samples and an infill of the middle third of a held-out block, or for
+    SFT examples the responses to two held-out prompts (model calls only, so under FSDP every rank runs it)."""
     from ..text.pipeline import DiffusionPipeline
 
     pipe = DiffusionPipeline(model, tokenizer)
     generator = torch.Generator(device).manual_seed(recipe.train.seed)
+    if getattr(validation, "prompt_mask", None) is not None:
+        lines = []
+        for prompt, answer, reference in sft_answers(model, tokenizer, validation, 2, recipe.train.sample_steps, generator):
+            lines += [f"prompt: {prompt!r}", f"  response:  {answer!r}", f"  reference: {reference!r}"]
+        return lines
     length, steps = min(recipe.data.block_size, 128), recipe.train.sample_steps
     lines = []
     for text in pipe.generate(2, length, steps, generator=generator, progress=False):
@@ -380,9 +436,13 @@ def set_aside_later_metrics(metrics_file: Path, step: int) -> None:
         write_atomic(metrics_file, "".join(line for line in lines if earlier(line)))
 
 
-def model_fields(config: DDLMConfig) -> dict:
-    """The ``DDLMConfig`` fields of a config (what a checkpoint records of the model's shape)."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(DDLMConfig)}
+def model_fields(config) -> dict:
+    """What a checkpoint records of the model's shape: the ``DDLMConfig`` fields of a ddlm model, or the family,
+    vocabulary and length of a wrapped open-weight network (``MaskedModelConfig``)."""
+    if isinstance(config, DDLMConfig):  # a loaded model's config holds its torch dtype: recorded by name
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(DDLMConfig)}
+        return {name: str(value) if isinstance(value, torch.dtype) else value for name, value in values.items()}
+    return {"family": config.family, "vocab_size": config.vocab_size, "max_position_embeddings": config.max_position_embeddings}
 
 
 def training_state(base, optimizer, scheduler, ema: EMA | None, scaler) -> dict:
@@ -557,17 +617,24 @@ def set_up(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     output_dir = Path(train_cfg.output_dir)
     train_cfg.accumulation_steps(accelerator.num_processes)  # refuse a global batch that does not split, first
     checkpoint, saved, meta = resume_point(output_dir, accelerator, resume, train_cfg.steps)
-    tokenizer = load_tokenizer(recipe, output_dir, accelerator)
-    config = recipe.model.config(len(tokenizer), recipe.data.block_size, train_cfg.objective)
+    initial, tokenizer = start_model(recipe.finetune, progress=progress) if recipe.finetune.active else (None, None)
+    if initial is None:
+        tokenizer = load_tokenizer(recipe, output_dir, accelerator)
+        config = recipe.model.config(len(tokenizer), recipe.data.block_size, train_cfg.objective)
+    else:
+        config = initial.config
+        check_block_size(recipe, config)
     changes = {} if meta is None else resume_changes(recipe, config, meta, allow_changes)
+    with accelerator.main_process_first():
+        train_blocks, validation = load_data(recipe, tokenizer, progress and accelerator.is_main_process)
+    if meta is not None:
+        check_data_format(meta, train_blocks)
     if accelerator.is_main_process:
         record_start(recipe, output_dir, checkpoint, meta, changes)
-    with accelerator.main_process_first():
-        train_blocks, validation = build_datasets(recipe.data, tokenizer, seed=train_cfg.seed, progress=progress and accelerator.is_main_process)
-    model, optimizer, scheduler = prepare_model(recipe, config, accelerator)
+    model, optimizer, scheduler = prepare_model(recipe, config, accelerator, initial)
     base = accelerator.unwrap_model(model)  # under FSDP2 the same module, its parameters sharded
     check_sharding(accelerator, train_cfg.ema > 0)
-    ema = EMA(base.parameters(), train_cfg.ema) if train_cfg.ema > 0 else None
+    ema = EMA(trainable(base), train_cfg.ema) if train_cfg.ema > 0 else None
     if train_cfg.loss_impl == "fused_head" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
         raise ValueError(f"train.loss_impl='fused_head' reads the output head's weight outside the model's forward, "
                          f"which {accelerator.distributed_type.value} shards; use train.loss_impl='inplace'")
@@ -587,6 +654,37 @@ def set_up(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
                        compile_errors, optimizer, scheduler, ema, start, tokens, context)
 
 
+def check_block_size(recipe: Recipe, config) -> None:
+    """ValueError unless data.block_size fits the model finetune.init_from names."""
+    longest = config.max_position_embeddings
+    if recipe.data.block_size > longest:
+        raise ValueError(f"data.block_size {recipe.data.block_size} exceeds what the model finetune.init_from reads "
+                         f"({longest} positions)")
+
+
+def load_data(recipe: Recipe, tokenizer, progress: bool) -> tuple:
+    """(train, validation) blocks of the recipe's data: packed text, or SFT examples (``data.format: sft``)."""
+    if recipe.data.format == "sft":
+        from ..text.instructions import build_response_blocks
+
+        return build_response_blocks(recipe.data, tokenizer, seed=recipe.train.seed)
+    return build_datasets(recipe.data, tokenizer, seed=recipe.train.seed, progress=progress)
+
+
+def check_data_format(meta: dict, train_blocks) -> None:
+    """On a resume: ValueError if the SFT examples are rendered differently from the checkpoint's run (row layout or
+    chat template), which would make it another run."""
+    now, saved = getattr(train_blocks, "signature", None), meta.get("data_format")
+    if now != saved:
+        raise ValueError(f"cannot resume: the training examples' format changed (data.source rows and chat template: "
+                         f"checkpoint {saved}, now {now}); start a new run in another train.output_dir")
+
+
+def trainable(model) -> list:
+    """The parameters the optimizer and the EMA update: all of them, or the LoRA adapters' (finetune.lora_rank)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def resume_point(output_dir: Path, accelerator, resume: bool, steps: int) -> tuple[Path | None, dict | None, dict | None]:
     """(checkpoint, state, meta) to resume from, all None for a new run, after the main process has
     prepared the run directory (``prepare_run_directory``: a new run refuses a used one)."""
@@ -603,7 +701,7 @@ def resume_changes(recipe: Recipe, config: DDLMConfig, meta: dict, allow_changes
     allow_changes or not resumable)."""
     comparable = lambda recipe_dict, model: json.loads(json.dumps({**recipe_dict, "model": model}))  # noqa: E731
     # a field the checkpoint does not record did not exist when it was written: it had its default (time_conditioning)
-    saved_model = {**field_defaults(DDLMConfig), **meta["model"]}
+    saved_model = meta["model"] if "family" in meta["model"] else {**field_defaults(DDLMConfig), **meta["model"]}
     # likewise a train key the checkpoint's recipe lacks (loss_impl, compile) had its default
     saved_train = {**field_defaults(TrainConfig), **meta["recipe"].get("train", {})}
     return recipe_changes(comparable({**meta["recipe"], "train": saved_train}, saved_model),
@@ -620,14 +718,20 @@ def record_start(recipe: Recipe, output_dir: Path, checkpoint: Path | None, meta
             f.write(json.dumps({"step": meta["step"], "checkpoint": checkpoint.name, "changes": changes}) + "\n")
 
 
-def prepare_model(recipe: Recipe, config: DDLMConfig, accelerator) -> tuple:
-    """(model, optimizer, scheduler): the model initialised from train.seed, AdamW and the learning-rate
-    schedule, model and optimizer prepared by accelerate."""
-    train_cfg = recipe.train
+def prepare_model(recipe: Recipe, config: DDLMConfig, accelerator, initial=None) -> tuple:
+    """(model, optimizer, scheduler): the model initialised from train.seed (or ``initial``, the model fine-tuning
+    starts from, with LoRA adapters if finetune.lora_rank), AdamW and the learning-rate schedule, model and optimizer
+    prepared by accelerate."""
+    train_cfg, finetune = recipe.train, recipe.finetune
     torch.manual_seed(train_cfg.seed)
-    model = DDLMForDiffusion(config)
+    model = DDLMForDiffusion(config) if initial is None else initial
+    if finetune.lora_rank:
+        from .lora import add_lora
+
+        add_lora(model, rank=finetune.lora_rank, alpha=finetune.lora_alpha, dropout=finetune.lora_dropout,
+                 target_modules=finetune.lora_target_modules)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
+    optimizer = torch.optim.AdamW(trainable(model), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
     # Stepped by the loop once per optimizer step (accelerate's prepared scheduler steps once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -635,14 +739,17 @@ def prepare_model(recipe: Recipe, config: DDLMConfig, accelerator) -> tuple:
 
 
 def train_step(run: TrainingRun, step: int, batch) -> dict:
-    """One optimizer step on this process's part of the global batch (blocks, or (blocks, labels) for a
-    class-conditional model): the micro-batches' losses and gradients, a stop before the update on a
-    non-finite loss, the update; returns the step's record for ``metrics.jsonl``."""
+    """One optimizer step on this process's part of the global batch (blocks, (blocks, labels) for a
+    class-conditional model, (blocks, prompt masks) for SFT examples): the micro-batches' losses and gradients,
+    a stop before the update on a non-finite loss, the update; returns the step's record for ``metrics.jsonl``."""
     accelerator = run.accelerator
-    local, labels = batch if run.conditional else (batch, None)
+    local, extra = batch if isinstance(batch, (tuple, list)) else (batch, None)
     local = local.to(accelerator.device)
     generator = step_generator(run.train.seed, step, accelerator.process_index, accelerator.device)
-    loss_sum = accumulate_gradients(run, generator, micro_batches(run, step, local, labels, generator))
+    attention = annealed_attention_mask(local.shape[1], step, run.recipe.finetune.anneal_steps,
+                                        annealing_generator(run.train.seed, step, accelerator.device))
+    labels, prompts = (extra, None) if run.conditional else (None, extra)
+    loss_sum = accumulate_gradients(run, generator, micro_batches(run, step, local, labels, prompts, generator), attention)
     loss_mean = accelerator.reduce(loss_sum / run.accumulation, reduction="mean").item()
     sequences = int(accelerator.reduce(torch.tensor(local.shape[0], device=accelerator.device), reduction="sum"))
     if not math.isfinite(loss_mean):
@@ -657,28 +764,31 @@ def train_step(run: TrainingRun, step: int, batch) -> dict:
     return record
 
 
-def micro_batches(run: TrainingRun, step: int, local: torch.Tensor, labels: torch.Tensor | None, generator) -> zip:
-    """The step's micro-batches as (blocks, labels after dropout or None, time uniforms or None)."""
+def micro_batches(run: TrainingRun, step: int, local: torch.Tensor, labels: torch.Tensor | None, prompts: torch.Tensor | None,
+                  generator) -> zip:
+    """The step's micro-batches as (blocks, labels after dropout or None, prompt masks or None, time uniforms or None)."""
     train_cfg, device, accumulation = run.train, run.accelerator.device, run.accumulation
     if run.conditional:  # the dropout coins come first from the step's generator: a function of (seed, step, rank)
         labels = drop_labels(labels.to(device), train_cfg.label_dropout_rate, run.config.null_class, generator)
     micro_labels = labels.split(train_cfg.micro_batch_size) if run.conditional else [None] * accumulation
+    micro_prompts = prompts.to(device).split(train_cfg.micro_batch_size) if prompts is not None else [None] * accumulation
     uniforms = micro_batch_uniforms(train_cfg, step, run.accelerator.process_index, run.accelerator.num_processes, device)
-    return zip(local.split(train_cfg.micro_batch_size), micro_labels, uniforms or [None] * accumulation)
+    return zip(local.split(train_cfg.micro_batch_size), micro_labels, micro_prompts, uniforms or [None] * accumulation)
 
 
-def accumulate_gradients(run: TrainingRun, generator, batches) -> torch.Tensor:
+def accumulate_gradients(run: TrainingRun, generator, batches, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Forward and backward over the micro-batches, the gradients synchronised at the last one; the sum of
-    their losses (Float64), NaN if the network's scores diverged (the remaining micro-batches are skipped)."""
+    their losses (Float64), NaN if the network's scores diverged (the remaining micro-batches are skipped).
+    attention_mask: the step's attention pattern while finetune.anneal_steps anneals it, else None."""
     accelerator, base = run.accelerator, run.base
     loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-    for i, (micro, micro_label, uniforms) in enumerate(batches):
+    for i, (micro, micro_label, micro_prompt, uniforms) in enumerate(batches):
         sync = contextlib.nullcontext() if i == run.accumulation - 1 else accelerator.no_sync(run.model)
         with sync:
             try:
                 with accelerator.autocast():
                     loss = objective_loss(run.step_model, micro, run.train, base.graph, base.noise, generator, micro_label,
-                                          head=base, uniforms=uniforms)
+                                          head=base, uniforms=uniforms, prompt_mask=micro_prompt, attention_mask=attention_mask)
             except NonFiniteScoreError:  # the network itself diverged: the step stops, naming the step
                 loss_sum += math.nan
                 break
@@ -727,7 +837,8 @@ def after_step(run: TrainingRun, record: dict, bar, throughput: Throughput) -> N
     run.accelerator.log(record, step=step)
     append_metrics(run, record)
     if due(step, train_cfg.save_every, train_cfg.steps):
-        meta = {"step": step, "tokens": run.tokens, "recipe": run.recipe.to_dict(), "model": model_fields(run.config)}
+        meta = {"step": step, "tokens": run.tokens, "recipe": run.recipe.to_dict(), "model": model_fields(run.config),
+                "data_format": getattr(run.train_blocks, "signature", None)}
         save_checkpoint(run.output_dir, step, training_state(run.base, run.optimizer, run.scheduler, run.ema, run.accelerator.scaler),
                         meta, write=run.accelerator.is_main_process, keep=train_cfg.keep_checkpoints)
         run.accelerator.wait_for_everyone()
@@ -748,7 +859,7 @@ def evaluate_and_sample(run: TrainingRun, record: dict, bar) -> None:
             if accelerator.is_main_process:
                 bar.write(eval_line(step, record))
         if sample_now:
-            texts = generate_samples(run.base, run.tokenizer, run.recipe, accelerator.device)
+            texts = generate_samples(run.base, run.tokenizer, run.recipe, accelerator.device, run.validation)
             if accelerator.is_main_process:
                 write_samples(texts, step, run.output_dir)
                 for text in texts:
@@ -760,7 +871,7 @@ def finish(run: TrainingRun, progress: bool) -> Path:
     print the report with a showcase (progress=True), end the trackers; returns ``final``."""
     accelerator = run.accelerator
     check_ranks_in_sync(accelerator, run.base, run.metrics_file)
-    final = export(accelerator, run.model, run.ema, run.tokenizer, run.output_dir, progress=progress)
+    final = export(accelerator, run.model, run.ema, run.tokenizer, run.output_dir, progress=progress, finetune=run.recipe.finetune)
     if accelerator.is_main_process:
         print(f"exported {final}")
     if progress:
@@ -788,15 +899,25 @@ def check_ranks_in_sync(accelerator, model, metrics_file: Path) -> None:
         raise RuntimeError("the processes' weights diverged; see weight_fingerprints in " + str(metrics_file))
 
 
-def export(accelerator, model, ema: EMA | None, tokenizer, output_dir: Path, *, progress: bool = True) -> Path:
+def export(accelerator, model, ema: EMA | None, tokenizer, output_dir: Path, *, progress: bool = True, finetune=None) -> Path:
     """Save the EMA weights and the tokenizer as a ``from_pretrained`` directory, ``output_dir/final``.
 
     model: the prepared model. Its whole state dict is gathered on every rank (a collective under FSDP
     and DeepSpeed ZeRO-3) while the EMA weights are loaded, and the main process writes it.
-    progress=False: no "Writing model shards" bar from transformers.
+    progress=False: no "Writing model shards" bar from transformers. finetune: the recipe's ``FinetuneConfig``;
+    with LoRA adapters (lora_rank > 0) they are saved to ``output_dir/adapter`` and then merged into the weights
+    that ``final`` holds (the model stays merged).
     """
     final = output_dir / FINAL
     with ema_weights(ema):
+        if finetune is not None and finetune.lora_rank:
+            from .lora import merge_lora, save_adapter
+
+            base = accelerator.unwrap_model(model)
+            if accelerator.is_main_process:
+                save_adapter(base, output_dir / ADAPTER, rank=finetune.lora_rank, alpha=finetune.lora_alpha,
+                             dropout=finetune.lora_dropout, target_modules=finetune.lora_target_modules)
+            merge_lora(base)
         state = accelerator.get_state_dict(model)
         if accelerator.is_main_process:
             with loading_progress(progress):

@@ -1,7 +1,9 @@
 """Training recipes: YAML files validated into dataclasses, with ``section.key=value`` overrides.
 
-A recipe has four sections: ``model`` (a size preset plus any ``DDLMConfig`` field), ``tokenizer``,
-``data`` (``ddlm.data.DataConfig``) and ``train`` (``TrainConfig``). Unknown keys are errors.
+A recipe has the sections ``model`` (a size preset plus any ``DDLMConfig`` field), ``tokenizer``,
+``data`` (``ddlm.data.DataConfig``), ``train`` (``TrainConfig``) and, to start from a trained model instead
+of a preset, ``finetune`` (``FinetuneConfig``; the model and tokenizer sections then stay empty). Unknown
+keys are errors.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..text.corpora import DataConfig
 # and an editable install agree.
 RECIPES_DIR = Path(importlib.import_module("ddlm.builtin_recipes").__path__[0])
 OBJECTIVES = ("diffusion", "ar")
+SECTIONS = ("model", "tokenizer", "data", "train", "finetune")
 DECAYS = ("constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LOSS_IMPLS = ("standard", "inplace", "fused_head")  # how the diffusion loss is computed (the same loss)
@@ -69,7 +72,7 @@ class TokenizerRecipe:
     train_vocab_size: int | None = None
 
     def __post_init__(self):
-        if (self.name is None) == (self.train_vocab_size is None):
+        if self.name is not None and self.train_vocab_size is not None:
             raise ValueError("tokenizer: give exactly one of name (hub id or path) and train_vocab_size")
         refuse_invalid("tokenizer", {
             "name": (self.name is None or is_text(self.name), "a non-empty hub id or path"),
@@ -188,16 +191,69 @@ def batch_fix(global_batch: int, micro: int, world: int) -> str:
 
 
 @dataclass
+class FinetuneConfig:
+    """Start from a trained model instead of a preset (``ddlm.training.finetune``).
+
+    init_from: a model directory or hub id that ``ddlm.load_model`` reads (any family), or with ``adapt`` a causal LM:
+    ddlm's own AR baseline or a transformers GPT-2 / Llama / Qwen2 model, turned into an absorbing diffusion model
+    (``ddlm.training.adapt``). shift_logits (adapt): token i is predicted at position i - 1, so the AR head is reused
+    unchanged (Dream). anneal_steps (adapt): the attention goes from causal to bidirectional over this many optimizer
+    steps (DiffuLLaMA), 0 for bidirectional from the start. lora_rank > 0 trains LoRA adapters of that rank (``peft``,
+    ``pip install 'ddlm[peft]'``) on lora_target_modules (null: the attention and MLP projections) instead of every
+    weight; the export merges them, and the adapter is saved beside it.
+    """
+
+    init_from: str | None = None
+    adapt: bool = False
+    shift_logits: bool = True
+    anneal_steps: int = 0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
+
+    def __post_init__(self):
+        targets_ok = self.lora_target_modules is None or (isinstance(self.lora_target_modules, list) and self.lora_target_modules
+                                                          and all(is_text(t) for t in self.lora_target_modules))
+        refuse_invalid("finetune", {
+            "init_from": (self.init_from is None or is_text(self.init_from), "null or a model directory / hub id"),
+            "adapt": (isinstance(self.adapt, bool), "true or false"),
+            "shift_logits": (isinstance(self.shift_logits, bool), "true or false"),
+            "anneal_steps": (is_int(self.anneal_steps, 0), "an int >= 0"),
+            "lora_rank": (is_int(self.lora_rank, 0), "an int >= 0 (0: train every weight)"),
+            "lora_alpha": (is_number(self.lora_alpha) and self.lora_alpha > 0, "a finite number > 0"),
+            "lora_dropout": (is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, "a number in [0, 1)"),
+            "lora_target_modules": (targets_ok, "null or a non-empty list of module names"),
+        }, self)
+        if self.adapt and self.init_from is None:
+            raise ValueError("finetune.adapt turns the causal LM finetune.init_from into a diffusion model: set finetune.init_from")
+        if not self.adapt and (self.anneal_steps or not self.shift_logits):
+            raise ValueError("finetune.anneal_steps and finetune.shift_logits apply when adapting a causal LM (finetune.adapt=true)")
+        lora_set = self.lora_alpha != 16.0 or self.lora_dropout or self.lora_target_modules is not None
+        if not self.lora_rank and lora_set:
+            raise ValueError("finetune.lora_alpha, lora_dropout and lora_target_modules apply to LoRA: set finetune.lora_rank > 0")
+        if self.lora_rank and self.init_from is None:
+            raise ValueError("finetune.lora_rank adapts a trained model: set finetune.init_from")
+
+    @property
+    def active(self) -> bool:
+        """Whether the run starts from a trained model."""
+        return self.init_from is not None
+
+
+@dataclass
 class Recipe:
     model: ModelRecipe
     tokenizer: TokenizerRecipe
     data: DataConfig
     train: TrainConfig
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict:
         model = {"preset": self.model.preset, **self.model.overrides}
         return {"model": model, "tokenizer": dataclasses.asdict(self.tokenizer), "data": dataclasses.asdict(self.data),
-                "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)}}
+                "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)},
+                "finetune": dataclasses.asdict(self.finetune)}
 
 
 def _coerce(section: str, name: str, value, kind):
@@ -248,9 +304,12 @@ def recipe_from_dict(values: dict) -> Recipe:
     is tokenised, trained or written."""
     if not isinstance(values, dict):
         raise ValueError(f"a recipe must be a mapping of sections, got {type(values).__name__}")
-    if unknown := sorted(set(values) - {"model", "tokenizer", "data", "train"}, key=str):
-        raise ValueError(f"unknown recipe sections {unknown}; valid: ['data', 'model', 'tokenizer', 'train']")
-    sections = {name: _section(values, name) for name in ("model", "tokenizer", "data", "train")}
+    if unknown := sorted(set(values) - set(SECTIONS), key=str):
+        raise ValueError(f"unknown recipe sections {unknown}; valid: {sorted(SECTIONS)}")
+    sections = {name: _section(values, name) for name in SECTIONS}
+    finetune = _build(FinetuneConfig, sections["finetune"], "finetune")
+    if finetune.active:
+        return _finetune_recipe(sections, finetune)
     model = sections["model"]
     preset = model.pop("preset", "tiny")
     if not isinstance(preset, str) or preset not in PRESETS:
@@ -266,11 +325,14 @@ def recipe_from_dict(values: dict) -> Recipe:
         data=_build(DataConfig, sections["data"], "data"),
         train=_build(TrainConfig, sections["train"], "train"),
     )
+    if recipe.tokenizer.name is None and recipe.tokenizer.train_vocab_size is None:
+        raise ValueError("tokenizer: give exactly one of name (hub id or path) and train_vocab_size")
     try:
         config = recipe.model.config(recipe.tokenizer.train_vocab_size or PLACEHOLDER_VOCAB, recipe.data.block_size, recipe.train.objective)
     except ValueError as error:
         raise ValueError(f"recipe model section: {error}") from None
     _check_labels(config.num_classes, recipe.data.labels, recipe.train.label_dropout)
+    _check_sft(recipe)
     _check_loss_impl(recipe.train, config)
     if recipe.train.objective == "ar" and (recipe.train.t_sampling != "iid" or recipe.train.t_importance is not None):
         raise ValueError("train.t_sampling and train.t_importance apply to the diffusion loss; an autoregressive model "
@@ -279,6 +341,37 @@ def recipe_from_dict(values: dict) -> Recipe:
         check_local_path("tokenizer", recipe.tokenizer.name)
     recipe.data.check_local_files()
     return recipe
+
+
+def _finetune_recipe(sections: dict, finetune: FinetuneConfig) -> Recipe:
+    """A recipe that starts from ``finetune.init_from``: the model and its tokenizer come from there, so the model and
+    tokenizer sections stay empty; the objective is the diffusion loss."""
+    for name in ("model", "tokenizer"):
+        if sections[name]:
+            raise ValueError(f"recipe section {name!r}: the {name} comes from finetune.init_from ({finetune.init_from}); "
+                             f"leave the {name} section out")
+    recipe = Recipe(ModelRecipe(), TokenizerRecipe(), _build(DataConfig, sections["data"], "data"),
+                    _build(TrainConfig, sections["train"], "train"), finetune)
+    train = recipe.train
+    if train.objective != "diffusion":
+        raise ValueError("train.objective: fine-tuning (finetune.init_from) trains with the diffusion loss; leave it 'diffusion'")
+    _check_sft(recipe)
+    if train.label_dropout is not None:
+        raise ValueError("train.label_dropout applies to class-conditional models trained from a preset; leave it unset")
+    check_local_path("finetune.init_from", finetune.init_from)
+    recipe.data.check_local_files()
+    return recipe
+
+
+def _check_sft(recipe: Recipe) -> None:
+    """SFT examples (data.format='sft') train a diffusion model with the standard loss implementation."""
+    if recipe.data.format != "sft":
+        return
+    if recipe.train.objective != "diffusion":
+        raise ValueError("data.format='sft' trains a diffusion model on responses given prompts; train.objective must be 'diffusion'")
+    if recipe.train.loss_impl != "standard":
+        raise ValueError(f"train.loss_impl={recipe.train.loss_impl!r}: the SFT loss scores the response positions only, "
+                         "through the standard implementation; use train.loss_impl='standard'")
 
 
 def _check_loss_impl(train: TrainConfig, config: DDLMConfig) -> None:
