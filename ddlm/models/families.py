@@ -59,7 +59,7 @@ def family_of_config(config: dict, where: str = "the model") -> str:
     named = f"model_type {model_type!r}, architectures {architectures}"
     if any(name.endswith(CAUSAL_SUFFIXES) for name in architectures):
         raise ValueError(f"{where} is a causal (autoregressive) LM ({named}); ddlm samples and bounds masked or diffusion LMs: "
-                         f"{SUPPORTED}; start a diffusion model from it with finetune.adapt (ddlm adapt)")
+                         f"{SUPPORTED}; start a diffusion model from it with a fine-tuning recipe (finetune.init_from and finetune.adapt: true)")
     if "auto_map" in config:
         raise ValueError(f"{where} ({named}) needs code from its own directory (auto_map); ddlm never runs it. Supported: {SUPPORTED}")
     raise ValueError(f"{where} is not a ddlm model directory ({named}) nor another model ddlm loads: {SUPPORTED}")

@@ -624,6 +624,7 @@ def set_up(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     else:
         config = initial.config
         check_block_size(recipe, config)
+        add_adapters(initial, recipe.finetune, train_cfg.seed)
     changes = {} if meta is None else resume_changes(recipe, config, meta, allow_changes)
     with accelerator.main_process_first():
         train_blocks, validation = load_data(recipe, tokenizer, progress and accelerator.is_main_process)
@@ -680,6 +681,17 @@ def check_data_format(meta: dict, train_blocks) -> None:
                          f"checkpoint {saved}, now {now}); start a new run in another train.output_dir")
 
 
+def add_adapters(model, finetune, seed: int) -> None:
+    """Add LoRA adapters to the model a fine-tuning run starts from, in place (finetune.lora_rank > 0), their random
+    initialisation drawn after seeding torch with ``seed`` (a run's result must not depend on what ran before it)."""
+    if finetune.lora_rank:
+        from .lora import add_lora
+
+        torch.manual_seed(seed)
+        add_lora(model, rank=finetune.lora_rank, alpha=finetune.lora_alpha, dropout=finetune.lora_dropout,
+                 target_modules=finetune.lora_target_modules)
+
+
 def trainable(model) -> list:
     """The parameters the optimizer and the EMA update: all of them, or the LoRA adapters' (finetune.lora_rank)."""
     return [p for p in model.parameters() if p.requires_grad]
@@ -720,16 +732,11 @@ def record_start(recipe: Recipe, output_dir: Path, checkpoint: Path | None, meta
 
 def prepare_model(recipe: Recipe, config: DDLMConfig, accelerator, initial=None) -> tuple:
     """(model, optimizer, scheduler): the model initialised from train.seed (or ``initial``, the model fine-tuning
-    starts from, with LoRA adapters if finetune.lora_rank), AdamW and the learning-rate schedule, model and optimizer
-    prepared by accelerate."""
-    train_cfg, finetune = recipe.train, recipe.finetune
+    starts from), AdamW on its trainable parameters and the learning-rate schedule, model and optimizer prepared by
+    accelerate."""
+    train_cfg = recipe.train
     torch.manual_seed(train_cfg.seed)
     model = DDLMForDiffusion(config) if initial is None else initial
-    if finetune.lora_rank:
-        from .lora import add_lora
-
-        add_lora(model, rank=finetune.lora_rank, alpha=finetune.lora_alpha, dropout=finetune.lora_dropout,
-                 target_modules=finetune.lora_target_modules)
     model.train()
     optimizer = torch.optim.AdamW(trainable(model), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
     # Stepped by the loop once per optimizer step (accelerate's prepared scheduler steps once per process).
