@@ -200,7 +200,7 @@ def test_unsupported_architectures_are_refused_by_name(tmp_path):
 def test_save_and_load_round_trip(causal_dirs, tmp_path):
     from ddlm.text.pipeline import DiffusionPipeline
 
-    with pytest.raises(ValueError, match="causal .autoregressive. LM.*start a diffusion model from it with finetune.adapt"):
+    with pytest.raises(ValueError, match="causal .autoregressive. LM.*start a diffusion model from it with a fine-tuning recipe"):
         load_model(causal_dirs["gpt2"], progress=False)
     model, tokenizer = adapt_causal_lm(causal_dirs["gpt2"])
     save_adapted(model, tokenizer, tmp_path / "adapted")
