@@ -249,7 +249,7 @@ def test_readme_commands_are_run_by_ci():
     """The README's set-up and test commands are skipped above because CI runs them: check that it does."""
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install --quiet torch==2.13.0" in ci
-    assert 'pip install --quiet -e ".[dev,triton,docs,eval]"' in ci
+    assert 'pip install --quiet -e ".[dev,triton,docs,eval,peft]"' in ci
     assert "python -m pytest -q" in ci and "mkdocs build --strict" in ci
     smoke = (ROOT / ".ci" / "wheel_smoke.sh").read_text()  # the quickstart, skipped above for its minutes of training
     assert "ddlm train quickstart" in smoke and "ddlm sample" in smoke

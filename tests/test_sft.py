@@ -153,6 +153,8 @@ def weights(directory: Path) -> dict:
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_a_fine_tuning_run_resumes_exactly_and_exports_a_loadable_model(tmp_path, lora):
+    if lora:
+        pytest.importorskip("peft")
     base = base_model(tmp_path / "base")
     finetune = {"lora_rank": 4} if lora else {}
     final = train(recipe_from_dict(sft_recipe(tmp_path, base, "straight", finetune)), progress=False)
@@ -236,6 +238,8 @@ def run_cli(tmp_path: Path, values: dict, *extra):
     (lambda r: r["train"].update(loss_impl="fused_head"), "the SFT loss scores the response positions only"),
 ])
 def test_bad_fine_tuning_input_exits_2_with_one_line_and_writes_nothing(tmp_path, change, match):
+    if "lora" in match:
+        pytest.importorskip("peft")
     base = base_model(tmp_path / "base")
     values = sft_recipe(tmp_path, base)
     change(values)
