@@ -260,3 +260,36 @@ def test_adapting_an_unsupported_architecture_is_refused_by_name(tmp_path):
     values = sft_recipe(tmp_path, tmp_path / "neox", finetune={"adapt": True})
     result = run_cli(tmp_path, values)
     assert result.returncode == 2 and "cannot adapt gpt_neox" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+def test_a_transformers_causal_lm_is_adapted_with_annealing_and_reloads(tmp_path, kind):
+    from test_adapted_causal import save_causal
+
+    from ddlm.text.loading import load_model
+
+    save_causal(tmp_path / kind, kind)
+    values = sft_recipe(tmp_path, tmp_path / kind, finetune={"adapt": True, "anneal_steps": 4}, steps=4, eval_every=4, save_every=4)
+    final = train(recipe_from_dict(values), progress=False)
+    model, tokenizer = load_model(final, progress=False)
+    assert model.family.startswith("adapted-causal") and model.shift_logits and len(tokenizer) == 301
+    pipe = DiffusionPipeline(model, tokenizer)
+    assert pipe.sample(1, 24, 4, seed=0, progress=False).shape == (1, 24)
+
+
+def test_chat_rows_fine_tune_a_model_that_chat_then_serves(tmp_path):
+    base = base_model(tmp_path / "base")
+    tokenizer_config = json.loads((base / "tokenizer_config.json").read_text())
+    tokenizer_config["chat_template"] = ("{% for m in messages %}{% if m['role'] == 'assistant' %}>{% endif %}{{ m['content'] }}|"
+                                         "{% endfor %}{% if add_generation_prompt %}>{% endif %}")
+    (base / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (base / "manifest.json").unlink()
+    values = sft_recipe(tmp_path, base)
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps({"messages": [{"role": "user", "content": row["prompt"]},
+                                                                          {"role": "assistant", "content": row["response"]}]}) + "\n"
+                                                for row in ROWS * 3))
+    values["data"]["block_size"] = 32
+    final = train(recipe_from_dict(values), progress=False)
+    pipe = DiffusionPipeline.from_pretrained(final)
+    answer = pipe.chat([{"role": "user", "content": "Reverse beta: "}], max_new_tokens=8, block_size=4, steps=4, seed=0)
+    assert isinstance(answer, str)

@@ -218,11 +218,14 @@ class MaskedDiffusionModel(nn.Module):
         buffer.index_fill_(1, self.banned.nonzero().squeeze(1), float("-inf"))
         out = torch.log_softmax(buffer, dim=-1)  # over the real tokens; banned ids and the mask column stay -inf
         del buffer
+        # in place at inference; out of place when training (log_softmax keeps its output for the backward pass)
+        inplace = not (torch.is_grad_enabled() and out.requires_grad)
         shift = torch.log(torch.expm1(sigma_bar.double().clamp_min(1e-30))).float()  # log(e^sigma_bar - 1) per sequence
         if bool(shift.ne(0).any()):  # 0 at sigma_bar = log 2, where samplers with a score cache ask
-            per_row = shift.repeat_interleave(length) if rows is None else shift[rows // length]
-            out.sub_(per_row[:, None])
+            per_row = (shift.repeat_interleave(length) if rows is None else shift[rows // length])[:, None]
+            out = out.sub_(per_row) if inplace else out - per_row
         real = (ids != vocab).nonzero().squeeze(1)  # rows at a real token: every reverse rate 0, log s -inf but 0 at the token
         if real.numel():
-            out.index_fill_(0, real, float("-inf"))
-        return out.scatter_(-1, ids[:, None], 0.0)  # 0 at the current token (the mask column of masked rows)
+            out = out.index_fill_(0, real, float("-inf")) if inplace else out.index_fill(0, real, float("-inf"))
+        current = ids[:, None]  # 0 at the current token (the mask column of masked rows)
+        return out.scatter_(-1, current, 0.0) if inplace else out.scatter(-1, current, 0.0)
