@@ -121,7 +121,12 @@ def _save_model(path: Path, objective: str, tokenizer) -> None:
 
     torch.manual_seed(0)
     config = DDLMConfig.from_preset("tiny", vocab_size=len(tokenizer), max_position_embeddings=64, objective=objective)
-    DiffusionPipeline(DDLMForDiffusion(config).eval(), tokenizer).save_pretrained(path)
+    model = DDLMForDiffusion(config).eval()
+    if objective == "ar":  # an AR model has no pipeline: its directory is the model and the tokenizer
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    else:
+        DiffusionPipeline(model, tokenizer).save_pretrained(path)
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,9 @@ WRITERS = {  # the script that writes each results file, for the note shown befo
     "load_memory.md": "benchmarks/load_memory.py",
     "sampler_overhead_bert_cpu.md": "benchmarks/sampler_overhead.py --family bert --clock cpu",
     "compare_originals.md": "benchmarks/compare_originals.py --llada-code DIR --dream-code DIR --mdlm-code DIR",
+    "adapt.md": "benchmarks/adapt.py",
+    "sft_demo.md": "benchmarks/sft_demo.py",
+    "finetune_cost_cpu.md": "benchmarks/finetune_cost.py",
     # the output of the getting-started and tutorial pages' own commands
     "tutorial_demo.md": "benchmarks/tutorials.py demo",
     "tutorial_quickstart.md": "benchmarks/tutorials.py quickstart",
@@ -124,10 +127,10 @@ def _cell(text: str) -> str:
 
 
 def recipe_reference() -> str:
-    """Markdown tables of the four recipe sections' fields, from the dataclasses that validate them."""
+    """Markdown tables of the five recipe sections' fields, from the dataclasses that validate them."""
     from ddlm import DDLMConfig
     from ddlm.text.corpora import DataConfig
-    from ddlm.training.recipes import ModelRecipe, TokenizerRecipe, TrainConfig
+    from ddlm.training.recipes import FinetuneConfig, ModelRecipe, TokenizerRecipe, TrainConfig
 
     out = ["### `model`", "",
            "`preset` (one of `tiny`, `small`, `medium`; default `tiny`) picks the sizes; every other key is a "
@@ -139,7 +142,7 @@ def recipe_reference() -> str:
         if not name.startswith("_") and name != "model_type":
             out.append(f"| `{name}` | {_cell(_type_name(hint))} | `{_yaml(getattr(DDLMConfig, name))}` | {_cell(described.get(name, ''))} |")
     allowed = _allowed_values()
-    for section, cls in (("tokenizer", TokenizerRecipe), ("data", DataConfig), ("train", TrainConfig)):
+    for section, cls in (("tokenizer", TokenizerRecipe), ("data", DataConfig), ("train", TrainConfig), ("finetune", FinetuneConfig)):
         described = {**_docstring_fields(cls.__doc__ or ""), **_field_comments(cls)}
         out += ["", f"### `{section}`", "", _cell((cls.__doc__ or "").strip().split("\n\n")[0]), "",
                 "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
@@ -167,6 +170,7 @@ def _allowed_values() -> dict[str, dict[str, str]]:
         ddlm.training.recipes.TokenizerRecipe(train_vocab_size=1024)
         ddlm.text.corpora.DataConfig()
         ddlm.training.recipes.TrainConfig()
+        ddlm.training.recipes.FinetuneConfig()
     return captured
 
 

@@ -203,14 +203,14 @@ class FinetuneConfig:
     weight; the export merges them, and the adapter is saved beside it.
     """
 
-    init_from: str | None = None
-    adapt: bool = False
-    shift_logits: bool = True
-    anneal_steps: int = 0
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None
+    init_from: str | None = None  # the model to start from (directory or hub id); null: train from the model section's preset
+    adapt: bool = False  # init_from is a causal LM (ddlm AR, GPT-2, Llama, Qwen2): make it an absorbing diffusion model
+    shift_logits: bool = True  # adapt: token i is predicted at position i - 1, reusing the AR head (Dream)
+    anneal_steps: int = 0  # adapt: attention from causal to bidirectional over this many steps (DiffuLLaMA); 0: bidirectional
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight (pip install 'ddlm[peft]')
+    lora_alpha: float = 16.0  # LoRA scale: the update is (alpha / rank) B A
+    lora_dropout: float = 0.0  # dropout on the adapters' input
+    lora_target_modules: list[str] | None = None  # module names to adapt; null: the family's attention and MLP projections
 
     def __post_init__(self):
         targets_ok = self.lora_target_modules is None or (isinstance(self.lora_target_modules, list) and self.lora_target_modules
