@@ -9,7 +9,8 @@ Qwen2 field names plus ``mask_token_id``), safetensors shards under Qwen2's tens
 (``model.embed_tokens``, ``model.layers.N.self_attn.{q,k,v,o}_proj``, ``model.layers.N.mlp.{gate,up,down}_proj``,
 ``model.layers.N.{input,post_attention}_layernorm``, ``model.norm``, ``lm_head``) and tokenizer files; its
 modeling code (``modeling_dream.py``) is never run. The network is a ``BidirectionalLM`` of transformers'
-``Qwen2DecoderLayer``s, whose parameter names are Dream's own (no renaming).
+``Qwen2DecoderLayer``s, whose parameter names are Dream's own (no renaming). ``model.save_pretrained(directory)``
+writes the published layout back (config.json as loaded, the dtype updated; ``ddlm.models.open_weights``), never code.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def load_dream(path: str | os.PathLike, *, num_tokenizer_tokens: int | None = No
         raise ValueError(f"{path}/config.json does not declare Dream (model_type 'Dream' or architectures ['DreamModel'])")
     config = qwen2_config(values)
     network = load_open_weights(path, lambda: dream_network(config), None, dtype=config_dtype(values, dtype),
-                                device=device, device_map=device_map)
+                                device=device, device_map=device_map, published=values)
     return MaskedDiffusionModel(
         network, vocab_size=config.vocab_size, mask_token_id=config.mask_token_id, max_length=config.max_position_embeddings,
         banned_ids=padded_rows(path, config.vocab_size, num_tokenizer_tokens), shift_logits=True,

@@ -18,7 +18,8 @@ rotates q and k in float32 from float32 tables (``rope_full_precision``) and cas
 bfloat16 its layers' attention (``LLaDAAttention``) does too; in float32 and float64 that is Llama's
 rotation (LLaDA's original code, with rope_full_precision, also rounds float64 q and k to float32 there).
 Options the published models do not use (ALiBi, biases, QK norms, scaled logits, other block or norm
-types) are refused.
+types) are refused. ``model.save_pretrained(directory)`` writes the published layout back (config.json as loaded,
+the dtype updated; LLaDA's tensor names; ``ddlm.models.open_weights``), never code.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def load_llada(path: str | os.PathLike, *, num_tokenizer_tokens: int | None = No
     config = llama_config(values)
     names = llada_names(config.num_hidden_layers, config.tie_word_embeddings)
     network = load_open_weights(path, lambda: llada_network(config), names, dtype=config_dtype(values, dtype),
-                                device=device, device_map=device_map)
+                                device=device, device_map=device_map, published=values)
     return MaskedDiffusionModel(
         network, vocab_size=config.vocab_size, mask_token_id=config.mask_token_id, max_length=config.max_position_embeddings,
         banned_ids=padded_rows(path, config.vocab_size, num_tokenizer_tokens), noise=noise or LogLinear(), config=config, family="llada")

@@ -14,7 +14,7 @@ states as follows:
 
 Nothing from the model directory is executed: configs whose ``model_type`` transformers does not
 know (they need ``trust_remote_code``) are refused, and weights are read from safetensors or with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. A (fine-tuned) model is saved as the masked LM it is (``HubMaskedLM.save_pretrained``).
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def row_head(model: nn.Module):
 class HubMaskedLM(nn.Module):
     """A transformers masked LM (``AutoModelForMaskedLM``) as a ``MaskedDiffusionModel`` network: every position
     attends to every other (no padding), sigma_bar is ignored. ids Long[B, L] -> logits [B, L, V].
+    ``save_pretrained(directory, state_dict=None)`` writes the transformers model's own layout (config.json with its
+    ``*ForMaskedLM`` architecture, safetensors weights), which ``load_masked_lm`` reads back.
 
     For the classes of ``ROW_HEADS`` it accepts rows (``accepts_rows``): ``network(ids, sigma_bar, rows=R)`` runs the base
     model on every position and the output head on the flat rows R Long[R'] of [B, L] only -> logits [R', V]."""
@@ -79,6 +81,18 @@ class HubMaskedLM(nn.Module):
         self.model = model
         self.head = row_head(model)
         self.accepts_rows = self.head is not None
+
+    def save_pretrained(self, directory, state_dict: dict | None = None) -> None:
+        """The transformers model's ``save_pretrained`` (safetensors). state_dict: this module's keys (``model.`` + the
+        transformers model's names) or the transformers model's own; keys of neither are a ValueError."""
+        if state_dict is not None:
+            own, inner = set(self.state_dict()), set(self.model.state_dict())
+            if set(state_dict) <= own:
+                state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()}
+            elif not set(state_dict) <= inner:
+                raise ValueError(f"the state dict does not match the {type(self.model).__name__}: unexpected "
+                                 f"{sorted(set(state_dict) - own)[:5]}")
+        self.model.save_pretrained(directory, state_dict=state_dict)  # transformers 5 writes safetensors only
 
     def forward(self, ids: torch.Tensor, sigma_bar: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         mask = torch.ones_like(ids)

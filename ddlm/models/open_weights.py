@@ -17,6 +17,14 @@ device, so the file's pages never count towards the process's memory: loading co
 one chunk (an 8B model in bfloat16 from a float32 checkpoint: about 16 GB, not 16 + 32). Weights come from
 ``model.safetensors``, a sharded ``model.safetensors.index.json``, or pickled ``pytorch_model.bin`` files read
 only with ``torch.load(weights_only=True)``; no code from the model directory ever runs.
+
+Saving. A network that ``load_open_weights`` filled remembers its published layout (``published_config``: the
+config.json it was read from, as a dict; ``published_names``: the network's parameter names -> the checkpoint's), and
+``network.save_pretrained(directory, state_dict=None)`` writes that layout back: config.json as published (every field
+kept, ``torch_dtype`` / ``dtype`` set to the saved dtype) and the weights under the published tensor names
+(``model.safetensors``, or shards and ``model.safetensors.index.json`` past ``max_shard_size``), every row of the
+(padded) embedding and output matrices as they are, a tied output head once (as the embedding). No code file is
+written; ``load_model`` reads the directory back once a tokenizer is saved next to it.
 """
 
 from __future__ import annotations
@@ -70,6 +78,8 @@ class BidirectionalLM(nn.Module):
     [R', V]; the final norm and the output projection (both per position) run on those rows alone."""
 
     accepts_rows = True
+    published_config: dict | None = None  # set by load_open_weights: what save_pretrained writes back
+    published_names: dict[str, str] | None = None
 
     def __init__(self, config, layer_cls, norm_cls, rotary_cls, *, wide_rotary: bool = False):
         super().__init__()
@@ -91,6 +101,26 @@ class BidirectionalLM(nn.Module):
         if rows is not None:
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows.to(hidden.device))
         return self.lm_head(self.model.norm(hidden))
+
+    def save_pretrained(self, directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None, *,
+                        max_shard_size: int | str = "5GB") -> None:
+        """Write the network in the published layout it was loaded from (see the module docstring). state_dict: this
+        network's keys (default: its own state); keys it does not have, or a missing tensor, are a ValueError."""
+        if self.published_config is None or self.published_names is None:
+            raise ValueError("this network was not loaded from a published layout (load_open_weights), so it has no layout to save in")
+        state = self.state_dict() if state_dict is None else dict(state_dict)
+        tied = bool(self.config.tie_word_embeddings)
+        unexpected = sorted(key for key in state if key not in self.published_names and not (tied and key == "lm_head.weight"))
+        missing = sorted(key for key in self.published_names if key not in state)
+        if unexpected or missing:
+            raise ValueError("the state dict does not match the network: " + "; ".join(
+                f"{label}: {keys}" for label, keys in (("unexpected", unexpected), ("missing", missing)) if keys))
+        tensors = {self.published_names[key]: state[key].detach().to("cpu").contiguous() for key in self.published_names}
+        dtype = state["model.embed_tokens.weight"].dtype
+        config = dict(self.published_config)
+        for field in [field for field in ("torch_dtype", "dtype") if field in config] or ["torch_dtype"]:
+            config[field] = str(dtype).removeprefix("torch.")
+        write_layout(directory, config, tensors, max_shard_size)
 
 
 def model_config(path: str | os.PathLike) -> dict:
@@ -252,6 +282,49 @@ def _load(reader, name: str, dtype: torch.dtype, device: torch.device) -> torch.
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
+def write_layout(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor],
+                 max_shard_size: int | str = "5GB") -> None:
+    """Write ``config`` as config.json and ``tensors`` as ``model.safetensors`` (or shards ``model-0000i-of-0000n.safetensors``
+    with ``model.safetensors.index.json`` when they exceed ``max_shard_size``) in ``directory``. Each file is written
+    under a temporary name and renamed into place, so a model memory-mapped from the same directory stays readable;
+    the safetensors weight files of an earlier save there (single or sharded) are removed."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    split = split_torch_state_dict_into_shards(tensors, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+    written = {}
+    for filename, names in split.filename_to_tensors.items():
+        temporary = os.path.join(directory, f".{filename}.partial")
+        save_file({name: tensors[name] for name in names}, temporary, metadata={"format": "pt"})
+        written[filename] = temporary
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                 "weight_map": dict(sorted(split.tensor_to_filename.items()))}
+        written[SAFETENSORS_INDEX] = _write_json(directory, SAFETENSORS_INDEX, index)
+    written["config.json"] = _write_json(directory, "config.json", config)
+    stale = [SAFETENSORS, SAFETENSORS_INDEX]
+    if os.path.isfile(os.path.join(directory, SAFETENSORS_INDEX)):
+        with open(os.path.join(directory, SAFETENSORS_INDEX), encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+        stale += [name for name in set((weight_map or {}).values()) if isinstance(name, str) and os.path.basename(name) == name]
+    for name in stale:
+        if name not in written and os.path.isfile(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
+    for filename, temporary in written.items():
+        os.replace(temporary, os.path.join(directory, filename))
+
+
+def _write_json(directory: str, name: str, values: dict) -> str:
+    """``values`` as indented JSON in a temporary file of ``directory``; returns its path."""
+    temporary = os.path.join(directory, f".{name}.partial")
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(values, f, indent=2)
+        f.write("\n")
+    return temporary
+
+
 def placement(network: nn.Module, device, device_map, dtype: torch.dtype, no_split: list[str]) -> dict[str, torch.device]:
     """Module prefix -> device: ``{"": device}`` (default cpu), or ``device_map`` (a dict, or "auto" planned by accelerate)."""
     if device_map is None:
@@ -287,10 +360,11 @@ def _put(network: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 def load_open_weights(path: str | os.PathLike, build, names: Mapping[str, str] | None, *, dtype: torch.dtype,
-                      device=None, device_map=None) -> BidirectionalLM:
+                      device=None, device_map=None, published: dict | None = None) -> BidirectionalLM:
     """Build ``build()`` (a ``BidirectionalLM``) on the meta device and fill it from the weights in ``path``, whose
     checkpoint names map to the network's through ``names`` (None: the network's own names; a tied head is in neither);
-    see the module docstring.
+    see the module docstring. published: the config.json dict the directory was read from; the network keeps it and
+    the inverse name map (``published_config``, ``published_names``) for ``save_pretrained``.
     Returns the network in eval mode, its floating tensors in ``dtype``."""
     with torch.device("meta"):
         network = build()
@@ -313,4 +387,7 @@ def load_open_weights(path: str | os.PathLike, build, names: Mapping[str, str] |
         from accelerate import dispatch_model
 
         network = dispatch_model(network, device_map={name: str(where) for name, where in devices.items()})
+    if published is not None:
+        network.published_config = dict(published)
+        network.published_names = {ours: theirs for theirs, ours in names.items()}
     return network.eval()
