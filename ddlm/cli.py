@@ -624,7 +624,8 @@ def _add_train_command(commands) -> None:
     """``ddlm train`` and its options."""
     p = _command(commands, "train", "train per a recipe (also: accelerate launch -m ddlm train RECIPE)",
                  ["ddlm train quickstart", "ddlm train quickstart train.steps=300 model.hidden_size=96",
-                  "ddlm train --resume quickstart train.steps=3000", "accelerate launch -m ddlm train sedd-small-owt"])
+                  "ddlm train --resume quickstart train.steps=3000", "accelerate launch -m ddlm train sedd-small-owt",
+                  "ddlm train sft.yaml   # a recipe with a finetune section: SFT, LoRA, adaptation of an AR model"])
     p.add_argument("recipe", help="a recipe name in recipes/ (quickstart, sedd-small-owt, ...) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides, e.g. train.steps=100")
     p.add_argument("--resume", action="store_true", help="continue from the output directory's newest intact checkpoint; "

@@ -293,3 +293,12 @@ def test_chat_rows_fine_tune_a_model_that_chat_then_serves(tmp_path):
     pipe = DiffusionPipeline.from_pretrained(final)
     answer = pipe.chat([{"role": "user", "content": "Reverse beta: "}], max_new_tokens=8, block_size=4, steps=4, seed=0)
     assert isinstance(answer, str)
+
+
+def test_lora_without_peft_is_refused_while_validating_the_recipe(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(ValueError, match=r"pip install 'ddlm\[peft\]'"):
+        recipe_from_dict(sft_recipe(tmp_path, tmp_path, finetune={"lora_rank": 2}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -234,6 +235,8 @@ class FinetuneConfig:
             raise ValueError("finetune.lora_alpha, lora_dropout and lora_target_modules apply to LoRA: set finetune.lora_rank > 0")
         if self.lora_rank and self.init_from is None:
             raise ValueError("finetune.lora_rank adapts a trained model: set finetune.init_from")
+        if self.lora_rank and importlib.util.find_spec("peft") is None:
+            raise ValueError("finetune.lora_rank needs the peft package: pip install 'ddlm[peft]'")
 
     @property
     def active(self) -> bool:
