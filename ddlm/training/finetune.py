@@ -93,5 +93,5 @@ def check_savable(model, path) -> None:
     network = getattr(model, "network", None)
     if not callable(getattr(network, "save_pretrained", None)):
         family = getattr(model, "family", type(model).__name__)
-        raise ValueError(f"finetune.init_from {path}: ddlm cannot yet save a fine-tuned {family} model, so it does not train one; "
-                         "fine-tune ddlm models, converted SEDD/MDLM models, adapted causal LMs or transformers masked LMs")
+        raise ValueError(f"finetune.init_from {path}: ddlm cannot save a {family} model in a layout it loads again, so it does not "
+                         "fine-tune one (every family load_model reads can be saved; this network was wrapped by hand)")
