@@ -302,3 +302,28 @@ def test_lora_without_peft_is_refused_while_validating_the_recipe(tmp_path, monk
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
     with pytest.raises(ValueError, match=r"pip install 'ddlm\[peft\]'"):
         recipe_from_dict(sft_recipe(tmp_path, tmp_path, finetune={"lora_rank": 2}))
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_two_processes_fine_tune_in_sync(tmp_path, lora):
+    import socket
+
+    if lora:
+        pytest.importorskip("peft")
+    base = base_model(tmp_path / "base")
+    values = sft_recipe(tmp_path, base, finetune={"lora_rank": 2} if lora else None, steps=2, save_every=2, eval_every=2)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(values))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+               "-m", "ddlm", "train", str(recipe), "--quiet"]
+    result = subprocess.run(command, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["sequences"] for r in records if "train/loss" in r] == [4, 4]
+    fingerprints = torch.tensor(records[-1]["weight_fingerprints"])
+    assert torch.equal(fingerprints[0], fingerprints[1])
+    assert DDLMForDiffusion.from_pretrained(tmp_path / "run" / "final").config.vocab_size == 300
