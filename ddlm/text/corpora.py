@@ -422,14 +422,8 @@ class TokenBlocks:
 
     def split(self, validation_fraction: float, seed: int = 0) -> tuple[TokenBlocks, TokenBlocks]:
         """(train, validation): a seeded random ``validation_fraction`` of the blocks (at least one) held out; order kept."""
-        if not 0 < validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-        num_val = max(1, round(validation_fraction * len(self)))
-        if num_val >= len(self):
-            raise ValueError(f"{len(self)} blocks cannot hold out {num_val} and keep any for training")
-        order = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))).permutation(len(self))
-        parts = [torch.from_numpy(np.sort(part)) for part in (order[num_val:], order[:num_val])]
-        return tuple(TokenBlocks(self.tokens[part], None if self.labels is None else self.labels[part]) for part in parts)
+        return tuple(TokenBlocks(self.tokens[part], None if self.labels is None else self.labels[part])
+                     for part in held_out_split(len(self), validation_fraction, seed))
 
     def indices(self, step: int, global_batch_size: int, seed: int = 0) -> torch.Tensor:
         """Block indices of the global batch of ``step``, Long[global_batch_size].
@@ -465,6 +459,18 @@ class TokenBlocks:
                 yield (self[index], self.labels[index]) if with_labels else self[index]
 
         return generate()
+
+
+def held_out_split(count: int, validation_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices Long[k] of ``count`` items, each sorted: a seeded random ``validation_fraction`` of them
+    (at least one) held out."""
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    num_val = max(1, round(validation_fraction * count))
+    if num_val >= count:
+        raise ValueError(f"{count} blocks cannot hold out {num_val} and keep any for training")
+    order = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))).permutation(count)
+    return tuple(torch.from_numpy(np.sort(part)) for part in (order[num_val:], order[:num_val]))
 
 
 @functools.lru_cache(maxsize=2)

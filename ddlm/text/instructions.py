@@ -28,10 +28,9 @@ import json
 import warnings
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
-from .corpora import DataConfig, TokenBlocks, _check_batching, _is_local, _local_files, _split_source, eos_id
+from .corpora import DataConfig, TokenBlocks, _check_batching, _is_local, _local_files, _split_source, eos_id, held_out_split
 
 ROW_KINDS = {"messages": ("messages",), "prompt-response": ("prompt", "response")}
 
@@ -166,14 +165,8 @@ class ResponseBlocks(TokenBlocks):
 
     def split(self, validation_fraction: float, seed: int = 0) -> tuple[ResponseBlocks, ResponseBlocks]:
         """(train, validation) as ``TokenBlocks.split`` holds out blocks, the prompt masks kept with them."""
-        if not 0 < validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-        num_val = max(1, round(validation_fraction * len(self)))
-        if num_val >= len(self):
-            raise ValueError(f"{len(self)} SFT examples cannot hold out {num_val} and keep any for training")
-        order = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))).permutation(len(self))
-        parts = [torch.from_numpy(np.sort(part)) for part in (order[num_val:], order[:num_val])]
-        return tuple(ResponseBlocks(self.tokens[part].long(), self.prompt_mask[part], self.signature) for part in parts)
+        return tuple(ResponseBlocks(self.tokens[part].long(), self.prompt_mask[part], self.signature)
+                     for part in held_out_split(len(self), validation_fraction, seed))
 
     def batches(self, start_step: int, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                 with_labels: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
