@@ -327,3 +327,20 @@ def test_two_processes_fine_tune_in_sync(tmp_path, lora):
     fingerprints = torch.tensor(records[-1]["weight_fingerprints"])
     assert torch.equal(fingerprints[0], fingerprints[1])
     assert DDLMForDiffusion.from_pretrained(tmp_path / "run" / "final").config.vocab_size == 300
+
+
+def test_a_masked_lm_that_never_draws_eos_is_refused_before_training(tmp_path):
+    from test_masked_lm import WORDS, save_bert
+
+    save_bert(tmp_path / "bert")
+    values = sft_recipe(tmp_path, tmp_path / "bert")
+    rows = [{"prompt": f"{a} ", "response": b} for a, b in zip(WORDS, WORDS[1:])]  # words the tokenizer knows
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows * 2))
+    values["data"]["block_size"] = 8
+    with pytest.raises(ValueError, match="the tokenizer has no eos_token"):
+        train(recipe_from_dict(values), progress=False)
+    config = json.loads((tmp_path / "bert" / "tokenizer_config.json").read_text())
+    (tmp_path / "bert" / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "[SEP]"}))
+    with pytest.raises(ValueError, match=r"token \d+ \('\[SEP\]'\), which the masked-lm .bert. model never draws"):
+        train(recipe_from_dict(values), progress=False)
+    assert not (tmp_path / "run" / "recipe.json").exists()

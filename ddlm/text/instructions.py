@@ -137,6 +137,9 @@ class ResponseBlocks(TokenBlocks):
     @classmethod
     def build(cls, rows, tokenizer, block_size: int, *, drop_long: bool = False, where: str = "data.source") -> ResponseBlocks:
         """Render and pad ``rows`` (see the module docstring); a ValueError counting the examples that do not fit."""
+        if getattr(tokenizer, "eos_token_id", None) is None:
+            raise ValueError("SFT pads every response with EOS and trains on it (so the model learns to stop), but the tokenizer "
+                             "has no eos_token")
         eos = eos_id(tokenizer)
         tokens, masks, kinds, long = [], [], set(), []
         for index, row in enumerate(rows):

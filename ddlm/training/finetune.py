@@ -86,6 +86,24 @@ def _adapted(path: str, shift_logits: bool, progress: bool):
     return adapt_causal_lm(path, shift_logits=shift_logits)
 
 
+def check_drawable(model, examples, tokenizer) -> None:
+    """ValueError naming the first SFT example whose response (EOS padding included) holds a token ``model`` never draws
+    (a masked LM's special tokens, ids past its tokenizer): its loss would be infinite. Models without ``drawable``
+    draw every token."""
+    drawable = getattr(model, "drawable", None)
+    prompts = getattr(examples, "prompt_mask", None)
+    if drawable is None or prompts is None:
+        return
+    tokens = examples[:]
+    bad = ~drawable.to(tokens.device)[tokens] & ~prompts
+    if bool(bad.any()):
+        row, position = (int(i) for i in bad.nonzero()[0])
+        token = int(tokens[row, position])
+        raise ValueError(f"SFT example {row}: its response holds token {token} ({tokenizer.convert_ids_to_tokens(token)!r}), which "
+                         f"the {getattr(model, 'family', 'model')} model never draws (a special token; responses are padded with "
+                         "EOS, which such a model must be able to produce): fine-tune a model that draws EOS")
+
+
 def check_savable(model, path) -> None:
     """ValueError unless the run can export ``model`` as a directory ``load_model`` reads back."""
     if isinstance(model, DDLMForDiffusion):

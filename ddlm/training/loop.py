@@ -41,7 +41,7 @@ from ..models import DDLMConfig, DDLMForDiffusion
 from ..text.corpora import build_datasets, eos_id, load_documents
 from ..text.loading import loading_progress
 from .adapt import annealed_attention_mask
-from .finetune import WithArguments, sft_loss, start_model
+from .finetune import WithArguments, check_drawable, sft_loss, start_model
 from .checkpoints import (CorruptCheckpoint, latest_checkpoint, like, load_checkpoint, prepare_run_directory,
                           recipe_changes, run_lock, save_checkpoint, whole)
 from .recipes import Recipe, TrainConfig
@@ -630,6 +630,9 @@ def set_up(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
         train_blocks, validation = load_data(recipe, tokenizer, progress and accelerator.is_main_process)
     if meta is not None:
         check_data_format(meta, train_blocks)
+    if initial is not None:
+        for blocks in (train_blocks, validation):
+            check_drawable(initial, blocks, tokenizer)
     if accelerator.is_main_process:
         record_start(recipe, output_dir, checkpoint, meta, changes)
     model, optimizer, scheduler = prepare_model(recipe, config, accelerator, initial)
