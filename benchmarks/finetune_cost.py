@@ -54,6 +54,7 @@ import time
 
 import harness
 import torch
+import train_throughput
 
 from ddlm import DDLMConfig, DDLMForDiffusion
 
@@ -116,42 +117,26 @@ def prompt_mask(share: float | None, batch: int, length: int) -> torch.Tensor | 
     return mask
 
 
-class Trainer:
-    """One configuration: its model (from ``state``), loss, AdamW over the trainable parameters, and its step times."""
+class Trainer(train_throughput.Trainer):
+    """One configuration: its model (from ``state``), loss and AdamW (state only for the parameters that get gradients:
+    the adapters under LoRA), stepped and timed as ``benchmarks/train_throughput.py`` does."""
 
     def __init__(self, name: str, config: DDLMConfig, state: dict, data: list[torch.Tensor]):
         from ddlm.training.loop import objective_loss
         from ddlm.training.recipes import TrainConfig
 
-        self.name, self.data, self.count, self.times = name, data, 0, []
-        self.model = DDLMForDiffusion(config)
-        self.model.load_state_dict(state)
+        model = DDLMForDiffusion(config)
+        model.load_state_dict(state)
         if name.startswith("lora"):
             from ddlm.training.lora import add_lora
 
-            add_lora(self.model, rank=LORA_RANK, alpha=LORA_ALPHA)
-        self.model.train()
-        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=1e-4, weight_decay=0.01)
-        self.mask = prompt_mask(PROMPT_SHARE[name], *data[0].shape)
-        generator, train, model = torch.Generator().manual_seed(0), TrainConfig(), self.model
-        self.loss_fn = lambda x0: objective_loss(model, x0, train, model.graph, model.noise, generator, prompt_mask=self.mask)
-
-    def step(self, record: bool = True) -> float:
-        x0 = self.data[self.count % len(self.data)]
-        self.count += 1
-        start = time.perf_counter()
-        loss = self.loss_fn(x0)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        elapsed = time.perf_counter() - start
-        value = float(loss.detach())
-        if not value == value or abs(value) == float("inf"):
-            raise RuntimeError(f"{self.name}: non-finite loss {value}")
-        if record:
-            self.times.append(elapsed)
-        return value
+            add_lora(model, rank=LORA_RANK, alpha=LORA_ALPHA)
+        model.train()
+        mask = prompt_mask(PROMPT_SHARE[name], *data[0].shape)
+        generator, train = torch.Generator().manual_seed(0), TrainConfig()
+        super().__init__(model, lambda x0: objective_loss(model, x0, train, model.graph, model.noise, generator, prompt_mask=mask), data)
+        self.name = name
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
 
 
 def allocated_peak(trainer: Trainer) -> int:

@@ -44,7 +44,7 @@ WRITERS = {  # the script that writes each results file, for the note shown befo
     "compare_originals.md": "benchmarks/compare_originals.py --llada-code DIR --dream-code DIR --mdlm-code DIR",
     "adapt.md": "benchmarks/adapt.py",
     "sft_demo.md": "benchmarks/sft_demo.py",
-    "finetune_cost_cpu.md": "benchmarks/finetune_cost.py",
+    "finetune_cost_cpu.md": "benchmarks/finetune_cost.py --threads 1",
     # the output of the getting-started and tutorial pages' own commands
     "tutorial_demo.md": "benchmarks/tutorials.py demo",
     "tutorial_quickstart.md": "benchmarks/tutorials.py quickstart",
