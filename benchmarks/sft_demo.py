@@ -207,6 +207,7 @@ def measure(args) -> dict:
     """Run every part (reusing finished ones) and return the record's numbers."""
     import torch
 
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     work = Path(args.work)
     data = work / "data"
     counts = make_data(data, args.train, args.test, args.seed)
@@ -219,8 +220,7 @@ def measure(args) -> dict:
     for lora in (False, True) if args.lora else (False,):
         models["sft_lora" if lora else "sft_full"] = finetune(args, base, data, work, lora)
     record = {"data": counts, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True).stdout.strip(),
+              "commit": commit,
               "command": "python benchmarks/sft_demo.py " + " ".join(sys.argv[1:]), "models": {}}
     for name, (model_dir, facts) in models.items():
         if not args.quiet:
@@ -273,6 +273,10 @@ def markdown(record: dict) -> str:
         first, last = model["bounds"][0], model["bounds"][-1]
         lines.append(f"| {names[name]} | {first['bound']:.3f} ± {first['stderr']:.3f} | {last['bound']:.3f} ± {last['stderr']:.3f} | "
                      f"{model['recipe']['train']['steps']} | {model['seconds'] / 60:.1f} min |")
+    for name, model in models.items():
+        if name != "base":
+            lines.append(f"\n{names[name]}, every evaluation (step: bound): "
+                         + ", ".join(f"{b['step']}: {b['bound']:.3f}" for b in model["bounds"]) + ".")
     base = models["base"]
     base_time = "not recorded (--base)" if base["seconds"] is None else f"{base['seconds'] / 60:.1f} min"
     lines += ["", "## Settings and wall times", "",
