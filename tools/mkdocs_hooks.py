@@ -43,7 +43,7 @@ WRITERS = {  # the script that writes each results file, for the note shown befo
     "sampler_overhead_bert_cpu.md": "benchmarks/sampler_overhead.py --family bert --clock cpu",
     "compare_originals.md": "benchmarks/compare_originals.py --llada-code DIR --dream-code DIR --mdlm-code DIR",
     "adapt.md": "benchmarks/adapt.py",
-    "sft_demo.md": "benchmarks/sft_demo.py",
+    "sft_demo.md": "benchmarks/sft_demo.py --threads 1 --lora",
     "finetune_cost_cpu.md": "benchmarks/finetune_cost.py --threads 1",
     # the output of the getting-started and tutorial pages' own commands
     "tutorial_demo.md": "benchmarks/tutorials.py demo",

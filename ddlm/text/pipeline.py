@@ -108,7 +108,7 @@ class DiffusionPipeline:
                batch_size: int | None = None, generator: torch.Generator | None = None, seed: int | None = None,
                progress: bool = True, stats: dict | None = None, label: int | None = None, guidance_scale: float = 1.0,
                **sampler_options) -> torch.Tensor:
-        """Token ids Long[num_samples, length]; x_init / fixed: Long/Bool[length] clamped positions (or None).
+        """Token ids Long[num_samples, length]; x_init / fixed: Long/Bool[length], or [num_samples, length] per sample, clamped positions (or None).
 
         Batches of ``batch_size`` samples (default all) run ``ddlm.sampling.sample`` one after
         another with the same generator. predictor: any of ``ddlm.sampling.PREDICTORS``

@@ -367,10 +367,13 @@ def report(recipe: Recipe, num_validation: int, metrics_file: Path, showcase_lin
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     evaluations = [r for r in records if any(key.startswith("eval/") for key in r)]  # step 0 first, the last step last
     untrained, trained = evaluations[0], {key: value for key, value in evaluations[-1].items() if key.startswith("eval/")}
-    lines = [f"held-out ({min(recipe.train.eval_blocks, num_validation)} blocks of {recipe.data.block_size} tokens), nats per token:"]
+    count = min(recipe.train.eval_blocks, num_validation)
+    lines = [f"held-out ({count} SFT examples of {recipe.data.block_size} tokens), nats per response token:" if recipe.data.format == "sft"
+             else f"held-out ({count} blocks of {recipe.data.block_size} tokens), nats per token:"]
+    start, end = ("before", "after") if recipe.finetune.active else ("untrained", "trained")
     for key, value in trained.items():
-        before = f"untrained {untrained[key]:.4f} -> " if untrained.get("step") == 0 else ""
-        lines.append(f"  {key}: {before}trained {value:.4f}")
+        before = f"{start} {untrained[key]:.4f} -> " if untrained.get("step") == 0 else ""
+        lines.append(f"  {key}: {before}{end} {value:.4f}")
     return "\n".join(lines + showcase_lines)
 
 
@@ -592,10 +595,10 @@ def _train(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     and samples, metrics, checkpoint), then ``finish`` (export and report)."""
     run = set_up(recipe, accelerator, resume, progress, allow_changes, trackers)
     train_cfg = recipe.train
-    if run.start == 0:  # the untrained model's held-out numbers, for comparison
+    if run.start == 0:  # the held-out numbers of the untrained (or not yet fine-tuned) model, for comparison
         untrained = evaluate(run.base, recipe, run.validation, accelerator, run.context)
         if accelerator.is_main_process:
-            tqdm.write(eval_line(0, untrained) + " (untrained)")
+            tqdm.write(eval_line(0, untrained) + (" (before fine-tuning)" if recipe.finetune.active else " (untrained)"))
         append_metrics(run, {"step": 0, **untrained})
     bar = tqdm(total=train_cfg.steps, initial=run.start, desc="training", disable=not (progress and accelerator.is_main_process))
     batches = run.train_blocks.batches(run.start, train_cfg.global_batch_size, accelerator.process_index,
