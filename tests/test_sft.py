@@ -344,3 +344,23 @@ def test_a_masked_lm_that_never_draws_eos_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"token \d+ \('\[SEP\]'\), which the masked-lm .bert. model never draws"):
         train(recipe_from_dict(values), progress=False)
     assert not (tmp_path / "run" / "recipe.json").exists()
+
+
+def test_parquet_and_json_rows_read_like_jsonl(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ddlm.text.corpora import DataConfig
+    from ddlm.text.instructions import build_response_blocks
+
+    tokenizer = byte_tokenizer()
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "rows.parquet")
+    (tmp_path / "rows.json").write_text(json.dumps(ROWS))
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    built = [build_response_blocks(DataConfig(format="sft", source=str(tmp_path / f"rows.{kind}"), block_size=24,
+                                              validation_fraction=0.25), tokenizer) for kind in ("jsonl", "json", "parquet")]
+    for train_blocks, validation in built[1:]:
+        assert torch.equal(train_blocks[:], built[0][0][:]) and torch.equal(validation.prompt_mask, built[0][1].prompt_mask)
+    (tmp_path / "bad.jsonl").write_text(json.dumps(ROWS[0]) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2 is not valid JSON"):
+        build_response_blocks(DataConfig(format="sft", source=str(tmp_path / "bad.jsonl"), block_size=24), tokenizer)
