@@ -42,6 +42,7 @@ WRITERS = {  # the script that writes each results file, for the note shown befo
     "load_memory.md": "benchmarks/load_memory.py",
     "sampler_overhead_bert_cpu.md": "benchmarks/sampler_overhead.py --family bert --clock cpu",
     "compare_originals.md": "benchmarks/compare_originals.py --llada-code DIR --dream-code DIR --mdlm-code DIR",
+    "gpu.md": "benchmarks/gpu_suite.py",
     "adapt.md": "benchmarks/adapt.py",
     "sft_demo.md": "benchmarks/sft_demo.py --threads 1 --lora",
     "finetune_cost_cpu.md": "benchmarks/finetune_cost.py --threads 1",
