@@ -316,15 +316,17 @@ def sft_answers(model, tokenizer, examples, count: int, steps: int, generator) -
 
     pipe = DiffusionPipeline(model, tokenizer)
     eos = eos_id(tokenizer)
-    out = []
-    for block, prompt in zip(examples[:count], examples.prompt_mask[:count]):
-        block, prompt = block.to(generator.device), prompt.to(generator.device)
-        filled = pipe.sample(1, block.numel(), steps, x_init=block, fixed=prompt, generator=generator, progress=False)[0]
-        start = int(prompt.sum())
-        text = lambda ids: pipe.decode(ids[:int((ids == eos).nonzero()[0]) if bool((ids == eos).any()) else len(ids)])  # noqa: E731
-        out.append((pipe.decode(block[:start]), text(filled[start:]), text(block[start:])))
+    blocks, prompts = examples[:count].to(generator.device), examples.prompt_mask[:count].to(generator.device)
+    filled = pipe.sample(len(blocks), blocks.shape[1], steps, x_init=blocks, fixed=prompts, generator=generator, progress=False)
     model.train()
-    return out
+
+    def until_eos(ids: torch.Tensor) -> str:
+        ends = (ids == eos).nonzero()
+        return pipe.decode(ids[:int(ends[0]) if len(ends) else len(ids)])
+
+    starts = prompts.sum(1).tolist()
+    return [(pipe.decode(block[:start]), until_eos(sample[start:]), until_eos(block[start:]))
+            for block, sample, start in zip(blocks, filled, starts)]
 
 
 def write_samples(texts: list[str], step: int, output_dir: Path) -> None:
