@@ -278,14 +278,29 @@ def target_lines(record: dict, default: dict, ar_by_tokens: dict, ar_tokens: int
     low, high = score.ppl_interval
     met = score.ppl <= TARGET * reference.ppl
     robust = "its whole ± 2 SE interval too" if high <= TARGET * reference.ppl else (
-        "but not its whole ± 2 SE interval" if met else "nor is the interval's lower end" if low > TARGET * reference.ppl
-        else "though the interval's lower end is")
+        "but not its whole ± 2 SE interval" if met else "and so is the interval's lower end" if low > TARGET * reference.ppl
+        else "though the interval's lower end is not")
     which = "the AR model trained on the same total tokens" if total in ar_by_tokens else "the AR baseline (none trained on equal tokens)"
     each = "; ".join(f"K = {default[run]['k']}: {scores[run].ppl:.2f} = {scores[run].ppl / ar.ppl:.2f} × AR" for run in trained)
+    scratch = [run for run, row in record["rows"].items() if row["kind"] not in ("ar", "adapted") and runs[run]["tokens"] == total]
+    versus = "; ".join(f"{SCRATCH_LABELS.get(record['rows'][run]['kind'], record['rows'][run]['kind'])}: {scores[run].ppl:.2f} "
+                       f"[{scores[run].ppl_interval[0]:.2f}, {scores[run].ppl_interval[1]:.2f}], adapted / scratch = "
+                       f"{score.ppl / scores[run].ppl:.3f} ({overlap(score, scores[run])})" for run in scratch)
+    versus = f" **From scratch at equal total tokens** ({total / 1e6:.2f}M): {versus}." if scratch else ""
     return (f"**Target** (adapted bound ≤ {TARGET:g} × AR perplexity at equal total tokens): **{'MET' if met else 'NOT MET'}**. "
             f"Adapted, K = {default[longest]['k']} ({total / 1e6:.2f}M total tokens): {score.ppl:.2f} [{low:.2f}, {high:.2f}] vs "
             f"{TARGET:g} × {reference.ppl:.2f} = {TARGET * reference.ppl:.2f} ({which}): the estimate is "
-            f"{'within' if met else 'above'} it, {robust}. Against the AR baseline ({ar.ppl:.2f}): {each}.")
+            f"{'within' if met else 'above'} it, {robust}. Against the AR baseline ({ar.ppl:.2f}): {each}.{versus}")
+
+
+def overlap(a: TextBound, b: TextBound) -> str:
+    """Whether the ± 2 SE intervals of two bounds overlap, in words."""
+    (a_low, a_high), (b_low, b_high) = a.ppl_interval, b.ppl_interval
+    if a_high < b_low:
+        return "lower, the ± 2 SE intervals apart"
+    if b_high < a_low:
+        return "higher, the ± 2 SE intervals apart"
+    return "the ± 2 SE intervals overlap"
 
 
 def write_plot(record: dict, out: Path) -> None:
