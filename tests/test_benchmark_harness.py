@@ -16,7 +16,7 @@ import harness  # noqa: E402
 
 SCRIPTS = ["quality", "sampling", "guidance", "guidance_oracle", "continuous_inpainting", "t_sampling", "zero_shot",
            "eval_cost", "startup", "bound_variance", "sampler_overhead", "fused_loss", "load_memory", "finetune_cost",
-           "sft_demo"]  # the scripts on the harness
+           "sft_demo", "adapt"]  # the scripts on the harness
 UNMEASURED = ["gpu_suite"]  # on the harness, no stored results yet (a GPU run writes them)
 OWN_WRITING = ["train_throughput", "tutorials"]  # the harness's parser and machine header, but their own Markdown
 UNSTORED = {"bound_variance"}  # measured before the harness: a table and no JSON yet
