@@ -156,3 +156,37 @@ def test_bad_switches_are_refused_before_training(tmp_path, text_data, monkeypat
     compiled["train"]["output_dir"] = str(tmp_path / "bad-backend")
     with pytest.raises(CompileUnavailableError, match="failed on the first training step.*no code generator.*train.compile=false"):
         train(recipe_from_dict(compiled), progress=False)
+
+
+def test_auto_picks_the_leanest_implementation_that_applies():
+    from types import SimpleNamespace
+
+    from ddlm.train import resolved_loss_impl
+
+    auto, ar = TrainConfig(), TrainConfig(objective="ar")
+    conditioned = DDLMConfig.from_preset("tiny", vocab_size=50)
+    independent = DDLMConfig.from_preset("tiny", vocab_size=50, time_conditioning=False)
+    x0_predictor = DDLMConfig.from_preset("tiny", vocab_size=50, predict_x0=True)
+    assert auto.loss_impl == "auto"
+    assert resolved_loss_impl(auto, conditioned) == "fused_head"
+    assert resolved_loss_impl(auto, independent) == resolved_loss_impl(auto, x0_predictor) == "inplace"
+    assert resolved_loss_impl(auto, conditioned, distributed="FSDP") == "inplace"
+    assert resolved_loss_impl(auto, conditioned, sft=True) == "standard"
+    assert resolved_loss_impl(ar, DDLMConfig.from_preset("tiny", vocab_size=50, objective="ar")) == "standard"
+    assert resolved_loss_impl(auto, SimpleNamespace(family="llada")) == "standard"  # a wrapped open-weight network
+    assert resolved_loss_impl(TrainConfig(loss_impl="standard"), conditioned) == "standard"  # explicit values stay
+
+
+def test_the_default_trains_with_the_fused_head_and_resumes_what_a_checkpoint_used(tmp_path, text_data):
+    from ddlm.train import load_checkpoint
+
+    fused = run(tmp_path, text_data, "first", steps=2)
+    assert load_checkpoint(latest_checkpoint(fused))[1]["loss_impl"] == "fused_head"
+    independent = run(tmp_path, text_data, "independent", model={"time_conditioning": False}, steps=2)
+    assert load_checkpoint(latest_checkpoint(independent))[1]["loss_impl"] == "inplace"
+    # a run recorded with the old default (standard) resumes under 'auto' without a recipe change and keeps standard
+    old = run(tmp_path, text_data, "old", steps=2, loss_impl="standard")
+    resumed = run(tmp_path, text_data, "old", resume=True, allow={"train.steps"}, steps=4)
+    assert load_checkpoint(latest_checkpoint(resumed))[1]["loss_impl"] == "standard"
+    assert losses(resumed) == losses(run(tmp_path, text_data, "straight", steps=4, loss_impl="standard"))
+    assert old == resumed

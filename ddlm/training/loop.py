@@ -168,21 +168,38 @@ def with_labels(model, class_labels: torch.Tensor | None):
     return lambda *args, **kwargs: model(*args, class_labels=class_labels, **kwargs)
 
 
+def resolved_loss_impl(train, config, sft: bool = False, distributed: str = "NO") -> str:
+    """The loss implementation a step uses: train.loss_impl, or for ``auto`` the leanest exact one that applies —
+    ``fused_head`` (no [tokens x S] tensor) for a time-conditioned ddlm diffusion model that does not predict x0,
+    ``inplace`` (the gradient written over the log-scores) for other ddlm diffusion models and wherever the head's
+    weight is sharded (FSDP, DeepSpeed), ``standard`` for AR models, SFT (only response rows are scored) and
+    wrapped open-weight networks. config: the model's config; distributed: accelerate's distributed type."""
+    if train.loss_impl != "auto":
+        return train.loss_impl
+    if train.objective == "ar" or sft or not isinstance(config, DDLMConfig):
+        return "standard"
+    if distributed in ("FSDP", "DEEPSPEED") or config.predict_x0 or not config.time_conditioning:
+        return "inplace"
+    return "fused_head"
+
+
 def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator, class_labels: torch.Tensor | None = None,
                    head=None, uniforms: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
-                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                   attention_mask: torch.Tensor | None = None, loss_impl: str | None = None) -> torch.Tensor:
     """Scalar loss of a micro-batch, nats per token; graph and noise are the (unwrapped) model's.
     class_labels: Long[B] class ids of a class-conditional model (after label dropout), else None.
     head: the unwrapped model, whose output head ``train.loss_impl: fused_head`` fuses into the loss.
     uniforms: Float64[B], this micro-batch's slice of the global draw (``micro_batch_uniforms``); None:
     drawn i.i.d. from ``generator``. train.t_importance turns them into importance-weighted times.
     prompt_mask: Bool[B, L] of SFT examples (``ddlm.training.finetune.sft_loss``: the prompt clamped, the loss per
-    response token). attention_mask: Bool[L, L], the attention pattern of an annealing step (``ddlm.training.adapt``)."""
+    response token). attention_mask: Bool[L, L], the attention pattern of an annealing step (``ddlm.training.adapt``).
+    loss_impl: the implementation (``resolved_loss_impl``); None: train.loss_impl resolved for ``head``'s config."""
     if attention_mask is not None:
         model = WithArguments(model, head, attention_mask=attention_mask)
     if train.objective == "ar":
         return ar_loss(with_labels(model, class_labels), x0)
-    fused = train.loss_impl == "fused_head"
+    impl = loss_impl or resolved_loss_impl(train, getattr(head, "config", None), prompt_mask is not None)
+    fused = impl == "fused_head"
     if fused and head is None:
         raise ValueError("train.loss_impl='fused_head' needs head, the unwrapped model whose output head the loss applies")
     t = weights = None
@@ -193,7 +210,7 @@ def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator, clas
     if prompt_mask is not None:
         return sft_loss(with_labels(model, class_labels), graph, noise, x0, prompt_mask, train.t_min, generator, t=t, weights=weights).mean()
     return dwdse_loss(with_labels(model, class_labels), graph, noise, x0, train.t_min, generator,
-                      inplace=train.loss_impl == "inplace", head=head if fused else None, t=t, weights=weights).mean()
+                      inplace=impl == "inplace", head=head if fused else None, t=t, weights=weights).mean()
 
 
 COMPILE_BACKEND = "inductor"  # torch.compile's backend for train.compile (tests use a lighter one)
@@ -549,6 +566,7 @@ class TrainingRun:
     start: int
     tokens: int
     context: int | None  # an AR model's context token for evaluation (EOS), else None
+    loss_impl: str  # the loss implementation the steps use (``resolved_loss_impl``)
 
     @property
     def train(self) -> TrainConfig:
@@ -644,7 +662,10 @@ def set_up(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
     base = accelerator.unwrap_model(model)  # under FSDP2 the same module, its parameters sharded
     check_sharding(accelerator, train_cfg.ema > 0)
     ema = EMA(trainable(base), train_cfg.ema) if train_cfg.ema > 0 else None
-    if train_cfg.loss_impl == "fused_head" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+    loss_impl = resolved_loss_impl(train_cfg, config, recipe.data.format == "sft", accelerator.distributed_type.value)
+    if meta is not None and train_cfg.loss_impl == "auto":  # continue with what the checkpoint's steps used
+        loss_impl = checkpoint_loss_impl(meta) or loss_impl
+    if loss_impl == "fused_head" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
         raise ValueError(f"train.loss_impl='fused_head' reads the output head's weight outside the model's forward, "
                          f"which {accelerator.distributed_type.value} shards; use train.loss_impl='inplace'")
     step_model, compile_errors = model, ()
@@ -660,7 +681,14 @@ def set_up(recipe: Recipe, accelerator, resume: bool, progress: bool, allow_chan
         accelerator.init_trackers(output_dir.name, config={k: str(v) for k, v in recipe.to_dict()["train"].items()})
     context = eos_id(tokenizer) if train_cfg.objective == "ar" else None
     return TrainingRun(recipe, accelerator, tokenizer, config, train_blocks, validation, model, base, step_model,
-                       compile_errors, optimizer, scheduler, ema, start, tokens, context)
+                       compile_errors, optimizer, scheduler, ema, start, tokens, context, loss_impl)
+
+
+def checkpoint_loss_impl(meta: dict) -> str | None:
+    """The loss implementation a checkpoint's steps used: recorded in its meta, or its recipe's explicit value (runs
+    from before ``auto`` existed: ``standard`` then was the default); None if neither says."""
+    saved = meta.get("loss_impl") or meta["recipe"].get("train", {}).get("loss_impl")
+    return saved if saved != "auto" else None
 
 
 def check_block_size(recipe: Recipe, config) -> None:
@@ -724,8 +752,11 @@ def resume_changes(recipe: Recipe, config: DDLMConfig, meta: dict, allow_changes
     saved_model = meta["model"] if "family" in meta["model"] else {**field_defaults(DDLMConfig), **meta["model"]}
     # likewise a train key the checkpoint's recipe lacks (loss_impl, compile) had its default
     saved_train = {**field_defaults(TrainConfig), **meta["recipe"].get("train", {})}
+    current = recipe.to_dict()
+    if current["train"]["loss_impl"] == "auto":  # auto on a resume: the implementation the checkpoint's steps used
+        current["train"]["loss_impl"] = saved_train["loss_impl"]
     return recipe_changes(comparable({**meta["recipe"], "train": saved_train}, saved_model),
-                          comparable(recipe.to_dict(), model_fields(config)), allow_changes)
+                          comparable(current, model_fields(config)), allow_changes)
 
 
 def record_start(recipe: Recipe, output_dir: Path, checkpoint: Path | None, meta: dict | None, changes: dict) -> None:
@@ -803,7 +834,8 @@ def accumulate_gradients(run: TrainingRun, generator, batches, attention_mask: t
             try:
                 with accelerator.autocast():
                     loss = objective_loss(run.step_model, micro, run.train, base.graph, base.noise, generator, micro_label,
-                                          head=base, uniforms=uniforms, prompt_mask=micro_prompt, attention_mask=attention_mask)
+                                          head=base, uniforms=uniforms, prompt_mask=micro_prompt, attention_mask=attention_mask,
+                                          loss_impl=run.loss_impl)
             except NonFiniteScoreError:  # the network itself diverged: the step stops, naming the step
                 loss_sum += math.nan
                 break
@@ -853,7 +885,7 @@ def after_step(run: TrainingRun, record: dict, bar, throughput: Throughput) -> N
     append_metrics(run, record)
     if due(step, train_cfg.save_every, train_cfg.steps):
         meta = {"step": step, "tokens": run.tokens, "recipe": run.recipe.to_dict(), "model": model_fields(run.config),
-                "data_format": getattr(run.train_blocks, "signature", None)}
+                "data_format": getattr(run.train_blocks, "signature", None), "loss_impl": run.loss_impl}
         save_checkpoint(run.output_dir, step, training_state(run.base, run.optimizer, run.scheduler, run.ema, run.accelerator.scaler),
                         meta, write=run.accelerator.is_main_process, keep=train_cfg.keep_checkpoints)
         run.accelerator.wait_for_everyone()

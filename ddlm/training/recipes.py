@@ -32,7 +32,7 @@ OBJECTIVES = ("diffusion", "ar")
 SECTIONS = ("model", "tokenizer", "data", "train", "finetune")
 DECAYS = ("constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-LOSS_IMPLS = ("standard", "inplace", "fused_head")  # how the diffusion loss is computed (the same loss)
+LOSS_IMPLS = ("auto", "standard", "inplace", "fused_head")  # how the diffusion loss is computed (the same loss)
 DEFAULT_LABEL_DROPOUT = 0.1  # classifier-free guidance's usual rate of training on the null class
 MIN_BPE_VOCAB = 257  # a byte-level BPE: 256 bytes and EOS
 PLACEHOLDER_VOCAB = 50257  # vocab_size while validating a recipe's model section (the tokenizer sets the real one)
@@ -104,7 +104,7 @@ class TrainConfig:
     t_importance_power: float = 2.0  # exponent of t_importance='power', finite and >= 1 (1: uniform)
     label_dropout: float | None = None  # class-conditional models: P(a label is replaced by the null class); null: 0.1
     mixed_precision: str = "no"
-    loss_impl: str = "standard"  # the same diffusion loss from: standard, the [tokens x S] log-scores; inplace, its gradient written over them; fused_head, the head fused into the loss (no [tokens x S] tensor)
+    loss_impl: str = "auto"  # the same diffusion loss from: standard, the [tokens x S] log-scores; inplace, its gradient written over them; fused_head, the head fused into the loss (no [tokens x S] tensor); auto, the leanest that applies (ddlm.training.loop.resolved_loss_impl)
     compile: bool = False  # torch.compile the model for the training steps (evaluation and sampling stay eager)
     seed: int = 0
     log_every: int = 10
@@ -372,14 +372,14 @@ def _check_sft(recipe: Recipe) -> None:
         return
     if recipe.train.objective != "diffusion":
         raise ValueError("data.format='sft' trains a diffusion model on responses given prompts; train.objective must be 'diffusion'")
-    if recipe.train.loss_impl != "standard":
+    if recipe.train.loss_impl not in ("auto", "standard"):
         raise ValueError(f"train.loss_impl={recipe.train.loss_impl!r}: the SFT loss scores the response positions only, "
-                         "through the standard implementation; use train.loss_impl='standard'")
+                         "through the standard implementation; use train.loss_impl='standard' (or leave it 'auto')")
 
 
 def _check_loss_impl(train: TrainConfig, config: DDLMConfig) -> None:
     """The loss implementations other than ``standard`` need a diffusion model; the fused head a time-conditioned one."""
-    if train.loss_impl == "standard":
+    if train.loss_impl in ("standard", "auto"):
         return
     if train.objective == "ar":
         raise ValueError(f"train.loss_impl={train.loss_impl!r} applies to the diffusion loss; an autoregressive model "
