@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ..core.draws import inverse_cdf
+from ..core.draws import inverse_cdf, row_chunks, row_sums
 from ..core.processes import Graph
 
 IMPLS = ("auto", "torch", "triton", "reference")
@@ -94,7 +94,10 @@ def _draw_rows(weights: torch.Tensor, move: torch.Tensor, stay: torch.Tensor, x:
     moving = (u * total < move).nonzero().squeeze(1)
     out = x.clone()
     if moving.numel():
-        out[moving] = inverse_cdf(weights[moving] if destination is None else destination(moving), generator, dtype)
+        if destination is not None:
+            out[moving] = inverse_cdf(destination(moving), generator, dtype)
+        else:  # the rows of weights drawn in place, not copied out
+            out[moving] = inverse_cdf(weights, generator, dtype, None if moving.numel() == x.numel() else moving)
     return out
 
 
@@ -110,12 +113,18 @@ def _step_rows(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str
     if graph.mask_id is None and kind in ("analytic", "denoise"):
         # Uniform Tweedie step: y != x weighs expm1(dsigma)/N max(0, s_y - theta), theta = -expm1(-dsigma) mean(s),
         # x weighs max(0, e^dsigma - expm1(dsigma) mean(s)) (e^-dsigma + -expm1(-dsigma)/N). The subtraction cancels: dtype.
+        # Done a block of rows at a time in place in one [R, S] buffer (row_chunks): the same arithmetic per row.
         n = graph.num_tokens
-        s = torch.exp(log_score.to(dtype)).scatter_(-1, current, 0.0)
-        mean = (s.sum(-1) + 1) / n
-        theta = -math.expm1(-dsigma) * mean
-        weights = s.sub_(theta[:, None]).clamp_min_(0).scatter_(-1, current, 0.0)
-        move = weights.sum(-1) * (math.expm1(dsigma) / n)
+        weights = torch.empty(log_score.shape, dtype=dtype, device=log_score.device)
+        mean = torch.empty(x.shape, dtype=dtype, device=x.device)
+        sums = torch.empty(x.shape, dtype=dtype, device=x.device)
+        for a, b in row_chunks(*log_score.shape):
+            s = weights[a:b].copy_(log_score[a:b]).exp_().scatter_(-1, current[a:b], 0.0)
+            mean[a:b] = (s.sum(-1) + 1) / n
+            theta = -math.expm1(-dsigma) * mean[a:b]
+            s.sub_(theta[:, None]).clamp_min_(0).scatter_(-1, current[a:b], 0.0)
+            torch.sum(s, -1, out=sums[a:b])
+        move = sums * (math.expm1(dsigma) / n)
         stay = (math.exp(dsigma) - math.expm1(dsigma) * mean).clamp_min(0) * (math.exp(-dsigma) - math.expm1(-dsigma) / n)
         return _draw_rows(weights, move, stay, x, generator, dtype)
     work = torch.promote_types(log_score.dtype, torch.float32)
@@ -123,7 +132,7 @@ def _step_rows(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str
         weights = torch.exp(log_score.to(attempt)).scatter_(-1, current, 0.0)
         if kind == "denoise" and graph.mask_id is not None:
             weights[:, graph.mask_id] = 0
-        z = weights.sum(-1, dtype=dtype)
+        z = row_sums(weights, dtype)
         if bool(torch.isfinite(z).all()) or attempt == torch.float64:
             break  # else exp overflowed in the working precision: redo in float64
     kappa_w = _step_constants(kind, dt, rate, dsigma) * w
