@@ -105,3 +105,27 @@ def test_parts_check_their_own_arguments_and_graph():
                     dict(predictor="analytic", correctors=[Remask(0.5)])):
         with pytest.raises(ValueError, match="absorbing"):
             sample(UNIFORM.score_fn, UNIFORM.graph, ddlm.LogLinear(), (2, 5), 4, progress=False, **options)
+
+
+@pytest.mark.parametrize("process", ["uniform", "absorbing"])
+@pytest.mark.parametrize("kind", ["euler", "tau_leaping", "analytic", "denoise"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_steps_a_block_of_rows_at_a_time_draw_what_one_block_draws(monkeypatch, process, kind, dtype):
+    """The float64 passes of a step run over blocks of rows (ddlm.core.draws.row_chunks): blocks of one or a few
+    rows, and some rows staying, draw the same tokens as all rows in one block."""
+    from ddlm.core import draws
+    from ddlm.sampling.steps import reverse_step
+
+    graph = ddlm.Uniform(300) if process == "uniform" else ddlm.Absorbing(299)
+    gen = torch.Generator().manual_seed(3)
+    log_score = (torch.randn(40, 300, generator=gen) * 2 - 4).to(dtype)
+    x = torch.randint(0, 299, (40,), generator=gen)
+    if graph.mask_id is not None:
+        x[::3] = graph.mask_id
+    def draw(chunk_elements):
+        monkeypatch.setattr(draws, "CHUNK_ELEMENTS", chunk_elements)
+        return reverse_step(graph, x, log_score, kind, 0.2, 1.5, 0.3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    whole = draw(1 << 30)
+    assert 0 < int((whole != x).sum()) < x.numel()  # some rows move, some stay
+    for chunk_elements in (1, 300 * 3, 300 * 7 + 1):
+        assert torch.equal(draw(chunk_elements), whole)

@@ -28,23 +28,39 @@ def row_sums(weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def inverse_cdf(weights: torch.Tensor, generator: torch.Generator | None, dtype: torch.dtype,
+class RowFunction:
+    """Weights [M, S] (``shape``, on ``device``) given block by block: ``fn(index)`` -> the weights [k, S] of the rows
+    index (a slice, or Long[k]), e.g. recomputed from the log-scores instead of kept as an [M, S] float64 tensor."""
+
+    def __init__(self, fn, shape: tuple[int, int], device: torch.device):
+        self.fn, self.shape, self.device = fn, tuple(shape), device
+
+    def __call__(self, index) -> torch.Tensor:
+        return self.fn(index)
+
+
+def inverse_cdf(weights, generator: torch.Generator | None, dtype: torch.dtype,
                 rows: torch.Tensor | None = None) -> torch.Tensor:
     """One draw per row of non-negative weights [M, S] with positive row sums: Long[M] (cumulative sums in dtype).
 
     rows: None, or Long[K] indices of the rows of weights to draw from (the draws of ``weights[rows]``
-    without copying them out): Long[K].
+    without copying them out): Long[K]. weights may also be a ``RowFunction``, called a block of rows at a time.
     """
-    count = weights.shape[0] if rows is None else rows.numel()
-    width = weights.shape[-1]
-    v = torch.rand(count, dtype=dtype, device=weights.device, generator=generator)
-    y = torch.empty(count, dtype=torch.long, device=weights.device)
-    for start, stop in row_chunks(count, width):
-        block = weights[start:stop] if rows is None else weights[rows[start:stop]]
-        cdf = torch.cumsum(block, -1, dtype=dtype)
+    if isinstance(weights, RowFunction):
+        rows_of, (total, width), device = weights, weights.shape, weights.device
+    else:
+        rows_of, (total, width), device = (lambda index: weights[index]), weights.shape, weights.device
+    count = total if rows is None else rows.numel()
+    v = torch.rand(count, dtype=dtype, device=device, generator=generator)
+    y = torch.empty(count, dtype=torch.long, device=device)
+    chunks = row_chunks(count, width)
+    cdf_buffer = torch.empty(chunks[0][1] if chunks else 0, width, dtype=dtype, device=device)
+    for start, stop in chunks:
+        block = rows_of(slice(start, stop) if rows is None else rows[start:stop])
+        cdf = torch.cumsum(block, -1, dtype=dtype, out=cdf_buffer[: stop - start])
         y[start:stop] = torch.searchsorted(cdf, (v[start:stop] * cdf[:, -1])[:, None], right=True).squeeze(1)
     over = y >= width  # v rounded up to the total: the last positive weight
     if bool(over.any()):
-        last = weights[over] if rows is None else weights[rows[over]]
+        last = rows_of(over.nonzero().squeeze(1) if rows is None else rows[over])
         y[over] = width - 1 - (last > 0).flip(-1).int().argmax(-1)
     return y

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ..core.draws import inverse_cdf, row_chunks, row_sums
+from ..core.draws import RowFunction, inverse_cdf, row_chunks, row_sums
 from ..core.processes import Graph
 
 IMPLS = ("auto", "torch", "triton", "reference")
@@ -84,6 +84,7 @@ def _draw_rows(weights: torch.Tensor, move: torch.Tensor, stay: torch.Tensor, x:
     """Per row: stay at x with probability stay / (move + stay), else y ~ weights (zero at x): Long[R].
 
     weights [R, S] >= 0 (any float dtype) sum to a positive value where move > 0; move, stay [R] in dtype.
+    weights may be a ``ddlm.core.draws.RowFunction`` (``inverse_cdf``).
     destination: None, or a function of the moving rows' indices Long[M] giving the weights [M, S] to
     draw their y from instead (reshaped p(x0 | x_t), ``ddlm.decoding``); the move/stay coin is unchanged.
     """
@@ -113,19 +114,29 @@ def _step_rows(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str
     if graph.mask_id is None and kind in ("analytic", "denoise"):
         # Uniform Tweedie step: y != x weighs expm1(dsigma)/N max(0, s_y - theta), theta = -expm1(-dsigma) mean(s),
         # x weighs max(0, e^dsigma - expm1(dsigma) mean(s)) (e^-dsigma + -expm1(-dsigma)/N). The subtraction cancels: dtype.
-        # Done a block of rows at a time in place in one [R, S] buffer (row_chunks): the same arithmetic per row.
+        # A block of rows at a time (row_chunks) in one reused buffer; the draw recomputes the moving rows' weights
+        # the same way (the same values) instead of keeping an [R, S] float64 tensor.
         n = graph.num_tokens
-        weights = torch.empty(log_score.shape, dtype=dtype, device=log_score.device)
+        scratch = torch.empty(min(log_score.shape[0], row_chunks(*log_score.shape)[0][1]), log_score.shape[-1],
+                              dtype=dtype, device=log_score.device)
+
+        def tweedie(index):
+            """(weights [k, S] in scratch, mean(s) [k]) of the rows index (a slice or Long[k])."""
+            rows = log_score[index]
+            buffer = scratch[: rows.shape[0]] if rows.shape[0] <= scratch.shape[0] else torch.empty_like(rows, dtype=dtype)
+            s = buffer.copy_(rows).exp_().scatter_(-1, current[index], 0.0)
+            mean = (s.sum(-1) + 1) / n
+            theta = -math.expm1(-dsigma) * mean
+            return s.sub_(theta[:, None]).clamp_min_(0).scatter_(-1, current[index], 0.0), mean
+
         mean = torch.empty(x.shape, dtype=dtype, device=x.device)
         sums = torch.empty(x.shape, dtype=dtype, device=x.device)
         for a, b in row_chunks(*log_score.shape):
-            s = weights[a:b].copy_(log_score[a:b]).exp_().scatter_(-1, current[a:b], 0.0)
-            mean[a:b] = (s.sum(-1) + 1) / n
-            theta = -math.expm1(-dsigma) * mean[a:b]
-            s.sub_(theta[:, None]).clamp_min_(0).scatter_(-1, current[a:b], 0.0)
-            torch.sum(s, -1, out=sums[a:b])
+            weights, mean[a:b] = tweedie(slice(a, b))
+            torch.sum(weights, -1, out=sums[a:b])
         move = sums * (math.expm1(dsigma) / n)
         stay = (math.exp(dsigma) - math.expm1(dsigma) * mean).clamp_min(0) * (math.exp(-dsigma) - math.expm1(-dsigma) / n)
+        weights = RowFunction(lambda index: tweedie(index)[0], log_score.shape, log_score.device)
         return _draw_rows(weights, move, stay, x, generator, dtype)
     work = torch.promote_types(log_score.dtype, torch.float32)
     for attempt in (work, torch.float64):
