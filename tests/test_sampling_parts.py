@@ -129,3 +129,11 @@ def test_steps_a_block_of_rows_at_a_time_draw_what_one_block_draws(monkeypatch, 
     assert 0 < int((whole != x).sum()) < x.numel()  # some rows move, some stay
     for chunk_elements in (1, 300 * 3, 300 * 7 + 1):
         assert torch.equal(draw(chunk_elements), whole)
+
+
+def test_row_blocks_are_cache_sized_on_a_cpu_and_large_on_an_accelerator():
+    from ddlm.core.draws import row_chunks
+
+    cpu, gpu = row_chunks(1000, 50257, torch.device("cpu")), row_chunks(1000, 50257, torch.device("cuda"))
+    assert len(cpu) == 100 and gpu == [(0, 1000)]  # 10 rows of 50257 float64 fit 4 MiB; a GPU takes them in one launch
+    assert [r for a, b in cpu for r in range(a, b)] == list(range(1000))

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_ELEMENTS = 1 << 19
+CHUNK_ELEMENTS = 1 << 19  # on a CPU: 4 MiB of float64, small enough to stay in cache
+ACCELERATOR_CHUNK_ELEMENTS = 1 << 27  # on a GPU: 1 GiB of float64, so a step launches a few kernels, not thousands
 
 
-def row_chunks(rows: int, width: int):
-    """(start, stop) ranges covering range(rows), each of at most max(1, CHUNK_ELEMENTS // width) rows."""
-    step = max(1, CHUNK_ELEMENTS // max(1, width))
+def row_chunks(rows: int, width: int, device=None):
+    """(start, stop) ranges covering range(rows), each of at most max(1, chunk // width) rows, chunk the element
+    count of a block on ``device`` (``CHUNK_ELEMENTS`` on the CPU, ``ACCELERATOR_CHUNK_ELEMENTS`` elsewhere)."""
+    chunk = CHUNK_ELEMENTS if device is None or torch.device(device).type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
+    step = max(1, chunk // max(1, width))
     return [(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
 def row_sums(weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """weights [M, S] summed over each row in dtype: [M] (the same values as ``weights.sum(-1, dtype=dtype)``)."""
     out = torch.empty(weights.shape[0], dtype=dtype, device=weights.device)
-    for start, stop in row_chunks(*weights.shape):
+    for start, stop in row_chunks(*weights.shape, weights.device):
         torch.sum(weights[start:stop], -1, dtype=dtype, out=out[start:stop])
     return out
 
@@ -53,7 +56,7 @@ def inverse_cdf(weights, generator: torch.Generator | None, dtype: torch.dtype,
     count = total if rows is None else rows.numel()
     v = torch.rand(count, dtype=dtype, device=device, generator=generator)
     y = torch.empty(count, dtype=torch.long, device=device)
-    chunks = row_chunks(count, width)
+    chunks = row_chunks(count, width, device)
     cdf_buffer = torch.empty(chunks[0][1] if chunks else 0, width, dtype=dtype, device=device)
     for start, stop in chunks:
         block = rows_of(slice(start, stop) if rows is None else rows[start:stop])

@@ -117,7 +117,7 @@ def _step_rows(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str
         # A block of rows at a time (row_chunks) in one reused buffer; the draw recomputes the moving rows' weights
         # the same way (the same values) instead of keeping an [R, S] float64 tensor.
         n = graph.num_tokens
-        scratch = torch.empty(min(log_score.shape[0], row_chunks(*log_score.shape)[0][1]), log_score.shape[-1],
+        scratch = torch.empty(min(log_score.shape[0], row_chunks(*log_score.shape, log_score.device)[0][1]), log_score.shape[-1],
                               dtype=dtype, device=log_score.device)
 
         def tweedie(index):
@@ -131,7 +131,7 @@ def _step_rows(graph: Graph, x: torch.Tensor, log_score: torch.Tensor, kind: str
 
         mean = torch.empty(x.shape, dtype=dtype, device=x.device)
         sums = torch.empty(x.shape, dtype=dtype, device=x.device)
-        for a, b in row_chunks(*log_score.shape):
+        for a, b in row_chunks(*log_score.shape, log_score.device):
             weights, mean[a:b] = tweedie(slice(a, b))
             torch.sum(weights, -1, out=sums[a:b])
         move = sums * (math.expm1(dsigma) / n)
