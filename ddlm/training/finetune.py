@@ -26,15 +26,15 @@ from ..models import DDLMForDiffusion
 
 
 class WithArguments:
-    """``model`` called with extra keyword arguments (``attention_mask``) fixed, keeping the row protocol of ``ddlm.score``
-    (``accepts_positions``) of the unwrapped model ``base``."""
+    """``model`` called with extra keyword arguments fixed (``attention_mask``, ``class_labels``), keeping the row
+    protocol of ``ddlm.score`` (``accepts_positions``) of the unwrapped model ``base``."""
 
     def __init__(self, model, base, **kwargs):
         self.model, self.kwargs = model, kwargs
         self.accepts_positions = getattr(base, "accepts_positions", False) is True
 
-    def __call__(self, x_t, sigma_bar, **kwargs):
-        return self.model(x_t, sigma_bar, **self.kwargs, **kwargs)
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **self.kwargs, **kwargs)
 
 
 def sft_loss(score_fn, graph, noise, x0: torch.Tensor, prompt_mask: torch.Tensor, t_min: float = 1e-3,

@@ -163,9 +163,7 @@ def drop_labels(labels: torch.Tensor, probability: float, null_class: int, gener
 def with_labels(model, class_labels: torch.Tensor | None):
     """``model`` as a function of (input_ids, sigma_bar, ...) with ``class_labels`` fixed (Long[B], or a
     0-dim class id for every sequence of every call); ``model`` itself for None."""
-    if class_labels is None:
-        return model
-    return lambda *args, **kwargs: model(*args, class_labels=class_labels, **kwargs)
+    return model if class_labels is None else WithArguments(model, model, class_labels=class_labels)
 
 
 def resolved_loss_impl(train, config, sft: bool = False, distributed: str = "NO") -> str:
