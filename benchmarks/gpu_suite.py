@@ -536,18 +536,28 @@ def outcome(row: dict) -> str | None:
 
 def kernel_table(rows: list[dict], head: bool) -> list[str]:
     extra = ("TFLOP/s", "of bf16 peak") if head else ("GB/s", "of HBM peak")
-    lines = [f"| dtype | N | candidate | time (ms) | time / sedd_eager | peak memory (GB) | {extra[0]} | {extra[1]} |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| dtype | N | candidate | time (ms) | time / sedd_eager | peak memory (GB) | beyond the gradient (GB) | "
+             f"{extra[0]} | {extra[1]} |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lead = f"| {r['dtype']} | {r['rows']} | {r['candidate']} |"
         if outcome(r):
-            lines.append(f"{lead} {outcome(r)} | | | | |")
+            lines.append(f"{lead} {outcome(r)} | | | | | |")
             continue
         rate = number(r["tflops"], ".1f") if head else number(r["bandwidth"], ".0f", 1e9)
         share = percent(r["flops_fraction"] if head else r["bandwidth_fraction"])
+        beyond = None if r["memory"] is None else r["memory"] - gradient_bytes(r)
         lines.append(f"{lead} {r['time'] * 1e3:.2f} | {number(r.get('time_ratio'), '.2f')} | {number(r['memory'], '.2f', 1e9)} | "
-                     f"{rate} | {share} |")
+                     f"{number(beyond, '.2f', 1e9)} | {rate} | {share} |")
     return lines
+
+
+def gradient_bytes(row: dict) -> int:
+    """Bytes of the inputs' gradients, the least an out-of-place backward allocates (0 in place: written over the inputs)."""
+    if row["candidate"].endswith("_inplace"):
+        return 0
+    size = torch.finfo(getattr(torch, row["dtype"])).bits // 8
+    hidden = row.get("hidden", 0)
+    return size * (row["rows"] * hidden + row["states"] * hidden if hidden else row["rows"] * row["states"])
 
 
 def markdown(record: dict) -> str:
@@ -578,11 +588,13 @@ def markdown(record: dict) -> str:
         if name in ("loss", "head"):
             if name == "loss":
                 lines += [f"Absorbing, log-scores [N, {shapes['vocab'] + 1}], half the positions masked. Baseline: sedd_eager. "
-                          "Bandwidth: 2 N (V + 1) x element size (read the log-scores, write the gradient) / time.", ""]
+                          "Bandwidth: 2 N (V + 1) x element size (read the log-scores, write the gradient) / time. Beyond the gradient: "
+                          "the peak less the [N, V + 1] gradient (nothing subtracted in place).", ""]
             else:
                 lines += [f"hidden [N, {shapes['head_hidden']}] @ weight.T [{shapes['head_hidden']}, {shapes['vocab'] + 1}] and the "
                           f"loss ({section['loss_impl']} backend). Baseline: sedd_eager of the logits. TFLOP/s: 6 N D (V + 1) / "
-                          "time (forward and two backward matmuls); the share of the bf16 peak for bfloat16 rows only.", ""]
+                          "time (forward and two backward matmuls); the share of the bf16 peak for bfloat16 rows only. Beyond the "
+                          "gradient: the peak less the gradients of hidden and weight.", ""]
             lines += kernel_table(rows, name == "head")
         elif name == "train":
             lines += [f"{shapes['hidden']} x {shapes['layers']}, {shapes['heads']} heads, vocabulary {shapes['vocab']}, L = "

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def report(name: str, args: argparse.Namespace, measure: Callable[[], dict], mar
     out = Path(args.results)
     path = out / f"{name}.json"
     if args.report_only:
+        if not path.is_file():
+            print(f"error: --report-only: no {path} (measure first, or pass --results with the folder that holds it)", file=sys.stderr)
+            sys.exit(2)
         record = json.loads(path.read_text(encoding="utf-8"))
     else:
         numbers = measure()

@@ -91,7 +91,7 @@ def test_stored_table_rebuilt_from_json(script, name, function):
     ("sampler_overhead", "sampler_overhead_cpu", []), ("fused_loss", "kernels_cpu", ["--device", "cpu"]),
     ("fused_loss", "kernels_head_cpu", ["--device", "cpu", "--hidden", "768"])])
 def test_report_only_rebuilds_stored_table(tmp_path, script, name, options):
-    """--report-only of a script converted to the harness (its JSON rebuilt from the committed table) writes that table."""
+    """--report-only of a script converted to the harness writes the committed table from the committed JSON."""
     stored = BENCHMARKS / "results" / name
     (tmp_path / f"{name}.json").write_bytes(stored.with_suffix(".json").read_bytes())
     result = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--report-only", "--quiet", "--results",
@@ -105,3 +105,11 @@ def test_report_only_refused_without_json(script, tmp_path):
     result = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--report-only", "--results", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "error: --report-only:" in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_report_only_without_its_json_is_one_line_and_status_2(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "fused_loss.py"), "--report-only", "--device", "cpu", "--results",
+                             str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --report-only: no {tmp_path / 'kernels_cpu.json'} (measure first, or pass --results with the folder that holds it)"]
+    assert not list(tmp_path.iterdir())

@@ -115,3 +115,18 @@ def test_a_failing_section_is_recorded_and_the_next_runs(monkeypatch):
     ("Tesla T4", None, None), (None, None, None)])
 def test_device_peaks_by_name(name, bandwidth, flops):
     assert gpu_suite.peaks(name) == (bandwidth, flops)
+
+
+def test_memory_beyond_the_gradient_subtracts_the_inputs_gradients_out_of_place_only():
+    common = dict(dtype="float32", rows=1000, states=500, time=1e-3, time_ratio=1.0, bandwidth=None, bandwidth_fraction=None)
+    gradient = 4 * 1000 * 500  # the [N, V + 1] float32 gradient, 2 MB
+    rows = [{**common, "candidate": "ddlm_triton", "memory": gradient + 30_000_000},
+            {**common, "candidate": "ddlm_triton_inplace", "memory": 10_000_000},
+            {**common, "candidate": "sedd_eager", "memory": None}]
+    lines = gpu_suite.kernel_table(rows, head=False)
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[2:]]
+    assert [row[6] for row in cells] == ["0.03", "0.01", "n/a"]
+    head = {**common, "candidate": "linear_dse", "hidden": 10, "memory": 4 * (1000 * 10 + 500 * 10) + 20_000_000, "tflops": 1.0,
+            "flops_fraction": None}
+    assert gpu_suite.gradient_bytes(head) == 4 * 15_000
+    assert gpu_suite.kernel_table([head], head=True)[2].split("|")[7].strip() == "0.02"

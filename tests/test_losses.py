@@ -233,6 +233,27 @@ def test_fused_losses_pass_negative_upstream_gradients_through():
             assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, reference))
 
 
+@pytest.mark.parametrize("inplace", [False, True], ids=["default", "inplace"])
+def test_chunked_dse_keeps_only_its_gradient_for_backward(inplace):
+    # the memory claim of the default path: between forward and backward the loss holds one [N, V] tensor, the gradient
+    # itself (what any out-of-place backward must allocate), and in place not even that (it is the log-scores' storage)
+    g = torch.Generator().manual_seed(0)
+    graph = ddlm.Absorbing(999)
+    x0 = torch.randint(999, (64,), generator=g)
+    x_t = torch.where(torch.rand(64, generator=g) < 0.5, torch.full_like(x0, 999), x0)
+    log_s = torch.randn(64, 1000, generator=g).requires_grad_(True)
+    work = log_s.clone() if inplace else log_s  # in place needs a non-leaf it may overwrite
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = dse(work, x_t, x0, torch.full((64,), 0.7, dtype=torch.float64), graph, impl="torch", inplace=inplace)
+    large = [t for t in saved if t.numel() >= log_s.numel()]
+    assert len(large) == 1 and large[0].shape == log_s.shape
+    assert (large[0].untyped_storage().data_ptr() == work.untyped_storage().data_ptr()) == inplace
+    assert sum(t.numel() for t in saved) - large[0].numel() <= 4 * 64  # the rest is O(N)
+    loss.sum().backward()
+    assert log_s.grad.shape == log_s.shape and log_s.grad[x_t != 999].abs().max() == 0  # unmasked rows carry no loss
+
+
 # --------------------------------------------------------------------------- float32 near the optimum
 def independent_dse(log_s, x_t, x0, sigma, graph, shift=None):
     """DSE and its gradient in float64 from DESIGN §3: sum_{y != x_t} w_y r_y (expm1(v) - v), v = log s - log r.
