@@ -5,7 +5,7 @@ dropout 0, on a ``DDLMForDiffusion`` (absorbing, log-linear: the ``tiny`` preset
 whose parameters that start at zero (adaLN-Zero gates, output head) are drawn from N(0, 0.02^2), so that every
 layer gets a gradient and LoRA and full fine-tuning do real work. Configurations, at the same shapes:
 
-- ``pretrain``: ``ddlm.training.loop.objective_loss`` with the default train section (``dwdse_loss`` over the
+- ``pretrain``: ``ddlm.training.objective.objective_loss`` with the default train section (``dwdse_loss`` over the
   whole block) -- the baseline of the SFT rows;
 - ``sft 1/2``, ``sft 1/4``: the same call with ``prompt_mask`` = the first half (a quarter) of every block, i.e.
   ``ddlm.training.finetune.sft_loss``: the prompt is clamped to its clean tokens and only the response rows reach
@@ -122,7 +122,7 @@ class Trainer(train_throughput.Trainer):
     the adapters under LoRA), stepped and timed as ``benchmarks/train_throughput.py`` does."""
 
     def __init__(self, name: str, config: DDLMConfig, state: dict, data: list[torch.Tensor]):
-        from ddlm.training.loop import objective_loss
+        from ddlm.training.objective import objective_loss
         from ddlm.training.recipes import TrainConfig
 
         model = DDLMForDiffusion(config)

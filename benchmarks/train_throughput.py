@@ -157,7 +157,7 @@ def loss_paths(args, command: str) -> None:
     """The --loss-paths comparison (see the module docstring)."""
     say = print if not args.quiet else (lambda *a, **k: None)
     from ddlm.training.recipes import TrainConfig
-    from ddlm.training.loop import objective_loss
+    from ddlm.training.objective import objective_loss
 
     torch.manual_seed(0)
     config = DDLMConfig(process="absorbing", schedule="loglinear", vocab_size=args.vocab, hidden_size=args.hidden,

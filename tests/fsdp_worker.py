@@ -21,7 +21,8 @@ from ddlm.checkpoints import load_checkpoint, save_checkpoint
 from ddlm.model import DDLMConfig, DDLMForDiffusion
 from ddlm.recipes import TrainConfig
 from ddlm.tokenization import train_byte_bpe
-from ddlm.train import EMA, export, load_training_state, lr_lambda, training_state, whole
+from ddlm.train import export, whole
+from ddlm.training.state import EMA, load_training_state, lr_lambda, training_state
 
 
 class FSDP2Accelerator:

@@ -416,7 +416,7 @@ def test_named_changes_apply_from_the_resume_step_and_are_recorded(workspace, tm
     assert record == {"step": STEPS, "checkpoint": f"step_{STEPS:08d}", "changes": {"train.lr": [2e-3, 5e-3], "train.steps": [STEPS, 8]}}
     assert json.loads((run / "recipe.json").read_text())["train"]["lr"] == 5e-3
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
-    from ddlm.train import lr_lambda
+    from ddlm.training.state import lr_lambda
 
     factor = lr_lambda(recipe.train)
     assert lrs[7] == pytest.approx(5e-3 * factor(7)) and lrs[8] == pytest.approx(5e-3 * factor(8))

@@ -138,7 +138,7 @@ def test_labelled_sources_build_labelled_blocks(tmp_path, text_data, byte_tokeni
 
 
 def test_label_dropout_statistics():
-    from ddlm.train import drop_labels
+    from ddlm.training.objective import drop_labels
 
     labels = torch.arange(40_000) % 3
     for p in (0.0, 0.1, 0.5, 1.0):

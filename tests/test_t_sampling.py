@@ -11,7 +11,8 @@ import ddlm
 from ddlm.likelihood import batch_uniforms, training_times
 from ddlm.losses import dwdse_loss
 from ddlm.recipes import TrainConfig, recipe_from_dict
-from ddlm.train import micro_batch_uniforms, train
+from ddlm.train import train
+from ddlm.training.objective import micro_batch_uniforms
 
 MODES = [("iid", None), ("stratified", None), ("antithetic", None), ("iid", "power"), ("stratified", "power"), ("antithetic", "power")]
 

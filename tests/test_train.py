@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from ddlm.recipes import RECIPES_DIR, TrainConfig, load_recipe, recipe_from_dict
-from ddlm.train import EMA, latest_checkpoint, lr_lambda, train
+from ddlm.train import latest_checkpoint, train
+from ddlm.training.state import EMA, lr_lambda
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import ddlm.train as train_module
+import ddlm.training.objective as objective_module
 from ddlm.losses import dwdse_loss
 from ddlm.model import DDLMConfig, DDLMForDiffusion
 from ddlm.recipes import TrainConfig, recipe_from_dict
-from ddlm.train import CompileUnavailableError, latest_checkpoint, train
+from ddlm.train import latest_checkpoint, train
+from ddlm.training.objective import CompileUnavailableError
 
 TEST_BACKEND = "aot_eager"  # inductor's first compile of the tiny model takes ~70 s on this 2-core CPU; see compiled_backend
 
@@ -54,7 +55,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def compiled_backend(monkeypatch):
     """The tests compile with aot_eager (dynamo's graph capture and autograd tracing, no code generation): the same
     capture path as inductor in seconds. Inductor itself is measured by benchmarks/train_throughput.py."""
-    monkeypatch.setattr(train_module, "COMPILE_BACKEND", TEST_BACKEND)
+    monkeypatch.setattr(objective_module, "COMPILE_BACKEND", TEST_BACKEND)
 
 
 @pytest.mark.parametrize("process,tie", [("absorbing", False), ("uniform", True)])
@@ -152,7 +153,7 @@ def test_bad_switches_are_refused_before_training(tmp_path, text_data, monkeypat
     def failing_backend(graph, example_inputs):
         raise RuntimeError("no code generator here")
 
-    monkeypatch.setattr(train_module, "COMPILE_BACKEND", failing_backend)
+    monkeypatch.setattr(objective_module, "COMPILE_BACKEND", failing_backend)
     compiled["train"]["output_dir"] = str(tmp_path / "bad-backend")
     with pytest.raises(CompileUnavailableError, match="failed on the first training step.*no code generator.*train.compile=false"):
         train(recipe_from_dict(compiled), progress=False)
@@ -161,7 +162,7 @@ def test_bad_switches_are_refused_before_training(tmp_path, text_data, monkeypat
 def test_auto_picks_the_leanest_implementation_that_applies():
     from types import SimpleNamespace
 
-    from ddlm.train import resolved_loss_impl
+    from ddlm.training.objective import resolved_loss_impl
 
     auto, ar = TrainConfig(), TrainConfig(objective="ar")
     conditioned = DDLMConfig.from_preset("tiny", vocab_size=50)

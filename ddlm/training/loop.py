@@ -14,7 +14,8 @@ would make another run.
 A run goes in phases: ``set_up`` (run directory, resume point, tokenizer, data, the prepared model,
 optimizer, scheduler and EMA, held in a ``TrainingRun``), then for each step ``train_step`` (one
 optimizer step) and ``after_step`` (tokens/s, evaluation and samples, metrics, checkpoint), then
-``finish`` (export and report).
+``finish`` (export and report). What a step computes is in ``objective``, what a run carries into its
+checkpoints in ``state``, what it shows in ``reports``.
 """
 
 from __future__ import annotations
@@ -28,224 +29,28 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
-from ..core.losses import ar_loss, ar_nll, dwdse_loss
 from ..core.manifest import write_atomic, write_model_manifest
 from ..core.score import NonFiniteScoreError
-from ..likelihood.bounds import batch_uniforms, conditional_nll_bound, nll_bound, training_times
 from ..models import DDLMConfig, DDLMForDiffusion
 from ..text.corpora import build_datasets, eos_id, load_documents
 from ..text.loading import loading_progress
 from .adapt import annealed_attention_mask
-from .finetune import WithArguments, check_drawable, sft_loss, start_model
-from .checkpoints import (CorruptCheckpoint, latest_checkpoint, like, load_checkpoint, prepare_run_directory,
-                          recipe_changes, run_lock, save_checkpoint, whole)
+from .checkpoints import latest_checkpoint, load_checkpoint, prepare_run_directory, recipe_changes, run_lock, save_checkpoint, whole
+from .finetune import check_drawable, start_model
+from .objective import (annealing_generator, compile_failure, compile_for_training, drop_labels, micro_batch_uniforms, objective_loss,
+                        resolved_loss_impl, step_generator)
 from .recipes import Recipe, TrainConfig
+from .reports import eval_line, evaluate, generate_samples, report, set_aside_later_metrics, showcase, write_samples
+from .state import EMA, load_training_state, lr_lambda, model_fields, training_state
 
 FINAL = "final"
 ADAPTER = "adapter"  # LoRA adapters of a fine-tuning run (finetune.lora_rank), beside the merged final model
 TOKENIZER = "tokenizer"
 METRICS = "metrics.jsonl"
 RESUMES = "resumes.jsonl"
-
-
-class EMA:
-    """Exponential moving average of parameters (float32 shadow copies), with SEDD's warm-up:
-    decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update.
-
-    The average is elementwise, so with FSDP2-sharded parameters (DTensors) each rank averages its own
-    shard. The state dict holds whole tensors on the CPU (``state_dict`` is a collective then), so a
-    checkpoint does not depend on the number of processes or the sharding it was written under.
-    """
-
-    def __init__(self, parameters, decay: float):
-        self.parameters = list(parameters)
-        self.decay = decay
-        self.updates = 0
-        self.shadow = [p.detach().float().clone() for p in self.parameters]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for shadow, p in zip(self.shadow, self.parameters):
-            shadow.lerp_(p.detach().float(), 1 - decay)
-
-    @contextlib.contextmanager
-    def applied(self):
-        """Temporarily load the averaged weights into the parameters."""
-        saved = [p.detach().clone() for p in self.parameters]
-        with torch.no_grad():
-            for p, shadow in zip(self.parameters, self.shadow):
-                p.copy_(shadow)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, value in zip(self.parameters, saved):
-                    p.copy_(value)
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": [whole(s).cpu() for s in self.shadow]}
-
-    def load_state_dict(self, state: dict) -> None:
-        if len(state["shadow"]) != len(self.parameters):
-            raise ValueError(f"the EMA state holds {len(state['shadow'])} tensors, the model has {len(self.parameters)} parameters")
-        self.shadow = [like(saved, shadow, f"EMA tensor {i}") for i, (saved, shadow) in enumerate(zip(state["shadow"], self.shadow))]
-        self.decay, self.updates = state["decay"], state["updates"]
-
-
-def lr_lambda(train) -> callable:
-    """Multiplier of the base learning rate at an optimizer step: linear warm-up, then the decay."""
-
-    def factor(step: int) -> float:
-        if step < train.warmup_steps:
-            return (step + 1) / train.warmup_steps
-        progress = min(1.0, (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps))
-        floor = train.min_lr_ratio
-        if train.decay == "linear":
-            return 1 - (1 - floor) * progress
-        if train.decay == "cosine":
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
-
-    return factor
-
-
-def step_generator(seed: int, step: int, rank: int, device) -> torch.Generator:
-    """The generator of one step on one process: a function of (seed, step, rank) only, so a resumed run
-    draws exactly what the uninterrupted run drew."""
-    state = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    torch.manual_seed(state)  # dropout
-    return torch.Generator(device).manual_seed(state)
-
-
-def time_generator(seed: int, step: int, device) -> torch.Generator:
-    """The generator of one step's diffusion times over the whole global batch: a function of (seed, step)
-    only, the same on every process, and independent of every ``step_generator``."""
-    state = int(np.random.SeedSequence([seed, step], spawn_key=(2,)).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator(device).manual_seed(state)
-
-
-def annealing_generator(seed: int, step: int, device) -> torch.Generator:
-    """The generator of one step's attention pattern under finetune.anneal_steps: a function of (seed, step) only, the
-    same on every process, independent of the step's other draws."""
-    state = int(np.random.SeedSequence([seed, step], spawn_key=(3,)).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator(device).manual_seed(state)
-
-
-def micro_batch_uniforms(train, step: int, rank: int, world_size: int, device) -> list[torch.Tensor] | None:
-    """This process's uniforms for the diffusion times of one step: one Float64[micro_batch_size] tensor per
-    micro-batch, sliced from a single draw over the global batch (``batch_uniforms`` with train.t_sampling,
-    from ``time_generator``) the way the data is sliced: process ``rank`` takes the rank-th contiguous
-    part, then its micro-batches in order. So global slot j belongs to the step's j-th sequence whatever the
-    split into processes x accumulation. None for t_sampling='iid' (each micro-batch draws its times from
-    the step's generator, as the loop always did)."""
-    if train.t_sampling == "iid":
-        return None
-    u = batch_uniforms(train.global_batch_size, train.t_sampling, time_generator(train.seed, step, device), device)
-    local = train.global_batch_size // world_size
-    return list(u[rank * local:(rank + 1) * local].split(train.micro_batch_size))
-
-
-def drop_labels(labels: torch.Tensor, probability: float, null_class: int, generator: torch.Generator) -> torch.Tensor:
-    """Labels Long[B] with each one replaced by ``null_class`` with ``probability``, independently (one
-    uniform draw per label from ``generator``): the label dropout that trains the unconditional score of
-    a class-conditional model for classifier-free guidance."""
-    coins = torch.rand(labels.shape, generator=generator, device=labels.device, dtype=torch.float64)
-    return torch.where(coins < probability, null_class, labels)
-
-
-def with_labels(model, class_labels: torch.Tensor | None):
-    """``model`` as a function of (input_ids, sigma_bar, ...) with ``class_labels`` fixed (Long[B], or a
-    0-dim class id for every sequence of every call); ``model`` itself for None."""
-    return model if class_labels is None else WithArguments(model, model, class_labels=class_labels)
-
-
-def resolved_loss_impl(train, config, sft: bool = False, distributed: str = "NO") -> str:
-    """The loss implementation a step uses: train.loss_impl, or for ``auto`` the leanest exact one that applies —
-    ``fused_head`` (no [tokens x S] tensor) for a time-conditioned ddlm diffusion model that does not predict x0,
-    ``inplace`` (the gradient written over the log-scores) for other ddlm diffusion models and wherever the head's
-    weight is sharded (FSDP, DeepSpeed), ``standard`` for AR models, SFT (only response rows are scored) and
-    wrapped open-weight networks. config: the model's config; distributed: accelerate's distributed type."""
-    if train.loss_impl != "auto":
-        return train.loss_impl
-    if train.objective == "ar" or sft or not isinstance(config, DDLMConfig):
-        return "standard"
-    if distributed in ("FSDP", "DEEPSPEED") or config.predict_x0 or not config.time_conditioning:
-        return "inplace"
-    return "fused_head"
-
-
-def objective_loss(model, x0: torch.Tensor, train, graph, noise, generator, class_labels: torch.Tensor | None = None,
-                   head=None, uniforms: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
-                   attention_mask: torch.Tensor | None = None, loss_impl: str | None = None) -> torch.Tensor:
-    """Scalar loss of a micro-batch, nats per token; graph and noise are the (unwrapped) model's.
-    class_labels: Long[B] class ids of a class-conditional model (after label dropout), else None.
-    head: the unwrapped model, whose output head ``train.loss_impl: fused_head`` fuses into the loss.
-    uniforms: Float64[B], this micro-batch's slice of the global draw (``micro_batch_uniforms``); None:
-    drawn i.i.d. from ``generator``. train.t_importance turns them into importance-weighted times.
-    prompt_mask: Bool[B, L] of SFT examples (``ddlm.training.finetune.sft_loss``: the prompt clamped, the loss per
-    response token). attention_mask: Bool[L, L], the attention pattern of an annealing step (``ddlm.training.adapt``).
-    loss_impl: the implementation (``resolved_loss_impl``); None: train.loss_impl resolved for ``head``'s config."""
-    if attention_mask is not None:
-        model = WithArguments(model, head, attention_mask=attention_mask)
-    if train.objective == "ar":
-        return ar_loss(with_labels(model, class_labels), x0)
-    impl = loss_impl or resolved_loss_impl(train, getattr(head, "config", None), prompt_mask is not None)
-    fused = impl == "fused_head"
-    if fused and head is None:
-        raise ValueError("train.loss_impl='fused_head' needs head, the unwrapped model whose output head the loss applies")
-    t = weights = None
-    if uniforms is not None or train.t_importance is not None:
-        if uniforms is None:  # i.i.d. from the step's generator, the same draws the default path makes
-            uniforms = torch.rand(x0.shape[0], generator=generator, dtype=torch.float64, device=x0.device)
-        t, weights = training_times(uniforms, train.t_min, train.t_importance, train.t_importance_power)
-    if prompt_mask is not None:
-        return sft_loss(with_labels(model, class_labels), graph, noise, x0, prompt_mask, train.t_min, generator, t=t, weights=weights).mean()
-    return dwdse_loss(with_labels(model, class_labels), graph, noise, x0, train.t_min, generator,
-                      inplace=impl == "inplace", head=head if fused else None, t=t, weights=weights).mean()
-
-
-COMPILE_BACKEND = "inductor"  # torch.compile's backend for train.compile (tests use a lighter one)
-
-
-class CompileUnavailableError(ValueError):
-    """``train.compile: true`` where ``torch.compile`` cannot run (unsupported platform, no C++ compiler, a failed compile)."""
-
-
-def compile_for_training(model, device: torch.device):
-    """``torch.compile(model)`` for the training steps, after checking that it can run here; the module
-    itself is unchanged (checkpoints, evaluation and sampling use it, uncompiled, with its own key names).
-    Raises CompileUnavailableError saying how to turn it off."""
-    off = "set train.compile=false (or compile: false in the recipe's train section) to train without it"
-    compile_fn = getattr(torch, "compile", None)
-    try:
-        from torch import _dynamo
-
-        supported = compile_fn is not None and _dynamo.is_dynamo_supported()
-    except Exception as error:  # noqa: BLE001 - any failure to import or query dynamo means no compile
-        raise CompileUnavailableError(f"train.compile: torch.compile is unavailable here ({type(error).__name__}: {error}); {off}") from None
-    if not supported:
-        raise CompileUnavailableError(f"train.compile: torch.compile does not support this platform (torch {torch.__version__}); {off}")
-    if COMPILE_BACKEND == "inductor" and device.type == "cpu":
-        compilers = [os.environ.get("CXX")] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
-        if not any(shutil.which(name) for name in compilers):
-            raise CompileUnavailableError(f"train.compile: torch.compile's inductor backend needs a C++ compiler on the CPU "
-                                          f"(none of {compilers} found on PATH); install one or {off}")
-    return compile_fn(model, backend=COMPILE_BACKEND)
-
-
-def compile_failure(error: Exception) -> CompileUnavailableError:
-    """The error to raise when the compiled model fails to compile at its first call."""
-    cause = getattr(error, "inner_exception", None) or error  # a backend's failure is wrapped in BackendCompilerFailed
-    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return CompileUnavailableError(f"train.compile: torch.compile failed on the first training step ({type(cause).__name__}: "
-                                   f"{first[:300]}); set train.compile=false to train without it")
 
 
 def field_defaults(cls) -> dict:
@@ -270,137 +75,6 @@ def load_tokenizer(recipe: Recipe, output_dir: Path, accelerator):
         os.replace(partial, saved)
     accelerator.wait_for_everyone()
     return load_saved(saved)
-
-
-@torch.no_grad()
-def evaluate(model, recipe: Recipe, validation, accelerator, context: int | None = None) -> dict:
-    """Validation metrics in nats per token: the likelihood bound (diffusion) or the exact NLL (AR, every
-    token of a block scored, the first conditioned on the ``context`` token as ``ddlm eval`` does).
-    Blocks with labels (a class-conditional model) are scored given their label, one class at a time.
-    SFT examples (``ResponseBlocks``): the bound on -log p(response | prompt) per response token."""
-    train = recipe.train
-    count = min(train.eval_blocks, len(validation))
-    x0 = validation[:count].to(accelerator.device)
-    prompts = getattr(validation, "prompt_mask", None)
-    if prompts is not None:
-        model.eval()
-        generator = torch.Generator(accelerator.device).manual_seed(train.seed)
-        fixed = prompts[:count].to(accelerator.device)
-        bound = conditional_nll_bound(model, model.graph, model.noise, x0, fixed, train.eval_num_t, generator)
-        tokens = int((~fixed).sum())
-        per_token = bound.bound.sum().item() / tokens
-        model.train()
-        return {"eval/bound_per_token": per_token, "eval/bound_stderr": bound.stderr.square().sum().sqrt().item() / tokens,
-                "eval/ppl_bound": math.exp(per_token)}
-    labels = None if validation.labels is None else validation.labels[:count].to(accelerator.device)
-    groups = [(x0, None)] if labels is None else [(x0[labels == c], c) for c in labels.unique(sorted=True)]
-    model.eval()
-    if train.objective == "ar":
-        nll = sum(ar_nll(with_labels(model, c), x, context=context).sum().item() for x, c in groups) / x0.numel()
-        metrics = {"eval/nll_per_token": nll, "eval/ppl": math.exp(nll)}
-    else:
-        generator = torch.Generator(accelerator.device).manual_seed(train.seed)
-        bounds = [nll_bound(with_labels(model, c), model.graph, model.noise, x, train.eval_num_t, generator) for x, c in groups]
-        per_token = sum(b.bound.sum().item() for b in bounds) / x0.numel()
-        stderr = math.sqrt(sum(b.stderr.square().sum().item() for b in bounds)) / x0.numel()
-        metrics = {"eval/bound_per_token": per_token, "eval/bound_stderr": stderr, "eval/ppl_bound": math.exp(per_token)}
-    model.train()
-    return metrics
-
-
-def generate_samples(model, tokenizer, recipe: Recipe, device, validation=None) -> list[str]:
-    """Samples of the current (EMA) weights, seeded by the recipe (identical on every rank): unconditional, or for SFT
-    examples the responses to the first validation prompts."""
-    from ..text.pipeline import DiffusionPipeline
-
-    train = recipe.train
-    if getattr(validation, "prompt_mask", None) is not None:
-        answers = sft_answers(model, tokenizer, validation, train.num_samples, train.sample_steps, torch.Generator(device).manual_seed(train.seed))
-        return [f"{prompt}[[{answer}]]" for prompt, answer, _ in answers]
-    pipe = DiffusionPipeline(model, tokenizer)
-    texts = pipe.generate(train.num_samples, min(recipe.data.block_size, 128), train.sample_steps,
-                          generator=torch.Generator(device).manual_seed(train.seed), progress=False)
-    model.train()
-    return texts
-
-
-def sft_answers(model, tokenizer, examples, count: int, steps: int, generator) -> list[tuple[str, str, str]]:
-    """(prompt, generated response, reference response) of the first ``count`` SFT examples: the response positions
-    sampled given the prompt in ``steps`` steps, each response cut at its first EOS (model calls only)."""
-    from ..text.pipeline import DiffusionPipeline
-
-    pipe = DiffusionPipeline(model, tokenizer)
-    eos = eos_id(tokenizer)
-    blocks, prompts = examples[:count].to(generator.device), examples.prompt_mask[:count].to(generator.device)
-    filled = pipe.sample(len(blocks), blocks.shape[1], steps, x_init=blocks, fixed=prompts, generator=generator, progress=False)
-    model.train()
-
-    def until_eos(ids: torch.Tensor) -> str:
-        ends = (ids == eos).nonzero()
-        return pipe.decode(ids[:int(ends[0]) if len(ends) else len(ids)])
-
-    starts = prompts.sum(1).tolist()
-    return [(pipe.decode(block[:start]), until_eos(sample[start:]), until_eos(block[start:]))
-            for block, sample, start in zip(blocks, filled, starts)]
-
-
-def write_samples(texts: list[str], step: int, output_dir: Path) -> None:
-    """Write samples to ``samples/step_N.txt``."""
-    (output_dir / "samples").mkdir(exist_ok=True)
-    (output_dir / "samples" / f"step_{step:08d}.txt").write_text("\n\n=====\n\n".join(texts))
-
-
-def showcase(model, tokenizer, recipe: Recipe, validation, device) -> list[str]:
-    """Report lines of a diffusion model: two samples and an infill of the middle third of a held-out block, or for
-    SFT examples the responses to two held-out prompts (model calls only, so under FSDP every rank runs it)."""
-    from ..text.pipeline import DiffusionPipeline
-
-    pipe = DiffusionPipeline(model, tokenizer)
-    generator = torch.Generator(device).manual_seed(recipe.train.seed)
-    if getattr(validation, "prompt_mask", None) is not None:
-        lines = []
-        for prompt, answer, reference in sft_answers(model, tokenizer, validation, 2, recipe.train.sample_steps, generator):
-            lines += [f"prompt: {prompt!r}", f"  response:  {answer!r}", f"  reference: {reference!r}"]
-        return lines
-    length, steps = min(recipe.data.block_size, 128), recipe.train.sample_steps
-    lines = []
-    for text in pipe.generate(2, length, steps, generator=generator, progress=False):
-        lines += ["sample:", text]
-    block = validation[0][:length].to(device)
-    third = length // 3
-    fixed = torch.ones(length, dtype=torch.bool)
-    fixed[third:length - third] = False
-    filled = pipe.sample(1, length, steps, x_init=block, fixed=fixed, generator=generator, progress=False)[0]
-    lines += [f"infill of the middle {length - 2 * third} tokens of a held-out block (in [[ ]]):",
-              pipe.decode(filled[:third]) + "[[" + pipe.decode(filled[third:length - third]) + "]]" + pipe.decode(filled[length - third:]),
-              "original middle: [[" + pipe.decode(block[third:length - third]) + "]]"]
-    model.train()
-    return lines
-
-
-def report(recipe: Recipe, num_validation: int, metrics_file: Path, showcase_lines: list[str]) -> str:
-    """The end-of-training summary: held-out metrics before (step 0) and after training as recorded in
-    ``metrics.jsonl``, then the showcase lines."""
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    evaluations = [r for r in records if any(key.startswith("eval/") for key in r)]  # step 0 first, the last step last
-    untrained, trained = evaluations[0], {key: value for key, value in evaluations[-1].items() if key.startswith("eval/")}
-    count = min(recipe.train.eval_blocks, num_validation)
-    lines = [f"held-out ({count} SFT examples of {recipe.data.block_size} tokens), nats per response token:" if recipe.data.format == "sft"
-             else f"held-out ({count} blocks of {recipe.data.block_size} tokens), nats per token:"]
-    start, end = ("before", "after") if recipe.finetune.active else ("untrained", "trained")
-    for key, value in trained.items():
-        before = f"{start} {untrained[key]:.4f} -> " if untrained.get("step") == 0 else ""
-        lines.append(f"  {key}: {before}{end} {value:.4f}")
-    return "\n".join(lines + showcase_lines)
-
-
-def eval_line(step: int, metrics: dict) -> str:
-    """The console line of an evaluation: the held-out bound +- one standard error and the perplexity bound
-    (diffusion), or the exact NLL and perplexity (AR)."""
-    if "eval/bound_per_token" in metrics:
-        return (f"[step {step}] held-out bound {metrics['eval/bound_per_token']:.4f} +- {metrics['eval/bound_stderr']:.4f} "
-                f"nats/token, perplexity bound {metrics['eval/ppl_bound']:.2f}")
-    return f"[step {step}] held-out NLL {metrics['eval/nll_per_token']:.4f} nats/token (exact), perplexity {metrics['eval/ppl']:.2f}"
 
 
 def check_world_size(num_processes: int, environ=os.environ) -> None:
@@ -432,77 +106,6 @@ def check_sharding(accelerator, ema: bool) -> None:
     if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.deepspeed_config["zero_optimization"].get("stage", 0) == 3:
         raise ValueError("EMA weights are not supported under DeepSpeed ZeRO-3 (partitioned parameters); "
                          "use ZeRO-1/2 or FSDP2, or set train.ema=0")
-
-
-def set_aside_later_metrics(metrics_file: Path, step: int) -> None:
-    """On a resume from ``step``: move the records of later steps (the interrupted run's, which this run
-    writes again) and any unreadable line (a write cut by a kill) to ``metrics.after-<step>-<time>.jsonl``,
-    so ``metrics.jsonl`` holds one record per step."""
-    if not metrics_file.is_file():
-        return
-
-    def earlier(line: str) -> bool:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return False
-        return isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step
-
-    lines = metrics_file.read_text().splitlines(keepends=True)
-    later = [line for line in lines if not earlier(line)]
-    if later:
-        aside = metrics_file.with_name(f"metrics.after-{step}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-        aside.write_text("".join(later))
-        write_atomic(metrics_file, "".join(line for line in lines if earlier(line)))
-
-
-def model_fields(config) -> dict:
-    """What a checkpoint records of the model's shape: the ``DDLMConfig`` fields of a ddlm model, or the family,
-    vocabulary and length of a wrapped open-weight network (``MaskedModelConfig``)."""
-    if isinstance(config, DDLMConfig):  # a loaded model's config holds its torch dtype: recorded by name
-        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(DDLMConfig)}
-        return {name: str(value) if isinstance(value, torch.dtype) else value for name, value in values.items()}
-    return {"family": config.family, "vocab_size": config.vocab_size, "max_position_embeddings": config.max_position_embeddings}
-
-
-def training_state(base, optimizer, scheduler, ema: EMA | None, scaler) -> dict:
-    """What a checkpoint stores besides the step: the model, optimizer, scheduler, EMA and gradient-scaler
-    states (FSDP2 shards are gathered into whole tensors when it is written)."""
-    state = {"model": base.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    if ema is not None:
-        state["ema"] = ema.state_dict()
-    if scaler is not None:
-        state["scaler"] = scaler.state_dict()
-    return state
-
-
-def load_training_state(state: dict, base, optimizer, scheduler, ema: EMA | None, scaler, train_cfg) -> None:
-    """Load a checkpoint's ``training_state`` into this run's objects (each rank keeps its FSDP2 shards),
-    then set the learning rate and weight decay of the current recipe (a resume may change them)."""
-    try:
-        current = base.state_dict()
-        if missing := sorted(current.keys() - state["model"].keys()):
-            raise CorruptCheckpoint(f"the checkpoint's model lacks {missing[:5]}")
-        if unexpected := sorted(state["model"].keys() - current.keys()):
-            raise CorruptCheckpoint(f"the checkpoint's model has parameters this model has not: {unexpected[:5]}")
-        base.load_state_dict({name: like(state["model"][name], value, name) for name, value in current.items()})
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        for index, values in state["optimizer"]["state"].items():
-            for key, value in values.items():  # moments of FSDP2-sharded parameters: keep this rank's shard
-                if isinstance(params[index], DTensor) and isinstance(value, torch.Tensor) and value.dim():
-                    values[key] = like(value, params[index], f"optimizer state {key} of parameter {index}")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-    except (KeyError, IndexError, TypeError) as error:
-        raise CorruptCheckpoint(f"the checkpoint's training state does not fit this run ({type(error).__name__}: {error})") from None
-    factor = lr_lambda(train_cfg)
-    scheduler.base_lrs = [train_cfg.lr] * len(optimizer.param_groups)
-    for group in optimizer.param_groups:
-        group.update(initial_lr=train_cfg.lr, lr=train_cfg.lr * factor(scheduler.last_epoch), weight_decay=train_cfg.weight_decay)
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, allow_changes=()) -> Path:
