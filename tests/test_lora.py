@@ -146,6 +146,31 @@ def test_merge_equals_unmerged_and_restores_the_plain_model(kind):
     assert not any("lora" in name for name, _ in model.named_modules())
 
 
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_adapters_on_a_bfloat16_base_are_float32_and_merge_in_float32(kind):
+    model = BUILDERS[kind]().to(torch.bfloat16)
+    x_t, sigma_bar = inputs(model)
+    add_lora(model, rank=3, alpha=6.0)
+    adapters = [p for name, p in model.named_parameters() if ".lora_" in name]
+    assert adapters and {p.dtype for p in adapters} == {torch.float32}
+    assert {p.dtype for name, p in model.named_parameters() if ".lora_" not in name} == {torch.bfloat16}
+    perturb(model, std=0.02)
+    with torch.no_grad():
+        adapted = model(x_t, sigma_bar)
+        reference = {name: p.double() for name, p in model.state_dict().items()}
+        merge_lora(model, dtype=torch.float32)
+    assert torch.isfinite(adapted).any() and {p.dtype for p in model.parameters()} == {torch.float32}
+    merged = 0
+    for name, weight in model.state_dict().items():
+        a = reference.get(name.removesuffix(".weight") + ".lora_A.default.weight")
+        if a is not None:  # W + (alpha / r) B A in float64 from the bfloat16 base and the float32 adapters
+            b = reference[name.removesuffix(".weight") + ".lora_B.default.weight"]
+            exact = reference[name.removesuffix(".weight") + ".base_layer.weight"] + 2.0 * b @ a
+            assert (weight.double() - exact).abs().max() <= 2e-7 * exact.abs().max(), name
+            merged += 1
+    assert merged == len(adapters) // 2
+
+
 def test_merged_model_saves_and_reloads_as_a_plain_ddlm_model(tmp_path):
     model = add_lora(ddlm_model(), rank=4, alpha=4.0)
     perturb(model)

@@ -236,6 +236,8 @@ def run_cli(tmp_path: Path, values: dict, *extra):
     (lambda r: r["data"].update(block_size=8), "do not fit data.block_size=8"),
     (lambda r: r["data"].update(block_size=64), "exceeds what the model finetune.init_from reads"),
     (lambda r: r["train"].update(loss_impl="fused_head"), "the SFT loss scores the response positions only"),
+    (lambda r: r["finetune"].update(dtype="bfloat16"), "finetune.dtype=bfloat16 would train 16-bit weights"),
+    (lambda r: r["finetune"].update(dtype="float8"), "invalid finetune settings: dtype='float8' (must be one of"),
 ])
 def test_bad_fine_tuning_input_exits_2_with_one_line_and_writes_nothing(tmp_path, change, match):
     if "lora" in match:
@@ -327,6 +329,36 @@ def test_two_processes_fine_tune_in_sync(tmp_path, lora):
     fingerprints = torch.tensor(records[-1]["weight_fingerprints"])
     assert torch.equal(fingerprints[0], fingerprints[1])
     assert DDLMForDiffusion.from_pretrained(tmp_path / "run" / "final").config.vocab_size == 300
+
+
+def test_a_16_bit_checkpoint_trains_float32_weights_and_lora_merges_in_float32(tmp_path):
+    """A bfloat16 checkpoint (as LLaDA and Dream publish) is fine-tuned in float32; with LoRA and finetune.dtype=bfloat16
+    the base stays bfloat16, the adapters are float32, and the export equals W + (alpha / r) B A to float32 rounding
+    (a bfloat16 merge would round the update, about 1e-3 of W here, to 2^-9 of W)."""
+    pytest.importorskip("peft")
+    from ddlm.text.loading import load_model
+    from ddlm.training.finetune import start_model
+
+    model, tokenizer = load_model(base_model(tmp_path / "base"))
+    DiffusionPipeline(model.to(torch.bfloat16), tokenizer).save_pretrained(tmp_path / "bf16")
+    full, _ = start_model(recipe_from_dict(sft_recipe(tmp_path, tmp_path / "bf16")).finetune, progress=False)
+    assert {p.dtype for p in full.parameters()} == {torch.float32}
+    lora = recipe_from_dict(sft_recipe(tmp_path, tmp_path / "bf16", "lora", {"lora_rank": 4, "dtype": "bfloat16"}))
+    held, _ = start_model(lora.finetune, progress=False)
+    assert {p.dtype for p in held.parameters()} == {torch.bfloat16}
+    final = train(lora, progress=False)
+    merged, base = weights(final), weights(tmp_path / "bf16")
+    adapter = load_file(tmp_path / "lora" / "adapter" / "adapter_model.safetensors")
+    assert {t.dtype for t in [*merged.values(), *adapter.values()]} == {torch.float32}
+    updates = 0.0
+    for name, a in adapter.items():
+        if ".lora_A." not in name:
+            continue
+        layer = name.removeprefix("base_model.model.").split(".lora_A.")[0] + ".weight"
+        exact = base[layer].double() + 16 / 4 * adapter[name.replace(".lora_A.", ".lora_B.")].double() @ a.double()
+        assert (merged[layer].double() - exact).abs().max() <= 2e-7 * exact.abs().max(), layer
+        updates = max(updates, float((exact - base[layer].double()).abs().max() / base[layer].double().abs().max()))
+    assert updates > 2**-9  # the update is larger than a bfloat16 merge's rounding, so the check above can fail
 
 
 def test_a_masked_lm_that_never_draws_eos_is_refused_before_training(tmp_path):

@@ -57,14 +57,15 @@ def sft_loss(score_fn, graph, noise, x0: torch.Tensor, prompt_mask: torch.Tensor
 def start_model(finetune, *, progress: bool = True) -> tuple[torch.nn.Module, object]:
     """(model in train mode, tokenizer) that a fine-tuning run starts from (``FinetuneConfig``): the diffusion model
     ``init_from``, or with ``adapt`` the causal LM ``init_from`` turned into one. ValueError naming finetune.init_from for
-    a model that cannot be fine-tuned (an AR model without adapt, a family ddlm cannot save)."""
+    a model that cannot be fine-tuned (an AR model without adapt, a family ddlm cannot save). The weights are cast to
+    finetune.dtype whatever init_from was saved in."""
     from ..text.loading import load_model
 
-    path = finetune.init_from
+    path, dtype = finetune.init_from, getattr(torch, finetune.dtype)
     if finetune.adapt:
-        model, tokenizer = _adapted(path, finetune.shift_logits, progress)
+        model, tokenizer = _adapted(path, finetune.shift_logits, dtype, progress)
     else:
-        model, tokenizer = load_model(path, progress=progress)
+        model, tokenizer = load_model(path, dtype=dtype, progress=progress)
         if isinstance(model, DDLMForDiffusion) and model.config.objective == "ar":
             raise ValueError(f"finetune.init_from {path} is an autoregressive model: set finetune.adapt=true to start a diffusion "
                              "model from it")
@@ -72,18 +73,19 @@ def start_model(finetune, *, progress: bool = True) -> tuple[torch.nn.Module, ob
     return model.train(), tokenizer
 
 
-def _adapted(path: str, shift_logits: bool, progress: bool):
-    """(diffusion model, tokenizer) adapted from the causal LM at ``path``: ddlm's own AR model or a transformers one."""
+def _adapted(path: str, shift_logits: bool, dtype: torch.dtype, progress: bool):
+    """(diffusion model, tokenizer) adapted from the causal LM at ``path``, in ``dtype``: ddlm's own AR model or a
+    transformers one."""
     from ..models.families import read_config
     from ..text.loading import load_model
     from .adapt import adapt_ar_model
 
     if str(read_config(path).get("model_type")) == "ddlm":
-        ar, tokenizer = load_model(path, progress=progress)
+        ar, tokenizer = load_model(path, dtype=dtype, progress=progress)
         return adapt_ar_model(ar, shift_logits), tokenizer
     from ..models.adapted_causal import adapt_causal_lm
 
-    return adapt_causal_lm(path, shift_logits=shift_logits)
+    return adapt_causal_lm(path, shift_logits=shift_logits, dtype=dtype)
 
 
 def check_drawable(model, examples, tokenizer) -> None:

@@ -565,7 +565,7 @@ def export(accelerator, model, ema: EMA | None, tokenizer, output_dir: Path, *, 
             if accelerator.is_main_process:
                 save_adapter(base, output_dir / ADAPTER, rank=finetune.lora_rank, alpha=finetune.lora_alpha,
                              dropout=finetune.lora_dropout, target_modules=finetune.lora_target_modules)
-            merge_lora(base)
+            merge_lora(base, dtype=torch.float32)  # a 16-bit base (finetune.dtype) would round the updates away
         state = accelerator.get_state_dict(model)
         if accelerator.is_main_process:
             with loading_progress(progress):

@@ -144,7 +144,9 @@ def add_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0,
     rank: r, the inner width of B A (A [r, in], B [out, r]); alpha: the update is scaled by alpha / r; dropout:
     the probability of zeroing the adapters' input in training mode. target_modules: names as in peft (see the
     module docstring); None: ``default_targets(model)``. Every parameter but the adapters' is frozen
-    (requires_grad False); B = 0 at first, so the outputs equal the original model's exactly.
+    (requires_grad False); B = 0 at first, so the outputs equal the original model's exactly. The adapters are at
+    least float32 whatever the base layer's dtype (peft would give them a bfloat16 base's dtype, whose rounding loses
+    small optimizer updates); each layer computes them in that dtype and returns its base layer's dtype.
     """
     peft = _peft()
     _check_settings(rank, alpha, dropout)
@@ -161,19 +163,24 @@ def add_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0,
         del model.peft_config  # peft's bookkeeping: a PreTrainedModel would treat it as a loaded transformers adapter
     for layer in _lora_layers(model).values():
         layer.train(layer.get_base_layer().training)  # peft's new dropout modules start in training mode
+        wide = torch.promote_types(layer.get_base_layer().weight.dtype, torch.float32)
+        layer.lora_A.to(wide), layer.lora_B.to(wide)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(_is_lora_parameter(name))
     model._lora_unfrozen = trainable  # restored by merge_lora
     return model
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
+def merge_lora(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Fold every adapter into its base weight (W <- W + (alpha / r) B A) and put the plain base layers back in
     place; returns ``model``, whose state dict then has the original names. Parameters trainable before
-    ``add_lora`` are trainable again."""
+    ``add_lora`` are trainable again. dtype: cast the whole model to it first (torch.float32 keeps an update that is
+    smaller than a 16-bit weight's rounding; None: fold in the weights' own dtype)."""
     layers = _lora_layers(model)
     if not layers:
         raise ValueError("merge_lora: the model has no LoRA adapters (add_lora or load_adapter first)")
+    if dtype is not None:
+        model.to(dtype)
     for path, layer in layers.items():
         layer.merge(safe_merge=True)
         parent_path, _, child = path.rpartition(".")

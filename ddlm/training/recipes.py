@@ -32,6 +32,7 @@ OBJECTIVES = ("diffusion", "ar")
 SECTIONS = ("model", "tokenizer", "data", "train", "finetune")
 DECAYS = ("constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+FINETUNE_DTYPES = ("float32", "bfloat16", "float16")
 LOSS_IMPLS = ("auto", "standard", "inplace", "fused_head")  # how the diffusion loss is computed (the same loss)
 DEFAULT_LABEL_DROPOUT = 0.1  # classifier-free guidance's usual rate of training on the null class
 MIN_BPE_VOCAB = 257  # a byte-level BPE: 256 bytes and EOS
@@ -201,7 +202,11 @@ class FinetuneConfig:
     unchanged (Dream). anneal_steps (adapt): the attention goes from causal to bidirectional over this many optimizer
     steps (DiffuLLaMA), 0 for bidirectional from the start. lora_rank > 0 trains LoRA adapters of that rank (``peft``,
     ``pip install 'ddlm[peft]'``) on lora_target_modules (null: the attention and MLP projections) instead of every
-    weight; the export merges them, and the adapter is saved beside it.
+    weight; the export merges them, and the adapter is saved beside it. dtype: the weights the run holds, whatever
+    init_from was saved in: float32 (AdamW updates full-precision weights; train.mixed_precision: bf16 still computes
+    in bf16), or with LoRA bfloat16 / float16 for the frozen base (half the memory; the adapters stay float32, and the
+    export merges and writes float32). A 16-bit weight rounds away any update below half its spacing, so full
+    fine-tuning is float32.
     """
 
     init_from: str | None = None  # the model to start from (directory or hub id); null: train from the model section's preset
@@ -212,6 +217,7 @@ class FinetuneConfig:
     lora_alpha: float = 16.0  # LoRA scale: the update is (alpha / rank) B A
     lora_dropout: float = 0.0  # dropout on the adapters' input
     lora_target_modules: list[str] | None = None  # module names to adapt; null: the family's attention and MLP projections
+    dtype: str = "float32"  # the weights during the run: float32, or with LoRA bfloat16 / float16 for the frozen base
 
     def __post_init__(self):
         targets_ok = self.lora_target_modules is None or (isinstance(self.lora_target_modules, list) and self.lora_target_modules
@@ -225,6 +231,7 @@ class FinetuneConfig:
             "lora_alpha": (is_number(self.lora_alpha) and self.lora_alpha > 0, "a finite number > 0"),
             "lora_dropout": (is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, "a number in [0, 1)"),
             "lora_target_modules": (targets_ok, "null or a non-empty list of module names"),
+            "dtype": (self.dtype in FINETUNE_DTYPES, f"one of {FINETUNE_DTYPES}"),
         }, self)
         if self.adapt and self.init_from is None:
             raise ValueError("finetune.adapt turns the causal LM finetune.init_from into a diffusion model: set finetune.init_from")
@@ -233,6 +240,10 @@ class FinetuneConfig:
         lora_set = self.lora_alpha != 16.0 or self.lora_dropout or self.lora_target_modules is not None
         if not self.lora_rank and lora_set:
             raise ValueError("finetune.lora_alpha, lora_dropout and lora_target_modules apply to LoRA: set finetune.lora_rank > 0")
+        if self.dtype != "float32" and not self.lora_rank:
+            raise ValueError(f"finetune.dtype={self.dtype} would train 16-bit weights, whose rounding loses AdamW's small "
+                             "updates: keep float32 (train.mixed_precision=bf16 computes in bf16) or set finetune.lora_rank > 0 "
+                             "to freeze the base in that dtype")
         if self.lora_rank and self.init_from is None:
             raise ValueError("finetune.lora_rank adapts a trained model: set finetune.init_from")
         if self.lora_rank and importlib.util.find_spec("peft") is None:
