@@ -393,6 +393,22 @@ def test_a_resume_refuses_recipe_changes_that_make_another_run(workspace, tmp_pa
     assert not (run / "resumes.jsonl").exists()
 
 
+def test_recipe_keys_a_checkpoint_predates_count_as_their_defaults(tmp_path, text_data):
+    """A checkpoint written before a section or key existed (finetune, finetune.dtype, train.loss_impl) had its default:
+    resuming under today's defaults changes nothing, while a value other than the default is still a change."""
+    from ddlm.train import model_fields, resume_changes
+
+    values = recipe_values(tmp_path, text_data, tmp_path / "run")
+    recipe = recipe_from_dict(values)
+    config = recipe.model.config(300, recipe.data.block_size, recipe.train.objective)
+    old = recipe.to_dict()
+    del old["finetune"], old["train"]["loss_impl"], old["train"]["compile"], old["data"]["drop_long"]
+    meta = {"recipe": old, "model": model_fields(config)}
+    assert resume_changes(recipe, config, meta, set()) == {}
+    values["train"]["compile"] = True
+    assert resume_changes(recipe_from_dict(values), config, meta, {"train.compile"}) == {"train.compile": [False, True]}
+
+
 RESUMABLE = {"train.steps": 8, "train.lr": 1e-3, "train.warmup_steps": 1, "train.decay": "linear", "train.eval_every": 7,
              "train.clip_grad_norm": 0.5, "train.keep_checkpoints": 3, "train.sample_steps": 3, "train.weight_decay": 0.1}
 

@@ -35,14 +35,14 @@ from tqdm.auto import tqdm
 from ..core.manifest import write_atomic, write_model_manifest
 from ..core.score import NonFiniteScoreError
 from ..models import DDLMConfig, DDLMForDiffusion
-from ..text.corpora import build_datasets, eos_id, load_documents
+from ..text.corpora import DataConfig, build_datasets, eos_id, load_documents
 from ..text.loading import loading_progress
 from .adapt import annealed_attention_mask
 from .checkpoints import latest_checkpoint, load_checkpoint, prepare_run_directory, recipe_changes, run_lock, save_checkpoint, whole
 from .finetune import check_drawable, start_model
 from .objective import (annealing_generator, compile_failure, compile_for_training, drop_labels, micro_batch_uniforms, objective_loss,
                         resolved_loss_impl, step_generator)
-from .recipes import Recipe, TrainConfig
+from .recipes import FinetuneConfig, Recipe, TokenizerRecipe, TrainConfig
 from .reports import eval_line, evaluate, generate_samples, report, set_aside_later_metrics, showcase, write_samples
 from .state import EMA, load_training_state, lr_lambda, model_fields, training_state
 
@@ -51,6 +51,7 @@ ADAPTER = "adapter"  # LoRA adapters of a fine-tuning run (finetune.lora_rank), 
 TOKENIZER = "tokenizer"
 METRICS = "metrics.jsonl"
 RESUMES = "resumes.jsonl"
+SECTIONS = {"tokenizer": TokenizerRecipe, "data": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig}  # recipe dataclasses
 
 
 def field_defaults(cls) -> dict:
@@ -351,13 +352,12 @@ def resume_changes(recipe: Recipe, config: DDLMConfig, meta: dict, allow_changes
     comparable = lambda recipe_dict, model: json.loads(json.dumps({**recipe_dict, "model": model}))  # noqa: E731
     # a field the checkpoint does not record did not exist when it was written: it had its default (time_conditioning)
     saved_model = meta["model"] if "family" in meta["model"] else {**field_defaults(DDLMConfig), **meta["model"]}
-    # likewise a train key the checkpoint's recipe lacks (loss_impl, compile) had its default
-    saved_train = {**field_defaults(TrainConfig), **meta["recipe"].get("train", {})}
+    # likewise a recipe key or section it lacks (train.loss_impl, the finetune section, finetune.dtype)
+    saved = {**meta["recipe"], **{name: {**field_defaults(cls), **meta["recipe"].get(name, {})} for name, cls in SECTIONS.items()}}
     current = recipe.to_dict()
     if current["train"]["loss_impl"] == "auto":  # auto on a resume: the implementation the checkpoint's steps used
-        current["train"]["loss_impl"] = saved_train["loss_impl"]
-    return recipe_changes(comparable({**meta["recipe"], "train": saved_train}, saved_model),
-                          comparable(current, model_fields(config)), allow_changes)
+        current["train"]["loss_impl"] = saved["train"]["loss_impl"]
+    return recipe_changes(comparable(saved, saved_model), comparable(current, model_fields(config)), allow_changes)
 
 
 def record_start(recipe: Recipe, output_dir: Path, checkpoint: Path | None, meta: dict | None, changes: dict) -> None:
