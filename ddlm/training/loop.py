@@ -51,7 +51,7 @@ ADAPTER = "adapter"  # LoRA adapters of a fine-tuning run (finetune.lora_rank), 
 TOKENIZER = "tokenizer"
 METRICS = "metrics.jsonl"
 RESUMES = "resumes.jsonl"
-SECTIONS = {"tokenizer": TokenizerRecipe, "data": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig}  # recipe dataclasses
+SECTION_CLASSES = {"tokenizer": TokenizerRecipe, "data": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig}
 
 
 def field_defaults(cls) -> dict:
@@ -353,7 +353,7 @@ def resume_changes(recipe: Recipe, config: DDLMConfig, meta: dict, allow_changes
     # a field the checkpoint does not record did not exist when it was written: it had its default (time_conditioning)
     saved_model = meta["model"] if "family" in meta["model"] else {**field_defaults(DDLMConfig), **meta["model"]}
     # likewise a recipe key or section it lacks (train.loss_impl, the finetune section, finetune.dtype)
-    saved = {**meta["recipe"], **{name: {**field_defaults(cls), **meta["recipe"].get(name, {})} for name, cls in SECTIONS.items()}}
+    saved = {**meta["recipe"], **{name: {**field_defaults(cls), **meta["recipe"].get(name, {})} for name, cls in SECTION_CLASSES.items()}}
     current = recipe.to_dict()
     if current["train"]["loss_impl"] == "auto":  # auto on a resume: the implementation the checkpoint's steps used
         current["train"]["loss_impl"] = saved["train"]["loss_impl"]

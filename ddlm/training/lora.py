@@ -163,8 +163,8 @@ def add_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0,
         del model.peft_config  # peft's bookkeeping: a PreTrainedModel would treat it as a loaded transformers adapter
     for layer in _lora_layers(model).values():
         layer.train(layer.get_base_layer().training)  # peft's new dropout modules start in training mode
-        wide = torch.promote_types(layer.get_base_layer().weight.dtype, torch.float32)
-        layer.lora_A.to(wide), layer.lora_B.to(wide)
+        for adapters in (layer.lora_A, layer.lora_B):
+            adapters.to(torch.promote_types(layer.get_base_layer().weight.dtype, torch.float32))
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(_is_lora_parameter(name))
     model._lora_unfrozen = trainable  # restored by merge_lora
