@@ -185,6 +185,24 @@ def test_ema_follows_the_warmed_up_decay_and_applies_temporarily():
     assert torch.equal(p.detach(), torch.full((3,), 5.0))
 
 
+def test_bf16_mixed_precision_trains_near_float32_and_resumes_exactly(tmp_path, text_data):
+    """train.mixed_precision: bf16 (autocast, as on a GPU) on the CPU with the default loss path: the losses stay within
+    bf16 rounding of the float32 run's without equalling them, a resumed run repeats an uninterrupted one float for
+    float, and one process trains float32 then bf16 (accelerate's settings are released after each run)."""
+    settings = dict(steps=6, save_every=3, eval_every=6, sample_every=6)
+    train(recipe_from_dict(tiny_recipe(tmp_path, text_data, output_dir=str(tmp_path / "fp32"), **settings)), progress=False)
+    bf16 = dict(settings, mixed_precision="bf16")
+    train(recipe_from_dict(tiny_recipe(tmp_path, text_data, output_dir=str(tmp_path / "bf16"), **bf16)), progress=False)
+    train(recipe_from_dict(tiny_recipe(tmp_path, text_data, output_dir=str(tmp_path / "split"), **{**bf16, "steps": 3})),
+          progress=False)
+    train(recipe_from_dict(tiny_recipe(tmp_path, text_data, output_dir=str(tmp_path / "split"), **bf16)), resume=True,
+          progress=False, allow_changes={"train.steps"})
+    reference, mixed = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert losses(tmp_path / "split") == mixed
+    assert sorted(mixed) == sorted(reference) == list(range(1, 7))
+    assert all(abs(mixed[k] - reference[k]) < 1e-2 * reference[k] for k in mixed) and mixed != reference
+
+
 def test_a_killed_run_resumes_with_exactly_the_same_losses(tmp_path, text_data):
     steps = 40
     straight = write(tmp_path, tiny_recipe(tmp_path, text_data, steps=steps, save_every=4, eval_every=100,

@@ -126,8 +126,22 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, allow_
     accelerator = Accelerator(mixed_precision=train_cfg.mixed_precision, log_with=trackers or None,
                               project_dir=str(output_dir))
     check_world_size(accelerator.num_processes)
-    with run_lock(output_dir) if accelerator.is_main_process else contextlib.nullcontext():
-        return _train(recipe, accelerator, resume, progress, set(allow_changes), trackers)
+    try:
+        with run_lock(output_dir) if accelerator.is_main_process else contextlib.nullcontext():
+            return _train(recipe, accelerator, resume, progress, set(allow_changes), trackers)
+    finally:
+        release_settings(accelerator)
+
+
+def release_settings(accelerator) -> None:
+    """Forget accelerate's process-wide settings after a run in one unlaunched process, so that the next ``train`` in
+    this process (a notebook, a test) can use another train.mixed_precision instead of failing on accelerate's
+    "AcceleratorState has already been initialized". A launched process runs one recipe and keeps them."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.NO:
+        AcceleratorState._reset_state()  # accelerate's own way (its tests call it); the process state is kept
 
 
 def resume_state(checkpoint: Path | None, steps: int) -> tuple[dict | None, dict | None]:

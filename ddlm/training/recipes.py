@@ -104,7 +104,7 @@ class TrainConfig:
     t_importance: str | None = None  # null: t uniform; power: t = t_min + (1 - t_min) u^power, the loss weighted by p(t)/q(t)
     t_importance_power: float = 2.0  # exponent of t_importance='power', finite and >= 1 (1: uniform)
     label_dropout: float | None = None  # class-conditional models: P(a label is replaced by the null class); null: 0.1
-    mixed_precision: str = "no"
+    mixed_precision: str = "no"  # bf16 or fp16: autocast through accelerate (trained weights stay float32); no: float32 throughout
     loss_impl: str = "auto"  # the same diffusion loss from: standard, the [tokens x S] log-scores; inplace, its gradient written over them; fused_head, the head fused into the loss (no [tokens x S] tensor); auto, the leanest that applies (ddlm.training.objective.resolved_loss_impl)
     compile: bool = False  # torch.compile the model for the training steps (evaluation and sampling stay eager)
     seed: int = 0
