@@ -254,6 +254,39 @@ def test_chunked_dse_keeps_only_its_gradient_for_backward(inplace):
     assert log_s.grad.shape == log_s.shape and log_s.grad[x_t != 999].abs().max() == 0  # unmasked rows carry no loss
 
 
+def test_the_fused_head_backward_runs_in_the_forward_autocast_precision(monkeypatch):
+    # under train.mixed_precision the head's backward recomputes its logits under the forward's autocast (bf16 matmuls,
+    # as autograd's backward of a plain head would use), not in float32; its gradients match the plain head + dse path
+    from ddlm.losses import linear_dse
+
+    g = torch.Generator().manual_seed(0)
+    graph = ddlm.Absorbing(63)
+    x0 = torch.randint(63, (48,), generator=g)
+    x_t = torch.where(torch.rand(48, generator=g) < 0.5, torch.full_like(x0, 63), x0)
+    sigma = torch.full((48,), 0.8, dtype=torch.float64)
+    start = torch.randn(48, 16, generator=g), torch.randn(64, 16, generator=g) / 4
+    autocast_at_linear, linear = [], torch.nn.functional.linear
+
+    def recording_linear(*args, **kwargs):
+        autocast_at_linear.append(torch.is_autocast_enabled("cpu"))
+        return linear(*args, **kwargs)
+
+    grads = {}
+    for fused in (True, False):
+        hidden, weight = (t.clone().requires_grad_(True) for t in start)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = (linear_dse(hidden, weight, None, x_t, x0, sigma, graph, impl="torch") if fused
+                    else dse(torch.nn.functional.linear(hidden, weight), x_t, x0, sigma, graph, impl="torch"))
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.nn.functional, "linear", recording_linear)
+            loss.sum().backward()
+        grads[fused] = hidden.grad, weight.grad
+    assert autocast_at_linear and all(autocast_at_linear)  # the fused backward's recomputations (the plain path has none)
+    for ours, plain in zip(grads[True], grads[False]):
+        assert ours.dtype == plain.dtype == torch.float32
+        torch.testing.assert_close(ours, plain, rtol=0, atol=2e-2 * float(plain.abs().max()))
+
+
 # --------------------------------------------------------------------------- float32 near the optimum
 def independent_dse(log_s, x_t, x0, sigma, graph, shift=None):
     """DSE and its gradient in float64 from DESIGN §3: sum_{y != x_t} w_y r_y (expm1(v) - v), v = log s - log r.

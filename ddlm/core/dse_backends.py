@@ -259,7 +259,9 @@ class LinearDSE(torch.autograd.Function):
     Rows are processed in chunks of ``chunk`` (only rows with w > 0): forward keeps the row sums,
     backward recomputes each chunk's logits, writes the scaled gradient over them and turns it
     into the gradients of hidden, weight and bias (accumulated in at least float32). Peak extra memory is
-    one chunk of logits plus a float32 copy of weight's gradient.
+    one chunk of logits plus a float32 copy of weight's gradient. Under autocast (``train.mixed_precision``) backward
+    recomputes the logits and forms the gradients in the forward's precision (bf16 matmuls, as autocast's own backward
+    would), not in float32.
     """
 
     @staticmethod
@@ -274,6 +276,8 @@ class LinearDSE(torch.autograd.Function):
             log_s_x0[rows] += logits.gather(1, x0[rows, None]).squeeze(1).double()
         ctx.save_for_backward(hidden, weight, bias, x_t, x0, shift, w, a, b, live, log_s_x0)
         ctx.impl, ctx.chunk = impl, chunk
+        device = hidden.device.type
+        ctx.autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         return dse_from_row_sum(sum_b, log_s_x0, x_t, x0, w, b)
 
     @staticmethod
@@ -285,16 +289,21 @@ class LinearDSE(torch.autograd.Function):
         acc = torch.promote_types(weight.dtype, torch.float32)  # float32 (or wider) accumulation
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
-        for rows in live.split(ctx.chunk):
-            logits = torch.nn.functional.linear(hidden[rows], weight, bias)
-            rows_fn(logits, x_t[rows], x0[rows], shift[rows], scale[rows], a[rows], logits)  # gradient over the logits
-            special = torch.nonzero(x0[rows] != x_t[rows]).squeeze(1)
-            r = rows[special]
-            logits[special, x0[r]] = _x0_gradient(log_s_x0[r], scale[r], b[r]).to(logits.dtype)
-            grad_hidden[rows] = logits @ weight
-            grad_weight.addmm_(logits.t().to(acc), hidden[rows].to(acc))
-            if grad_bias is not None:
-                grad_bias += logits.to(acc).sum(0)
+        autocast, low = ctx.autocast
+        with torch.autocast(hidden.device.type, dtype=low, enabled=autocast):  # backward runs outside the forward's autocast
+            for rows in live.split(ctx.chunk):
+                logits = torch.nn.functional.linear(hidden[rows], weight, bias)
+                rows_fn(logits, x_t[rows], x0[rows], shift[rows], scale[rows], a[rows], logits)  # gradient over the logits
+                special = torch.nonzero(x0[rows] != x_t[rows]).squeeze(1)
+                r = rows[special]
+                logits[special, x0[r]] = _x0_gradient(log_s_x0[r], scale[r], b[r]).to(logits.dtype)
+                grad_hidden[rows] = (logits @ weight).to(grad_hidden.dtype)
+                if autocast:  # a low-precision matmul (in-place addmm_ is not autocast), summed in float32
+                    grad_weight += (logits.t() @ hidden[rows]).to(acc)
+                else:
+                    grad_weight.addmm_(logits.t().to(acc), hidden[rows].to(acc))
+                if grad_bias is not None:
+                    grad_bias += logits.to(acc).sum(0)
         return (
             grad_hidden,
             grad_weight.to(weight.dtype),
