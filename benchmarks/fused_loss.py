@@ -177,7 +177,7 @@ def markdown(record: dict) -> str:
     base = {r["rows"]: r for r in record["rows"] if r["candidate"] == "sedd_eager"}
     ratio = lambda a, b: f"{a / b:.2f}" if b > 0 else "-"  # noqa: E731 (a tiny run's baseline may allocate nothing)
     for r in record["rows"]:
-        b, floor = base[r["rows"]], gradient_bytes(args, r["rows"])
+        b, floor = base[r["rows"]], gradient_bytes(r["rows"], args.vocab, args.hidden, args.dtype)
         beyond = r["memory"] - (0 if r["candidate"].endswith("_inplace") else floor)
         lines.append(f"| {r['rows']} | {r['candidate']} | {r['time']:.3f} | {ratio(r['time'], b['time'])} | "
                      f"{r['memory'] / 1e9:.2f} | {ratio(r['memory'], b['memory'])} | {beyond / 1e9:.2f} | "
@@ -185,10 +185,11 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gradient_bytes(args, rows: int) -> int:
-    """Bytes of the inputs' gradients (the inputs' own sizes): [N, V] log-scores, or hidden [N, D] and weight [V, D]."""
-    size = torch.finfo(getattr(torch, args.dtype)).bits // 8
-    return size * (rows * args.hidden + args.vocab * args.hidden if args.hidden else rows * args.vocab)
+def gradient_bytes(rows: int, states: int, hidden: int, dtype: str) -> int:
+    """Bytes of the inputs' gradients (the inputs' own sizes), the least an out-of-place backward allocates: log-scores
+    [N, V] (hidden = 0), or hidden [N, D] and weight [V, D]; dtype by name."""
+    size = torch.finfo(getattr(torch, dtype)).bits // 8
+    return size * (rows * hidden + states * hidden if hidden else rows * states)
 
 
 def results_name(args) -> str:

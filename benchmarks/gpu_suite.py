@@ -545,19 +545,11 @@ def kernel_table(rows: list[dict], head: bool) -> list[str]:
             continue
         rate = number(r["tflops"], ".1f") if head else number(r["bandwidth"], ".0f", 1e9)
         share = percent(r["flops_fraction"] if head else r["bandwidth_fraction"])
-        beyond = None if r["memory"] is None else r["memory"] - gradient_bytes(r)
+        floor = 0 if r["candidate"].endswith("_inplace") else fused_loss.gradient_bytes(r["rows"], r["states"], r.get("hidden", 0), r["dtype"])
+        beyond = None if r["memory"] is None else r["memory"] - floor  # in place the gradient is written over the inputs
         lines.append(f"{lead} {r['time'] * 1e3:.2f} | {number(r.get('time_ratio'), '.2f')} | {number(r['memory'], '.2f', 1e9)} | "
                      f"{number(beyond, '.2f', 1e9)} | {rate} | {share} |")
     return lines
-
-
-def gradient_bytes(row: dict) -> int:
-    """Bytes of the inputs' gradients, the least an out-of-place backward allocates (0 in place: written over the inputs)."""
-    if row["candidate"].endswith("_inplace"):
-        return 0
-    size = torch.finfo(getattr(torch, row["dtype"])).bits // 8
-    hidden = row.get("hidden", 0)
-    return size * (row["rows"] * hidden + row["states"] * hidden if hidden else row["rows"] * row["states"])
 
 
 def markdown(record: dict) -> str:
